@@ -1,0 +1,66 @@
+"""Accelerator-sized pre-training on the nDPI corpus (one host, all its devices).
+
+Data: the nDPI regression captures (download when online; offline `--config.data.manual_dir=DIR`).
+"""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+
+    config.data = ml_collections.ConfigDict()
+    config.data.manual_dir = "../shared/data/ndpi"   # flat pcap/ + result/ or an unpacked nDPI source tree
+    config.data.inputs = ()                          # explicit capture files/folders instead of manual_dir
+    config.data.labels = ""                          # label spec; '' = ndpi:<manual_dir>/result
+    config.data.cache_dir = ""                       # '' = <workdir>/cache
+    # K=16 packets covers the handshake (SYN..ClientHello/ServerHello and the first records); B=128 bytes from the
+    # IP header on covers IP+TCP headers with options and the first ~76 payload bytes: TLS record/handshake
+    # headers, versions and session-id length, HTTP request lines, DNS/QUIC headers and names.
+    config.data.packets = 16
+    config.data.bytes = 128
+    config.data.mask = True
+    config.data.min_packets = 3
+    config.data.drop_one_way = True
+    config.data.label_level = "level1"
+    config.data.min_class_flows = 20                 # evaluated classes need this many training flows
+    config.data.test_fraction = 0.3
+    config.data.split_seed = 0
+    config.data.fraction = 1.0                       # <1: class-balanced subset of train (data-scarcity sweeps)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.width = 192
+    config.model.depth = 3
+    config.model.heads = 6
+    config.model.patch_size = 8
+    config.model.byte_dim = 16
+    config.model.mlp_ratio = 2
+    config.model.dropout = 0.1
+    config.model.embed_dim = 256
+
+    config.text = ml_collections.ConfigDict()
+    config.text.encoder = "sentence-transformers/all-MiniLM-L6-v2"  # HF repo id or a local directory
+    config.text.descriptions = ""                    # '' = the shipped class descriptions
+    config.text.max_len = 64
+    config.text.batch_size = 128
+    config.text.variants_per_flow = 4
+    config.text.p_facts = 0.5
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 1024                   # global, split over all devices
+    config.train.num_steps = 5000
+    config.train.learning_rate = 1e-3
+    config.train.warmup_steps = 200
+    config.train.weight_decay = 1e-4
+    config.train.grad_clip = 1.0
+    config.train.loss = "clip"                       # 'clip' (softmax) or 'sigmoid' (SigLIP)
+    config.train.multi_positive = True
+    config.train.class_balance = 0.5
+    config.train.dtype = "bfloat16"
+    config.train.seed = 0
+    config.train.log_every = 50
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 3
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 1024
+    return config

@@ -1,0 +1,92 @@
+"""From a data config to the flows an experiment uses: ingest (cached) → labels → filters → capture split.
+
+Everything downstream (pre-training, evaluation, GNN, benchmarks) starts from `prepare_flows(config.data, workdir)`,
+so every experiment filters and splits the same documented way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pclip_jax.data import labels as labels_lib
+from pclip_jax.data import splits as splits_lib
+from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
+
+
+@dataclasses.dataclass
+class PreparedFlows:
+    table: FlowTable                 # filtered flows (labelled)
+    train_idx: np.ndarray            # rows of `table`
+    test_idx: np.ndarray
+    class_names: list[str]           # evaluated level-1 classes (enough train flows), sorted
+    class_ids: np.ndarray            # [N] index into class_names, -1 = class not evaluated
+    dropped: dict                    # reason → flow count (filters and class thresholds)
+    split_captures: dict             # split → sorted capture names
+
+
+def resolve_inputs(data_config) -> tuple[list[str], str]:
+    """(capture inputs, label spec) from the config: `manual_dir` holds pcap/ and result/ (nDPI layout)."""
+    if data_config.get("inputs"):
+        return list(data_config.inputs), data_config.labels
+    root = pathlib.Path(data_config.manual_dir).expanduser()
+    for pcap_dir, result_dir in ((root / "pcap", root / "result"),
+                                 (root / "tests/cfgs/default/pcap", root / "tests/cfgs/default/result")):
+        if pcap_dir.is_dir():
+            return [str(pcap_dir)], data_config.labels or f"ndpi:{result_dir}"
+    raise FileNotFoundError(
+        f"data.manual_dir={root}: no pcap/ (flat layout) or tests/cfgs/default/pcap (nDPI source layout) inside. "
+        "Point --config.data.manual_dir at ../shared/data/ndpi or an unpacked nDPI source archive.")
+
+
+def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
+                  cache_root: pathlib.Path, progress: bool = True) -> FlowTable:
+    """Ingests and labels once; later runs with the same inputs and settings load the cached flow table."""
+    key = json.dumps({"inputs": [str(pathlib.Path(i).resolve()) for i in inputs], "labels": label_spec,
+                      "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
+    cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])
+    if (cache / "tensors.npz").is_file():
+        return FlowTable.load(cache)
+    table = ingest(inputs, ingest_config, progress=progress)
+    if label_spec:
+        table = labels_lib.attach_labels(table, label_spec)
+    table.save(cache)
+    return table
+
+
+def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = True) -> PreparedFlows:
+    inputs, label_spec = resolve_inputs(data_config)
+    ingest_config = IngestConfig(packets=data_config.packets, bytes=data_config.bytes, mask=data_config.mask)
+    cache_root = pathlib.Path(data_config.get("cache_dir") or pathlib.Path(workdir) / "cache")
+    table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
+    table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
+                                            drop_one_way=data_config.drop_one_way, drop_unlabelled=True)
+    level = data_config.label_level
+    split = splits_lib.split_by_capture(table, test_fraction=data_config.test_fraction, seed=data_config.split_seed,
+                                        label_column=level)
+    train_idx, test_idx = np.asarray(split["train"]), np.asarray(split["test"])
+    labels = np.asarray(table.meta[level]).astype(str)
+    names, counts = np.unique(labels[train_idx], return_counts=True)
+    class_names = sorted(n for n, c in zip(names, counts) if c >= data_config.min_class_flows and n)
+    lookup = {n: i for i, n in enumerate(class_names)}
+    class_ids = np.array([lookup.get(x, -1) for x in labels], dtype=np.int32)
+    dropped = dict(dropped)
+    dropped["class_below_min_train_flows"] = int((class_ids == -1).sum())
+    if data_config.get("fraction", 1.0) < 1.0:
+        train_idx = np.asarray(splits_lib.fraction_subset(table, train_idx, data_config.fraction,
+                                                          data_config.split_seed, level))
+    captures = np.asarray(table.meta["capture"]).astype(str)
+    if not len(class_names):
+        raise ValueError(f"no {level} class has {data_config.min_class_flows} training flows: "
+                         f"{dict(zip(names.tolist(), counts.tolist()))}")
+    print(f"[data] {len(table)} flows after filters; train {len(train_idx)} / test {len(test_idx)}; "
+          f"{len(class_names)} {level} classes", file=sys.stderr)
+    return PreparedFlows(table=table, train_idx=train_idx, test_idx=test_idx, class_names=class_names,
+                         class_ids=class_ids, dropped=dropped,
+                         split_captures={"train": sorted(set(captures[train_idx])),
+                                         "test": sorted(set(captures[test_idx]))})

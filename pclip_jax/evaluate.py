@@ -1,0 +1,207 @@
+"""Evaluation of a pre-trained workdir: zero-shot (class descriptions) and a linear probe (frozen packet features).
+
+Library: `evaluate_pretrained(...)` (called at the end of training) and `evaluate_workdir(...)` (any labelled
+captures). CLI:
+
+    python -m pclip_jax.evaluate --workdir DIR INPUT... --labels SPEC --out metrics.json
+
+Classes of the new captures that the model does not know are reported under `unknown_classes` and left out of the
+metrics, never merged into a known class.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from pclip_jax import metrics as metrics_lib
+from pclip_jax import parallel
+from pclip_jax import text as text_lib
+
+PROBE_FILE = "linear_probe.npz"
+CLASS_TEXT_FILE = "class_text_features.npz"
+MODEL_INFO_FILE = "model_info.json"
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+def zero_shot_scores(params, model, flow_embeddings: np.ndarray, prompt_features: np.ndarray,
+                     prompt_class: np.ndarray, num_classes: int) -> np.ndarray:
+    """Softmax over classes of scale · cos(flow, class), a class's embedding being the mean of its prompts'."""
+    from pclip_jax.models.two_towers import TwoTowers
+
+    z_prompts = np.asarray(model.apply({"params": params}, jax.numpy.asarray(prompt_features),
+                                       method=TwoTowers.embed_text))
+    class_emb = np.stack([z_prompts[prompt_class == c].mean(0) for c in range(num_classes)])
+    class_emb /= np.linalg.norm(class_emb, axis=1, keepdims=True)
+    scale = float(np.exp(min(float(params["logit_scale"]), model.config.max_log_scale)))
+    logits = scale * flow_embeddings @ class_emb.T
+    logits -= logits.max(1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(1, keepdims=True)
+
+
+def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1.0, seed: int = 0) -> dict:
+    """Multinomial logistic regression on standardised frozen features; returned as arrays (saved as npz)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    clf = LogisticRegression(C=1.0 / l2, max_iter=2000, class_weight="balanced", random_state=seed)
+    clf.fit((features - mean) / std, y)
+    coef = np.zeros((num_classes, features.shape[1]), np.float32)
+    intercept = np.full((num_classes,), -1e4, np.float32)  # classes absent from train can never win
+    coef[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_])
+    intercept[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.r_[-clf.intercept_, clf.intercept_]
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "coef": coef, "intercept": intercept}
+
+
+def linear_probe_scores(probe: dict, features: np.ndarray) -> np.ndarray:
+    logits = ((features - probe["mean"]) / probe["std"]) @ probe["coef"].T + probe["intercept"]
+    logits -= logits.max(1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------- after training
+
+def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, featurizer) -> dict:
+    """Embeds train/test flows, fits the probe on train, scores test both ways, writes plots and artefacts."""
+    from pclip_jax import train as train_lib
+
+    workdir = pathlib.Path(workdir)
+    cache_dir = workdir / "cache"
+    names = prepared.class_names
+    embed_fn = train_lib.make_embed_fn(model)
+    rparams = parallel.replicate(params)
+    tensors = prepared.table.tensors
+    feats_train, _ = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.train_idx,
+                                           config.eval.batch_size, progress=True, desc="embedding train flows")
+    feats_test, z_test = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.test_idx,
+                                               config.eval.batch_size, progress=True, desc="embedding test flows")
+    y_train = prepared.class_ids[prepared.train_idx]
+    y_test = prepared.class_ids[prepared.test_idx]
+    keep_train, keep_test = y_train >= 0, y_test >= 0
+
+    probe = fit_linear_probe(feats_train[keep_train], y_train[keep_train], len(names), seed=config.train.seed)
+    probe_scores = linear_probe_scores(probe, feats_test[keep_test])
+    descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
+    prompt_feats, prompt_class, prompts = train_lib.class_text_features(names, featurizer, descriptions, cache_dir)
+    zs_scores = zero_shot_scores(params, model, z_test[keep_test], prompt_feats, prompt_class, len(names))
+
+    test_metrics = metrics_lib.classification_report(y_test[keep_test], probe_scores, names)
+    zs_metrics = metrics_lib.classification_report(y_test[keep_test], zs_scores, names)
+    metrics_lib.plot_roc(y_test[keep_test], probe_scores, names, workdir / "roc_linear_probe.png",
+                         "linear probe on frozen packet features (capture-disjoint test)")
+    metrics_lib.plot_roc(y_test[keep_test], zs_scores, names, workdir / "roc_zero_shot.png",
+                         "zero-shot against class descriptions (capture-disjoint test)")
+    np.savez(workdir / PROBE_FILE, **probe)
+    np.savez(workdir / CLASS_TEXT_FILE, features=prompt_feats, prompt_class=prompt_class)
+    counts = train_lib.param_counts(params)
+    info = {"class_names": names, "label_level": config.data.label_level,
+            "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params)}}
+    (workdir / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
+    counts_train = np.bincount(y_train[keep_train], minlength=len(names))
+    counts_test = np.bincount(y_test[keep_test], minlength=len(names))
+    print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]),
+          file=sys.stderr)
+    return {
+        "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params),
+                       "total": counts["trainable_total"] + count_tree(featurizer.params)},
+        "test": test_metrics,
+        "zero_shot": zs_metrics,
+        "classes": {n: {"train_flows": int(a), "test_flows": int(b)}
+                    for n, a, b in zip(names, counts_train, counts_test)},
+        "data": {"flows": len(prepared.table), "train_flows": int(len(prepared.train_idx)),
+                 "test_flows": int(len(prepared.test_idx)), "dropped": prepared.dropped,
+                 "train_captures": len(prepared.split_captures["train"]),
+                 "test_captures": len(prepared.split_captures["test"])},
+    }
+
+
+def count_tree(tree) -> int:
+    from pclip_jax.compat import count_params
+    return count_params(tree)
+
+
+# ----------------------------------------------------------------------------------------------- any captures
+
+def load_workdir(workdir: str | pathlib.Path):
+    """(config, model, params, model_info) of a trained workdir (newest checkpoint)."""
+    from pclip_jax import checkpointing, train as train_lib
+    from pclip_jax.models.two_towers import TwoTowers
+
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise FileNotFoundError(f"{workdir}: no config.json — is this a pclip_jax workdir?")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    info = json.loads((workdir / MODEL_INFO_FILE).read_text())
+    model = TwoTowers(train_lib.model_config(config))
+    state = train_lib.create_state(config, model, jax.random.PRNGKey(0))
+    mngr = checkpointing.manager(workdir / "checkpoints", 1, config.train.keep_checkpoints)
+    state, step = checkpointing.restore_latest(mngr, state)
+    mngr.close()
+    if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to evaluate")
+    return config, model, state.params, info
+
+
+def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: Optional[str] = None) -> dict:
+    """Zero-shot and linear-probe metrics of a trained workdir on any labelled captures."""
+    from pclip_jax import train as train_lib
+    from pclip_jax.data import labels as labels_lib, splits as splits_lib
+    from pclip_jax.data.ingest import IngestConfig, ingest
+
+    config, model, params, info = load_workdir(workdir)
+    names, level = info["class_names"], info["label_level"]
+    table = ingest(inputs, IngestConfig(packets=config.data.packets, bytes=config.data.bytes,
+                                        mask=config.data.mask))
+    table = labels_lib.attach_labels(table, label_spec)
+    table, dropped = splits_lib.filter_flows(table, min_packets=config.data.min_packets,
+                                            drop_one_way=config.data.drop_one_way, drop_unlabelled=True)
+    labels = np.asarray(table.meta[level]).astype(str)
+    lookup = {n: i for i, n in enumerate(names)}
+    y = np.array([lookup.get(x, -1) for x in labels], np.int32)
+    unknown = {str(n): int(c) for n, c in zip(*np.unique(labels[y < 0], return_counts=True))}
+    idx = np.nonzero(y >= 0)[0]
+    embed_fn = train_lib.make_embed_fn(model)
+    feats, z = train_lib.embed_flows(embed_fn, parallel.replicate(params), table.tensors, idx,
+                                     config.eval.batch_size, progress=True)
+    with np.load(pathlib.Path(workdir) / PROBE_FILE, allow_pickle=False) as f:
+        probe = {k: f[k] for k in f.files}
+    with np.load(pathlib.Path(workdir) / CLASS_TEXT_FILE, allow_pickle=False) as f:
+        prompt_feats, prompt_class = f["features"], f["prompt_class"]
+    result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
+              "label_level": level}
+    if len(idx):
+        result["linear_probe"] = metrics_lib.classification_report(y[idx], linear_probe_scores(probe, feats), names)
+        result["zero_shot"] = metrics_lib.classification_report(
+            y[idx], zero_shot_scores(params, model, z, prompt_feats, prompt_class, len(names)), names)
+        print(metrics_lib.format_table([("linear probe", result["linear_probe"]),
+                                        ("zero-shot", result["zero_shot"])]), file=sys.stderr)
+    if unknown:
+        print(f"[evaluate] classes unknown to the model, left out: {unknown}", file=sys.stderr)
+    if out:
+        pathlib.Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pclip_jax.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="capture files or folders (searched recursively)")
+    parser.add_argument("--workdir", required=True, help="a workdir written by pclip_jax.main")
+    parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH")
+    parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    args = parser.parse_args(argv)
+    evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

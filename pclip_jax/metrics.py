@@ -1,0 +1,77 @@
+"""Classification metrics as the paper reports them: per-class one-vs-rest ROC AUC and their macro mean (mAUC),
+accuracy, macro-F1 and the confusion matrix; a ROC plot per evaluation.
+
+Classes without a positive or without a negative in the evaluated set have no defined AUC: they are listed under
+`undefined_auc` and left out of the mean, never counted as 0.5.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]) -> dict:
+    """y_true [N] ints in [0, C); scores [N, C] (probabilities or logits, higher = more likely)."""
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_classes = len(class_names)
+    if scores.shape != (len(y_true), n_classes):
+        raise ValueError(f"scores shape {scores.shape} does not match {len(y_true)} flows × {n_classes} classes")
+    y_pred = scores.argmax(1)
+    per_class_auc, undefined = {}, []
+    for c, name in enumerate(class_names):
+        positives = y_true == c
+        if positives.all() or not positives.any():
+            undefined.append(name)
+            continue
+        per_class_auc[name] = float(skm.roc_auc_score(positives, scores[:, c]))
+    labels = np.arange(n_classes)
+    present = np.unique(y_true)
+    return {
+        "mauc": float(np.mean(list(per_class_auc.values()))) if per_class_auc else float("nan"),
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
+        # Macro-F1 over the classes present in the evaluated set (absent classes have undefined recall).
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "per_class_auc": per_class_auc,
+        "undefined_auc": undefined,
+        "support": {name: int((y_true == c).sum()) for c, name in enumerate(class_names)},
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": list(class_names),
+        "num_flows": int(len(y_true)),
+    }
+
+
+def plot_roc(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str], path: str | pathlib.Path,
+             title: str) -> None:
+    """One-vs-rest ROC curves, one line per class with its AUC in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for c, name in enumerate(class_names):
+        positives = np.asarray(y_true) == c
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = skm.roc_curve(positives, scores[:, c])
+        ax.plot(fpr, tpr, lw=1.3, label=f"{name} ({skm.auc(fpr, tpr):.3f}, n={int(positives.sum())})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """Plain-text results table: one row per evaluation with mAUC, accuracy, macro-F1 and flow count."""
+    lines = [f"{'evaluation':<28}{'mAUC':>8}{'acc':>8}{'mF1':>8}{'flows':>8}"]
+    for name, m in rows:
+        lines.append(f"{name:<28}{m['mauc']:>8.3f}{m['accuracy']:>8.3f}{m['macro_f1']:>8.3f}{m['num_flows']:>8d}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Packet tower: a flow's first K packets (masked bytes + size/direction/timing/flags) → one vector.
+
+Design (small on purpose; PacketCLIP's point is efficiency):
+1. Bytes: each byte value gets an embedding, plus a learned embedding of its offset within the packet (a byte at
+   offset 9 of an IPv4 header means "protocol", at offset 40 it is payload), so the tower can read header fields
+   and cleartext protocol structure at fixed positions.
+2. Patches: groups of `patch_size` consecutive bytes are flattened and projected to `width` → B/patch tokens per
+   packet; a per-packet attention pooling (a learned query) summarises them into one packet token. Cost is linear
+   in K×B, unlike a byte-level transformer.
+3. Packet features (log size, direction, log inter-arrival time, TCP flag bits, "is padding") are projected and
+   added to the packet token, with a learned packet-index embedding.
+4. A `depth`-layer pre-LN transformer over the K packet tokens (padding packets masked), then masked mean pooling.
+
+Defaults (width 128, depth 2, K=16, B=128, patch 8) give ~0.5M parameters and ~30 MFLOPs per flow.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class PacketTowerConfig:
+    packets: int = 16          # K
+    bytes: int = 128           # B
+    patch_size: int = 8
+    byte_dim: int = 16
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.0
+    dtype: Any = jnp.float32   # compute dtype (bf16 on accelerators); parameters stay float32
+
+
+def packet_features(sizes, iat, tcp_flags):
+    """[..., K] raw per-packet sequences → [..., K, 13] float features (no learned parameters)."""
+    sizes = sizes.astype(jnp.float32)
+    present = (sizes != 0).astype(jnp.float32)
+    log_size = jnp.log1p(jnp.abs(sizes)) / 8.0
+    direction = jnp.sign(sizes)
+    log_iat = jnp.log1p(jnp.maximum(iat.astype(jnp.float32), 0.0) * 1e3) / 10.0  # ms scale
+    bits = ((tcp_flags.astype(jnp.int32)[..., None] >> jnp.arange(8)) & 1).astype(jnp.float32)
+    return jnp.concatenate(
+        [log_size[..., None], direction[..., None], log_iat[..., None], present[..., None],
+         (1.0 - present)[..., None], bits], axis=-1)
+
+
+class _Block(nn.Module):
+    width: int
+    heads: int
+    mlp_ratio: int
+    dropout: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        attn_mask = nn.make_attention_mask(mask, mask)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype, dropout_rate=self.dropout,
+                                            deterministic=deterministic)(y, y, mask=attn_mask)
+        x = x + y
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        y = nn.Dense(self.width * self.mlp_ratio, dtype=self.dtype)(y)
+        y = nn.gelu(y)
+        y = nn.Dense(self.width, dtype=self.dtype)(y)
+        y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        return x + y
+
+
+class PacketTower(nn.Module):
+    """`__call__(bytes [N,K,B] uint8, sizes [N,K], iat [N,K], tcp_flags [N,K]) -> [N, width]` (unnormalised)."""
+    config: PacketTowerConfig
+
+    @nn.compact
+    def __call__(self, byte_rows, sizes, iat, tcp_flags, deterministic: bool = True):
+        cfg = self.config
+        n, k, b = byte_rows.shape
+        if b % cfg.patch_size:
+            raise ValueError(f"bytes per packet ({b}) must be a multiple of patch_size ({cfg.patch_size})")
+        x = nn.Embed(256, cfg.byte_dim, dtype=cfg.dtype, name="byte_embed")(byte_rows.astype(jnp.int32))
+        offset = self.param("byte_offset_embed", nn.initializers.normal(0.02), (b, cfg.byte_dim))
+        x = x + offset.astype(cfg.dtype)
+        patches = x.reshape(n, k, b // cfg.patch_size, cfg.patch_size * cfg.byte_dim)
+        tokens = nn.gelu(nn.Dense(cfg.width, dtype=cfg.dtype, name="patch_proj")(patches))
+        # Attention pooling of each packet's patch tokens with one learned query.
+        query = self.param("pool_query", nn.initializers.normal(0.02), (cfg.width,))
+        scores = jnp.einsum("nkpd,d->nkp", tokens, query.astype(cfg.dtype)) / jnp.sqrt(cfg.width).astype(cfg.dtype)
+        weights = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
+        packet_tokens = jnp.einsum("nkp,nkpd->nkd", weights, tokens)
+        feats = packet_features(sizes, iat, tcp_flags).astype(cfg.dtype)
+        packet_tokens = packet_tokens + nn.Dense(cfg.width, dtype=cfg.dtype, name="feature_proj")(feats)
+        position = self.param("packet_index_embed", nn.initializers.normal(0.02), (k, cfg.width))
+        h = packet_tokens + position.astype(cfg.dtype)
+        present = jnp.asarray(sizes) != 0
+        # A flow always has >= 1 packet; guard anyway so an all-padding row cannot produce NaNs.
+        present = present.at[:, 0].set(True)
+        for i in range(cfg.depth):
+            h = _Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.dtype, name=f"block{i}")(
+                h, present, deterministic)
+        h = nn.LayerNorm(dtype=cfg.dtype, name="final_norm")(h)
+        w = present.astype(cfg.dtype)[..., None]
+        pooled = (h * w).sum(1) / w.sum(1)
+        return pooled.astype(jnp.float32)

@@ -1,0 +1,63 @@
+"""Frozen text-tower features for a set of texts, computed once per distinct text and cached on disk.
+
+With a locked text tower (the default) the text side of every training step is a lookup into this table, so the
+sentence encoder runs once per distinct text rather than once per step.
+"""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from pclip_jax.models.text_tower import load_text_encoder
+
+
+class TextFeaturizer:
+    """Loads the text encoder once and embeds lists of strings in fixed-shape batches (one compilation)."""
+
+    def __init__(self, model_path: str, max_len: int = 64, batch_size: int = 64):
+        self.model_path = str(model_path)
+        self.module, self.params, self.tokenizer = load_text_encoder(self.model_path)
+        self.max_len, self.batch_size = int(max_len), int(batch_size)
+        self._apply = jax.jit(lambda p, ids, mask, types: self.module.apply(
+            {"params": p}, ids, mask, types, deterministic=True))
+
+    def __call__(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
+        texts = list(texts)
+        out = []
+        bs = self.batch_size
+        bar = tqdm(total=len(texts), desc="text embeddings", unit="text", disable=not progress or len(texts) < bs,
+                   file=sys.stderr)
+        for start in range(0, len(texts), bs):
+            chunk = texts[start:start + bs]
+            enc = self.tokenizer.encode(chunk + [""] * (bs - len(chunk)), self.max_len)
+            emb = self._apply(self.params, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                              jnp.asarray(enc["token_type_ids"]))
+            out.append(np.asarray(emb)[:len(chunk)])
+            bar.update(len(chunk))
+        bar.close()
+        return np.concatenate(out, 0) if out else np.zeros((0, 0), np.float32)
+
+
+def cached_text_features(featurizer: TextFeaturizer, texts: Sequence[str], cache_dir: Optional[pathlib.Path],
+                         progress: bool = True) -> np.ndarray:
+    """Embeddings of `texts` (in order), reusing `cache_dir/text-<hash>.npz` when the same texts were seen."""
+    texts = list(texts)
+    key = hashlib.sha256(("\x00".join([featurizer.model_path, str(featurizer.max_len)] + texts)).encode())
+    path = None
+    if cache_dir is not None:
+        path = pathlib.Path(cache_dir) / f"text-{key.hexdigest()[:16]}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as f:
+                return f["embeddings"]
+    emb = featurizer(texts, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, embeddings=emb)
+    return emb

@@ -1,0 +1,311 @@
+"""Contrastive pre-training of the packet tower against the text tower, data-parallel over all local devices.
+
+`train_and_evaluate(config, workdir)` is the library entry point (`pclip_jax.main` only parses flags):
+data (ingest → labels → filters → capture split) → text features (frozen tower, cached) → pmap training with a
+global contrastive loss, orbax checkpoints and automatic resume → evaluation (zero-shot and linear probe) →
+`workdir/results.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm import tqdm
+
+from pclip_jax import checkpointing, losses, parallel
+from pclip_jax import text as text_lib
+from pclip_jax.compat import count_params, maybe_initialize_distributed, tree_map
+from pclip_jax.data.prepare import PreparedFlows, prepare_flows
+from pclip_jax.metric_writer import MetricWriter
+from pclip_jax.models.packet_tower import PacketTowerConfig
+from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
+from pclip_jax.text_features import TextFeaturizer, cached_text_features
+
+AXIS = "batch"
+TENSOR_KEYS = ("bytes", "sizes", "iat", "tcp_flags")
+
+
+class NanLossError(FloatingPointError):
+    pass
+
+
+class TrainState(train_state.TrainState):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- model & state
+
+def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
+    m = config.model
+    dtype = jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32
+    packet = PacketTowerConfig(packets=config.data.packets, bytes=config.data.bytes, patch_size=m.patch_size,
+                               byte_dim=m.byte_dim, width=m.width, depth=m.depth, heads=m.heads,
+                               mlp_ratio=m.mlp_ratio, dropout=m.dropout, dtype=dtype)
+    return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
+
+
+def dummy_batch(config, n: int = 1, text_dim: int = 384) -> dict:
+    k, b = config.data.packets, config.data.bytes
+    return {"bytes": np.zeros((n, k, b), np.uint8), "sizes": np.ones((n, k), np.int32),
+            "iat": np.zeros((n, k), np.float32), "tcp_flags": np.zeros((n, k), np.uint8),
+            "text": np.zeros((n, text_dim), np.float32), "valid": np.ones((n,), bool),
+            "class_id": np.zeros((n,), np.int32)}
+
+
+def init_params(model: TwoTowers, config, rng, text_dim: int = 384):
+    batch = dummy_batch(config, 1, text_dim)
+    return model.init(rng, batch, text_features=jnp.asarray(batch["text"]))["params"]
+
+
+def param_counts(params) -> dict:
+    counts = {name: count_params(sub) for name, sub in params.items()}
+    return {"packet_tower": counts.get("packet_tower", 0),
+            "projection_heads": counts.get("packet_head", 0) + counts.get("text_head", 0),
+            "temperature_bias": counts.get("logit_scale", 0) + counts.get("logit_bias", 0),
+            "trainable_total": sum(counts.values())}
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=train_config.warmup_steps,
+        decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1), end_value=0.0)
+    return optax.chain(optax.clip_by_global_norm(train_config.grad_clip),
+                       optax.adamw(schedule, weight_decay=train_config.weight_decay)), schedule
+
+
+def create_state(config, model: TwoTowers, rng, text_dim: int = 384) -> TrainState:
+    tx, _ = make_optimizer(config.train)
+    params = init_params(model, config, rng, text_dim)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+def make_train_step(model: TwoTowers, config):
+    loss_name, multi_positive = config.train.loss, config.train.multi_positive
+    _, schedule = make_optimizer(config.train)
+
+    def step_fn(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+
+        def loss_fn(params):
+            zp, zt, scale, bias = model.apply({"params": params}, batch, text_features=batch["text"],
+                                              deterministic=False, rngs={"dropout": rng})
+            if loss_name == "clip":
+                return losses.clip_loss(zp, zt, batch["valid"], batch["class_id"], scale, AXIS, multi_positive)
+            if loss_name == "sigmoid":
+                return losses.sigmoid_loss(zp, zt, batch["valid"], batch["class_id"], scale, bias, AXIS,
+                                           multi_positive)
+            raise ValueError(f"train.loss must be 'clip' or 'sigmoid', got {loss_name!r}")
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.lax.pmean(grads, AXIS)
+        metrics = jax.lax.pmean({**metrics, "loss": loss}, AXIS)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["temperature"] = jnp.exp(jnp.minimum(state.params["logit_scale"], model.config.max_log_scale))
+        metrics["learning_rate"] = schedule(state.step)
+        return state.apply_gradients(grads=grads), metrics
+
+    return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,))
+
+
+def make_embed_fn(model: TwoTowers):
+    """pmapped: batch → (packet features before projection, projected normalised packet embeddings)."""
+    def embed(params, batch):
+        feats = model.apply({"params": params}, batch, method=TwoTowers.packet_features)
+        z = model.apply({"params": params}, batch, method=TwoTowers.embed_packets)
+        return feats, z
+    return jax.pmap(embed, axis_name=AXIS)
+
+
+def embed_flows(embed_fn, replicated_params, tensors: dict, indices: np.ndarray, batch_size: int,
+                progress: bool = False, desc: str = "embedding flows") -> tuple[np.ndarray, np.ndarray]:
+    """Packet features and embeddings of `indices`, in fixed-size padded batches (one compilation)."""
+    d = jax.local_device_count()
+    batch_size = max(d, (batch_size // d) * d)
+    feats, embs = [], []
+    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress, file=sys.stderr):
+        idx = indices[start:start + batch_size]
+        pad = batch_size - len(idx)
+        take = np.concatenate([idx, np.repeat(idx[:1], pad)]) if pad else idx
+        batch = {k: tensors[k][take] for k in TENSOR_KEYS}
+        f, z = embed_fn(replicated_params, parallel.shard(batch))
+        feats.append(np.asarray(f).reshape(batch_size, -1)[:len(idx)])
+        embs.append(np.asarray(z).reshape(batch_size, -1)[:len(idx)])
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(feats), np.concatenate(embs)
+
+
+# ----------------------------------------------------------------------------------------------- texts
+
+@dataclasses.dataclass
+class TrainTexts:
+    features: np.ndarray       # [T, Dt] frozen text features of the distinct texts
+    variants: np.ndarray       # [N_train, V] index into features
+    texts: list[str]
+
+
+def build_train_texts(prepared: PreparedFlows, config, featurizer: TextFeaturizer, cache_dir) -> TrainTexts:
+    """V text variants per training flow (class descriptions + flow facts, sampled), embedded once."""
+    table = prepared.table
+    descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
+    rng = np.random.default_rng(config.train.seed)
+    level = config.data.label_level
+    labels = np.asarray(table.meta[level]).astype(str)
+    apps = np.asarray(table.meta["level2"]).astype(str) if "level2" in table.meta else labels
+    idx = prepared.train_idx
+    duration = np.asarray(table.meta["last_ts"], np.float64)[idx] - np.asarray(table.meta["first_ts"], np.float64)[idx]
+    facts = text_lib.flow_facts_batch(table.tensors["sizes"][idx], table.tensors["iat"][idx],
+                                      table.tensors["num_packets"][idx], np.asarray(table.meta["proto"])[idx],
+                                      duration=duration)
+    vocabulary: dict[str, int] = {}
+    variants = np.zeros((len(prepared.train_idx), config.text.variants_per_flow), np.int32)
+    for v in range(config.text.variants_per_flow):
+        names = [[labels[i], apps[i]] for i in prepared.train_idx]
+        texts = text_lib.sample_flow_texts(rng, names, facts, descriptions, p_facts=config.text.p_facts)
+        for row, t in enumerate(texts):
+            variants[row, v] = vocabulary.setdefault(t, len(vocabulary))
+    texts = list(vocabulary)
+    print(f"[text] {len(texts)} distinct texts for {len(prepared.train_idx)} training flows", file=sys.stderr)
+    return TrainTexts(features=cached_text_features(featurizer, texts, cache_dir), variants=variants, texts=texts)
+
+
+def class_text_features(class_names, featurizer: TextFeaturizer, descriptions, cache_dir):
+    """Per class: the frozen features of each of its prompts ([P, Dt]) and the prompt's class index."""
+    texts, class_index = text_lib.zero_shot_prompts(class_names, descriptions)
+    feats = cached_text_features(featurizer, texts, cache_dir, progress=False)
+    return feats, np.asarray(class_index, np.int32), texts
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+def sample_indices(step: int, n: int, batch: int, class_ids: np.ndarray, seed: int, balance: float) -> np.ndarray:
+    """The global batch of step `step`: a deterministic function of (seed, step), so resume replays exactly.
+
+    Flows are drawn with weight count(class)^-balance: 0 = uniform over flows, 1 = uniform over classes.
+    """
+    rng = np.random.default_rng([seed, step])
+    counts = np.bincount(class_ids, minlength=class_ids.max() + 1).astype(np.float64)
+    weights = counts[class_ids] ** (-balance)
+    return rng.choice(n, size=batch, replace=n < batch, p=weights / weights.sum())
+
+
+def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarray, step: int, seed: int) -> dict:
+    """rows index into prepared.train_idx."""
+    rng = np.random.default_rng([seed, step, 1])
+    flows = prepared.train_idx[rows]
+    tensors = prepared.table.tensors
+    batch = {k: tensors[k][flows] for k in TENSOR_KEYS}
+    variant = rng.integers(0, texts.variants.shape[1], size=len(rows))
+    batch["text"] = texts.features[texts.variants[rows, variant]].astype(np.float32)
+    batch["valid"] = np.ones(len(rows), bool)
+    batch["class_id"] = prepared.class_ids[flows]
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------- main loop
+
+def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTexts, model: TwoTowers,
+          progress: bool = True) -> tuple[Any, int]:
+    """Runs (or resumes) pre-training; returns (unreplicated params, steps done)."""
+    rng = jax.random.PRNGKey(config.train.seed)
+    init_rng, step_rng = jax.random.split(rng)
+    state = create_state(config, model, init_rng, texts.features.shape[1])
+    mngr = checkpointing.manager(workdir / "checkpoints", config.train.checkpoint_every,
+                                 config.train.keep_checkpoints)
+    state, restored = checkpointing.restore_latest(mngr, state)
+    start = int(state.step)
+    if restored is not None:
+        print(f"[train] resumed from checkpoint at step {restored}", file=sys.stderr)
+    num_steps = int(config.train.num_steps)
+    # `stop_after` interrupts a run early with the schedule of the full run (resume tests, preemption drills).
+    last_step = min(num_steps, int(config.train.get("stop_after", 0) or num_steps))
+    global_batch = parallel.global_batch_size(config.train.batch_size)
+    p_step = make_train_step(model, config)
+    rstate = parallel.replicate(state)
+    step_rngs = parallel.replicate(step_rng)
+    train_classes = prepared.class_ids[prepared.train_idx]
+    known = np.where(train_classes >= 0, train_classes, train_classes.max() + 1)
+    writer = MetricWriter(workdir, "train")
+    bar = tqdm(total=num_steps, initial=start, desc="pre-training", unit="step", file=sys.stderr,
+               disable=not progress or jax.process_index() != 0)
+    pending, t0, last_logged = [], time.time(), start
+    for step in range(start, last_step):
+        rows = sample_indices(step, len(prepared.train_idx), global_batch, known, config.train.seed,
+                              config.train.class_balance)
+        rows = rows[parallel.process_slice(global_batch)]
+        batch = make_train_batch(prepared, texts, rows, step, config.train.seed)
+        rstate, metrics = p_step(rstate, parallel.shard(batch), step_rngs)
+        pending.append(metrics)
+        done = step + 1
+        if done % config.train.log_every == 0 or done == last_step:
+            history = jax.device_get(pending)
+            pending = []
+            for offset, m in enumerate(history):
+                if not np.isfinite(m["loss"][0]):
+                    raise NanLossError(f"loss became {m['loss'][0]} at step {last_logged + offset + 1}: stopping. "
+                                       f"Try a lower train.learning_rate or train.dtype='float32'.")
+            elapsed = max(time.time() - t0, 1e-9)
+            summary = {k: float(np.mean([m[k][0] for m in history])) for k in history[-1]}
+            summary["steps_per_sec"] = len(history) / elapsed
+            summary["flows_per_sec"] = len(history) * global_batch / elapsed
+            writer.write(done, summary)
+            bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['p2t_accuracy']:.2f}",
+                            steps_s=f"{summary['steps_per_sec']:.1f}", flows_s=f"{summary['flows_per_sec']:.0f}")
+            bar.update(len(history))
+            t0, last_logged = time.time(), done
+        if done % config.train.checkpoint_every == 0 or done == last_step:
+            checkpointing.save(mngr, done, parallel.unreplicate(rstate), force=done == last_step)
+    bar.close()
+    writer.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    return jax.device_get(parallel.unreplicate(rstate)).params, max(start, last_step)
+
+
+def save_config(config, workdir: pathlib.Path) -> None:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The whole job: prepare data, pre-train (resuming if a checkpoint exists), evaluate, write results.json."""
+    from pclip_jax import evaluate as evaluate_lib
+
+    maybe_initialize_distributed()
+    started = time.time()
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(config, workdir)
+    prepared = prepare_flows(config.data, workdir)
+    cache_dir = workdir / "cache"
+    featurizer = TextFeaturizer(config.text.encoder, max_len=config.text.max_len,
+                                batch_size=config.text.batch_size)
+    texts = build_train_texts(prepared, config, featurizer, cache_dir)
+    model = TwoTowers(model_config(config))
+    t_train = time.time()
+    params, steps = train(config, workdir, prepared, texts, model)
+    t_train = time.time() - t_train
+    results = evaluate_lib.evaluate_pretrained(config, workdir, prepared, model, params, featurizer)
+    results.update({
+        "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
+                    "platform": jax.devices()[0].platform, "processes": jax.process_count()},
+        "train_steps": steps,
+        "train_seconds": round(t_train, 1),
+        "wall_seconds": round(time.time() - started, 1),
+    })
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
