@@ -55,6 +55,10 @@ def get_config():
     config.train.loss = "clip"                       # 'clip' (softmax) or 'sigmoid' (SigLIP)
     config.train.multi_positive = True
     config.train.class_balance = 0.5
+    config.train.augment = ml_collections.ConfigDict()
+    config.train.augment.iat_scale = 1.0             # >1: log-uniform IAT scaling in [1/s, s]
+    config.train.augment.byte_dropout = 0.0
+    config.train.augment.packet_dropout = 0.0
     config.train.dtype = "bfloat16"
     config.train.seed = 0
     config.train.log_every = 50
@@ -63,4 +67,23 @@ def get_config():
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1024
+
+    # Detection stage: hierarchical GNN over the mission knowledge graph, on the frozen towers.
+    config.gnn = ml_collections.ConfigDict()
+    config.gnn.enabled = True
+    config.gnn.kg = "ndpi"                            # a graph in configs/kg/ or a path to a YAML file
+    config.gnn.mission = ""                           # a mission name from the graph, or a statement
+    config.gnn.batch_size = 64
+    config.gnn.num_steps = 300
+    config.gnn.learning_rate = 3e-3
+    config.gnn.weight_decay = 1e-4
+    config.gnn.warmup_steps = 20
+    config.gnn.log_every = 25
+    config.gnn.checkpoint_every = 0
+    config.gnn.min_flows_level2 = 5
+    config.gnn.model = ml_collections.ConfigDict()
+    config.gnn.model.hidden = 96
+    config.gnn.model.num_layers = 2
+    config.gnn.model.num_heads = 4
+    config.gnn.model.dropout = 0.1
     return config

@@ -23,4 +23,10 @@ def get_config():
     config.train.log_every = 2
     config.train.checkpoint_every = 2
     config.eval.batch_size = 32
+    config.gnn.batch_size = 16
+    config.gnn.num_steps = 4
+    config.gnn.warmup_steps = 1
+    config.gnn.log_every = 2
+    config.gnn.model.hidden = 16
+    config.gnn.model.num_heads = 2
     return config

@@ -69,17 +69,20 @@ def linear_probe_scores(probe: dict, features: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- after training
 
-def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, featurizer) -> dict:
-    """Embeds train/test flows, fits the probe on train, scores test both ways, writes plots and artefacts."""
+def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, featurizer) -> tuple[dict, dict]:
+    """Embeds train/test flows, fits the probe on train, scores test both ways, writes plots and artefacts.
+
+    Returns (results, embeddings) with embeddings = {'train': z, 'test': z} (projected, normalised packet
+    embeddings of prepared.train_idx / test_idx), which the GNN stage reuses."""
     from pclip_jax import train as train_lib
 
     workdir = pathlib.Path(workdir)
-    cache_dir = workdir / "cache"
+    cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
     names = prepared.class_names
     embed_fn = train_lib.make_embed_fn(model)
     rparams = parallel.replicate(params)
     tensors = prepared.table.tensors
-    feats_train, _ = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.train_idx,
+    feats_train, z_train = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.train_idx,
                                            config.eval.batch_size, progress=True, desc="embedding train flows")
     feats_test, z_test = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.test_idx,
                                                config.eval.batch_size, progress=True, desc="embedding test flows")
@@ -109,7 +112,7 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     counts_test = np.bincount(y_test[keep_test], minlength=len(names))
     print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]),
           file=sys.stderr)
-    return {
+    results = {
         "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params),
                        "total": counts["trainable_total"] + count_tree(featurizer.params)},
         "test": test_metrics,
@@ -121,6 +124,7 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
                  "train_captures": len(prepared.split_captures["train"]),
                  "test_captures": len(prepared.split_captures["test"])},
     }
+    return results, {"train": z_train, "test": z_test}
 
 
 def count_tree(tree) -> int:

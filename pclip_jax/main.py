@@ -20,7 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
+
     from pclip_jax import train
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
     results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     print(json.dumps({k: results[k] for k in ("devices", "num_params", "train_steps", "wall_seconds")}, indent=2))

@@ -203,12 +203,44 @@ def sample_indices(step: int, n: int, batch: int, class_ids: np.ndarray, seed: i
     return rng.choice(n, size=batch, replace=n < batch, p=weights / weights.sum())
 
 
-def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarray, step: int, seed: int) -> dict:
+def augment_flows(batch: dict, rng: np.random.Generator, augment) -> dict:
+    """Capture-invariance augmentations: what changes between two captures of the same application.
+
+    * `iat_scale`: multiply each flow's inter-arrival times by a log-uniform factor in [1/s, s] (another network,
+      another round-trip time);
+    * `byte_dropout`: zero a random fraction of the payload/header bytes (other session ids, other randoms);
+    * `packet_dropout`: drop non-first packets with this probability, shifting later ones up (lost ACKs,
+      coalesced segments, another capture point).
+    """
+    batch = dict(batch)
+    n, k = batch["sizes"].shape
+    if augment.iat_scale > 1:
+        factor = np.exp(rng.uniform(-1, 1, size=(n, 1)) * np.log(augment.iat_scale)).astype(np.float32)
+        batch["iat"] = batch["iat"] * factor
+    if augment.byte_dropout > 0:
+        keep = rng.random(batch["bytes"].shape) >= augment.byte_dropout
+        batch["bytes"] = batch["bytes"] * keep.astype(np.uint8)
+    if augment.packet_dropout > 0:
+        drop = (rng.random((n, k)) < augment.packet_dropout) & (batch["sizes"] != 0)
+        drop[:, 0] = False
+        order = np.argsort(drop, axis=1, kind="stable")  # kept packets first, in their original order
+        for key in TENSOR_KEYS:
+            arr = np.take_along_axis(batch[key], order.reshape(order.shape + (1,) * (batch[key].ndim - 2)), 1)
+            dropped_sorted = np.take_along_axis(drop, order, 1)
+            mask = dropped_sorted.reshape(dropped_sorted.shape + (1,) * (arr.ndim - 2))
+            batch[key] = np.where(mask, np.zeros_like(arr), arr)
+    return batch
+
+
+def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarray, step: int, seed: int,
+                     augment=None) -> dict:
     """rows index into prepared.train_idx."""
     rng = np.random.default_rng([seed, step, 1])
     flows = prepared.train_idx[rows]
     tensors = prepared.table.tensors
     batch = {k: tensors[k][flows] for k in TENSOR_KEYS}
+    if augment is not None:
+        batch = augment_flows(batch, rng, augment)
     variant = rng.integers(0, texts.variants.shape[1], size=len(rows))
     batch["text"] = texts.features[texts.variants[rows, variant]].astype(np.float32)
     batch["valid"] = np.ones(len(rows), bool)
@@ -247,7 +279,7 @@ def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTe
         rows = sample_indices(step, len(prepared.train_idx), global_batch, known, config.train.seed,
                               config.train.class_balance)
         rows = rows[parallel.process_slice(global_batch)]
-        batch = make_train_batch(prepared, texts, rows, step, config.train.seed)
+        batch = make_train_batch(prepared, texts, rows, step, config.train.seed, config.train.get("augment"))
         rstate, metrics = p_step(rstate, parallel.shard(batch), step_rngs)
         pending.append(metrics)
         done = step + 1
@@ -290,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
     prepared = prepare_flows(config.data, workdir)
-    cache_dir = workdir / "cache"
+    cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
     featurizer = TextFeaturizer(config.text.encoder, max_len=config.text.max_len,
                                 batch_size=config.text.batch_size)
     texts = build_train_texts(prepared, config, featurizer, cache_dir)
@@ -298,7 +330,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_train = time.time()
     params, steps = train(config, workdir, prepared, texts, model)
     t_train = time.time() - t_train
-    results = evaluate_lib.evaluate_pretrained(config, workdir, prepared, model, params, featurizer)
+    results, embeddings = evaluate_lib.evaluate_pretrained(config, workdir, prepared, model, params, featurizer)
+    if config.gnn.enabled:
+        from pclip_jax.kg import pipeline as kg_pipeline
+
+        results["gnn"] = kg_pipeline.train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
+                                                            embeddings, cache_dir)
     results.update({
         "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
                     "platform": jax.devices()[0].platform, "processes": jax.process_count()},

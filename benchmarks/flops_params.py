@@ -1,0 +1,139 @@
+"""Parameters and FLOPs per flow of every stage, against ET-BERT-base, from the compiled programs.
+
+    python benchmarks/flops_params.py [--config configs/default.py] [--json OUT]
+
+FLOPs come from XLA's cost analysis of the compiled forward pass (a multiply-add counts as 2 FLOPs), divided by
+the batch size. ET-BERT-base is measured the same way: a BERT-base encoder (12 layers, width 768, 12 heads, its
+60,005-token vocabulary) on one 128-token input, built with this project's BERT module. Parameters come from
+`jax.eval_shape` (nothing is allocated). The text tower is not part of per-flow inference: class and node
+descriptions are embedded once and cached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pclip_jax.compat import compiled_flops, count_params  # noqa: E402
+
+BATCH = 64
+ETBERT_SEQ = 128
+
+
+def packet_tower_cost(config) -> dict:
+    from pclip_jax import train as train_lib
+    from pclip_jax.models.packet_tower import PacketTower
+
+    tower = PacketTower(train_lib.model_config(config).packet)
+    b = train_lib.dummy_batch(config, BATCH)
+    args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"])
+    shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
+    params = tower.init(jax.random.PRNGKey(0), *args)
+    flops = compiled_flops(lambda p, *a: tower.apply(p, *a), params, *args) / BATCH
+    return {"params": count_params(shapes), "flops_per_flow": flops}
+
+
+def two_tower_heads_cost(config) -> dict:
+    from pclip_jax import train as train_lib
+    from pclip_jax.models.two_towers import TwoTowers
+
+    model = TwoTowers(train_lib.model_config(config))
+    shapes = jax.eval_shape(lambda: train_lib.init_params(model, config, jax.random.PRNGKey(0)))
+    counts = train_lib.param_counts(shapes)
+    return {"params": counts["trainable_total"], "projection_heads": counts["projection_heads"]}
+
+
+def bert_cost(bert_config, seq_len: int) -> dict:
+    from pclip_jax.models.bert import BertEncoder
+
+    model = BertEncoder(bert_config)
+    ids = jnp.ones((1, seq_len), jnp.int32)
+    mask = jnp.ones((1, seq_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, mask))
+    flops = compiled_flops(lambda p, i, m: model.apply(p, i, m), shapes, ids, mask)
+    return {"params": count_params(shapes), "flops_per_input": flops, "seq_len": seq_len}
+
+
+def gnn_cost(config) -> dict:
+    from pclip_jax.kg import graphs as kg_graphs
+    from pclip_jax.kg.gnn import GnnConfig, HierarchicalGNN, flops_per_flow
+    from pclip_jax.kg.pipeline import kg_path
+    from pclip_jax.kg.schema import load_kg
+
+    kg = load_kg(kg_path(config))
+    layout = kg_graphs.kg_layout(kg)
+    gcfg = GnnConfig(**{k: v for k, v in config.gnn.model.to_dict().items()})
+    dim = config.model.embed_dim
+    # Shapes only: FLOPs and parameter counts do not depend on the embedding values.
+    flows = np.zeros((BATCH, dim), np.float32)
+    kg_emb = jnp.zeros((len(kg.nodes), dim), jnp.float32)
+    graphs = kg_graphs.build_batch(layout, flows)
+    model = HierarchicalGNN(gcfg)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), graphs, kg_emb)["params"]
+    return {"params": count_params(params), "flops_per_flow": flops_per_flow(gcfg, params, graphs, kg_emb),
+            "kg": kg.name, "kg_nodes": len(kg.nodes)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "default.py"))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_config", args.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+
+    from pclip_jax.models.bert import BertConfig
+
+    packet = packet_tower_cost(config)
+    heads = two_tower_heads_cost(config)
+    gnn = gnn_cost(config)
+    minilm = bert_cost(BertConfig(), config.text.max_len)
+    etbert = bert_cost(BertConfig(vocab_size=60005, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                  intermediate_size=3072), ETBERT_SEQ)
+    inference = packet["flops_per_flow"] + gnn["flops_per_flow"]
+    report = {
+        "config": args.config,
+        "packet_tower": packet,
+        "pretraining_trainable_params": heads["params"],
+        "text_tower_minilm": minilm,
+        "gnn": gnn,
+        "etbert_base": etbert,
+        "detection_trainable_params": gnn["params"],
+        "detection_params_ratio_to_etbert": gnn["params"] / etbert["params"],
+        "inference_flops_per_flow": inference,
+        "inference_flops_ratio_to_etbert": inference / etbert["flops_per_input"],
+    }
+    rows = [
+        ("packet tower", packet["params"], packet["flops_per_flow"]),
+        ("GNN head (" + gnn["kg"] + f", {gnn['kg_nodes']} nodes)", gnn["params"], gnn["flops_per_flow"]),
+        ("inference per flow (tower+GNN)", packet["params"] + gnn["params"], inference),
+        (f"text tower MiniLM ({minilm['seq_len']} tok, cached)", minilm["params"], minilm["flops_per_input"]),
+        (f"ET-BERT-base ({ETBERT_SEQ} tokens)", etbert["params"], etbert["flops_per_input"]),
+    ]
+    print(f"{'model':<44}{'params':>14}{'MFLOPs/flow':>14}")
+    for name, p, f in rows:
+        print(f"{name:<44}{p:>14,d}{f / 1e6:>14.1f}")
+    print(f"detection-stage trainable params / ET-BERT-base: {report['detection_params_ratio_to_etbert']:.4%} "
+          f"({1 - report['detection_params_ratio_to_etbert']:.2%} fewer)")
+    print(f"inference FLOPs per flow / ET-BERT-base:         {report['inference_flops_ratio_to_etbert']:.4%} "
+          f"({1 - report['inference_flops_ratio_to_etbert']:.2%} fewer)")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

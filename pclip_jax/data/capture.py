@@ -1,0 +1,643 @@
+"""Capture files -> packets: pcap / pcapng records and their link-layer, IP and L4 headers.
+
+Speed comes from doing as little as possible per packet in Python: one tight ``struct`` loop finds
+the record boundaries of a chunk of the file, then every header field of every packet of the chunk is
+read at once with numpy gathers at computed offsets. Only rare packets (IPv6 extension headers,
+IP-in-IP tunnels, MPLS, PPPoE) go through a per-packet Python path.
+
+Bad input never raises: the reader stops at the damage and records a ``CaptureError`` (file, byte
+offset, reason); everything read before it is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # little-endian, nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+
+# Link types (https://www.tcpdump.org/linktypes.html).
+LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_PPP = 0, 1, 9
+LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14 = 101, 12, 14
+LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC, LINKTYPE_LOOP = 50, 104, 108
+LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
+SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276})
+
+# Largest record we accept; larger lengths are treated as corruption (libpcap uses 256 KiB too).
+MAX_RECORD = 262144
+# Largest non-packet pcapng block (name resolution, decryption secrets, custom blocks can be large).
+MAX_BLOCK = 16 << 20
+# Zero bytes appended to every chunk so that fixed-offset header reads never index past the end.
+_PAD = 256
+_IPV6_EXT = (0, 43, 44, 60, 51, 135, 139, 140)
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+
+# Packet kinds after header parsing.
+FLOW, LATER_FRAGMENT, NON_IP, MALFORMED = 0, 1, 2, 3
+
+
+@dataclasses.dataclass
+class CaptureError:
+    """A problem found in a capture: the file, the byte offset where it starts, and why."""
+
+    file: str
+    offset: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: byte {self.offset}: {self.reason}"
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "offset": int(self.offset), "reason": self.reason}
+
+
+@dataclasses.dataclass
+class PacketBatch:
+    """Packets of one chunk of a capture. ``buf`` holds the chunk; the other arrays have one entry per packet."""
+
+    buf: np.ndarray  # uint8, chunk bytes + zero padding
+    off: np.ndarray  # int64, start of the link-layer frame in buf
+    caplen: np.ndarray  # int64, captured bytes
+    wirelen: np.ndarray  # int64, length on the wire (what nDPI counts)
+    ts: np.ndarray  # int64, nanoseconds since the epoch
+    linktype: np.ndarray  # int32
+    rec_off: np.ndarray  # int64, file offset of the record (for messages)
+
+    def __len__(self) -> int:
+        return len(self.off)
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """Return 'pcap' or 'pcapng' from the file's magic number, None when it is neither (or unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    if head in PCAP_MAGICS:
+        return "pcap"
+    if head == PCAPNG_MAGIC:
+        return "pcapng"
+    return None
+
+
+def find_captures(inputs) -> list[tuple[Path, Path]]:
+    """Expand files and folders (recursively) into ``(capture, root)`` pairs, sorted, without duplicates.
+
+    In folders a file is taken when its suffix is .pcap/.pcapng/.cap or its magic says it is a capture.
+    Files named explicitly are always taken (a non-capture then yields an error when read).
+    """
+    out, seen = [], set()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+                if f.suffix.lower() in CAPTURE_SUFFIXES or sniff(f) is not None:
+                    if f.resolve() not in seen:
+                        seen.add(f.resolve())
+                        out.append((f, p))
+        elif p.exists():
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                out.append((p, p.parent))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return out
+
+
+def _windows(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """Copy ``buf[p:p+width]`` for every p in ``pos`` (all within buf) into a uint8 [n, width] array."""
+    return np.lib.stride_tricks.sliding_window_view(buf, width)[pos]
+
+
+def _batch(buf: np.ndarray, recs: list, bo: str, ts_mult: int, linktype: int, base: int) -> PacketBatch:
+    """Build a PacketBatch for pcap records starting at the offsets in ``recs`` (all complete in ``buf``)."""
+    pos = np.asarray(recs, dtype=np.int64)
+    # Gather the 16-byte record headers of all packets at once and view them as 4 uint32 each.
+    hdr = _windows(buf, pos, 16).view(bo + "u4").astype(np.int64)
+    return PacketBatch(
+        buf=buf, off=pos + 16, caplen=hdr[:, 2], wirelen=hdr[:, 3],
+        ts=hdr[:, 0] * 1_000_000_000 + hdr[:, 1] * ts_mult,
+        linktype=np.full(len(pos), linktype, np.int32), rec_off=pos + base)
+
+
+def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[PacketBatch]:
+    head = fh.read(24)
+    if len(head) < 24:
+        errors.append(CaptureError(name, 0, f"truncated pcap file header ({len(head)} of 24 bytes)"))
+        return
+    bo, ts_mult = PCAP_MAGICS[head[:4]]
+    snaplen, linktype = struct.unpack_from(bo + "II", head, 16)
+    linktype &= 0x0FFFFFFF  # upper bits carry FCS information
+    if linktype not in SUPPORTED_LINKTYPES:
+        errors.append(CaptureError(name, 20, f"unknown link type {linktype}"))
+        return
+    limit = max(MAX_RECORD, snaplen if snaplen < (1 << 24) else 0)
+    incl_of = struct.Struct(bo + "8xI").unpack_from
+    base, n_rest = 24, 0
+    # Small files get small buffers (allocating and clearing chunk_bytes per file would dominate).
+    chunk_bytes = max(1, min(chunk_bytes, os.fstat(fh.fileno()).st_size))
+    # Two buffers used in turn: a batch's bytes stay valid while the next chunk is read into the other one.
+    bufs = [bytearray(), bytearray()]
+    turn = 0
+    while True:
+        prev = bufs[1 - turn]
+        need = n_rest + chunk_bytes + _PAD
+        if len(bufs[turn]) < need:  # a new buffer (the old one may still be viewed by a batch)
+            bufs[turn] = bytearray(max(need, 2 * len(bufs[turn])))
+        chunk = bufs[turn]
+        chunk[:n_rest] = prev[pos:pos + n_rest] if n_rest else b""
+        got = fh.readinto(memoryview(chunk)[n_rest:n_rest + chunk_bytes])
+        n = n_rest + got
+        # Zero padding after the data makes the loop's read past the end see length 0: one test ends it.
+        chunk[n:n + _PAD] = bytes(_PAD)
+        pos, recs = 0, []
+        append = recs.append
+        while True:  # the only per-packet Python loop: find record boundaries
+            nxt = pos + 16 + incl_of(chunk, pos)[0]
+            if nxt > n:
+                break
+            append(pos)
+            pos = nxt
+        err = None
+        if recs:
+            buf = np.frombuffer(chunk, dtype=np.uint8, count=n + _PAD)
+            b = _batch(buf, recs, bo, ts_mult, linktype, base)
+            bad = np.nonzero(b.caplen > limit)[0]
+            if len(bad):  # a corrupt length that still pointed inside the chunk
+                k = int(bad[0])
+                pos = recs[k]
+                err = f"corrupt record length {int(b.caplen[k])} (limit {limit})"
+                b = PacketBatch(buf, *(a[:k] for a in (b.off, b.caplen, b.wirelen, b.ts, b.linktype, b.rec_off)))
+            if len(b):
+                yield b
+        if err is None and n - pos >= 16 and incl_of(chunk, pos)[0] > limit:
+            err = f"corrupt record length {incl_of(chunk, pos)[0]} (limit {limit})"
+        if err is not None:
+            errors.append(CaptureError(name, base + pos, err))
+            return
+        if not got:  # end of file
+            if pos < n:
+                need = 16 + incl_of(chunk, pos)[0] if n - pos >= 16 else 16
+                errors.append(CaptureError(
+                    name, base + pos, f"truncated record: needs {need} bytes, file ends after {n - pos}"))
+            return
+        n_rest = n - pos
+        base += pos
+        turn = 1 - turn
+
+
+def _tsres_ns(opts: bytes, bo: str) -> tuple[int, int, int]:
+    """Parse IDB options: return (numerator, denominator) converting ticks to ns, and ts offset seconds."""
+    num, den, offset = 1000, 1, 0  # default resolution: microseconds
+    p = 0
+    while p + 4 <= len(opts):
+        code, ln = struct.unpack_from(bo + "HH", opts, p)
+        if code == 0:
+            break
+        val = opts[p + 4:p + 4 + ln]
+        if code == 9 and ln >= 1:
+            r = val[0]
+            # Resolutions finer than 1e-18 s (or 2^-60 s) do not fit int64 arithmetic: only a corrupt IDB has them.
+            if r & 0x80 and (r & 0x7F) <= 60:  # power of two
+                num, den = 1_000_000_000, 1 << (r & 0x7F)
+            elif r <= 9:
+                num, den = 10 ** (9 - r), 1
+            elif r <= 18:
+                num, den = 1, 10 ** (r - 9)
+        elif code == 14 and ln == 8:
+            offset = struct.unpack(bo + "q", val)[0]
+            if abs(offset) > 1 << 32:  # more than a century: corrupt, ignored
+                offset = 0
+        p += 4 + ((ln + 3) & ~3)
+    return num, den, offset
+
+
+def _read_pcapng(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[PacketBatch]:
+    bo = "<"
+    ifaces: list[tuple[int, int, int, int, int]] = []  # linktype, snaplen, num, den, offset
+    warned_iface: set = set()
+    base, rest, seen_shb = 0, b"", False
+    hdr_of = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
+    while True:
+        data = fh.read(chunk_bytes)
+        chunk = rest + data
+        n = len(chunk)
+        pos, err = 0, None
+        epb: list[int] = []  # offsets of enhanced packet blocks (fast path)
+        extra: list[tuple] = []  # simple / obsolete packet blocks: (pos, ifid, ts_ticks, caplen, wirelen, dataoff)
+        flush_now = False
+        unpack = hdr_of[bo]
+        while pos + 12 <= n:
+            btype, blen = unpack(chunk, pos)
+            if btype == 0x0A0D0D0A:  # section header: byte order may change
+                bom = chunk[pos + 8:pos + 12]
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    nbo = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    nbo = ">"
+                else:
+                    err = "corrupt section header (bad byte-order magic)"
+                    break
+                if epb or extra:
+                    flush_now = True  # emit packets of the previous section (its interfaces) first
+                    break
+                bo, unpack = nbo, hdr_of[nbo]
+                btype, blen = unpack(chunk, pos)
+                ifaces, seen_shb = [], True
+            elif not seen_shb:
+                err = "not a pcapng section header"
+                break
+            if blen < 12 or blen % 4 or blen > (MAX_RECORD + 4096 if btype in (2, 3, 6) else MAX_BLOCK):
+                err = f"corrupt block length {blen} (block type {btype:#x})"
+                break
+            if pos + blen > n:
+                break
+            if struct.unpack_from(bo + "I", chunk, pos + blen - 4)[0] != blen:
+                err = f"corrupt block: trailing length differs from {blen}"
+                break
+            if btype == 6:
+                epb.append(pos)
+            elif btype == 1:
+                if blen < 20:
+                    err = "corrupt interface description block"
+                    break
+                lt, _, snap = struct.unpack_from(bo + "HHI", chunk, pos + 8)
+                num, den, tsoff = _tsres_ns(chunk[pos + 16:pos + blen - 4], bo)
+                ifaces.append((lt, snap, num, den, tsoff))
+                if lt not in SUPPORTED_LINKTYPES:
+                    errors.append(CaptureError(name, base + pos, f"unknown link type {lt} (interface {len(ifaces) - 1})"))
+            elif btype == 3 and blen >= 16:  # simple packet block: interface 0, no timestamp
+                wl = struct.unpack_from(bo + "I", chunk, pos + 8)[0]
+                extra.append((pos, 0, 0, min(wl, blen - 16), wl, pos + 12))
+            elif btype == 2 and blen >= 32:  # obsolete packet block
+                ifid, _, th, tl, cl, wl = struct.unpack_from(bo + "HHIIII", chunk, pos + 8)
+                extra.append((pos, ifid, (th << 32) | tl, min(cl, blen - 32), wl, pos + 28))
+            pos += blen
+        if epb or extra:
+            b = _pcapng_batch(chunk, epb, extra, bo, ifaces, base, name, errors, warned_iface)
+            if b is not None and len(b):
+                yield b
+        if err is not None:
+            errors.append(CaptureError(name, base + pos, err))
+            return
+        if not data and not flush_now:
+            if pos < n:
+                errors.append(CaptureError(name, base + pos, f"truncated block: file ends {n - pos} bytes into it"))
+            return
+        rest = chunk[pos:]
+        base += pos
+
+
+def _pcapng_batch(chunk, epb, extra, bo, ifaces, base, name, errors, warned) -> PacketBatch | None:
+    buf = np.frombuffer(chunk + bytes(_PAD), dtype=np.uint8)
+    pos = np.asarray(epb, dtype=np.int64)
+    # EPB: type, len, ifid, ts_hi, ts_lo, caplen, wirelen, data...
+    h = _windows(buf, pos, 28).view(bo + "u4").astype(np.int64)
+    ifid, ticks, caplen, wirelen = h[:, 2], (h[:, 3] << 32) | h[:, 4], h[:, 5], h[:, 6]
+    off = pos + 28
+    blen = h[:, 1]
+    caplen = np.minimum(caplen, blen - 32)
+    if extra:
+        e = np.asarray(extra, dtype=np.int64)
+        pos = np.concatenate([pos, e[:, 0]])
+        ifid = np.concatenate([ifid, e[:, 1]])
+        ticks = np.concatenate([ticks, e[:, 2]])
+        caplen = np.concatenate([caplen, e[:, 3]])
+        wirelen = np.concatenate([wirelen, e[:, 4]])
+        off = np.concatenate([off, e[:, 5]])
+        order = np.argsort(pos, kind="stable")
+        pos, ifid, ticks, caplen, wirelen, off = (a[order] for a in (pos, ifid, ticks, caplen, wirelen, off))
+    ok = (ifid < len(ifaces)) & (caplen >= 0)
+    if not ok.all():
+        bad = int(pos[~ok][0])
+        if "ifid" not in warned:
+            warned.add("ifid")
+            errors.append(CaptureError(name, base + bad, "packet refers to an undefined interface"))
+        pos, ifid, ticks, caplen, wirelen, off = (a[ok] for a in (pos, ifid, ticks, caplen, wirelen, off))
+    ts = np.zeros(len(pos), np.int64)
+    lt = np.zeros(len(pos), np.int32)
+    for i, (ltype, _, num, den, tsoff) in enumerate(ifaces):
+        m = ifid == i
+        if not m.any():
+            continue
+        lt[m] = ltype
+        t = ticks[m]
+        if den == 1:
+            ts[m] = t * num + tsoff * 1_000_000_000
+        else:  # sub-nanosecond or binary resolution: integer division keeps it exact where it can
+            ts[m] = (t * num) // den + tsoff * 1_000_000_000 if num == 1 else \
+                np.clip(t.astype(np.float64) * (num / den), -9e18, 9e18).astype(np.int64) + tsoff * 1_000_000_000
+    return PacketBatch(buf=buf, off=off, caplen=caplen, wirelen=wirelen, ts=ts, linktype=lt, rec_off=pos + base)
+
+
+def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 20,
+                 name: str | None = None) -> Iterator[PacketBatch]:
+    """Stream a pcap or pcapng file as PacketBatches of about ``chunk_bytes`` each.
+
+    Problems are appended to ``errors`` as CaptureError; reading stops at the first damage and
+    everything before it is yielded. Never raises for bad content (only for programming errors).
+    A batch's ``buf`` may be reused for the batch after next: copy what must outlive that.
+    """
+    name = str(path) if name is None else name
+    try:
+        size = os.path.getsize(path)
+        fh = open(path, "rb")
+    except OSError as e:
+        errors.append(CaptureError(name, 0, f"cannot open: {e.strerror or e}"))
+        return
+    with fh:
+        if size == 0:
+            errors.append(CaptureError(name, 0, "empty file"))
+            return
+        magic = fh.read(4)
+        fh.seek(0)
+        if magic in PCAP_MAGICS:
+            yield from _read_pcap(fh, name, chunk_bytes, errors)
+        elif magic == PCAPNG_MAGIC:
+            yield from _read_pcapng(fh, name, chunk_bytes, errors)
+        else:
+            errors.append(CaptureError(name, 0, f"not a pcap/pcapng capture (magic bytes {magic.hex()})"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Link layer, IP and L4 headers, vectorised over a batch.
+
+
+@dataclasses.dataclass
+class Headers:
+    """Parsed headers, one entry per packet of a PacketBatch."""
+
+    kind: np.ndarray  # uint8: FLOW, LATER_FRAGMENT, NON_IP, MALFORMED
+    ip_off: np.ndarray  # int64, start of the (innermost) IP header in buf
+    ip_end: np.ndarray  # int64, end of the IP packet's captured bytes in buf (excludes link padding)
+    ipver: np.ndarray  # uint8, 4 or 6
+    ip_size: np.ndarray  # int64, IP total length (header + payload) of the packet on the wire
+    proto: np.ndarray  # uint8, transport protocol
+    l4: np.ndarray  # int64, transport header offset relative to ip_off (-1 when not present)
+    src: np.ndarray  # uint8 [n, 16], IPv4 addresses in the first 4 bytes
+    dst: np.ndarray
+    sport: np.ndarray  # int64 (0 for port-less protocols)
+    dport: np.ndarray
+    vlan: np.ndarray  # int64, outer VLAN id (0 = none)
+    flags: np.ndarray  # uint8, TCP flags (0 for non-TCP)
+    payload: np.ndarray  # int64, transport payload bytes (from header lengths)
+
+
+def _be16(buf, pos):
+    return (buf[pos].astype(np.int64) << 8) | buf[pos + 1]
+
+
+def _be32(buf, pos):
+    return (_be16(buf, pos) << 16) | _be16(buf, pos + 2)
+
+
+def parse_headers(b: PacketBatch) -> Headers:
+    """Find the IP header of every packet through its link layer and read IP and transport fields."""
+    buf, n = b.buf, len(b)
+    off, end = b.off, b.off + b.caplen
+    lt = b.linktype
+    l3 = np.full(n, -1, np.int64)  # IP header offset
+    etype = np.zeros(n, np.int64)  # ethertype-like: 0x0800 / 0x86DD; 0 = read version nibble
+    vlan = np.zeros(n, np.int64)
+    slow = np.zeros(n, bool)  # needs the per-packet path (MPLS, PPPoE)
+
+    m = np.nonzero(lt == LINKTYPE_ETHERNET)[0]
+    if len(m):
+        p = off[m] + 12
+        et = _be16(buf, p)
+        tagged = np.isin(et, _VLAN_TPIDS)
+        if tagged.any():
+            t = np.nonzero(tagged)[0]
+            vlan[m[t]] = _be16(buf, p[t] + 2) & 0x0FFF  # outer tag
+            for _ in range(4):  # QinQ and deeper stacks
+                p[t] += 4
+                et[t] = _be16(buf, p[t])
+                t = t[np.isin(et[t], _VLAN_TPIDS)]
+                if not len(t):
+                    break
+        l3[m] = p + 2
+        etype[m] = et
+        slow[m] = np.isin(et, (0x8847, 0x8848, 0x8864))
+    m = np.nonzero(np.isin(lt, (LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6)))[0]
+    if len(m):
+        l3[m] = off[m]
+    m = np.nonzero(lt == LINKTYPE_SLL)[0]
+    if len(m):
+        l3[m] = off[m] + 16
+        etype[m] = _be16(buf, off[m] + 14)
+    m = np.nonzero(lt == LINKTYPE_SLL2)[0]
+    if len(m):
+        l3[m] = off[m] + 20
+        etype[m] = _be16(buf, off[m])
+    m = np.nonzero((lt == LINKTYPE_NULL) | (lt == LINKTYPE_LOOP))[0]
+    if len(m):
+        le = buf[off[m]].astype(np.int64) | (buf[off[m] + 1].astype(np.int64) << 8)
+        be = _be16(buf, off[m] + 2)
+        fam = np.where(lt[m] == LINKTYPE_LOOP, be, np.where(le != 0, le, be))
+        l3[m] = off[m] + 4
+        etype[m] = np.where(fam == 2, 0x0800, np.where(np.isin(fam, (10, 24, 28, 30)), 0x86DD, -1))
+    m = np.nonzero(np.isin(lt, (LINKTYPE_PPP, LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC)))[0]
+    if len(m):
+        p = off[m]
+        hdlc = (buf[p] == 0xFF) & (buf[p + 1] == 0x03)  # PPP address/control bytes
+        chdlc = lt[m] == LINKTYPE_C_HDLC
+        p = p + np.where(chdlc, 2, np.where(hdlc, 2, 0))
+        pr = _be16(buf, p)
+        l3[m] = p + 2
+        etype[m] = np.where(chdlc, pr, np.where(pr == 0x21, 0x0800, np.where(pr == 0x57, 0x86DD, -1)))
+
+    kind = np.full(n, NON_IP, np.uint8)
+    have = (l3 >= 0) & (l3 < end)
+    ver = np.where(have, buf[np.where(have, l3, 0)] >> 4, 0)
+    is_ip = have & (((etype == 0x0800) & (ver == 4)) | ((etype == 0x86DD) & (ver == 6)) |
+                    ((etype == 0) & ((ver == 4) | (ver == 6))))
+    h = _ip_fields(buf, n)
+    h.vlan = vlan
+    idx = np.nonzero(is_ip & ~slow)[0]
+    _parse_ip(buf, idx, l3[idx], end[idx], b.wirelen[idx] - (l3[idx] - off[idx]), h, kind)
+    rare = np.nonzero(slow | (kind == 255))[0]
+    for i in rare.tolist():
+        _parse_slow(b, i, int(l3[i]), int(etype[i]), h, kind)
+    kind[kind == 255] = MALFORMED
+    h.kind = kind
+    return h
+
+
+def _ip_fields(buf, n) -> Headers:
+    z = lambda dt: np.zeros(n, dt)  # noqa: E731
+    return Headers(kind=z(np.uint8), ip_off=z(np.int64), ip_end=z(np.int64), ipver=z(np.uint8),
+                   ip_size=z(np.int64), proto=z(np.uint8), l4=np.full(n, -1, np.int64),
+                   src=np.zeros((n, 16), np.uint8), dst=np.zeros((n, 16), np.uint8), sport=z(np.int64),
+                   dport=z(np.int64), vlan=z(np.int64), flags=z(np.uint8), payload=z(np.int64))
+
+
+def _parse_ip(buf, idx, p, end, wire_ip, h: Headers, kind) -> None:
+    """Vectorised IPv4/IPv6 + TCP/UDP parse for packets ``idx`` whose IP header starts at ``p``.
+
+    Packets needing the slow path (IPv6 extension headers, IP-in-IP) get kind 255.
+    """
+    if not len(idx):
+        return
+    ver = buf[p] >> 4
+    avail = end - p
+    v4 = ver == 4
+    ihl = np.where(v4, (buf[p] & 15).astype(np.int64) * 4, 40)
+    tot = np.where(v4, _be16(buf, p + 2), _be16(buf, p + 4) + 40)
+    # TSO / jumbo packets carry total length 0: fall back to the wire length.
+    tot = np.where((tot < ihl) | (v4 & (tot == 0)) | (~v4 & (tot == 40) & (wire_ip > 40)), wire_ip, tot)
+    proto = np.where(v4, buf[p + 9], buf[p + 6]).astype(np.int64)
+    frag = np.where(v4, _be16(buf, p + 6), 0)
+    frag_off = frag & 0x1FFF
+    bad = (avail < np.where(v4, 20, 40)) | (v4 & (ihl < 20))
+    k = np.where(bad, MALFORMED, FLOW).astype(np.uint8)
+    k[~bad & v4 & (frag_off > 0)] = LATER_FRAGMENT
+    slow = ~bad & ((~v4 & np.isin(proto, _IPV6_EXT)) | np.isin(proto, (4, 41)))
+    k[slow] = 255
+    kind[idx] = k
+    h.ip_off[idx] = p
+    h.ip_end[idx] = p + np.clip(np.minimum(avail, tot), 0, None)
+    h.ipver[idx] = ver
+    h.ip_size[idx] = tot
+    h.proto[idx] = proto
+    # Addresses: IPv4 at 12/16 (4 bytes), IPv6 at 8/24 (16 bytes).
+    i4 = np.nonzero(v4)[0]
+    i6 = np.nonzero(~v4)[0]
+    if len(i4):
+        r = np.arange(4)
+        h.src[idx[i4], :4] = buf[p[i4, None] + 12 + r]
+        h.dst[idx[i4], :4] = buf[p[i4, None] + 16 + r]
+    if len(i6):
+        r = np.arange(16)
+        h.src[idx[i6]] = buf[p[i6, None] + 8 + r]
+        h.dst[idx[i6]] = buf[p[i6, None] + 24 + r]
+    _parse_l4(buf, idx, p, ihl, avail, tot, proto, k == FLOW, h)
+
+
+def _parse_l4(buf, idx, p, ihl, avail, tot, proto, ok, h: Headers) -> None:
+    l4 = p + ihl
+    tcp = ok & (proto == 6) & (avail >= ihl + 14)
+    udp = ok & ((proto == 17) | (proto == 132) | (proto == 136)) & (avail >= ihl + 4)
+    ported = tcp | udp
+    sp = np.where(ported, _be16(buf, l4), 0)
+    dp = np.where(ported, _be16(buf, l4 + 2), 0)
+    fl = np.where(tcp, buf[l4 + 13], 0).astype(np.uint8)
+    hl = np.where(proto == 6, np.where(tcp, (buf[l4 + 12] >> 4).astype(np.int64) * 4, 20),
+                  np.where(proto == 17, 8, 0))
+    h.sport[idx] = sp
+    h.dport[idx] = dp
+    h.flags[idx] = fl
+    h.l4[idx] = np.where(ok, ihl, -1)
+    h.payload[idx] = np.clip(tot - ihl - hl, 0, None)
+
+
+def _parse_slow(b: PacketBatch, i: int, l3: int, etype: int, h: Headers, kind) -> None:
+    """Per-packet path: MPLS / PPPoE below IP, IPv6 extension headers, IP-in-IP (decapsulated like nDPI)."""
+    buf = b.buf
+    end = int(b.off[i] + b.caplen[i])
+    wire_end = int(b.off[i] + b.wirelen[i])
+    p = l3
+    kind[i] = MALFORMED
+    if etype in (0x8847, 0x8848):  # MPLS label stack, then IP by version nibble
+        while p + 4 <= end:
+            bottom = buf[p + 2] & 1
+            p += 4
+            if bottom:
+                break
+        etype = 0
+    elif etype == 0x8864:  # PPPoE session + PPP protocol
+        if p + 8 > end:
+            return
+        pp = int(buf[p + 6]) << 8 | int(buf[p + 7])
+        etype = {0x21: 0x0800, 0x57: 0x86DD}.get(pp, -1)
+        p += 8
+    for _ in range(4):  # at most a few levels of IP-in-IP
+        if p >= end or etype == -1:
+            kind[i] = NON_IP
+            return
+        ver = int(buf[p]) >> 4
+        if ver == 4:
+            if p + 20 > end:
+                return
+            ihl = (int(buf[p]) & 15) * 4
+            tot = int(buf[p + 2]) << 8 | int(buf[p + 3])
+            proto = int(buf[p + 9])
+            if ihl < 20:
+                return
+            frag_off = (int(buf[p + 6]) << 8 | int(buf[p + 7])) & 0x1FFF
+            if frag_off:
+                kind[i] = LATER_FRAGMENT
+                return
+            hlen = ihl
+            src, dst = buf[p + 12:p + 16], buf[p + 16:p + 20]
+        elif ver == 6:
+            if p + 40 > end:
+                return
+            tot = (int(buf[p + 4]) << 8 | int(buf[p + 5])) + 40
+            proto = int(buf[p + 6])
+            hlen = 40
+            src, dst = buf[p + 8:p + 24], buf[p + 24:p + 40]
+            while proto in _IPV6_EXT:  # skip extension headers
+                q = p + hlen
+                if q + 8 > end:
+                    return
+                if proto == 44:  # fragment header
+                    if (int(buf[q + 2]) << 8 | int(buf[q + 3])) & 0xFFF8:
+                        kind[i] = LATER_FRAGMENT
+                        return
+                    ext = 8
+                elif proto == 51:  # AH: length in 4-byte units
+                    ext = (int(buf[q + 1]) + 2) * 4
+                else:
+                    ext = (int(buf[q + 1]) + 1) * 8
+                proto = int(buf[q])
+                hlen += ext
+        else:
+            kind[i] = NON_IP
+            return
+        if proto in (4, 41) and p + hlen < end:  # IP-in-IP: nDPI classifies the inner packet
+            p += hlen
+            etype = 0
+            continue
+        break
+    wire_ip = wire_end - p
+    if tot < hlen or tot == 0 or (ver == 6 and tot == 40 and wire_ip > 40):
+        tot = wire_ip
+    avail = end - p
+    kind[i] = FLOW
+    h.ip_off[i] = p
+    h.ip_end[i] = p + max(0, min(avail, tot))
+    h.ipver[i] = ver
+    h.ip_size[i] = tot
+    h.proto[i] = proto
+    h.src[i] = 0
+    h.dst[i] = 0
+    h.src[i, :len(src)] = src
+    h.dst[i, :len(dst)] = dst
+    # Transport fields with plain ints (numpy calls on one-element arrays cost tens of microseconds).
+    q = p + hlen
+    sp = dp = fl = 0
+    l4hdr = 0
+    if proto == 6:
+        l4hdr = 20
+        if avail >= hlen + 14:
+            sp, dp, fl = int(buf[q]) << 8 | int(buf[q + 1]), int(buf[q + 2]) << 8 | int(buf[q + 3]), int(buf[q + 13])
+            l4hdr = (int(buf[q + 12]) >> 4) * 4
+    elif proto in (17, 132, 136):
+        l4hdr = 8 if proto == 17 else 0
+        if avail >= hlen + 4:
+            sp, dp = int(buf[q]) << 8 | int(buf[q + 1]), int(buf[q + 2]) << 8 | int(buf[q + 3])
+    h.sport[i], h.dport[i], h.flags[i] = sp, dp, fl
+    h.l4[i] = hlen
+    h.payload[i] = max(0, tot - hlen - l4hdr)

@@ -1,0 +1,425 @@
+"""Packets -> bidirectional flows, vectorised per chunk of packets.
+
+Flow key: (IP protocol, outer VLAN id, the two (address, port) endpoints in canonical order), so both
+directions share one key; the client is the sender of the flow's first packet.
+
+A new flow starts for a key when
+* the key has no active flow;
+* the previous packet of the key is more than ``idle_timeout`` old;
+* the flow is older than ``active_timeout``;
+* TCP only: the flow has ended (an RST, or a FIN from each side) and this packet is a SYN without ACK.
+  Packets after the end that are not a new SYN (the last ACK of a teardown, retransmitted FINs) stay in the
+  old flow, so a normal close never produces extra one-packet flows.
+
+Memory is bounded by the number of active flows: a flow idle for longer than ``idle_timeout`` (in capture
+time) is finalised and its slot is reused. What stays is the output itself: the first K packet rows of every
+flow (written straight to their place in the final [N, K, B] array) and its statistics.
+
+The per-key state machine above is evaluated with numpy over the whole chunk; only keys that see a second
+SYN or exceed the active timeout within a chunk are walked packet by packet in Python.
+
+Effect on agreement with nDPI's ndpiReader (which neither times flows out nor ends them on FIN/RST in its
+regression outputs), over the 5,410 flows of ../shared/data/ndpi whose 5-tuple is in the capture: same
+per-direction packet counts for 99.63% with no timeouts and no FIN/RST rule, 99.48% with the FIN/RST rule
+(SYN retries after an RST become separate flows), 96.28% with the default timeouts and the rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pclip_jax.data import capture, tensors
+
+KEY_WIDTH = 40  # proto(1) vlan(2) lo_addr(16) lo_port(2) hi_addr(16) hi_port(2) ipver(1)
+_BIG = np.iinfo(np.int64).max
+# Per-flow fields handed to the flow table (besides the byte rows and the statistics).
+_KEEP = ("key", "client_lo", "first_ts", "last_ts", "first_pkt", "npk", "pk", "wb")
+_ROWS = ("bytes", "sizes", "iat", "tcp_flags")  # per-packet rows, written straight to the output by flow id
+
+
+def build_keys(h: capture.Headers, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical bidirectional keys uint8 [n, KEY_WIDTH] and ``src_is_lo`` (the sender is the key's low side)."""
+    src, dst = h.src[sel], h.dst[sel]
+    sp, dp = h.sport[sel], h.dport[sel]
+    s8, d8 = src.view(">u8"), dst.view(">u8")  # addresses as two big-endian words: order = byte order
+    hi_eq = s8[:, 0] == d8[:, 0]
+    addr_lt = (s8[:, 0] < d8[:, 0]) | (hi_eq & (s8[:, 1] < d8[:, 1]))
+    same = hi_eq & (s8[:, 1] == d8[:, 1])
+    src_lo = np.where(same, sp <= dp, addr_lt)
+    lo_a = np.where(src_lo[:, None], src, dst)
+    hi_a = np.where(src_lo[:, None], dst, src)
+    lo_p = np.where(src_lo, sp, dp)
+    hi_p = np.where(src_lo, dp, sp)
+    k = np.empty((len(sel), KEY_WIDTH), np.uint8)
+    k[:, 0] = h.proto[sel]
+    v = h.vlan[sel]
+    k[:, 1], k[:, 2] = v >> 8, v & 0xFF
+    k[:, 3:19] = lo_a
+    k[:, 19], k[:, 20] = lo_p >> 8, lo_p & 0xFF
+    k[:, 21:37] = hi_a
+    k[:, 37], k[:, 38] = hi_p >> 8, hi_p & 0xFF
+    k[:, 39] = h.ipver[sel]
+    return k, src_lo
+
+
+_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
+                 0x27D4EB2F165667C5], dtype=np.uint64)
+
+
+def _group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys: (index of each distinct key's first row, group of every row).
+
+    Sorting a 64-bit hash is much faster than sorting 40-byte rows; a collision is detected by comparing every
+    row with its group's first row, and then the exact (slower) byte-row sort is used.
+    """
+    words = keys.view(np.uint64)  # [n, 5]
+    h = (words * _MIX).sum(axis=1, dtype=np.uint64)
+    h ^= h >> np.uint64(29)
+    _, first_of, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    if not (keys == keys[first_of[inv]]).all():
+        _, first_of, inv = np.unique(keys.view(f"V{KEY_WIDTH}").ravel(), return_index=True, return_inverse=True)
+        inv = inv.ravel()
+    return first_of, inv
+
+
+class FlowTracker:
+    """Streams PacketBatches of one capture into flows; ``finish()`` returns the finished flows as arrays."""
+
+    def __init__(self, packets: int = 16, nbytes: int = 128, idle_timeout: float = 120.0,
+                 active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024):
+        self.K, self.B, self.mask = packets, nbytes, mask
+        self.idle = int(idle_timeout * 1e9)
+        self.active = int(active_timeout * 1e9)
+        self.key2slot: dict[bytes, int] = {}
+        self.free: list[int] = []
+        self.cap = 0
+        self.now = -_BIG
+        self.done: list[dict] = []
+        self.s: dict[str, np.ndarray] = {}
+        self._grow(256)
+        # Output rows by flow id, in pages. The first page is sized generously from ``expected_flows``: np.zeros
+        # maps fresh zero pages, so capacity that is never written costs address space, not memory, and in the
+        # usual case the final table is a view of this one page (no copy).
+        self.n_ids = 0
+        self.pages = [(0, self._rows(max(int(expected_flows), 1024)))]
+
+    # -- slot storage ---------------------------------------------------------------------------
+    def _fresh(self, n: int) -> dict[str, np.ndarray]:
+        K, B = self.K, self.B
+        s = {name: np.zeros((n, 2), np.int64) for name in ("pk", "wb", "pay", "smax", "in_n", "imax",
+                                                            "last_dir", "base_seq")}
+        s.update({name: np.zeros((n, 2), np.float64) for name in ("ssum", "ssq", "isum", "isq")})
+        s["smin"] = np.full((n, 2), _BIG, np.int64)
+        s["imin"] = np.full((n, 2), np.inf)
+        s["first_idx"] = np.full((n, 2), -1, np.int64)
+        s["fin"] = np.zeros((n, 2), bool)
+        s.update({name: np.zeros(n, np.int64) for name in ("first_ts", "last_ts", "first_pkt", "npk", "ia_n")})
+        s.update({name: np.zeros(n, np.float64) for name in ("ia_sum", "ia_sq", "ia_max")})
+        s["ia_min"] = np.full(n, np.inf)
+        s.update({name: np.zeros(n, bool) for name in ("rst", "client_lo", "active")})
+        s["flagc"] = np.zeros((n, 8), np.int64)
+        s["key"] = np.zeros((n, KEY_WIDTH), np.uint8)
+        s["fid"] = np.zeros(n, np.int64)
+        return s
+
+    def _rows(self, n: int) -> dict[str, np.ndarray]:
+        K, B = self.K, self.B
+        # np.zeros maps fresh zero pages: capacity not yet used costs no memory.
+        return {"bytes": np.zeros((n, K, B), np.uint8), "sizes": np.zeros((n, K), np.int32),
+                "iat": np.zeros((n, K), np.float32), "tcp_flags": np.zeros((n, K), np.uint8)}
+
+    def _new_ids(self, n: int) -> np.ndarray:
+        """Flow ids for n new flows (in first-packet order); adds an output page when the last one is full."""
+        need = self.n_ids + n
+        while need > self.pages[-1][0] + len(self.pages[-1][1]["sizes"]):
+            start = self.pages[-1][0] + len(self.pages[-1][1]["sizes"])
+            self.pages.append((start, self._rows(max(start, 1024))))
+        ids = np.arange(self.n_ids, need, dtype=np.int64)
+        self.n_ids = need
+        return ids
+
+    def _write_rows(self, fid: np.ndarray, k: np.ndarray, values: dict) -> None:
+        """out[name][fid, k] = values[name], over the output pages."""
+        for start, page in self.pages:
+            m = (fid >= start) & (fid < start + len(page["sizes"]))
+            if m.all():
+                for name, v in values.items():
+                    page[name][fid - start, k] = v
+                return
+            if m.any():
+                for name, v in values.items():
+                    page[name][fid[m] - start, k[m]] = v[m]
+
+    def _grow(self, need: int) -> None:
+        new_cap = max(self.cap * 2, self.cap + need, 256)
+        fresh = self._fresh(new_cap)
+        for k, v in self.s.items():
+            fresh[k][:self.cap] = v
+        self.s = fresh
+        self.free.extend(range(new_cap - 1, self.cap - 1, -1))
+        self.cap = new_cap
+
+    def _alloc(self, n: int) -> np.ndarray:
+        if n > len(self.free):
+            self._grow(n - len(self.free))
+        out = np.array(self.free[len(self.free) - n:], np.int64)
+        del self.free[len(self.free) - n:]
+        return out
+
+    def _release(self, slots: np.ndarray) -> None:
+        """Finalise flows in ``slots``: copy them out, then reset and free the slots."""
+        if not len(slots):
+            return
+        s = self.s
+        acc = {k: v[slots] for k, v in s.items() if k != "active"}  # fancy indexing copies
+        # Keep only what the flow table needs: statistics are final now, accumulators are dropped.
+        block = {k: acc[k] for k in _KEEP}
+        block["stats"] = tensors.finalize_stats(acc)
+        block["fid"] = acc["fid"]
+        del acc
+        self.done.append(block)
+        # Forget keys whose current flow is one of these slots.
+        for slot, kb in zip(slots.tolist(), block["key"].view(f"V{KEY_WIDTH}").ravel().tolist()):
+            if self.key2slot.get(kb) == slot:
+                del self.key2slot[kb]
+        fresh = self._fresh(1)
+        for k, v in s.items():
+            v[slots] = fresh[k][0]
+        self.free.extend(slots.tolist())
+
+    # -- main step --------------------------------------------------------------------------------
+    def add(self, batch: capture.PacketBatch, h: capture.Headers, first_index: int) -> None:
+        """Add the flow packets of a batch; ``first_index`` is the index of the batch's first packet in the capture."""
+        sel = np.nonzero(h.kind == capture.FLOW)[0]
+        if not len(sel):
+            return
+        s, K = self.s, self.K
+        keys, src_lo = build_keys(h, sel)
+        first_of, inv = _group_keys(keys)
+        order = np.argsort(inv, kind="stable")  # grouped by key, time order kept inside a key
+        m, u = len(order), len(first_of)
+        pidx = sel[order]  # packet index in the batch, sorted order
+        ts = batch.ts[pidx]
+        lo = src_lo[order]
+        proto = h.proto[pidx]
+        fl = h.flags[pidx]
+        g = inv[order]
+        gstart = np.ones(m, bool)
+        gstart[1:] = g[1:] != g[:-1]
+        gpos = np.nonzero(gstart)[0]
+        gend = np.append(gpos[1:], m)
+
+        get = self.key2slot.get
+        ukeys = keys[first_of].view(f"V{KEY_WIDTH}").ravel().tolist()
+        slot_u = np.fromiter((get(k, -1) for k in ukeys), np.int64, u)
+        ex = slot_u >= 0
+        tcp = proto == 6
+        syn = tcp & ((fl & 0x12) == 0x02)
+        cont = ex.copy()
+        if ex.any():
+            sl = slot_u[ex]
+            t0 = ts[gpos[ex]]
+            ended = s["rst"][sl] | s["fin"][sl].all(1)
+            cont[ex] = ((t0 - s["last_ts"][sl] <= self.idle) & (t0 - s["first_ts"][sl] <= self.active)
+                        & ~(ended & syn[gpos[ex]]))
+        boundary = gstart.copy()
+        boundary[1:] |= ts[1:] - ts[:-1] > self.idle
+        # Keys that need the packet-by-packet walk: a later SYN, or a flow that outlives the active timeout.
+        flow_start = np.where(cont, s["first_ts"][np.maximum(slot_u, 0)], ts[gpos])
+        g_last = np.maximum.reduceat(ts, gpos)
+        special = g_last - flow_start > self.active
+        later_syn = syn & ~gstart
+        if later_syn.any():
+            special[g[later_syn]] = True
+        for gi in np.nonzero(special)[0].tolist():
+            self._walk(gi, int(gpos[gi]), int(gend[gi]), bool(cont[gi]), int(slot_u[gi]), ts, lo, fl, tcp,
+                       boundary)
+
+        # Segments = flows touched by this chunk.
+        seg_start = np.nonzero(boundary)[0]
+        nseg = len(seg_start)
+        seg_of = np.cumsum(boundary) - 1
+        seg_end = np.append(seg_start[1:], m)
+        seg_len = seg_end - seg_start
+        seg_g = g[seg_start]
+        seg_cont = gstart[seg_start] & cont[seg_g]
+        seg_slot = np.where(seg_cont, slot_u[seg_g], -1)
+        new = np.nonzero(~seg_cont)[0]
+        if len(new):
+            seg_slot[new] = self._alloc(len(new))
+            s = self.s  # may have grown
+            ns = seg_slot[new]
+            s["key"][ns] = keys[order[seg_start[new]]]
+            s["client_lo"][ns] = lo[seg_start[new]]
+            s["first_ts"][ns] = ts[seg_start[new]]
+            s["first_pkt"][ns] = first_index + pidx[seg_start[new]]
+            ids = np.empty(len(new), np.int64)
+            ids[np.argsort(pidx[seg_start[new]], kind="stable")] = self._new_ids(len(new))
+            s["fid"][ns] = ids
+            s["active"][ns] = True
+        last_seg = np.ones(nseg, bool)
+        last_seg[:-1] = seg_g[1:] != seg_g[:-1]
+        # Old flows replaced by a new one for the same key, and flows both started and ended in this chunk.
+        replaced = slot_u[ex & ~cont]
+        closed = seg_slot[~last_seg]
+        for gi, sl in zip(seg_g[last_seg & ~seg_cont].tolist(), seg_slot[last_seg & ~seg_cont].tolist()):
+            self.key2slot[ukeys[gi]] = sl
+
+        p_slot = seg_slot[seg_of]
+        dirn = (lo != s["client_lo"][p_slot]).astype(np.int64)  # 0: client->server, 1: server->client
+        pos = np.arange(m) - seg_start[seg_of]
+        pkt_idx = s["npk"][p_slot] + pos
+
+        # Inter-arrival time to the flow's previous packet (either direction).
+        prev = np.empty(m, np.int64)
+        prev[1:] = ts[:-1]
+        has_prev = ~boundary
+        cs = seg_start[seg_cont]
+        prev[cs] = s["last_ts"][seg_slot[seg_cont]]
+        has_prev[cs] = True
+        iat = np.where(has_prev, (ts - prev) / 1e9, 0.0)
+
+        size = h.ip_size[pidx]
+        wire = batch.wirelen[pidx]
+        pay = h.payload[pidx]
+
+        # Per (flow, direction) reductions.
+        k2 = seg_of * 2 + dirn
+        o2 = np.argsort(k2, kind="stable")
+        k2s = k2[o2]
+        dstart = np.nonzero(np.append(True, k2s[1:] != k2s[:-1]))[0]
+        dend = np.append(dstart[1:], m)
+        d_slot = seg_slot[k2s[dstart] // 2]
+        d_dir = k2s[dstart] % 2
+        t2 = ts[o2]
+        seen_before = s["pk"][d_slot, d_dir] > 0
+        prev2 = np.empty(m, np.int64)
+        prev2[1:] = t2[:-1]
+        ok2 = np.ones(m, bool)
+        ok2[dstart] = seen_before
+        prev2[dstart] = s["last_dir"][d_slot, d_dir]
+        iat2 = (t2 - prev2) / 1e9
+        sz2 = size[o2]
+        cnt = dend - dstart
+        add = np.add.reduceat
+        s["pk"][d_slot, d_dir] += cnt
+        s["wb"][d_slot, d_dir] += add(wire[o2], dstart)
+        s["pay"][d_slot, d_dir] += add(pay[o2], dstart)
+        szf = sz2.astype(np.float64)
+        s["ssum"][d_slot, d_dir] += add(szf, dstart)
+        s["ssq"][d_slot, d_dir] += add(szf * szf, dstart)
+        s["smin"][d_slot, d_dir] = np.minimum(s["smin"][d_slot, d_dir], np.minimum.reduceat(sz2, dstart))
+        s["smax"][d_slot, d_dir] = np.maximum(s["smax"][d_slot, d_dir], np.maximum.reduceat(sz2, dstart))
+        iv = np.where(ok2, iat2, 0.0)
+        s["in_n"][d_slot, d_dir] += add(ok2.astype(np.int64), dstart)
+        s["isum"][d_slot, d_dir] += add(iv, dstart)
+        s["isq"][d_slot, d_dir] += add(iv * iv, dstart)
+        s["imin"][d_slot, d_dir] = np.minimum(s["imin"][d_slot, d_dir],
+                                              np.minimum.reduceat(np.where(ok2, iat2, np.inf), dstart))
+        s["imax"][d_slot, d_dir] = np.maximum(s["imax"][d_slot, d_dir], np.maximum.reduceat(iv, dstart))
+        s["last_dir"][d_slot, d_dir] = np.maximum.reduceat(t2, dstart)
+        s["fin"][d_slot, d_dir] |= np.logical_or.reduceat((fl[o2] & 1).astype(bool) & tcp[o2], dstart)
+
+        # TCP sequence bases: the first packet of each direction.
+        ip_off, ip_end, l4 = h.ip_off[pidx], h.ip_end[pidx], h.l4[pidx]
+        tcp_ok = tcp & (l4 >= 0) & (ip_off + l4 + 12 <= ip_end)
+        first_new = dstart[~seen_before]
+        fp = o2[first_new]
+        fs, fd = d_slot[~seen_before], d_dir[~seen_before]
+        s["first_idx"][fs, fd] = pkt_idx[fp]
+        seq_first = capture._be32(batch.buf, np.where(tcp_ok[fp], ip_off[fp] + l4[fp] + 4, 0))
+        s["base_seq"][fs, fd] = np.where(tcp_ok[fp], seq_first, 0)
+
+        # Per flow reductions.
+        ok1 = has_prev
+        s["ia_n"][seg_slot] += add(ok1.astype(np.int64), seg_start)
+        s["ia_sum"][seg_slot] += add(iat, seg_start)
+        s["ia_sq"][seg_slot] += add(iat * iat, seg_start)
+        s["ia_min"][seg_slot] = np.minimum(s["ia_min"][seg_slot],
+                                           np.minimum.reduceat(np.where(ok1, iat, np.inf), seg_start))
+        s["ia_max"][seg_slot] = np.maximum(s["ia_max"][seg_slot], np.maximum.reduceat(iat, seg_start))
+        s["flagc"][seg_slot] += add(np.unpackbits(fl[:, None], axis=1, bitorder="little").astype(np.int64),
+                                    seg_start, axis=0)
+        s["rst"][seg_slot] |= np.logical_or.reduceat((fl & 4).astype(bool) & tcp, seg_start)
+        s["last_ts"][seg_slot] = np.maximum(s["last_ts"][seg_slot], np.maximum.reduceat(ts, seg_start))
+        s["npk"][seg_slot] += seg_len
+
+        # The first K packets of each flow become rows of the tensors.
+        r = np.nonzero(pkt_idx < K)[0]
+        if len(r):
+            rs, ri, rd = p_slot[r], pkt_idx[r], dirn[r]
+            rows = tensors.extract_rows(batch.buf, ip_off[r], ip_end[r], self.B)
+            if self.mask:
+                tok = tcp_ok[r]
+                base = batch.buf
+                at = np.where(tok, ip_off[r] + l4[r], 0)  # only read inside the packet
+                seq = capture._be32(base, at + 4)
+                ack = capture._be32(base, at + 8)
+                rel_seq = np.where(tok, (seq - s["base_seq"][rs, rd]) & 0xFFFFFFFF, 0)
+                peer_first = s["first_idx"][rs, 1 - rd]
+                ack_ok = tok & (fl[r] & 0x10 > 0) & (peer_first >= 0) & (peer_first < ri)
+                rel_ack = np.where(ack_ok, (ack - s["base_seq"][rs, 1 - rd]) & 0xFFFFFFFF, 0)
+                tensors.mask_rows(rows, h.ipver[pidx[r]], proto[r], l4[r], rel_seq, rel_ack)
+                tensors.scrub_addresses(rows, h.src[pidx[r]], h.dst[pidx[r]], h.ipver[pidx[r]])
+            sz = np.minimum(size[r], np.iinfo(np.int32).max)
+            self._write_rows(s["fid"][rs], ri, {"bytes": rows, "sizes": np.where(rd == 0, sz, -sz),
+                                                "iat": iat[r], "tcp_flags": fl[r]})
+
+        self._release(np.concatenate([replaced, closed]).astype(np.int64))
+        self.now = max(self.now, int(g_last.max()))
+
+    def _walk(self, gi, a, b, cont, slot, ts, lo, fl, tcp, boundary) -> None:
+        """Packet-by-packet flow boundaries for one key (rare: see the module docstring)."""
+        s = self.s
+        if cont:
+            start, last = int(s["first_ts"][slot]), int(s["last_ts"][slot])
+            fin = [bool(x) for x in s["fin"][slot]]
+            rst, client_lo = bool(s["rst"][slot]), bool(s["client_lo"][slot])
+        for i in range(a, b):
+            t, li, f = int(ts[i]), bool(lo[i]), int(fl[i])
+            is_tcp = bool(tcp[i])
+            if i == a:
+                newf = not cont
+            else:
+                syn = is_tcp and (f & 0x12) == 0x02
+                newf = (t - last > self.idle or t - start > self.active
+                        or (syn and (rst or (fin[0] and fin[1]))))
+                boundary[i] = newf
+            if newf:
+                start, fin, rst, client_lo = t, [False, False], False, li
+            last = t
+            if is_tcp:
+                if f & 1:
+                    fin[int(li != client_lo)] = True
+                if f & 4:
+                    rst = True
+
+    def expire(self) -> None:
+        """Finalise flows idle for longer than the idle timeout (relative to the newest packet seen)."""
+        s = self.s
+        old = np.nonzero(s["active"] & (s["last_ts"] < self.now - self.idle))[0]
+        self._release(old)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Finalise all flows; return them as column arrays ordered by first packet (= flow id)."""
+        self._release(np.nonzero(self.s["active"])[0])
+        n = self.n_ids
+        done, self.done = self.done, []
+        if len(self.pages) == 1:
+            out = {k: v[:n] for k, v in self.pages[0][1].items()}  # views: no copy of the large rows
+        else:
+            out = {k: np.concatenate([p[k] for _, p in self.pages])[:n] for k in _ROWS}
+        self.pages = [(0, self._rows(0))]
+        self.s = {}
+        if not done:
+            fresh = self._fresh(0)
+            out.update({k: fresh[k] for k in _KEEP})
+            out["stats"] = np.zeros((0, len(tensors.STATS_NAMES)), np.float32)
+            return out
+        fid = np.concatenate([d["fid"] for d in done])
+        for k in (*_KEEP, "stats"):
+            v = np.concatenate([d[k] for d in done])
+            col = np.empty_like(v)
+            col[fid] = v
+            out[k] = col
+        return out

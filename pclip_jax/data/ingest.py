@@ -1,0 +1,367 @@
+"""One call from capture files/folders to a FlowTable: workers, progress, summary, save/load.
+
+This module and everything it imports must stay free of JAX (start-up time of the ingest CLI).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pclip_jax.data import capture, flows, tensors
+
+META_COLUMNS = ("capture", "flow_id", "proto", "client_ip", "server_ip", "client_port", "server_port", "vlan",
+                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes")
+LABEL_COLUMNS = ("label", "app", "category", "encrypted", "level1", "level2")
+_INT_COLUMNS = {"flow_id", "proto", "client_port", "server_port", "vlan", "c2s_packets", "s2c_packets",
+                "c2s_bytes", "s2c_bytes", "encrypted"}
+_FLOAT_COLUMNS = {"first_ts", "last_ts"}
+TENSOR_NAMES = ("bytes", "sizes", "iat", "tcp_flags", "num_packets", "stats")
+
+
+class IngestError(RuntimeError):
+    """Raised in strict mode when any capture had a problem; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """How captures become flows and tensors (see docs/architecture.md, "The flow table")."""
+
+    packets: int = 16  # K: packets per flow in the tensors
+    bytes: int = 128  # B: bytes per packet, from the IP header on
+    idle_timeout: float = 120.0  # seconds
+    active_timeout: float = 1800.0  # seconds
+    mask: bool = True  # zero shortcut fields (docs/masking.md)
+    strict: bool = False  # any capture problem raises IngestError
+    workers: int = 1  # processes; files are spread over them
+    chunk_bytes: int = 16 << 20  # read size (two buffers of this size are held)
+
+    def __post_init__(self):
+        for name in ("packets", "bytes", "workers", "chunk_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"IngestConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.idle_timeout <= 0 or self.active_timeout <= 0:
+            raise ValueError("IngestConfig timeouts must be > 0")
+
+
+@dataclasses.dataclass
+class FlowTable:
+    """N flows as column arrays: ``meta`` (flows.csv), ``tensors`` (first axis N), stats names and a summary."""
+
+    meta: dict[str, np.ndarray]
+    tensors: dict[str, np.ndarray]
+    stats_names: list[str]
+    summary: dict
+
+    def __len__(self) -> int:
+        return len(self.meta["flow_id"]) if "flow_id" in self.meta else 0
+
+    def select(self, indices) -> "FlowTable":
+        """A new table with the flows at ``indices`` (integer indices or a boolean mask); summary is copied."""
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
+        return FlowTable({k: v[idx] for k, v in self.meta.items()}, {k: v[idx] for k, v in self.tensors.items()},
+                         list(self.stats_names), json.loads(json.dumps(self.summary)))
+
+    @staticmethod
+    def concat(tables: Sequence["FlowTable"]) -> "FlowTable":
+        """Concatenate tables with the same columns; summaries are merged (counts added, errors joined)."""
+        tables = list(tables)
+        if not tables:
+            return empty_table(IngestConfig())
+        names = tables[0].stats_names
+        for t in tables[1:]:
+            if list(t.stats_names) != list(names) or list(t.meta) != list(tables[0].meta):
+                raise ValueError("FlowTable.concat: tables have different columns or statistics")
+        if len(tables) == 1:  # no copy of the (large) tensors
+            t = tables[0]
+            return FlowTable(dict(t.meta), dict(t.tensors), list(names), merge_summaries([t.summary]))
+        meta = {k: np.concatenate([t.meta[k] for t in tables]) for k in tables[0].meta}
+        tens = {k: np.concatenate([t.tensors[k] for t in tables]) for k in tables[0].tensors}
+        return FlowTable(meta, tens, list(names), merge_summaries([t.summary for t in tables]))
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Write ``flows.csv``, ``tensors.npz`` (no pickle) and ``summary.json`` into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cols = list(self.meta)
+        with open(out / "flows.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            step = 50_000  # rows per write: bounds the memory of the formatted strings
+            for a in range(0, len(self), step):
+                w.writerows(zip(*(_csv_values(self.meta[c][a:a + step]) for c in cols)))
+        _write_npz(out / "tensors.npz", {**self.tensors, "stats_names": np.array(self.stats_names)})
+        with open(out / "summary.json", "w") as fh:
+            json.dump(self.summary, fh, indent=1, default=_json_default)
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> "FlowTable":
+        """Read a table written by ``save``."""
+        d = Path(out_dir)
+        for f in ("flows.csv", "tensors.npz", "summary.json"):
+            if not (d / f).is_file():
+                raise FileNotFoundError(f"{d / f}: missing (not a FlowTable directory?)")
+        with open(d / "flows.csv", newline="") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            raise ValueError(f"{d / 'flows.csv'}: empty file, expected a header row")
+        header, body = rows[0], rows[1:]
+        cols = list(zip(*body)) if body else [()] * len(header)
+        meta = {}
+        for name, vals in zip(header, cols):
+            try:
+                if name in _INT_COLUMNS:
+                    meta[name] = np.array([int(v) for v in vals], np.int64)
+                elif name in _FLOAT_COLUMNS:
+                    meta[name] = np.array([float(v) for v in vals], np.float64)
+                else:
+                    meta[name] = np.array(vals, dtype=str)
+            except ValueError as e:
+                raise ValueError(f"{d / 'flows.csv'}: column {name!r}: {e}") from None
+        with np.load(d / "tensors.npz", allow_pickle=False) as z:
+            tens = {k: z[k] for k in z.files if k != "stats_names"}
+            names = [str(x) for x in z["stats_names"]]
+        with open(d / "summary.json") as fh:
+            summary = json.load(fh)
+        return cls(meta, tens, names, summary)
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """Like np.savez (uncompressed, readable by np.load), but writes each array's memory directly.
+
+    np.savez copies arrays chunk by chunk through an iterator before writing; for the large byte tensor
+    that copy is a noticeable share of an ingest run.
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            if arr.dtype.hasobject:
+                raise ValueError(f"{path}: tensor {name!r} has dtype object (would need pickle)")
+            with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(arr))
+                if arr.size:
+                    fh.write(memoryview(arr.reshape(-1)).cast("B"))
+
+
+def _csv_values(col: np.ndarray):
+    if col.dtype.kind == "f":
+        return [repr(float(x)) for x in col.tolist()]
+    return col.tolist()
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def merge_summaries(summaries: Sequence[dict]) -> dict:
+    """Add the counters of several summaries; join errors and per-file entries."""
+    out: dict = {}
+    for s in summaries:
+        for k, v in s.items():
+            if isinstance(v, bool) or k in ("config", "stats_names"):
+                out.setdefault(k, v)
+            elif isinstance(v, (int, float)):
+                out[k] = out.get(k, 0) + v
+            elif isinstance(v, list):
+                out[k] = out.get(k, []) + list(v)
+            elif isinstance(v, dict):
+                merged = out.setdefault(k, {})
+                for kk, vv in v.items():
+                    if isinstance(vv, (int, float)) and not isinstance(vv, bool):
+                        merged[kk] = merged.get(kk, 0) + vv
+                    else:
+                        merged[kk] = vv
+            else:
+                out.setdefault(k, v)
+    return out
+
+
+def empty_table(config: IngestConfig) -> FlowTable:
+    """A table with no flows and the right column types and tensor shapes."""
+    return FlowTable(*_columns(Path("."), flows.FlowTracker(config.packets, config.bytes).finish(), config),
+                     list(tensors.STATS_NAMES), {})
+
+
+def _ip_strings(addr: np.ndarray, ver: np.ndarray) -> np.ndarray:
+    """Address rows uint8 [n, 16] (IPv4 in the first 4 bytes) -> strings; formatted once per distinct address."""
+    if not len(addr):
+        return np.zeros(0, dtype="<U1")
+    rows = np.concatenate([addr, ver[:, None].astype(np.uint8)], axis=1)
+    uniq, inv = np.unique(rows.view("V17").ravel(), return_inverse=True)
+    text = []
+    for b in uniq.tolist():
+        text.append(socket.inet_ntop(socket.AF_INET, b[:4]) if b[16] == 4 else
+                    socket.inet_ntop(socket.AF_INET6, b[:16]))
+    return np.array(text, dtype=str)[inv.ravel()]
+
+
+def _columns(capture_name, f: dict, config: IngestConfig):
+    """Turn the tracker's per-flow arrays into the flow table's meta columns and tensors."""
+    key = f["key"]
+    n = len(key)
+    lo_a, hi_a = key[:, 3:19], key[:, 21:37]
+    lo_p = key[:, 19].astype(np.int64) << 8 | key[:, 20]
+    hi_p = key[:, 37].astype(np.int64) << 8 | key[:, 38]
+    ver = key[:, 39]
+    c_lo = f["client_lo"]
+    meta = {
+        "capture": np.full(n, str(capture_name), dtype=object).astype(str) if n else np.zeros(0, "<U1"),
+        "flow_id": np.arange(n, dtype=np.int64),
+        "proto": key[:, 0].astype(np.int64),
+        "client_ip": _ip_strings(np.where(c_lo[:, None], lo_a, hi_a), ver),
+        "server_ip": _ip_strings(np.where(c_lo[:, None], hi_a, lo_a), ver),
+        "client_port": np.where(c_lo, lo_p, hi_p),
+        "server_port": np.where(c_lo, hi_p, lo_p),
+        "vlan": key[:, 1].astype(np.int64) << 8 | key[:, 2],
+        "first_ts": f["first_ts"] / 1e9,
+        "last_ts": f["last_ts"] / 1e9,
+        "c2s_packets": f["pk"][:, 0].copy(),
+        "s2c_packets": f["pk"][:, 1].copy(),
+        "c2s_bytes": f["wb"][:, 0].copy(),
+        "s2c_bytes": f["wb"][:, 1].copy(),
+    }
+    tens = {
+        "bytes": f["bytes"],
+        "sizes": f["sizes"],
+        "iat": f["iat"],
+        "tcp_flags": f["tcp_flags"],
+        "num_packets": np.minimum(f["npk"], config.packets).astype(np.int32),
+        "stats": f["stats"],
+    }
+    return meta, tens
+
+
+def ingest_file(path: str | os.PathLike, name: str, config: IngestConfig,
+                on_batch: Callable[[int, int], None] | None = None) -> FlowTable:
+    """Read one capture into a FlowTable; ``name`` goes into the ``capture`` column and error messages.
+
+    ``on_batch(bytes_read, packets)`` is called after each chunk (progress). Problems end up in
+    ``summary['errors']``; this never raises for bad capture content.
+    """
+    t0 = time.perf_counter()
+    errors: list[capture.CaptureError] = []
+    try:  # a generous guess (real captures: about 5 kB per flow); more is added if needed
+        expected = os.path.getsize(path) // 2000
+    except OSError:
+        expected = 0
+    tracker = flows.FlowTracker(config.packets, config.bytes, config.idle_timeout, config.active_timeout,
+                                config.mask, expected_flows=expected)
+    counts = dict(packets=0, ip_packets=0, later_fragments=0, non_ip=0, malformed=0)
+    done = 0
+    for batch in capture.read_batches(path, errors, config.chunk_bytes, name=name):
+        h = capture.parse_headers(batch)
+        tracker.add(batch, h, counts["packets"])
+        tracker.expire()
+        kinds = np.bincount(h.kind, minlength=4)
+        counts["packets"] += len(batch)
+        counts["ip_packets"] += int(kinds[capture.FLOW])
+        counts["later_fragments"] += int(kinds[capture.LATER_FRAGMENT])
+        counts["non_ip"] += int(kinds[capture.NON_IP])
+        counts["malformed"] += int(kinds[capture.MALFORMED])
+        if on_batch is not None:
+            pos = int(batch.rec_off[-1] + 16 + batch.caplen[-1])  # about the end of the chunk in the file
+            on_batch(pos - done, len(batch))
+            done = pos
+    meta, tens = _columns(name, tracker.finish(), config)
+    per_file = dict(counts, flows=len(meta["flow_id"]), errors=len(errors))
+    summary = {
+        "files": 1,
+        "packets": counts["packets"],
+        "flows": len(meta["flow_id"]),
+        "later_fragments": counts["later_fragments"],
+        "non_ip_packets": counts["non_ip"],
+        "malformed_packets": counts["malformed"],
+        "errors": [e.as_dict() for e in errors],
+        "per_file": {name: per_file},
+        "seconds": time.perf_counter() - t0,
+    }
+    return FlowTable(meta, tens, list(tensors.STATS_NAMES), summary)
+
+
+def _worker(args):
+    path, name, config = args
+    return ingest_file(path, name, config)
+
+
+def ingest(inputs: Sequence[str | os.PathLike], config: IngestConfig = IngestConfig(),
+           progress: bool = True) -> FlowTable:
+    """Ingest capture files and folders (searched recursively) into one FlowTable.
+
+    ``capture`` holds each file's path relative to the input it was found under. Problems with a file
+    are reported in ``summary['errors']`` (file, byte offset, reason) and on stderr; flows read before
+    the problem are kept. With ``config.strict`` any problem raises IngestError after all files are read.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    found = capture.find_captures(inputs)
+    jobs = []
+    for path, root in found:
+        jobs.append((str(path), str(path.relative_to(root)), config))
+    total = sum(os.path.getsize(p) for p, _, _ in jobs)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    n_pk = [0]
+
+    def report(t: FlowTable):
+        for e in t.summary["errors"]:
+            msg = f"warning: {e['file']}: byte {e['offset']}: {e['reason']}"
+            (bar.write if progress else print)(msg, file=sys.stderr)
+
+    def tick(nbytes, npk):
+        n_pk[0] += npk
+        bar.update(nbytes)
+        bar.set_postfix(pkts=n_pk[0], pps=f"{n_pk[0] / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
+
+    parts: list[FlowTable] = []
+    if config.workers > 1 and len(jobs) > 1:
+        # fork is quick; but never fork a process that has started JAX's (or other) threads.
+        threaded = sys.platform == "darwin" or any(m in sys.modules for m in ("jax", "tensorflow", "torch"))
+        ctx = multiprocessing.get_context("spawn" if threaded else "fork")
+        with ctx.Pool(min(config.workers, len(jobs))) as pool:
+            for (path, _, _), t in zip(jobs, pool.imap(_worker, jobs, chunksize=1)):
+                parts.append(t)
+                report(t)
+                tick(os.path.getsize(path), t.summary["packets"])
+    else:
+        for path, name, cfg in jobs:
+            done = [0]
+
+            def on_batch(nb, npk):
+                done[0] += nb
+                tick(nb, npk)
+
+            t = ingest_file(path, name, cfg, on_batch)
+            tick(os.path.getsize(path) - done[0], 0)
+            parts.append(t)
+            report(t)
+    bar.close()
+    table = FlowTable.concat(parts) if parts else empty_table(config)
+    s = table.summary
+    s["files"] = len(jobs)
+    for k in ("packets", "flows", "later_fragments", "non_ip_packets", "malformed_packets"):
+        s.setdefault(k, 0)
+    s.setdefault("errors", [])
+    s.setdefault("per_file", {})
+    s["seconds"] = time.perf_counter() - t0
+    s["packets_per_s"] = s["packets"] / max(s["seconds"], 1e-9)
+    s["config"] = dataclasses.asdict(config)
+    if config.strict and s["errors"]:
+        raise IngestError("\n".join(f"{e['file']}: byte {e['offset']}: {e['reason']}" for e in s["errors"]))
+    return table

@@ -1,0 +1,168 @@
+"""Flow filters, capture-disjoint train/test(/validation) splits and class-balanced `fraction` subsets.
+
+Splits are by capture file, never by flow or packet: near-identical flows of one capture must not sit on both
+sides (docs/labels.md). Everything is deterministic for a given table and seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections import Counter, defaultdict
+
+import numpy as np
+
+UNKNOWN = "Unknown"
+DROP_REASONS = ("too_few_packets", "one_way", "unknown_protocol", "unlabelled")
+
+
+def take(table, idx):
+    """The rows `idx` of a FlowTable (meta and tensors), summary kept."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if hasattr(table, "select"):
+        return table.select(idx)
+    return dataclasses.replace(table, meta={k: np.asarray(v)[idx] for k, v in table.meta.items()},
+                               tensors={k: np.asarray(v)[idx] for k, v in table.tensors.items()})
+
+
+def _column(table, name) -> np.ndarray:
+    try:
+        return np.asarray(table.meta[name])
+    except KeyError:
+        raise KeyError(f"flow table has no column {name!r} (columns: {list(table.meta)}); "
+                       f"attach labels first for label columns") from None
+
+
+def filter_flows(table, min_packets: int = 3, drop_one_way: bool = True, drop_unlabelled: bool = True,
+                 label_column: str = "level1"):
+    """Drops flows by the documented filters; returns (filtered table, {reason: count}).
+
+    Each dropped flow is counted once, under the first reason that applies, in this order:
+    `too_few_packets` (c2s + s2c packets < min_packets), `one_way` (no packet in one direction, if drop_one_way),
+    `unknown_protocol` (nDPI could not identify it, if drop_unlabelled), `unlabelled` (empty `label_column`, if
+    drop_unlabelled). Reasons that dropped nothing are reported with 0 and `kept` gives the rows left.
+    """
+    c2s = _column(table, "c2s_packets").astype(np.int64)
+    s2c = _column(table, "s2c_packets").astype(np.int64)
+    n = len(c2s)
+    reason = np.full(n, -1, np.int8)
+
+    def mark(mask, r):
+        reason[(reason == -1) & mask] = r
+
+    mark(c2s + s2c < min_packets, 0)
+    if drop_one_way:
+        mark((c2s == 0) | (s2c == 0), 1)
+    if drop_unlabelled:
+        if "label" in table.meta:
+            mark(_column(table, "label").astype(str) == UNKNOWN, 2)
+        labels = _column(table, label_column).astype(str) if label_column in table.meta else np.full(n, "")
+        mark(labels == "", 3)
+    dropped = {r: int((reason == i).sum()) for i, r in enumerate(DROP_REASONS)}
+    keep = np.flatnonzero(reason == -1)
+    dropped["kept"] = int(keep.size)
+    return take(table, keep), dropped
+
+
+def _seeded_order(names, seed: int, salt: str = "") -> list:
+    """A permutation of `names` that depends only on the names, the seed and the salt (not on input order)."""
+    keyed = sorted(names, key=lambda s: (zlib.crc32(f"{seed}\x00{salt}\x00{s}".encode()), s))
+    return keyed
+
+
+def capture_classes(table, label_column: str = "level1") -> dict[str, str]:
+    """Each capture's dominant class: its most frequent `label_column` value among labelled flows (ties: the
+    alphabetically first); '' when none of its flows is labelled."""
+    captures = _column(table, "capture").astype(str)
+    labels = _column(table, label_column).astype(str)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for c, l in zip(captures, labels):
+        counts[c][l] += 0 if not l else 1
+    out = {}
+    for c, cnt in counts.items():
+        labelled = [(-k, l) for l, k in cnt.items() if l and k]
+        out[c] = min(labelled)[1] if labelled else ""
+    return out
+
+
+def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_column: str = "level1",
+                     validation_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """Capture-disjoint split, stratified by each capture's dominant class. Returns {split: sorted row indices}.
+
+    Per class, captures are visited in a seeded order and each goes to the split furthest below its flow target
+    (test_fraction, validation_fraction, rest train); then a class with >= 2 captures is guaranteed captures in
+    both train and test (and, with a validation split and >= 3 captures, in validation). A class with one capture
+    lands where it helps the overall flow fractions most. Keys: 'train', 'test' (+ 'validation' if asked).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= validation_fraction < 1.0 - test_fraction:
+        raise ValueError(f"validation_fraction must be in [0, 1 - test_fraction), got {validation_fraction}")
+    captures = _column(table, "capture").astype(str)
+    uniq, inverse, sizes = np.unique(captures, return_inverse=True, return_counts=True)
+    size = dict(zip(uniq.tolist(), sizes.tolist()))
+    dominant = capture_classes(table, label_column)
+    splits = ["train", "test"] + (["validation"] if validation_fraction > 0 else [])
+    target = {"train": 1.0 - test_fraction - validation_fraction, "test": test_fraction,
+              "validation": validation_fraction}
+    by_class: dict[str, list] = defaultdict(list)
+    for c in uniq.tolist():
+        by_class[dominant[c]].append(c)
+    assign: dict[str, str] = {}
+    singles = []
+    for cls in sorted(by_class):
+        caps = _seeded_order(by_class[cls], seed, cls)
+        if len(caps) == 1:
+            singles.append(caps[0])
+            continue
+        total = sum(size[c] for c in caps)
+        got = {s: 0 for s in splits}
+        members = {s: [] for s in splits}
+        for c in caps:
+            s = max(splits, key=lambda s: (target[s] * total - got[s], -splits.index(s)))
+            got[s] += size[c]
+            members[s].append(c)
+        # Guarantee presence: take the smallest capture from the split that has most captures to spare.
+        need = ["test", "train"] + (["validation"] if "validation" in splits and len(caps) >= 3 else [])
+        for s in need:
+            if not members[s]:
+                donor = max((d for d in splits if len(members[d]) > 1), key=lambda d: len(members[d]))
+                c = min(members[donor], key=lambda c: (size[c], c))
+                members[donor].remove(c)
+                members[s].append(c)
+        for s, cs in members.items():
+            for c in cs:
+                assign[c] = s
+    # One-capture classes: greedily fill whichever split is furthest below its share of all flows.
+    n = len(captures)
+    got = {s: sum(size[c] for c, a in assign.items() if a == s) for s in splits}
+    for c in _seeded_order(singles, seed, "\x00singles"):
+        s = max(splits, key=lambda s: (target[s] * n - got[s], -splits.index(s)))
+        assign[c] = s
+        got[s] += size[c]
+    capture_split = np.array([assign[c] for c in uniq.tolist()], dtype=object)
+    row_split = capture_split[inverse] if n else np.array([], dtype=object)
+    return {s: np.flatnonzero(row_split == s) for s in splits}
+
+
+def fraction_subset(table, train_idx, fraction: float, seed: int = 0, label_column: str = "level1") -> np.ndarray:
+    """A class-balanced, seeded subset of the training rows: round(fraction * n_c) flows of each class c, at least
+    one. Subsets are nested: for one seed, a smaller fraction picks a subset of a larger one. Sorted indices."""
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return np.sort(train_idx)
+    labels = _column(table, label_column).astype(str)[train_idx]
+    picked = []
+    for cls in sorted(set(labels.tolist())):
+        rows = np.sort(train_idx[labels == cls])
+        rng = np.random.default_rng([seed, zlib.crc32(cls.encode())])
+        k = max(1, int(round(fraction * rows.size)))
+        picked.append(rows[rng.permutation(rows.size)[:k]])
+    return np.sort(np.concatenate(picked)) if picked else train_idx[:0]
+
+
+def split_captures(table, split: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """{split: sorted capture names} of a split returned by `split_by_capture`."""
+    captures = _column(table, "capture").astype(str)
+    return {s: sorted(set(captures[np.asarray(idx, dtype=np.int64)].tolist())) for s, idx in split.items()}

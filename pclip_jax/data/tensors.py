@@ -1,0 +1,179 @@
+"""Flows -> fixed-shape tensors: the packet byte matrix (masked), and the flow statistics.
+
+Masking rules are documented byte by byte in docs/masking.md; keep the two in step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DIRS = ("c2s", "s2c", "all")
+FLAG_NAMES = ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr")  # TCP flag bits 0..7
+
+STATS_NAMES: tuple[str, ...] = (
+    ("duration", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "c2s_payload_bytes", "s2c_payload_bytes")
+    + tuple(f"{d}_size_{s}" for d in DIRS for s in ("min", "mean", "max", "std"))
+    + tuple(f"{d}_iat_{s}" for d in DIRS for s in ("min", "mean", "max", "std"))
+    + tuple(f"{f}_count" for f in FLAG_NAMES)
+    + ("packets_per_s", "bytes_per_s", "down_up_ratio")
+)
+
+# Byte positions zeroed in the network header (relative to its start).
+_V4_ZERO = np.array([4, 5, 8, 10, 11, *range(12, 20)])  # IP ID, TTL, header checksum, addresses
+_V6_ZERO = np.array([2, 3, 7, *range(8, 40)])  # flow label (low 16 bits), hop limit, addresses
+# Transport fields zeroed, relative to the transport header: ports and checksums.
+_TCP_ZERO = np.array([0, 1, 2, 3, 16, 17])
+_UDP_ZERO = np.array([0, 1, 2, 3, 6, 7])  # also UDP-Lite (136)
+_SCTP_ZERO = np.array([0, 1, 2, 3, 8, 9, 10, 11])
+_ICMP_ZERO = np.array([2, 3])  # ICMP / ICMPv6 checksum
+
+
+def extract_rows(buf: np.ndarray, start: np.ndarray, end: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` bytes of ``buf[start:end]`` for every packet, zero-padded: uint8 [n, width]."""
+    n_ok = len(buf) - width  # windows starting after this would run past the buffer
+    if n_ok < 0 or (start > n_ok).any():
+        idx = start[:, None] + np.arange(width)
+        valid = idx < end[:, None]
+        rows = buf[np.minimum(idx, len(buf) - 1)]
+        rows[~valid] = 0
+        return rows
+    # Copy whole windows through a strided view (no [n, width] index array), then clear past the end.
+    rows = np.lib.stride_tricks.sliding_window_view(buf, width)[start]
+    short = np.nonzero(end - start < width)[0]
+    if len(short):
+        rows[short] *= np.arange(width)[None, :] < (end - start)[short, None]
+    return rows
+
+
+def _zero(rows, r, base, cols):
+    """rows[r, base + cols] = 0 where inside the row."""
+    c = base[:, None] + cols[None, :]
+    rr = np.broadcast_to(r[:, None], c.shape)
+    ok = (c >= 0) & (c < rows.shape[1])
+    rows[rr[ok], c[ok]] = 0
+
+
+def _put32(rows, r, col, val):
+    """Write big-endian uint32 ``val`` at rows[r, col:col+4] where the 4 bytes fit."""
+    ok = col + 4 <= rows.shape[1]
+    r, col, val = r[ok], col[ok], val[ok]
+    for k in range(4):
+        rows[r, col + k] = (val >> (24 - 8 * k)) & 0xFF
+
+
+def mask_rows(rows: np.ndarray, ipver: np.ndarray, proto: np.ndarray, l4: np.ndarray,
+              seq: np.ndarray, ack: np.ndarray) -> None:
+    """Zero the shortcut fields of packet rows in place (see docs/masking.md).
+
+    ``rows`` start at the IP header; ``l4`` is the transport header offset in the row (-1: none, e.g. a later
+    fragment); ``seq``/``ack`` are the relative TCP numbers to write (computed by the flow tracker).
+    """
+    n = len(rows)
+    if not n:
+        return
+    r = np.arange(n)
+    v4 = ipver == 4
+    rows[np.ix_(r[v4], _V4_ZERO[_V4_ZERO < rows.shape[1]])] = 0
+    v6 = r[~v4]
+    if len(v6):
+        rows[v6[:, None], _V6_ZERO[None, _V6_ZERO < rows.shape[1]]] = 0
+        if rows.shape[1] > 1:
+            rows[v6, 1] &= 0xF0  # top 4 bits of the flow label
+    has = l4 >= 0
+    for p, cols in ((6, _TCP_ZERO), (17, _UDP_ZERO), (136, _UDP_ZERO), (132, _SCTP_ZERO),
+                    (1, _ICMP_ZERO), (58, _ICMP_ZERO)):
+        m = has & (proto == p)
+        if m.any():
+            _zero(rows, r[m], l4[m], cols)
+    m = has & (proto == 6)
+    if m.any():
+        _put32(rows, r[m], l4[m] + 4, seq[m])
+        _put32(rows, r[m], l4[m] + 8, ack[m])
+
+
+_SCRUB_FROM = 20  # IPv4 header end; IPv6 addresses (bytes 8-39) are zeroed by mask_rows before the scrub
+
+
+def scrub_addresses(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, ipver: np.ndarray) -> None:
+    """Zero every copy of the packet's own two IP addresses anywhere in its row, in place.
+
+    Protocols repeat the endpoints in their payload (DHCP, ICMP errors quoting the original header, STUN, FTP
+    PORT in binary, SIP over some encodings...); the header fields alone would leave these shortcuts.
+    IPv4 addresses are matched as 4-byte words; IPv6 ones by their first 4 bytes, then verified in full.
+    """
+    n, width = rows.shape
+    if not n or width < 4:
+        return
+    for addr in (src, dst):
+        key = addr[:, :4].copy().view(">u4").ravel()
+        # 0.0.0.0 and 255.255.255.255 identify nothing (and zero/0xff runs are common): left alone.
+        ok = (key != 0) & (key != 0xFFFFFFFF)
+        hits = []
+        for a in range(4):  # each byte alignment: the row seen as big-endian 32-bit words
+            a += _SCRUB_FROM  # the address fields before this are zeroed already
+            q = (width - a) // 4
+            if q <= 0:
+                continue
+            eq = (rows[:, a:a + 4 * q].view(">u4") == key[:, None]) & ok[:, None]
+            hr = np.nonzero(eq.any(1))[0]
+            if len(hr):
+                rr, cc = np.nonzero(eq[hr])
+                hits.append((hr[rr], a + 4 * cc))
+        for hr, hc in hits:
+            v4 = ipver[hr] == 4
+            for k in range(4):
+                rows[hr[v4], hc[v4] + k] = 0
+            for i, c in zip(hr[~v4].tolist(), hc[~v4].tolist()):
+                if c + 16 <= width and (rows[i, c:c + 16] == addr[i]).all():
+                    rows[i, c:c + 16] = 0
+
+
+def finalize_stats(acc: dict) -> np.ndarray:
+    """Flow statistics float32 [n, len(STATS_NAMES)] from the tracker's accumulators.
+
+    ``acc`` holds per-direction arrays [n, 2] (pk, wb, pay, ssum, ssq, smin, smax, in_n, isum, isq, imin, imax),
+    per-flow arrays ia_n, ia_sum, ia_sq, ia_min, ia_max, first_ts, last_ts (ns) and flag counts [n, 8].
+    Sizes are IP lengths in bytes, inter-arrival times in seconds, duration in seconds.
+    """
+    pk = acc["pk"].astype(np.float64)
+    n = len(pk)
+    out = np.zeros((n, len(STATS_NAMES)), np.float64)
+    dur = (acc["last_ts"] - acc["first_ts"]) / 1e9
+    col = 0
+
+    def put(v):
+        nonlocal col
+        out[:, col] = v
+        col += 1
+
+    put(dur)
+    put(pk[:, 0]), put(pk[:, 1])
+    put(acc["wb"][:, 0]), put(acc["wb"][:, 1])
+    put(acc["pay"][:, 0]), put(acc["pay"][:, 1])
+
+    def moments(cnt, s, sq, mn, mx, scale):
+        safe = np.maximum(cnt, 1)
+        mean = s / safe
+        var = np.maximum(sq / safe - mean * mean, 0.0)
+        have = cnt > 0
+        return [np.where(have, mn, 0) * scale, mean * scale, np.where(have, mx, 0) * scale, np.sqrt(var) * scale]
+
+    for d in (0, 1):
+        for v in moments(pk[:, d], acc["ssum"][:, d], acc["ssq"][:, d], acc["smin"][:, d], acc["smax"][:, d], 1.0):
+            put(v)
+    for v in moments(pk.sum(1), acc["ssum"].sum(1), acc["ssq"].sum(1), acc["smin"].min(1), acc["smax"].max(1), 1.0):
+        put(v)
+    for d in (0, 1):
+        for v in moments(acc["in_n"][:, d], acc["isum"][:, d], acc["isq"][:, d], acc["imin"][:, d],
+                         acc["imax"][:, d], 1.0):
+            put(v)
+    for v in moments(acc["ia_n"], acc["ia_sum"], acc["ia_sq"], acc["ia_min"], acc["ia_max"], 1.0):
+        put(v)
+    for b in range(8):
+        put(acc["flagc"][:, b])
+    span = np.where(dur > 0, dur, np.nan)
+    tot_b = acc["wb"].sum(1)
+    put(np.nan_to_num(pk.sum(1) / span))
+    put(np.nan_to_num(tot_b / span))
+    put(acc["wb"][:, 1] / np.maximum(acc["wb"][:, 0], 1))
+    assert col == len(STATS_NAMES)
+    return out.astype(np.float32)

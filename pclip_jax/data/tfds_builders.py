@@ -1,0 +1,323 @@
+"""TFDS builders for labelled flow datasets, written as array_record and read without TensorFlow.
+
+    builder = NdpiTraffic(data_dir=..., file_format="array_record",
+                          download_config=tfds.download.DownloadConfig(manual_dir="../shared/data/ndpi"))
+    builder.download_and_prepare(file_format="array_record", download_config=...)
+    source = builder.as_data_source()          # {'train': ..., 'test': ...}; see input_pipeline.py
+
+All builders run the same code path as `python -m pclip_jax.ingest`: ingest → attach_labels → filter_flows →
+split_by_capture. `info.metadata` records the configuration, how many flows each filter dropped and why, the label
+match counts, the captures of each split and the names behind the integer label features.
+
+Builders: `ndpi_traffic` (nDPI regression corpus: downloads the nDPI source archive, or reads a manual dir),
+`pcap_folder` (any folder of captures, labels by folder or CSV), `iscx_vpn2016`, `ustc_tfc2016` (manual download).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import pathlib
+import sys
+from typing import Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from pclip_jax.data import labels as labels_lib
+from pclip_jax.data import splits as splits_lib
+
+NDPI_COMMIT = "3b1286ab03b0c9223ac208a01868d8c1f6c0ae00"
+NDPI_ARCHIVE_URL = f"https://github.com/ntop/nDPI/archive/{NDPI_COMMIT}.tar.gz"
+NDPI_SUBDIR = pathlib.PurePosixPath("tests/cfgs/default")
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+
+
+@dataclasses.dataclass(eq=False)
+class TrafficConfig(tfds.core.BuilderConfig):
+    """What a flow dataset is made of: tensor sizes, labels, filters and the split. See docs/labels.md."""
+    packets: int = 16                 # K: packets per flow
+    bytes: int = 128                  # B: bytes per packet, from the IP header on
+    mask: bool = True                 # zero the shortcut header fields (docs/masking.md)
+    labels: str = ""                  # label spec; '' = the builder's default
+    label_column: str = "level1"      # stratify splits (and decide 'unlabelled') on this column
+    min_packets: int = 3
+    drop_one_way: bool = True
+    drop_unlabelled: bool = True
+    test_fraction: float = 0.3
+    split_seed: int = 0
+
+
+_BASE_CONFIG_FIELDS = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+
+
+def _default_configs():
+    return [
+        TrafficConfig(name="k16_b128", description="16 packets x 128 bytes per flow (the project default)."),
+        TrafficConfig(name="k5_b320", packets=5, bytes=320,
+                      description="5 packets x 320 bytes per flow (the YaTC / NetMamba input)."),
+    ]
+
+
+def _find_capture_root(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path] | None:
+    """(pcap dir, result dir) of an nDPI tree: flat `pcap/`+`result/` or the source layout."""
+    for base in (root, root / NDPI_SUBDIR):
+        if (base / "pcap").is_dir() and (base / "result").is_dir():
+            return base / "pcap", base / "result"
+    # An extracted archive has one top folder (nDPI-<commit>/).
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        if (sub / NDPI_SUBDIR / "pcap").is_dir():
+            return sub / NDPI_SUBDIR / "pcap", sub / NDPI_SUBDIR / "result"
+    return None
+
+
+def _manual_dir(dl_manager, instructions: str = "") -> Optional[pathlib.Path]:
+    """The manual dir the user gave, None when none was given; a given dir that is missing or empty is an error."""
+    given = getattr(dl_manager, "_manual_dir", None)  # TFDS raises on `.manual_dir` for both cases alike
+    if not given:
+        return None
+    path = pathlib.Path(str(given)).expanduser()
+    if not path.is_dir() or not any(path.iterdir()):
+        if path.parts[-2:] == ("downloads", "manual"):
+            return None  # TFDS's default <data_dir>/downloads/manual, not something the user asked for
+        raise FileNotFoundError(f"manual dir {path} does not exist or is empty.{instructions}")
+    return path
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether the host of `url` accepts a connection: fail fast offline instead of minutes of retries."""
+    import socket
+    import urllib.parse
+
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
+    """Shared body of the flow builders; subclasses say where the captures are and how they are labelled."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: masked packet tensors, statistics, level-1/level-2 labels."}
+    BUILDER_CONFIGS = _default_configs()
+    DEFAULT_LABELS = ""
+    DESCRIPTION = ""
+
+    @abc.abstractmethod
+    def _sources(self, dl_manager) -> tuple[list[str], str]:
+        """(capture inputs: files or folders, label spec)."""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from pclip_jax.data.tensors import STATS_NAMES  # numpy only; the ingest path imports no JAX
+
+        k, b, s = self.builder_config.packets, self.builder_config.bytes, len(STATS_NAMES)
+        i64, i32 = np.int64, np.int32
+        features = tfds.features.FeaturesDict({
+            "bytes": tfds.features.Tensor(shape=(k, b), dtype=np.uint8),
+            "sizes": tfds.features.Tensor(shape=(k,), dtype=i32),
+            "iat": tfds.features.Tensor(shape=(k,), dtype=np.float32),
+            "tcp_flags": tfds.features.Tensor(shape=(k,), dtype=np.uint8),
+            "num_packets": tfds.features.Scalar(dtype=i32),
+            "stats": tfds.features.Tensor(shape=(s,), dtype=np.float32),
+            "level1": tfds.features.ClassLabel(names=list(labels_lib.LEVEL1_CLASSES)),  # -1 = unlabelled
+            "level2_id": tfds.features.Scalar(dtype=i32),   # index in metadata['level2_names'], -1 = none
+            "label_id": tfds.features.Scalar(dtype=i32),    # index in metadata['label_names'], -1 = none
+            "level1_name": tfds.features.Text(),
+            "level2": tfds.features.Text(),
+            "label": tfds.features.Text(),
+            "app": tfds.features.Text(),
+            "category": tfds.features.Text(),
+            "encrypted": tfds.features.Scalar(dtype=i32),
+            "capture": tfds.features.Text(),
+            "flow_id": tfds.features.Scalar(dtype=i64),
+            "proto": tfds.features.Scalar(dtype=i32),
+            "c2s_packets": tfds.features.Scalar(dtype=i64),
+            "s2c_packets": tfds.features.Scalar(dtype=i64),
+            "c2s_bytes": tfds.features.Scalar(dtype=i64),
+            "s2c_bytes": tfds.features.Scalar(dtype=i64),
+        })
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.DESCRIPTION + _COMMON_DESCRIPTION, features=features,
+            metadata=tfds.core.MetadataDict(), homepage="https://github.com/ntop/nDPI")
+
+    def _split_generators(self, dl_manager):
+        from pclip_jax.data.ingest import IngestConfig, ingest
+
+        cfg = self.builder_config
+        inputs, spec = self._sources(dl_manager)
+        spec = cfg.labels or spec
+        table = ingest(inputs, IngestConfig(packets=cfg.packets, bytes=cfg.bytes, mask=cfg.mask), progress=True)
+        if not len(table.meta["capture"]):
+            raise ValueError(f"{self.name}: no flows read from {inputs}; check the input folder "
+                             f"(captures end in {', '.join(CAPTURE_SUFFIXES)})")
+        table = labels_lib.attach_labels(table, spec)
+        label_summary = dict(table.summary.get("labels", {}))
+        ingest_summary = {k: v for k, v in table.summary.items() if k != "labels" and not isinstance(v, (list, dict))}
+        n_ingested = len(table.meta["capture"])
+        table, dropped = splits_lib.filter_flows(table, cfg.min_packets, cfg.drop_one_way, cfg.drop_unlabelled,
+                                                 cfg.label_column)
+        split = splits_lib.split_by_capture(table, cfg.test_fraction, cfg.split_seed, cfg.label_column)
+        if not all(len(v) for v in split.values()):
+            raise ValueError(f"{self.name}: after filtering, {len(table.meta['capture'])} flows in "
+                             f"{len(set(table.meta['capture']))} captures: too few to split train/test "
+                             f"({ {k: len(v) for k, v in split.items()} }); dropped {dropped}")
+        level2_names = sorted(set(np.asarray(table.meta["level2"]).astype(str).tolist()) - {""})
+        label_names = sorted(set(np.asarray(table.meta["label"]).astype(str).tolist()) - {""})
+        self.info.metadata.update({
+            "config": {"name": cfg.name, **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrafficConfig)
+                                             if f.name not in _BASE_CONFIG_FIELDS}},
+            "inputs": [str(i) for i in inputs], "labels_spec": spec,
+            "flows_ingested": n_ingested, "dropped": dropped,
+            "labels": {k: v for k, v in label_summary.items() if not k.endswith("_list")},
+            "ingest": ingest_summary,
+            "split_captures": splits_lib.split_captures(table, split),
+            "level2_names": level2_names, "label_names": label_names,
+            "stats_names": list(getattr(table, "stats_names", [])),
+        })
+        print(f"[{self.name}] {n_ingested} flows ingested, dropped {dropped}; "
+              f"train {len(split['train'])} / test {len(split['test'])} flows", file=sys.stderr)
+        lookups = {"level2": {n: i for i, n in enumerate(level2_names)},
+                   "label": {n: i for i, n in enumerate(label_names)}}
+        return {name: self._generate_examples(table, idx, lookups) for name, idx in split.items()}
+
+    def _generate_examples(self, table, idx, lookups):
+        meta, t = table.meta, table.tensors
+        level1_id = {n: i for i, n in enumerate(labels_lib.LEVEL1_CLASSES)}
+        for r in idx.tolist():
+            capture = str(meta["capture"][r])
+            level1, level2, label = str(meta["level1"][r]), str(meta["level2"][r]), str(meta["label"][r])
+            yield f"{capture}#{int(meta['flow_id'][r])}", {
+                "bytes": t["bytes"][r], "sizes": t["sizes"][r].astype(np.int32), "iat": t["iat"][r],
+                "tcp_flags": t["tcp_flags"][r], "num_packets": int(t["num_packets"][r]), "stats": t["stats"][r],
+                "level1": level1_id.get(level1, -1), "level1_name": level1,
+                "level2_id": lookups["level2"].get(level2, -1), "level2": level2,
+                "label_id": lookups["label"].get(label, -1), "label": label,
+                "app": str(meta["app"][r]), "category": str(meta["category"][r]),
+                "encrypted": int(meta["encrypted"][r]), "capture": capture, "flow_id": int(meta["flow_id"][r]),
+                "proto": int(meta["proto"][r]), "c2s_packets": int(meta["c2s_packets"][r]),
+                "s2c_packets": int(meta["s2c_packets"][r]), "c2s_bytes": int(meta["c2s_bytes"][r]),
+                "s2c_bytes": int(meta["s2c_bytes"][r]),
+            }
+
+
+_COMMON_DESCRIPTION = """
+
+Each example is one bidirectional flow: the first K packets x B bytes from the IP header on (shortcut fields
+masked, docs/masking.md), signed sizes, inter-arrival times, TCP flags and flow statistics; labels `level1`
+(service class id, -1 unlabelled), `level2`/`label` (strings and ids into metadata), the capture it came from.
+Train and test are disjoint by capture file, stratified by class (docs/labels.md). `info.metadata['dropped']`
+counts the flows removed by the filters (too_few_packets, one_way, unknown_protocol, unlabelled) and
+`info.metadata['labels']` the label match counts."""
+
+
+class NdpiTraffic(_TrafficBuilder):
+    """The nDPI regression corpus with nDPI's own flow labels."""
+
+    DESCRIPTION = (f"Captures and ndpiReader outputs of nDPI's regression tests (github.com/ntop/nDPI at "
+                   f"{NDPI_COMMIT}, tests/cfgs/default/{{pcap,result}}; LGPL-3.0). Labels: nDPI protocol, "
+                   f"category and encryption flag, mapped to service classes by label_hierarchy.yaml.")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    Online, the builder downloads {NDPI_ARCHIVE_URL} itself. Offline, give a manual dir in either layout:
+      * the nDPI source tree (or its archive unpacked): <manual_dir>/tests/cfgs/default/pcap and .../result
+      * flat: <manual_dir>/pcap/<capture> and <manual_dir>/result/<capture>.out (e.g. ../shared/data/ndpi)
+    """
+
+    def _sources(self, dl_manager):
+        manual = _manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        found = _find_capture_root(manual) if manual else None
+        if found is None and manual is not None:
+            raise FileNotFoundError(f"ndpi_traffic: manual dir {manual} has neither pcap/+result/ nor "
+                                    f"{NDPI_SUBDIR}/{{pcap,result}}.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        if found is None:
+            if not _reachable(NDPI_ARCHIVE_URL):
+                raise RuntimeError(f"ndpi_traffic: offline (cannot reach {NDPI_ARCHIVE_URL}) and no manual dir "
+                                   f"given.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            try:
+                extracted = pathlib.Path(str(dl_manager.download_and_extract(NDPI_ARCHIVE_URL)))
+            except Exception as e:  # offline, proxy, ... : say what to do instead
+                raise RuntimeError(f"ndpi_traffic: could not download {NDPI_ARCHIVE_URL} ({e}).\n"
+                                   f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+            found = _find_capture_root(extracted)
+            if found is None:
+                raise FileNotFoundError(f"ndpi_traffic: {extracted} has no {NDPI_SUBDIR}/pcap")
+        pcap_dir, result_dir = found
+        return [str(pcap_dir)], f"ndpi:{result_dir}"
+
+
+class PcapFolder(_TrafficBuilder):
+    """Any folder of captures (searched recursively), labelled by folder name or a CSV file."""
+
+    DESCRIPTION = "Captures from a user folder, labelled by their parent folder name or a CSV of flow labels."
+    BUILDER_CONFIGS = [
+        TrafficConfig(name="folder", labels="folder",
+                      description="Class = name of the folder a capture sits in (the usual public-dataset layout)."),
+        TrafficConfig(name="folder_raw_labels", labels="folder", label_column="label",
+                      description="Folder labels used as they are, even when they do not name a service class."),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Put your captures (.pcap, .pcapng, .cap) under <manual_dir>, one folder per class for folder labels, e.g.
+    <manual_dir>/Chat/a.pcap, <manual_dir>/VoIP/b.pcapng. For CSV labels use a config with
+    labels='csv:/path/labels.csv' (columns capture, proto, ip_a, port_a, ip_b, port_b, label; see docs/labels.md).
+    """
+
+    def _sources(self, dl_manager):
+        manual = _manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        if manual is None:
+            raise FileNotFoundError(f"pcap_folder needs a manual dir.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        return [str(manual)], "folder"
+
+
+class IscxVpn2016(_TrafficBuilder):
+    """ISCX VPN-nonVPN 2016, labelled by file-name rules (the published class list)."""
+
+    DESCRIPTION = ("ISCX VPN-nonVPN 2016 (UNB CIC). Service class from the capture's file name (rules in "
+                   "label_hierarchy.yaml); `category` is VPN or NonVPN.")
+    BUILDER_CONFIGS = _default_configs()
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download the PCAP archives of ISCX VPN-nonVPN 2016 from https://www.unb.ca/cic/datasets/vpn.html
+    (NonVPN-PCAPs-01..03, VPN-PCAPs-01..02), unpack them into <manual_dir> (any sub-folders), keeping the
+    original file names (e.g. vpn_skype_audio1.pcap, facebook_chat_4a.pcap): the labels come from the names.
+    """
+
+    def _sources(self, dl_manager):
+        manual = _manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        if manual is None:
+            raise FileNotFoundError(f"iscx_vpn2016 needs a manual dir.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        return [str(manual)], "rules:iscx_vpn2016"
+
+
+class UstcTfc2016(_TrafficBuilder):
+    """USTC-TFC2016: 10 benign applications and 10 malware families, labelled by file name."""
+
+    DESCRIPTION = ("USTC-TFC2016 (Wang et al., 2017): 10 benign applications and 10 malware families; class "
+                   "from the file name (rules in label_hierarchy.yaml); `category` is Benign or Malware.")
+    BUILDER_CONFIGS = _default_configs()
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download USTC-TFC2016 from https://github.com/yungshenglu/USTC-TFC2016 (Benign/ and Malware/ folders), unpack
+    the .7z/.rar parts into <manual_dir> keeping the file names (e.g. Weibo-1.pcap, Zeus.pcap).
+    """
+
+    def _sources(self, dl_manager):
+        manual = _manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        if manual is None:
+            raise FileNotFoundError(f"ustc_tfc2016 needs a manual dir.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        return [str(manual)], "rules:ustc_tfc2016"
+
+
+BUILDERS = {"ndpi_traffic": NdpiTraffic, "pcap_folder": PcapFolder, "iscx_vpn2016": IscxVpn2016,
+            "ustc_tfc2016": UstcTfc2016}
+
+
+def build(name: str, data_dir: str | pathlib.Path, manual_dir: str | pathlib.Path | None = None,
+          config: str | TrafficConfig | None = None) -> tfds.core.DatasetBuilder:
+    """Builds (or reuses) a dataset as array_record and returns its builder; read it with `as_data_source()`."""
+    try:
+        cls = BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}") from None
+    builder = cls(data_dir=str(data_dir), config=config, file_format="array_record")
+    dl_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
+    builder.download_and_prepare(file_format="array_record", download_config=dl_config)
+    return builder

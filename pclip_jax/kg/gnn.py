@@ -1,0 +1,252 @@
+"""Hierarchical GNN over per-flow knowledge graphs (Flax linen + jraph), tiny and explainable.
+
+Inputs are frozen: the flow node starts from the packet tower's embedding (`graphs.globals["flow"]`, [G, Dp]) and
+every KG node from the text embedding of its descriptions (`kg_embeddings`, [M, Dt], cached once per graph). Only
+this module is trained for detection.
+
+Architecture (per call):
+1. Input projections to width H: Dense(Dp→H) for flows, Dense(Dt→H) for the KG table (applied once to the [M, Dt]
+   table, then gathered per node), plus a learned level embedding (mission / class / application / flow).
+2. `num_layers` rounds of multi-head attention message passing (GAT/transformer style): each edge s→r computes
+   q(h_r)·(k(h_s) + e_type) per head, softmax over the receiver's incoming edges (`jraph.segment_softmax`), sums
+   v(h_s) + e_type weighted by it, then residual + LayerNorm and a small MLP. The edge types (parent→child,
+   child→parent, related, flow→node, node→flow) let the flow read the graph and the graph read the flow.
+3. Node scores: s_n = <W_q h_flow, W_k h_n> / sqrt(H) + prior_n (+ a learned multiple of cos(flow input, node
+   text) when both live in the same space). No per-class weights: a class is scored from its description
+   embedding, so classes that exist only as text are scored zero-shot.
+
+Consistency across levels (a child never outranks its parent's decision):
+* Scores become *conditional* distributions among siblings: P(n | parent(n)) = softmax of s over the children of
+  the same parent (segment log-softmax keyed by the parent's node index), and marginals follow the chain rule
+  P(app) = P(class) · P(app | class). Hence P(app) ≤ P(its class) for every app, and the level-2 marginals of a
+  class's children sum to that class's probability.
+* Decisions are top-down: the level-1 decision is the argmax class; the level-2 decision is the argmax among the
+  children of that class only (a class without children in the graph has level-2 decision -1). So the chosen app's
+  parent is always the chosen class.
+* Losses per level: level 1 is cross-entropy of P(class); level 2 is cross-entropy of P(app | true class)
+  (teacher-forced on the true parent), so the two levels train separate decisions and add up to -log P(path).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from pclip_jax import compat
+from pclip_jax.kg.graphs import EDGE_TYPES, FLOW_LEVEL, KGLayout
+
+NUM_LEVEL_EMBEDDINGS = FLOW_LEVEL + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class GnnConfig:
+    """Hyper-parameters of the hierarchical GNN (defaults: ~0.2M parameters for Dp=256, Dt=384)."""
+    hidden: int = 96
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    similarity_prior: bool = True        # add α·cos(flow, node text) when Dp == Dt (towers in one space)
+    level_loss_weights: tuple[float, float] = (1.0, 1.0)
+
+
+class _AttentionLayer(nn.Module):
+    hidden: int
+    num_heads: int
+    mlp_ratio: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, h, senders, receivers, edge_type, deterministic: bool):
+        n = h.shape[0]
+        heads, dh = self.num_heads, self.hidden // self.num_heads
+        q = nn.Dense(self.hidden, use_bias=False, name="query")(h)[receivers]
+        kv = nn.Dense(2 * self.hidden, use_bias=False, name="key_value")(h)[senders]
+        e = nn.Embed(len(EDGE_TYPES), 2 * self.hidden, name="edge_type")(edge_type)
+        k, v = jnp.split(kv + e, 2, axis=-1)
+        logits = (q * k).reshape(-1, heads, dh).sum(-1) / np.sqrt(dh)                    # [E, heads]
+        alpha = jraph.segment_softmax(logits, receivers, num_segments=n)                   # over incoming edges
+        msg = jax.ops.segment_sum(alpha[..., None] * v.reshape(-1, heads, dh), receivers, num_segments=n)
+        msg = nn.Dense(self.hidden, name="out")(msg.reshape(n, self.hidden))
+        h = nn.LayerNorm(name="norm_attn")(h + nn.Dropout(self.dropout)(msg, deterministic=deterministic))
+        y = nn.Dense(self.mlp_ratio * self.hidden, name="mlp_in")(h)
+        y = nn.Dense(self.hidden, name="mlp_out")(nn.gelu(y))
+        h = nn.LayerNorm(name="norm_mlp")(h + nn.Dropout(self.dropout)(y, deterministic=deterministic))
+        return h, alpha
+
+
+def _segment_log_softmax(x, segments, num_segments):
+    m = jax.ops.segment_max(x, segments, num_segments=num_segments)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    z = jax.ops.segment_sum(jnp.exp(x - m[segments]), segments, num_segments=num_segments)
+    return x - (jnp.log(z) + m)[segments]
+
+
+class HierarchicalGNN(nn.Module):
+    """`HierarchicalGNN(config).apply(variables, graphs, kg_embeddings)` → dict of per-node arrays:
+
+    * `score` [N]: raw node score (logit among siblings);
+    * `cond_logp` [N]: log P(node | parent) (0 for the root, flow and padding nodes);
+    * `logp` [N]: log P(node), the marginal along the path from the root;
+    * `attention`: tuple, one [E, heads] array per layer (softmax over each receiver's incoming edges);
+    * `flow_index` [G]: index of each graph's flow node; `node_graph` [N]: graph of each node;
+    * `flow_query` [G, H]: the flow's final query vector (used to score single descriptions).
+    """
+    config: GnnConfig
+
+    @nn.compact
+    def __call__(self, graphs: jraph.GraphsTuple, kg_embeddings: jnp.ndarray, deterministic: bool = True
+                 ) -> dict[str, Any]:
+        cfg = self.config
+        nodes = graphs.nodes
+        n = nodes["kg_index"].shape[0]
+        g = graphs.n_node.shape[0]
+        node_graph = jnp.repeat(jnp.arange(g), graphs.n_node, total_repeat_length=n)
+        flow_index = jnp.cumsum(graphs.n_node) - graphs.n_node
+        kg_index = nodes["kg_index"]
+        is_kg = kg_index >= 0
+        flow_raw = graphs.globals["flow"].astype(jnp.float32)
+        text_raw = kg_embeddings.astype(jnp.float32)
+
+        flow_h = nn.Dense(cfg.hidden, name="flow_in")(flow_raw)                       # [G, H]
+        text_h = nn.Dense(cfg.hidden, name="text_in")(text_raw)                       # [M, H], once per call
+        h = jnp.where(is_kg[:, None], text_h[jnp.maximum(kg_index, 0)], flow_h[node_graph])
+        h = h + nn.Embed(NUM_LEVEL_EMBEDDINGS, cfg.hidden, name="level")(nodes["level"])
+        h = nn.LayerNorm(name="norm_in")(h)
+
+        attention = []
+        for i in range(cfg.num_layers):
+            h, alpha = _AttentionLayer(cfg.hidden, cfg.num_heads, cfg.mlp_ratio, cfg.dropout, name=f"layer_{i}")(
+                h, graphs.senders, graphs.receivers, graphs.edges["type"], deterministic)
+            attention.append(alpha)
+
+        flow_query = nn.Dense(cfg.hidden, name="score_query")(h[flow_index])          # [G, H]
+        keys = nn.Dense(cfg.hidden, name="score_key")(h)                              # [N, H]
+        score = (flow_query[node_graph] * keys).sum(-1) / np.sqrt(cfg.hidden) + nodes["prior"]
+        if cfg.similarity_prior and flow_raw.shape[-1] == text_raw.shape[-1]:
+            fn = flow_raw / jnp.maximum(jnp.linalg.norm(flow_raw, axis=-1, keepdims=True), 1e-6)
+            tn = text_raw / jnp.maximum(jnp.linalg.norm(text_raw, axis=-1, keepdims=True), 1e-6)
+            cos = (fn[node_graph] * tn[jnp.maximum(kg_index, 0)]).sum(-1)
+            score = score + self.param("similarity_scale", nn.initializers.constant(1.0), ()) * cos
+
+        # Conditional log-softmax among siblings: segment = global index of the parent node. Nodes without a
+        # parent (root, flow, padding) get a singleton segment of their own, n + their index, which cannot collide
+        # with a parent's index.
+        valid = jraph.get_node_padding_mask(graphs) & is_kg
+        has_parent = valid & (nodes["parent"] >= 0)
+        parent_global = jnp.where(has_parent, nodes["parent"] + flow_index[node_graph], 0)
+        segment = jnp.where(has_parent, parent_global, n + jnp.arange(n))
+        score = jnp.where(valid, score, 0.0)
+        cond = jnp.where(has_parent, _segment_log_softmax(score, segment, 2 * n), 0.0)
+        logp = cond
+        for _ in range(2):  # depth of the hierarchy below the root: propagate the chain rule level by level
+            logp = cond + jnp.where(has_parent, logp[parent_global], 0.0)
+        return {"score": score, "cond_logp": cond, "logp": logp, "attention": tuple(attention),
+                "flow_index": flow_index, "node_graph": node_graph, "flow_query": flow_query}
+
+
+def _level_gather(per_node, flow_index, level_nodes):
+    """[N] per-node values → [G, C] for the classes of one level (node = flow + 1 + KG index)."""
+    return per_node[flow_index[:, None] + 1 + jnp.asarray(level_nodes)[None, :]]
+
+
+def per_level_outputs(outputs: dict, layout: KGLayout) -> dict[str, jnp.ndarray]:
+    """Dense per-level arrays from the per-node outputs: `logp1` [G, C1] (log P(class)), `logp2` [G, C2]
+    (log P(app) = log P(class) + log P(app | class)), `cond2` [G, C2] (log P(app | class))."""
+    fi = outputs["flow_index"]
+    return {"logp1": _level_gather(outputs["logp"], fi, layout.level_nodes[1]),
+            "logp2": _level_gather(outputs["logp"], fi, layout.level_nodes[2]),
+            "cond2": _level_gather(outputs["cond_logp"], fi, layout.level_nodes[2])}
+
+
+def graph_mask(graphs: jraph.GraphsTuple) -> jnp.ndarray:
+    """True for real graphs, False for the padding graphs added by `jraph.pad_with_graphs`."""
+    return jraph.get_graph_padding_mask(graphs)
+
+
+def gnn_loss(outputs: dict, graphs: jraph.GraphsTuple, layout: KGLayout,
+             level_weights: tuple[float, float] = (1.0, 1.0)) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """Per-level cross-entropy, padding graphs and unknown labels masked out.
+
+    Level 1: -log P(class). Level 2: -log P(app | class) on flows whose app is known. Returns (weighted total,
+    metrics) where metrics holds `loss_level1`, `loss_level2`, `accuracy_level1`, `accuracy_level2` (top-down
+    decision) and the counts `count_level1`, `count_level2` used as weights (sums, so they can be combined across
+    batches and devices).
+    """
+    lv = per_level_outputs(outputs, layout)
+    real = graph_mask(graphs)
+    y1, y2 = graphs.globals["level1"], graphs.globals["level2"]
+    m1 = real & (y1 >= 0)
+    m2 = real & (y2 >= 0)
+    nll1 = -jnp.take_along_axis(lv["logp1"], jnp.maximum(y1, 0)[:, None], 1)[:, 0]
+    nll2 = -jnp.take_along_axis(lv["cond2"], jnp.maximum(y2, 0)[:, None], 1)[:, 0] if lv["cond2"].shape[1] else \
+        jnp.zeros_like(nll1)
+    c1, c2 = m1.sum(), m2.sum()
+    loss1 = jnp.where(m1, nll1, 0.0).sum() / jnp.maximum(c1, 1)
+    loss2 = jnp.where(m2, nll2, 0.0).sum() / jnp.maximum(c2, 1)
+    pred1, pred2 = top_down_decisions(lv, layout)
+    metrics = {"loss_level1": loss1, "loss_level2": loss2,
+               "accuracy_level1": jnp.where(m1, pred1 == y1, False).sum() / jnp.maximum(c1, 1),
+               "accuracy_level2": jnp.where(m2, pred2 == y2, False).sum() / jnp.maximum(c2, 1),
+               "count_level1": c1, "count_level2": c2}
+    total = level_weights[0] * loss1 + level_weights[1] * loss2
+    metrics["loss"] = total
+    return total, metrics
+
+
+def top_down_decisions(lv: dict, layout: KGLayout) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Level-1 argmax, then the level-2 argmax among that class's children (-1 when it has none)."""
+    pred1 = jnp.argmax(lv["logp1"], axis=-1)
+    if lv["cond2"].shape[1] == 0:
+        return pred1, jnp.full_like(pred1, -1)
+    allowed = jnp.asarray(layout.level2_parent_slot)[None, :] == pred1[:, None]
+    masked = jnp.where(allowed, lv["cond2"], -jnp.inf)
+    pred2 = jnp.where(allowed.any(-1), jnp.argmax(masked, axis=-1), -1)
+    return pred1, pred2
+
+
+def predict(model: HierarchicalGNN, params: Any, graphs: jraph.GraphsTuple, kg_embeddings: jnp.ndarray,
+            layout: KGLayout) -> dict[str, jnp.ndarray]:
+    """Per-level probabilities consistent across levels, and top-down decisions.
+
+    Returns `prob1` [G, C1] = P(class), `prob2` [G, C2] = P(class)·P(app | class) (so prob2 ≤ prob1 of its parent,
+    and a class's apps sum to the class), `cond2` [G, C2] = P(app | class), `pred1` [G], `pred2` [G] (-1 = none),
+    `mask` [G] (real graphs), plus the raw per-node `outputs` for explanations. Wrap in `jax.jit` with the model and
+    layout bound (e.g. `functools.partial`); it compiles once per padding budget.
+    """
+    outputs = model.apply({"params": params}, graphs, kg_embeddings, deterministic=True)
+    lv = per_level_outputs(outputs, layout)
+    pred1, pred2 = top_down_decisions(lv, layout)
+    return {"prob1": jnp.exp(lv["logp1"]), "prob2": jnp.exp(lv["logp2"]), "cond2": jnp.exp(lv["cond2"]),
+            "pred1": pred1, "pred2": pred2, "mask": graph_mask(graphs), "outputs": outputs}
+
+
+def init_params(config: GnnConfig, rng: jax.Array, sample_graphs: jraph.GraphsTuple,
+                kg_embeddings: jnp.ndarray) -> Any:
+    """Initial parameters for the shapes of `sample_graphs` (any padded batch) and the KG table."""
+    # Jitted: eager init would compile every small op separately (seconds on CPU).
+    return jax.jit(HierarchicalGNN(config).init)(rng, sample_graphs, kg_embeddings)["params"]
+
+
+def count_params(params: Any) -> int:
+    """Number of trainable scalars (works on `jax.eval_shape` output too)."""
+    return compat.count_params(params)
+
+
+def flops_per_flow(config: GnnConfig, params: Any, graphs: jraph.GraphsTuple, kg_embeddings: jnp.ndarray
+                   ) -> float:
+    """Inference FLOPs of the GNN per real flow, from XLA's cost analysis of the compiled forward pass on
+    `graphs` (multiply-add = 2 FLOPs), divided by the number of real graphs in the batch. The text embeddings are
+    inputs (cached), so the text tower costs nothing per flow; the GNN's projection of the KG table is counted and
+    amortised over the batch."""
+    model = HierarchicalGNN(config)
+    def fn(p, gr, kg):
+        return model.apply({"params": p}, gr, kg)["logp"]
+    flops = compat.compiled_flops(fn, params, graphs, kg_embeddings)
+    real = int(np.asarray(jraph.get_graph_padding_mask(graphs)).sum())
+    return flops / max(real, 1)

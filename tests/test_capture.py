@@ -1,0 +1,224 @@
+"""Reading captures: formats, byte orders, link types, malformed input (all on real nDPI captures)."""
+import os
+import struct
+
+import dpkt
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pclip_jax.data import capture
+from pclip_jax.data.ingest import IngestConfig, ingest_file
+
+from pcap_tools import ethernet_to, read_frames, write_pcap
+
+BASE = "tls_certificate_too_long.pcap"  # Ethernet, untagged, IPv4 + IPv6, TCP/UDP/IGMP, 315 packets
+
+
+def _flows(path, **cfg):
+    return ingest_file(path, os.path.basename(path), IngestConfig(**cfg))
+
+
+def _same_tensors(a, b, skip_stats=()):
+    assert len(a) == len(b) > 0
+    for k in ("bytes", "sizes", "iat", "tcp_flags", "num_packets"):
+        np.testing.assert_array_equal(a.tensors[k], b.tensors[k], err_msg=k)
+    keep = [i for i, n in enumerate(a.stats_names) if n not in skip_stats]
+    np.testing.assert_array_equal(a.tensors["stats"][:, keep], b.tensors["stats"][:, keep])
+    for k in ("proto", "client_ip", "server_ip", "client_port", "server_port", "c2s_packets", "s2c_packets",
+              "first_ts", "last_ts"):
+        np.testing.assert_array_equal(a.meta[k], b.meta[k], err_msg=k)
+
+
+def test_all_ndpi_captures_read_without_exception(ndpi_dir):
+    files = capture.find_captures([ndpi_dir / "pcap"])
+    assert len(files) == 477
+    total, with_errors = 0, {}
+    for path, _ in files:
+        errors = []
+        for b in capture.read_batches(path, errors):
+            h = capture.parse_headers(b)
+            assert len(h.kind) == len(b)
+            total += len(b)
+        if errors:
+            with_errors[path.name] = errors
+    assert total > 90_000
+    # The corpus' deliberately broken captures are reported with file, offset and reason.
+    assert "fuzz-2021-10-13.pcap" in with_errors and "corrupt record length" in with_errors[
+        "fuzz-2021-10-13.pcap"][0].reason
+    assert with_errors["someip_sd_sample.pcap"][0].reason == "unknown link type 192"
+
+
+@pytest.mark.parametrize("byteorder,nano", [("<", False), (">", False), ("<", True), (">", True)])
+def test_pcap_byte_orders_and_resolutions(ndpi_dir, tmp_path, byteorder, nano):
+    src = ndpi_dir / "pcap" / BASE
+    frames = read_frames(src)
+    out = write_pcap(tmp_path / "x.pcap", frames, 1, byteorder, nano)
+    assert capture.sniff(out) == "pcap"
+    _same_tensors(_flows(src), _flows(out))
+    assert read_frames(out) == frames  # µs timestamps survive both encodings exactly
+
+
+def test_pcapng_and_pcap_of_same_packets_give_identical_tensors(ndpi_dir, tmp_path):
+    frames = read_frames(ndpi_dir / "pcap" / BASE)
+    with open(tmp_path / "a.pcap", "wb") as fh:
+        w = dpkt.pcap.Writer(fh, snaplen=65535, linktype=dpkt.pcap.DLT_EN10MB)
+        for t, _, _, f in frames:
+            w.writepkt(f, ts=t / 1e9)
+    with open(tmp_path / "a.pcapng", "wb") as fh:
+        w = dpkt.pcapng.Writer(fh, snaplen=65535, linktype=dpkt.pcap.DLT_EN10MB)
+        for t, _, _, f in frames:
+            w.writepkt(f, ts=t / 1e9)
+    assert capture.sniff(tmp_path / "a.pcapng") == "pcapng"
+    a, b = _flows(tmp_path / "a.pcap"), _flows(tmp_path / "a.pcapng")
+    _same_tensors(a, b)
+    np.testing.assert_array_equal(a.meta["c2s_bytes"], b.meta["c2s_bytes"])
+
+
+def test_pcapng_several_interfaces_and_link_types(ndpi_dir, tmp_path):
+    """One pcapng whose packets are spread over interfaces of 7 link types gives the flows of the Ethernet original."""
+    src = ndpi_dir / "pcap" / BASE
+    frames = read_frames(src)
+    linktypes = [1, 101, 113, 276, 0, 108, 229, 228, 12]
+    idbs = [dpkt.pcapng.InterfaceDescriptionBlockLE(snaplen=65535, linktype=lt) for lt in linktypes]
+    with open(tmp_path / "multi.pcapng", "wb") as fh:
+        w = dpkt.pcapng.Writer(fh, idb=idbs)
+        count = [0, 0]
+        for t, _, _, f in frames:
+            v6 = int(f[12:14] == b"\x86\xdd")
+            # IPv6 packets start with the IPv6-only link type (few in this capture), IPv4 ones cycle the rest.
+            choices = [linktypes.index(lt) for lt in ([229, 276, 0, 108, 1, 101, 113, 12] if v6 else linktypes)
+                       if lt != 229 or v6]
+            choices = [k for k in choices if linktypes[k] != 228 or not v6]
+            k = choices[count[v6] % len(choices)]
+            count[v6] += 1
+            data = ethernet_to(f, linktypes[k]) if linktypes[k] != 1 else f
+            us = t // 1000
+            w.writepkt(dpkt.pcapng.EnhancedPacketBlockLE(iface_id=k, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF,
+                                                         pkt_data=data, pkt_len=len(data)))
+    errors = []
+    seen = set()
+    for b in capture.read_batches(tmp_path / "multi.pcapng", errors):
+        seen |= set(b.linktype.tolist())
+    assert not errors and seen == set(linktypes)
+    # Wire lengths differ with the link header, so byte-count statistics are left out of the comparison.
+    _same_tensors(_flows(src), _flows(tmp_path / "multi.pcapng"),
+                  skip_stats=("c2s_bytes", "s2c_bytes", "bytes_per_s", "down_up_ratio"))
+
+
+def test_qinq_outer_vlan_is_the_flow_vlan(ndpi_dir, tmp_path):
+    src = ndpi_dir / "pcap" / BASE
+    frames = [(t, w + 8, lt, ethernet_to(f, 1001)) for t, w, lt, f in read_frames(src)]
+    out = write_pcap(tmp_path / "qinq.pcap", frames, 1)
+    a, b = _flows(src), _flows(out)
+    _same_tensors(a, b, skip_stats=("c2s_bytes", "s2c_bytes", "bytes_per_s", "down_up_ratio"))
+    assert (a.meta["vlan"] == 0).all() and (b.meta["vlan"] == 100).all()
+
+
+def test_real_vlan_sll_null_ppp_hdlc_captures(ndpi_dir):
+    """Captures with 802.1Q, Linux SLL, BSD null, PPP and Cisco HDLC framing yield IP flows."""
+    by_type = {}
+    for path, _ in capture.find_captures([ndpi_dir / "pcap"]):
+        errors = []
+        for b in capture.read_batches(path, errors):
+            h = capture.parse_headers(b)
+            for lt in set(b.linktype.tolist()):
+                m = b.linktype == lt
+                by_type.setdefault(lt, [0, 0])
+                by_type[lt][0] += int(m.sum())
+                by_type[lt][1] += int((m & (h.kind == capture.FLOW)).sum())
+            if (h.vlan > 0).any():
+                by_type.setdefault("vlan", [0, 0])[1] += int((h.vlan > 0).sum())
+    for lt in (0, 1, 9, 101, 104, 113, "vlan"):
+        assert by_type[lt][1] > 0, (lt, by_type.get(lt))
+    for lt in (0, 101, 113):  # nothing but IP on these in the corpus
+        assert by_type[lt][1] >= 0.95 * by_type[lt][0], (lt, by_type[lt])
+
+
+def _first_record_offsets(path):
+    errors = []
+    offs = []
+    for b in capture.read_batches(path, errors):
+        offs.extend(b.rec_off.tolist())
+    return offs
+
+
+def test_malformed_inputs_keep_flows_before_the_damage(ndpi_dir, tmp_path):
+    src = ndpi_dir / "pcap" / BASE
+    data = src.read_bytes()
+    whole = _flows(src)
+    n = whole.summary["packets"]
+    offs = _first_record_offsets(src)
+    last = offs[-1]
+
+    (tmp_path / "trunc.pcap").write_bytes(data[:-5])
+    t = _flows(tmp_path / "trunc.pcap")
+    assert t.summary["packets"] == n - 1
+    [e] = t.summary["errors"]
+    assert e["offset"] == last and "truncated record" in e["reason"]
+
+    bad = bytearray(data)
+    k = offs[200]
+    bad[k + 8:k + 12] = struct.pack("<I", 0x7FFFFFF0)
+    (tmp_path / "corrupt.pcap").write_bytes(bytes(bad))
+    t = _flows(tmp_path / "corrupt.pcap")
+    assert t.summary["packets"] == 200
+    [e] = t.summary["errors"]
+    assert e["offset"] == k and "corrupt record length" in e["reason"]
+
+    garbage = bytes(range(256)) * 40
+    (tmp_path / "garbage.pcap").write_bytes(data + garbage)
+    t = _flows(tmp_path / "garbage.pcap")
+    assert t.summary["packets"] == n and t.summary["errors"][0]["offset"] == len(data)
+    np.testing.assert_array_equal(t.tensors["bytes"], whole.tensors["bytes"])
+
+    (tmp_path / "empty.pcap").write_bytes(b"")
+    t = _flows(tmp_path / "empty.pcap")
+    assert len(t) == 0 and t.summary["errors"][0]["reason"] == "empty file"
+
+    (tmp_path / "readme.pcap").write_bytes((ndpi_dir / "result" / (BASE + ".out")).read_bytes())
+    t = _flows(tmp_path / "readme.pcap")
+    assert len(t) == 0 and "not a pcap/pcapng capture" in t.summary["errors"][0]["reason"]
+
+    unk = bytearray(data)
+    unk[20:24] = struct.pack("<I", 4242)
+    (tmp_path / "unknown.pcap").write_bytes(bytes(unk))
+    t = _flows(tmp_path / "unknown.pcap")
+    assert t.summary["errors"] == [{"file": "unknown.pcap", "offset": 20, "reason": "unknown link type 4242"}]
+
+    ng = ndpi_dir / "pcap" / "quic_interop_V.pcapng"
+    full = _flows(ng)
+    raw = ng.read_bytes()
+    (tmp_path / "trunc.pcapng").write_bytes(raw[:_first_record_offsets(ng)[-1] + 20])  # inside the last packet
+    t = _flows(tmp_path / "trunc.pcapng")
+    assert t.summary["packets"] == full.summary["packets"] - 1
+    assert "truncated block" in t.summary["errors"][0]["reason"]
+
+
+SMALL = ["tls_certificate_too_long.pcap", "quic_interop_V.pcapng", "malware.pcap", "6in4tunnel.pcap"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(SMALL),
+       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), max_size=20),
+       head_flips=st.lists(st.tuples(st.integers(0, 299), st.integers(0, 7)), max_size=6),
+       cut=st.one_of(st.none(), st.floats(0, 1)),
+       insert=st.one_of(st.none(), st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=64))))
+def test_random_mutations_never_raise(ndpi_dir, tmp_path, which, flips, head_flips, cut, insert):
+    data = bytearray((ndpi_dir / "pcap" / which).read_bytes())
+    for where, bit in flips:
+        data[int(where * (len(data) - 1))] ^= 1 << bit
+    for where, bit in head_flips:  # file, section and interface headers, first records
+        data[where] ^= 1 << bit
+    if insert is not None:
+        at = int(insert[0] * len(data))
+        data[at:at] = insert[1]
+    if cut is not None:
+        del data[int(cut * len(data)):]
+    p = tmp_path / which
+    p.write_bytes(bytes(data))
+    t = _flows(p)  # must not raise
+    assert len(t) == len(t.tensors["bytes"]) and t.summary["packets"] >= 0
+    for e in t.summary["errors"]:
+        assert e["file"] == which and 0 <= e["offset"] <= len(data) and e["reason"]
