@@ -32,6 +32,7 @@ def get_config():
     config.model.depth = 3
     config.model.heads = 6
     config.model.patch_size = 8
+    config.model.pool_queries = 1
     config.model.byte_dim = 16
     config.model.mlp_ratio = 2
     config.model.dropout = 0.1

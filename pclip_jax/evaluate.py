@@ -145,7 +145,8 @@ def load_workdir(workdir: str | pathlib.Path):
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     info = json.loads((workdir / MODEL_INFO_FILE).read_text())
     model = TwoTowers(train_lib.model_config(config))
-    state = train_lib.create_state(config, model, jax.random.PRNGKey(0))
+    # Shapes only: the restore target needs no real initialisation (saves ~160 small compilations).
+    state = jax.eval_shape(lambda: train_lib.create_state(config, model, jax.random.PRNGKey(0)))
     mngr = checkpointing.manager(workdir / "checkpoints", 1, config.train.keep_checkpoints)
     state, step = checkpointing.restore_latest(mngr, state)
     mngr.close()
@@ -166,7 +167,8 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
                                         mask=config.data.mask))
     table = labels_lib.attach_labels(table, label_spec)
     table, dropped = splits_lib.filter_flows(table, min_packets=config.data.min_packets,
-                                            drop_one_way=config.data.drop_one_way, drop_unlabelled=True)
+                                            drop_one_way=config.data.drop_one_way, drop_unlabelled=True,
+                                            label_column=level)
     labels = np.asarray(table.meta[level]).astype(str)
     lookup = {n: i for i, n in enumerate(names)}
     y = np.array([lookup.get(x, -1) for x in labels], np.int32)

@@ -57,7 +57,13 @@ def main(argv=None) -> int:
           f"{s['later_fragments']:,} later IP fragments, {s['non_ip_packets']:,} non-IP packets; "
           f"{s['seconds']:.2f} s ({s['packets_per_s']:,.0f} packets/s) -> {args.out}")
     if "labels" in s and isinstance(s["labels"], dict) and "match_rate" in s["labels"]:
-        print(f"labels: match rate {s['labels']['match_rate']:.4f}")
+        lab = s["labels"]
+        line = (f"labels: {lab.get('out_flows_matched', 0):,} of {lab.get('out_flows_in_capture', 0):,} label flows "
+                f"matched one flow with the same packets each way ({lab['match_rate']:.2%})")
+        if "match_rate_with_splits" in lab:
+            line += (f"; {lab['match_rate_with_splits']:.2%} counting conversations that the idle/active timeouts "
+                     f"split into several flows (every piece labelled)")
+        print(line)
     return 0
 
 

@@ -51,6 +51,7 @@ def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
     m = config.model
     dtype = jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32
     packet = PacketTowerConfig(packets=config.data.packets, bytes=config.data.bytes, patch_size=m.patch_size,
+                               pool_queries=m.get("pool_queries", 1),
                                byte_dim=m.byte_dim, width=m.width, depth=m.depth, heads=m.heads,
                                mlp_ratio=m.mlp_ratio, dropout=m.dropout, dtype=dtype)
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)

@@ -47,14 +47,16 @@ def resolve_inputs(data_config) -> tuple[list[str], str]:
 def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
                   cache_root: pathlib.Path, progress: bool = True) -> FlowTable:
     """Ingests and labels once; later runs with the same inputs and settings load the cached flow table."""
-    key = json.dumps({"inputs": [str(pathlib.Path(i).resolve()) for i in inputs], "labels": label_spec,
+    from pclip_jax import __version__
+
+    key = json.dumps({"version": __version__, "inputs": [str(pathlib.Path(i).resolve()) for i in inputs], "labels": label_spec,
                       "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
     cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])
     if (cache / "tensors.npz").is_file():
         return FlowTable.load(cache)
     table = ingest(inputs, ingest_config, progress=progress)
     if label_spec:
-        table = labels_lib.attach_labels(table, label_spec)
+        table = labels_lib.attach_labels(table, label_spec, progress=progress)
     table.save(cache)
     return table
 
@@ -64,9 +66,10 @@ def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = Tru
     ingest_config = IngestConfig(packets=data_config.packets, bytes=data_config.bytes, mask=data_config.mask)
     cache_root = pathlib.Path(data_config.get("cache_dir") or pathlib.Path(workdir) / "cache")
     table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
-    table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
-                                            drop_one_way=data_config.drop_one_way, drop_unlabelled=True)
     level = data_config.label_level
+    table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
+                                            drop_one_way=data_config.drop_one_way, drop_unlabelled=True,
+                                            label_column=level)
     split = splits_lib.split_by_capture(table, test_fraction=data_config.test_fraction, seed=data_config.split_seed,
                                         label_column=level)
     train_idx, test_idx = np.asarray(split["train"]), np.asarray(split["test"])

@@ -52,6 +52,8 @@ class GnnConfig:
     mlp_ratio: int = 2
     dropout: float = 0.1
     similarity_prior: bool = True        # add α·cos(flow, node text) when Dp == Dt (towers in one space)
+    similarity_init: float = 1.0         # α at init; the main job sets the pre-trained temperature, so the GNN
+                                         # starts from the zero-shot decision and learns corrections to it
     level_loss_weights: tuple[float, float] = (1.0, 1.0)
 
 
@@ -132,7 +134,7 @@ class HierarchicalGNN(nn.Module):
             fn = flow_raw / jnp.maximum(jnp.linalg.norm(flow_raw, axis=-1, keepdims=True), 1e-6)
             tn = text_raw / jnp.maximum(jnp.linalg.norm(text_raw, axis=-1, keepdims=True), 1e-6)
             cos = (fn[node_graph] * tn[jnp.maximum(kg_index, 0)]).sum(-1)
-            score = score + self.param("similarity_scale", nn.initializers.constant(1.0), ()) * cos
+            score = score + self.param("similarity_scale", nn.initializers.constant(cfg.similarity_init), ()) * cos
 
         # Conditional log-softmax among siblings: segment = global index of the parent node. Nodes without a
         # parent (root, flow, padding) get a singleton segment of their own, n + their index, which cannot collide

@@ -15,6 +15,7 @@ import numpy as np
 from pclip_jax import metrics as metrics_lib
 from pclip_jax.kg import schema, train_gnn
 from pclip_jax.kg.missions import resolve_mission
+from pclip_jax.models.two_towers import TwoTowerConfig
 from pclip_jax.text_features import cached_text_features
 
 GNN_DIR = "gnn"
@@ -43,9 +44,15 @@ def prepare_workdir_kg(config, model, params, featurizer, cache_dir, mission=Non
     return train_gnn.prepare_kg(kg, encode, cache_dir=None, mission=mission)
 
 
-def gnn_train_config(config) -> dict:
+def gnn_train_config(config, params=None) -> dict:
+    """GnnTrainConfig fields from the experiment config; with the pre-trained `params`, the GNN's similarity
+    term starts at the towers' learned temperature (the zero-shot logits)."""
     g = config.gnn
-    return {"model": dict(g.model), "batch_size": g.batch_size, "num_steps": g.num_steps,
+    model = dict(g.model)
+    if params is not None and g.get("similarity_from_temperature", True):
+        max_log_scale = TwoTowerConfig().max_log_scale
+        model["similarity_init"] = float(np.exp(min(float(params["logit_scale"]), max_log_scale)))
+    return {"model": model, "batch_size": g.batch_size, "num_steps": g.num_steps,
             "learning_rate": g.learning_rate, "weight_decay": g.weight_decay, "warmup_steps": g.warmup_steps,
             "seed": config.train.seed, "log_every": g.log_every, "checkpoint_every": g.checkpoint_every}
 
@@ -58,7 +65,7 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     level1 = np.asarray(meta["level1"]).astype(str)
     level2 = np.asarray(meta["level2"]).astype(str)
     tr, te = prepared.train_idx, prepared.test_idx
-    gcfg = gnn_train_config(config)
+    gcfg = gnn_train_config(config, params)
     gnn_params, _ = train_gnn.train_gnn(gcfg, embeddings["train"], level1[tr], level2[tr], pkg, workdir / GNN_DIR)
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).
     keep = prepared.class_ids[te] >= 0
@@ -73,3 +80,47 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     print(metrics_lib.format_table([("GNN level 1 (test)", block["level1"]),
                                     ("GNN level 2 (test)", block["level2"])]), file=sys.stderr)
     return block
+
+
+def load_gnn(workdir, config, pkg):
+    """Parameters of the GNN head trained in `workdir` (newest checkpoint under `WORKDIR/gnn/gnn_checkpoints`).
+
+    Only the parameters are read (the optimizer state is skipped); they are checked against the shapes the
+    workdir's config gives for graph `pkg` (`prepare_workdir_kg(...)` output), so a checkpoint from another config
+    is a clear error, not a silent mismatch.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    from pclip_jax import checkpointing
+    from pclip_jax.kg import graphs as kg_graphs
+    from pclip_jax.kg.gnn import HierarchicalGNN
+
+    ckpt_dir = pathlib.Path(workdir) / GNN_DIR / "gnn_checkpoints"
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{ckpt_dir}: no GNN checkpoints; train the workdir with config.gnn.enabled=True")
+    model_cfg = train_gnn.GnnTrainConfig.from_config(gnn_train_config(config)).model
+    sample = kg_graphs.build_batch(pkg.layout, np.zeros((1, int(config.model.embed_dim)), np.float32),
+                                   node_prior=pkg.prior)
+    # Shapes only: no compilation of the init function.
+    expected = jax.eval_shape(HierarchicalGNN(model_cfg).init, jax.random.PRNGKey(0), sample,
+                              jnp.asarray(pkg.embeddings))["params"]
+    mngr = checkpointing.manager(ckpt_dir, 1, 1)
+    try:
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{ckpt_dir}: no finished GNN checkpoint")
+        restored = mngr.restore(step, args=ocp.args.StandardRestore())
+    finally:
+        mngr.close()
+    params = restored.get("params") if isinstance(restored, dict) else None
+    if params is None:
+        raise ValueError(f"{ckpt_dir}/{step}: checkpoint has no 'params' entry")
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    if want != got:
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:5]
+        raise ValueError(f"{ckpt_dir}/{step}: GNN parameters do not match the workdir's config "
+                         f"(first differences: {[(k, got.get(k), want.get(k)) for k in diff]} as (checkpoint, "
+                         f"expected))")
+    return jax.tree.map(jnp.asarray, params)

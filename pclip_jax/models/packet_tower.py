@@ -27,6 +27,7 @@ class PacketTowerConfig:
     packets: int = 16          # K
     bytes: int = 128           # B
     patch_size: int = 8
+    pool_queries: int = 1      # learned queries pooling each packet's patches (several read several fields)
     byte_dim: int = 16
     width: int = 128
     depth: int = 2
@@ -86,11 +87,15 @@ class PacketTower(nn.Module):
         x = x + offset.astype(cfg.dtype)
         patches = x.reshape(n, k, b // cfg.patch_size, cfg.patch_size * cfg.byte_dim)
         tokens = nn.gelu(nn.Dense(cfg.width, dtype=cfg.dtype, name="patch_proj")(patches))
-        # Attention pooling of each packet's patch tokens with one learned query.
-        query = self.param("pool_query", nn.initializers.normal(0.02), (cfg.width,))
-        scores = jnp.einsum("nkpd,d->nkp", tokens, query.astype(cfg.dtype)) / jnp.sqrt(cfg.width).astype(cfg.dtype)
+        # Attention pooling of each packet's patch tokens with `pool_queries` learned queries (concatenated and
+        # projected back to `width` when there are several).
+        queries = self.param("pool_query", nn.initializers.normal(0.02), (cfg.pool_queries, cfg.width))
+        scores = jnp.einsum("nkpd,qd->nkqp", tokens, queries.astype(cfg.dtype))
+        scores = scores / jnp.sqrt(cfg.width).astype(cfg.dtype)
         weights = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
-        packet_tokens = jnp.einsum("nkp,nkpd->nkd", weights, tokens)
+        packet_tokens = jnp.einsum("nkqp,nkpd->nkqd", weights, tokens).reshape(n, k, cfg.pool_queries * cfg.width)
+        if cfg.pool_queries > 1:
+            packet_tokens = nn.Dense(cfg.width, dtype=cfg.dtype, name="pool_proj")(packet_tokens)
         feats = packet_features(sizes, iat, tcp_flags).astype(cfg.dtype)
         packet_tokens = packet_tokens + nn.Dense(cfg.width, dtype=cfg.dtype, name="feature_proj")(feats)
         position = self.param("packet_index_embed", nn.initializers.normal(0.02), (k, cfg.width))

@@ -1,0 +1,391 @@
+"""Classify the flows of any captures with a trained workdir, with explanations read off the model.
+
+    python -m pclip_jax.classify --workdir DIR INPUT... [--mission NAME_OR_STATEMENT] [--out preds.jsonl]
+                                 [--strict] [--top K] [--explain-text N] [--workers W] [--quiet]
+
+Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
+config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
+config's `data.min_packets` is marked `"low_confidence": true`. Each flow goes through the packet tower (projected
+embedding, as the GNN was trained on) and the hierarchical GNN over the workdir's knowledge graph, re-weighted by a
+mission when one is given (a name from the graph's `missions:` or a free-text statement).
+
+One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port`, `server_ip`, `server_port`,
+`vlan`, `first_ts`, `last_ts`, packet/byte counts per direction, `low_confidence`, `level1` / `level2` (predicted
+node `id`, `name`, `probability`; level 2 also `conditional_probability` given the class, null when the chosen class
+has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
+path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
+plus the flow facts the text tower saw; see `pclip_jax.kg.explain`).
+
+JSON lines go to `--out` (default: stdout). The summary table, timings and `--explain-text` go to stdout when
+`--out` is a file and to stderr when the JSON lines take stdout. Unreadable captures are reported (file, byte offset,
+reason) and the rest is classified (exit 0); `--strict` makes any capture problem an error (exit 1).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Optional, Sequence, TextIO
+
+import numpy as np
+
+META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
+               "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes")
+# Flows per call of the GNN explainer: it compiles once per call, so calls are few and large.
+DEFAULT_CHUNK = 8192
+
+
+class LazyTextFeaturizer:
+    """Drop-in for `TextFeaturizer` in `cached_text_features`: the sentence encoder is loaded only when a text is
+    not in the workdir's cache (the graph's descriptions normally are, from training)."""
+
+    def __init__(self, model_path: str, max_len: int, batch_size: int):
+        self.model_path, self.max_len, self.batch_size = str(model_path), int(max_len), int(batch_size)
+        self._featurizer = None
+
+    def __call__(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
+        if self._featurizer is None:
+            from pclip_jax.text_features import TextFeaturizer
+            self._featurizer = TextFeaturizer(self.model_path, self.max_len, self.batch_size)
+        return self._featurizer(texts, progress=progress)
+
+
+@dataclasses.dataclass
+class Classifier:
+    """Everything needed to classify flows with a trained workdir (see `load_classifier`)."""
+    workdir: pathlib.Path
+    config: Any                 # the workdir's ml_collections config
+    model: Any                  # TwoTowers
+    params: Any
+    replicated_params: Any      # params on every local device, for the pmapped packet tower
+    embed_fn: Any               # train.make_embed_fn(model)
+    gnn_config: Any             # kg.gnn.GnnConfig
+    gnn_params: Any
+    kg: Any                     # kg.train_gnn.PreparedKG (mission applied)
+    min_packets: int
+    load_seconds: float
+
+
+def read_config(workdir: str | pathlib.Path):
+    """The config a workdir was trained with (`WORKDIR/config.json`), without loading any model."""
+    import ml_collections
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; is {workdir} a workdir written by pclip_jax.main?")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def ingest_config(config, strict: bool = False, workers: int = 1):
+    """The ingest settings the packet tower of `config` was trained with (K packets, B bytes, masking)."""
+    from pclip_jax.data.ingest import IngestConfig
+    d = config.data
+    return IngestConfig(packets=int(d.packets), bytes=int(d.bytes), mask=bool(d.mask), strict=strict,
+                        workers=workers)
+
+
+def _prepare_kg(config, model, params, featurizer, cache_dir, mission: Optional[str]):
+    """The workdir's graph with `mission` applied (default: the config's `gnn.mission`). A statement that names no
+    node falls back to the service classes nearest to it in the shared embedding space."""
+    from pclip_jax.kg import graphs as kg_graphs, pipeline, schema, train_gnn
+    from pclip_jax.kg.missions import mission_from_statement, missions_of
+
+    kg = schema.load_kg(pipeline.kg_path(config))
+    encode = pipeline.shared_space_encoder(model, params, featurizer, cache_dir)
+    mission = mission if mission is not None else (config.gnn.get("mission") or None)
+    resolved = None
+    if mission:
+        declared = missions_of(kg)
+        if mission in declared:
+            resolved = declared[mission]
+        else:
+            try:
+                resolved = mission_from_statement(kg, mission)
+            except schema.KGValidationError:
+                nodes = kg_graphs.kg_text_embeddings(kg, encode, progress=False)["nodes"]
+                resolved = mission_from_statement(kg, mission, encode=encode, node_embeddings=nodes)
+        weights = ", ".join(f"{k}×{v:g}" for k, v in resolved.weights.items())
+        print(f"[classify] mission {resolved.name!r}: focus {list(resolved.focus)}"
+              f"{'; weights ' + weights if weights else ''}"
+              f"{'' if resolved.keep_others else '; other classes removed'}", file=sys.stderr)
+    return train_gnn.prepare_kg(kg, encode, mission=resolved)
+
+
+def load_classifier(workdir: str | pathlib.Path, mission: Optional[str] = None) -> Classifier:
+    """Loads a workdir trained by `pclip_jax.main` (towers + GNN head) for classification.
+
+    Args:
+      workdir: the training workdir (config.json, checkpoints/, gnn/gnn_checkpoints/, cache/).
+      mission: a mission name declared in the graph, a free-text statement, or None for the config's mission.
+    Raises FileNotFoundError for a missing workdir or checkpoint, ValueError for a mission that fits no node.
+    """
+    from pclip_jax import evaluate, parallel, train as train_lib
+    from pclip_jax.kg import pipeline
+    from pclip_jax.kg.train_gnn import GnnTrainConfig
+
+    t0 = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    # Cheap checks before the towers are loaded.
+    if "gnn" not in read_config(workdir):
+        raise FileNotFoundError(f"{workdir}/config.json: no `gnn` section; this workdir was trained without the GNN "
+                                f"stage (retrain with the current configs, config.gnn.enabled=True)")
+    if not (workdir / pipeline.GNN_DIR / "gnn_checkpoints").is_dir():
+        raise FileNotFoundError(f"{workdir / pipeline.GNN_DIR / 'gnn_checkpoints'}: missing; the GNN stage of this "
+                                f"workdir did not run (config.gnn.enabled=False?)")
+    try:
+        config, model, params, _ = evaluate.load_workdir(workdir)
+    except ValueError as e:   # orbax: a stored shape differs from the model the config builds with this code
+        raise ValueError(f"{workdir}/checkpoints: the checkpoint does not fit the packet/text towers that "
+                         f"config.json builds with this version of pclip_jax (retrain the workdir): {e}") from None
+    cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
+    featurizer = LazyTextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size)
+    kg = _prepare_kg(config, model, params, featurizer, cache_dir, mission)
+    gnn_params = pipeline.load_gnn(workdir, config, kg)
+    gnn_config = GnnTrainConfig.from_config(pipeline.gnn_train_config(config, params)).model
+    return Classifier(workdir=workdir, config=config, model=model, params=params,
+                      replicated_params=parallel.replicate(params), embed_fn=train_lib.make_embed_fn(model),
+                      gnn_config=gnn_config, gnn_params=gnn_params, kg=kg, min_packets=int(config.data.min_packets),
+                      load_seconds=time.perf_counter() - t0)
+
+
+def _py(values: np.ndarray) -> list:
+    return np.asarray(values).tolist()
+
+
+def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None, top_k: int = 3,
+                   timings: Optional[dict] = None) -> list[dict]:
+    """One prediction record per flow of `table` (a `FlowTable`) at `indices` (default: all), in that order.
+
+    `timings`, when given, accumulates seconds per part (`embed`, `facts`, `gnn_explain`, `records`).
+    """
+    from pclip_jax import text as text_lib, train as train_lib
+    from pclip_jax.kg.explain import explain_flows
+
+    idx = np.arange(len(table)) if indices is None else np.asarray(indices, np.int64)
+    if not len(idx):
+        return []
+    timings = {} if timings is None else timings
+
+    def tick(name, t):
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+
+    t = time.perf_counter()
+    _, z = train_lib.embed_flows(clf.embed_fn, clf.replicated_params, table.tensors, idx,
+                                 int(clf.config.eval.batch_size))
+    tick("embed", t)
+    t = time.perf_counter()
+    meta = table.meta
+    first, last = np.asarray(meta["first_ts"], np.float64)[idx], np.asarray(meta["last_ts"], np.float64)[idx]
+    facts = text_lib.flow_facts_batch(table.tensors["sizes"][idx], table.tensors["iat"][idx],
+                                      table.tensors["num_packets"][idx], np.asarray(meta["proto"])[idx],
+                                      duration=last - first)
+    tick("facts", t)
+    t = time.perf_counter()
+    expls = explain_flows(clf.gnn_config, clf.gnn_params, clf.kg, z, flow_facts=facts, top_k=top_k)
+    tick("gnn_explain", t)
+
+    t = time.perf_counter()
+    cols = {c: _py(np.asarray(meta[c])[idx]) for c in META_FIELDS}
+    packets = np.asarray(meta["c2s_packets"])[idx] + np.asarray(meta["s2c_packets"])[idx]
+    low = _py(packets < clf.min_packets)
+    kg = clf.kg.kg
+    records = []
+    for i, e in enumerate(expls):
+        rec = {c: cols[c][i] for c in META_FIELDS}
+        rec["low_confidence"] = low[i]
+        rec["level1"] = {"id": e["level1"]["id"], "name": kg.node(e["level1"]["id"]).name,
+                         "probability": e["level1"]["probability"]}
+        rec["level2"] = None if e["level2"] is None else {
+            "id": e["level2"]["id"], "name": kg.node(e["level2"]["id"]).name,
+            "probability": e["level2"]["probability"],
+            "conditional_probability": e["level2"]["conditional_probability"]}
+        rec["alternatives"] = e["alternatives"]
+        rec["explanation"] = {"graph": e["graph"], "mission": e["mission"], "path": e["path"],
+                              "mission_attention": e["mission_attention"], "flow_facts": e["flow_facts"]}
+        records.append(rec)
+    tick("records", t)
+    return records
+
+
+class Summary:
+    """Counts and mean probability per predicted level-1 class, accumulated over records."""
+
+    def __init__(self):
+        self.count: dict[str, int] = {}
+        self.prob: dict[str, float] = {}
+        self.low_confidence = 0
+        self.no_level2 = 0
+
+    def add(self, records: Sequence[dict]) -> None:
+        for r in records:
+            c = r["level1"]["id"]
+            self.count[c] = self.count.get(c, 0) + 1
+            self.prob[c] = self.prob.get(c, 0.0) + r["level1"]["probability"]
+            self.low_confidence += bool(r["low_confidence"])
+            self.no_level2 += r["level2"] is None
+
+    @property
+    def flows(self) -> int:
+        return sum(self.count.values())
+
+    def as_dict(self) -> dict:
+        return {"flows": self.flows, "low_confidence": self.low_confidence, "without_level2": self.no_level2,
+                "level1": {c: {"flows": n, "mean_probability": self.prob[c] / n}
+                           for c, n in sorted(self.count.items(), key=lambda kv: (-kv[1], kv[0]))}}
+
+    def table(self) -> str:
+        d = self.as_dict()
+        width = max([len("level-1 class")] + [len(c) for c in d["level1"]])
+        lines = [f"{'level-1 class':<{width}}  {'flows':>7}  {'share':>6}  {'mean p':>6}"]
+        for c, v in d["level1"].items():
+            lines.append(f"{c:<{width}}  {v['flows']:>7}  {v['flows'] / max(d['flows'], 1):>6.1%}  "
+                         f"{v['mean_probability']:>6.3f}")
+        lines.append(f"{'total':<{width}}  {d['flows']:>7}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class ClassifyRun:
+    """What `classify_captures` did: the summary, capture problems and timings (seconds)."""
+    summary: dict
+    errors: list
+    files: int
+    timings: dict
+
+
+def classify_captures(workdir: str | pathlib.Path, inputs: Sequence[str], out: str | pathlib.Path | TextIO,
+                      mission: Optional[str] = None,
+                      top_k: int = 3, strict: bool = False, workers: int = 1, progress: bool = True,
+                      explain_text: int = 0, report: Optional[TextIO] = None,
+                      chunk: int = DEFAULT_CHUNK) -> ClassifyRun:
+    """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
+    the captures are read, or an open text stream).
+
+    The first `explain_text` explanations are also written as text to `report`. Timings: `load` (towers, graph,
+    GNN), `ingest`, `classify` (packet tower + GNN + explanations, the `embed`/`facts`/`gnn_explain`/`records`
+    parts), `write`, `total` (end to end). Raises `IngestError` in strict mode when any capture had a problem.
+    """
+    from tqdm import tqdm
+
+    from pclip_jax.data.ingest import ingest
+
+    t_start = time.perf_counter()
+    # Captures first: a bad input (or --strict) fails before the models are loaded.
+    table = ingest(inputs, ingest_config(read_config(workdir), strict=strict, workers=workers), progress=progress)
+    t_ingest = time.perf_counter() - t_start
+    if not table.summary.get("files"):
+        print(f"[classify] warning: no capture files found in {list(map(str, inputs))}", file=sys.stderr)
+    clf = load_classifier(workdir, mission)
+    timings = {"load": clf.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
+    parts: dict = {}
+    summary = Summary()
+    shown = 0
+    n = len(table)
+    bar = tqdm(total=n, desc="classify", unit="flow", file=sys.stderr, disable=not progress or n == 0)
+    with contextlib.ExitStack() as stack:
+        if isinstance(out, (str, pathlib.Path)):
+            out = stack.enter_context(open(out, "w"))
+        for start in range(0, n, chunk):
+            t = time.perf_counter()
+            records = classify_flows(clf, table, np.arange(start, min(n, start + chunk)), top_k, parts)
+            timings["classify"] += time.perf_counter() - t
+            t = time.perf_counter()
+            out.writelines(json.dumps(r) + "\n" for r in records)
+            timings["write"] += time.perf_counter() - t
+            summary.add(records)
+            for r in records[:max(0, explain_text - shown)]:
+                print(_explanation_block(r), file=report or sys.stderr)
+                shown += 1
+            bar.update(len(records))
+            bar.set_postfix(flows_s=f"{bar.n / max(timings['classify'], 1e-9):,.0f}")
+        out.flush()
+    bar.close()
+    timings.update({f"classify_{k}": v for k, v in parts.items()})
+    timings["total"] = time.perf_counter() - t_start
+    return ClassifyRun(summary=summary.as_dict() | {"table": summary.table(), "mission": clf.kg.mission.name
+                                                    if clf.kg.mission is not None else None,
+                                                    "graph": clf.kg.kg.name},
+                       errors=list(table.summary.get("errors", [])), files=int(table.summary.get("files", 0)),
+                       timings=timings)
+
+
+def _explanation_block(r: dict) -> str:
+    from pclip_jax.kg.explain import explanation_text
+    low = " (low confidence)" if r["low_confidence"] else ""
+    return (f"{r['capture']} #{r['flow_id']} proto {r['proto']} {r['client_ip']}:{r['client_port']} -> "
+            f"{r['server_ip']}:{r['server_port']}{low}\n"
+            f"{explanation_text(r['explanation'] | {'alternatives': r['alternatives']})}\n")
+
+
+def format_report(run: ClassifyRun) -> str:
+    """The summary table, capture problems and throughput as printed by the CLI."""
+    s, t = run.summary, run.timings
+    n = s["flows"]
+
+    def rate(sec):
+        return f"{n / sec:,.{0 if n / max(sec, 1e-9) >= 10 else 1}f} flows/s" if sec > 0 and n else "-"
+
+    mission = "" if s["mission"] is None else f", mission {s['mission']!r}"
+    lines = [f"classified {n:,} flows from {run.files} capture(s) with graph {s['graph']!r}{mission}; "
+             f"{len(run.errors)} capture problem(s)", s["table"],
+             f"low confidence (fewer packets than the training minimum): {s['low_confidence']:,}; "
+             f"no application-level decision: {s['without_level2']:,}",
+             f"classify stage (packet tower + GNN + explanations, compilation included): {t['classify']:.2f} s, "
+             f"{rate(t['classify'])}"
+             f"  [embed {t.get('classify_embed', 0):.2f} s, GNN+explain {t.get('classify_gnn_explain', 0):.2f} s, "
+             f"facts {t.get('classify_facts', 0):.2f} s, records {t.get('classify_records', 0):.2f} s]",
+             f"end to end: {t['total']:.2f} s, {rate(t['total'])}  [load {t['load']:.2f} s, "
+             f"ingest {t['ingest']:.2f} s, write {t['write']:.2f} s]"]
+    for e in run.errors:
+        lines.append(f"problem: {e['file']}: byte {e['offset']}: {e['reason']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pclip_jax.classify", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or folders (searched recursively)")
+    ap.add_argument("--workdir", required=True, help="a workdir trained by pclip_jax.main (with the GNN stage)")
+    ap.add_argument("--mission", default=None, metavar="NAME_OR_STATEMENT",
+                    help="a mission of the graph (e.g. vpn_remote_access) or a free-text statement")
+    ap.add_argument("--out", default=None, metavar="PATH", help="JSON lines output (default: stdout)")
+    ap.add_argument("--strict", action="store_true", help="any capture problem is an error (exit 1)")
+    ap.add_argument("--top", type=int, default=3, metavar="K", help="alternatives per level (default 3)")
+    ap.add_argument("--explain-text", type=int, default=0, metavar="N",
+                    help="print the first N explanations as text")
+    ap.add_argument("--workers", type=int, default=1, help="ingest processes")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pclip_jax.data.ingest import IngestError
+
+    args = build_parser().parse_args(argv)
+    if args.top < 0 or args.explain_text < 0 or args.workers < 1:
+        print("error: --top and --explain-text must be >= 0, --workers >= 1", file=sys.stderr)
+        return 2
+    to_stdout = args.out in (None, "-")
+    report = sys.stderr if to_stdout else sys.stdout
+    try:
+        run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
+                                mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,
+                                progress=not args.quiet, explain_text=args.explain_text, report=report)
+    except IngestError as e:
+        print(f"error: capture problems (--strict):\n{e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(run), file=report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

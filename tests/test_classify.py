@@ -1,0 +1,180 @@
+"""`python -m pclip_jax.classify` end to end on real captures, with a tiny workdir trained by the test config."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from pclip_jax import classify
+from pclip_jax import text as text_lib
+from pclip_jax import train as train_lib
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.kg import pipeline
+from pclip_jax.kg.missions import mission_from_statement
+from pclip_jax.kg.schema import KGValidationError, load_kg
+
+# Training captures: several service classes, few flows (the sentence encoder embeds each flow's texts).
+TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap"]
+TARGET = "zoom.pcap"          # not seen in training; has VLAN-tagged flows and flows of 1-2 packets
+DAMAGED = "KakaoTalk_chat.pcap"
+MISSION = "vpn_remote_access"  # declared in configs/kg/ndpi.yaml: VPN/Tunnel and RemoteAccess weighted ×2
+STATEMENT = "catch anyone hiding their traffic from us"   # names no node of the graph
+
+
+@pytest.fixture(scope="module")
+def workdir(ndpi_dir, minilm_dir, tmp_path_factory):
+    config = test_config.get_config()
+    config.unlock()
+    config.data.inputs = tuple(str(ndpi_dir / "pcap" / c) for c in TRAIN)
+    config.data.labels = f"ndpi:{ndpi_dir / 'result'}"
+    config.text.encoder = str(minilm_dir)
+    config.text.variants_per_flow = 1
+    # One step of each stage: the tests check the classify path, not what training learns (compilation and
+    # checkpoint writes dominate the fixture's time).
+    config.train.num_steps = config.train.checkpoint_every = config.train.log_every = 1
+    config.gnn.num_steps = config.gnn.log_every = 1
+    wd = tmp_path_factory.mktemp("classify_wd")
+    results = train_lib.train_and_evaluate(config, str(wd))
+    assert "gnn" in results
+    return wd, config
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _ingest(paths, config):
+    return ingest([str(p) for p in paths], IngestConfig(packets=config.data.packets, bytes=config.data.bytes),
+                  progress=False)
+
+
+def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
+    wd, config = workdir
+    out = tmp_path / "preds.jsonl"
+    target = ndpi_dir / "pcap" / TARGET
+    rc = classify.main(["--workdir", str(wd), str(target), "--out", str(out), "--top", "2", "--explain-text", "2",
+                        "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    recs = _lines(out)
+    table = _ingest([target], config)
+    # One line per ingested flow, in flow-table order, with the flow's identity.
+    assert len(recs) == len(table) > 20
+    for key in ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan"):
+        assert [r[key] for r in recs] == table.meta[key].tolist(), key
+    np.testing.assert_allclose([r["first_ts"] for r in recs], table.meta["first_ts"])
+    np.testing.assert_allclose([r["last_ts"] for r in recs], table.meta["last_ts"])
+    assert {r["vlan"] for r in recs} != {0}
+    packets = table.meta["c2s_packets"] + table.meta["s2c_packets"]
+    low = [r["low_confidence"] for r in recs]
+    assert low == (packets < config.data.min_packets).tolist() and any(low) and not all(low)
+
+    kg = load_kg(pipeline.kg_path(config))
+    gnn_layers = config.gnn.model.num_layers
+    facts = text_lib.flow_facts_batch(table.tensors["sizes"], table.tensors["iat"], table.tensors["num_packets"],
+                                      table.meta["proto"], duration=table.meta["last_ts"] - table.meta["first_ts"])
+    for r, fact in zip(recs, facts):
+        l1, l2 = r["level1"], r["level2"]
+        assert kg.node(l1["id"]).level == 1 and l1["name"] == kg.node(l1["id"]).name
+        assert 0 < l1["probability"] <= 1
+        # Levels agree: the chosen application belongs to the chosen class and never outranks it.
+        if l2 is None:      # only a class without applications in the graph has no level-2 decision
+            assert not [n for n in kg.nodes if n.parent == l1["id"]]
+            continue
+        assert kg.node(l2["id"]).parent == l1["id"]
+        assert 0 < l2["probability"] <= l1["probability"] + 1e-6 and 0 < l2["conditional_probability"] <= 1
+        np.testing.assert_allclose(l2["probability"], l1["probability"] * l2["conditional_probability"], rtol=1e-4)
+        alt1 = r["alternatives"]["level1"]
+        assert len(alt1) == 2 and all(a["id"] != l1["id"] and a["probability"] <= l1["probability"] + 1e-6
+                                      for a in alt1)
+        assert len(r["alternatives"]["level2"]) == 2
+        # The explanation: the chosen path with attention per GNN layer, a description of each node, the facts.
+        e = r["explanation"]
+        assert e["graph"] == "ndpi" and e["mission"] is None
+        assert [p["id"] for p in e["path"]] == [l1["id"], l2["id"]]
+        for step in e["path"]:
+            assert len(step["attention"]) == gnn_layers and all(0 <= a <= 1 for a in step["attention"])
+            assert step["winning_description"] in kg.node(step["id"]).descriptions
+        assert e["path"][0]["probability"] == l1["probability"]
+        assert e["flow_facts"] == fact and len(fact) > 20
+
+    # The summary table counts the JSON lines per predicted class; text explanations were printed.
+    counts = {}
+    for r in recs:
+        counts[r["level1"]["id"]] = counts.get(r["level1"]["id"], 0) + 1
+    rows = {ln.split()[0]: ln.split() for ln in printed.splitlines() if ln.split() and ln.split()[0] in counts}
+    assert {c: int(v[1]) for c, v in rows.items()} == counts
+    assert f"classified {len(recs)} flows from 1 capture(s)" in printed and "flows/s" in printed
+    assert printed.count("because: ") >= 2 and f"{TARGET} #0 " in printed and f"{TARGET} #2 " not in printed
+
+
+def test_damaged_capture_strict_and_mission(workdir, ndpi_dir, tmp_path, capsys):
+    wd, config = workdir
+    target = ndpi_dir / "pcap" / TARGET
+    data = (ndpi_dir / "pcap" / DAMAGED).read_bytes()
+    damaged = tmp_path / "damaged.pcap"
+    damaged.write_bytes(data[:len(data) * 2 // 3])     # cut inside a packet record
+    good = tmp_path / TARGET
+    shutil.copy(target, good)
+
+    # --strict: the problem is an error (exit 1), reported with file and offset; nothing is written.
+    strict_out = tmp_path / "strict.jsonl"
+    assert classify.main(["--workdir", str(wd), str(good), str(damaged), "--out", str(strict_out), "--strict",
+                          "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "damaged.pcap: byte " in err and "truncated" in err and not strict_out.exists()
+
+    # Default: reported, the readable flows of both captures classified, exit 0 — here under a mission.
+    out = tmp_path / "preds.jsonl"
+    assert classify.main(["--workdir", str(wd), str(good), str(damaged), "--out", str(out), "--mission", MISSION,
+                          "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "damaged.pcap: byte " in captured.err and "1 capture problem(s)" in captured.out
+    recs = _lines(out)
+    by_capture = {}
+    for r in recs:
+        by_capture.setdefault(r["capture"], []).append(r)
+    assert len(by_capture[TARGET]) == len(_ingest([target], config))
+    readable = _ingest([damaged], config)
+    assert 0 < len(by_capture["damaged.pcap"]) == len(readable) < len(_ingest([ndpi_dir / "pcap" / DAMAGED], config))
+    assert all(r["explanation"]["mission"] == MISSION for r in recs)
+
+    # The mission only raises the prior of its classes: a flow given to them without the mission stays there with
+    # a higher probability; a flow that keeps another class keeps it with a lower one.
+    base = tmp_path / "base.jsonl"
+    assert classify.main(["--workdir", str(wd), str(good), "--out", str(base), "--quiet"]) == 0
+    focus = {"VPN/Tunnel", "RemoteAccess"}
+    weighted = {r["flow_id"]: r for r in by_capture[TARGET]}
+    base_recs = _lines(base)
+    assert sorted(r["flow_id"] for r in base_recs) == sorted(weighted)
+    lowered = 0
+    for r in base_recs:
+        w = weighted[r["flow_id"]]
+        assert r["explanation"]["mission"] is None
+        if r["level1"]["id"] in focus:
+            assert w["level1"]["id"] in focus and w["level1"]["probability"] >= r["level1"]["probability"] - 1e-6
+        elif w["level1"]["id"] == r["level1"]["id"]:
+            assert w["level1"]["probability"] < r["level1"]["probability"]
+            lowered += 1
+    assert lowered > 0
+
+
+def test_bad_workdir_and_input_are_clear_errors(workdir, ndpi_dir, tmp_path, capsys):
+    wd, _ = workdir
+    target = str(ndpi_dir / "pcap" / TARGET)
+    assert classify.main(["--workdir", str(tmp_path), target, "--quiet"]) == 1
+    assert "config.json" in capsys.readouterr().err
+    assert classify.main(["--workdir", str(wd), str(tmp_path / "missing.pcap"), "--quiet"]) == 1
+    assert "missing.pcap: no such file" in capsys.readouterr().err
+
+
+def test_free_text_mission_uses_the_nearest_classes(workdir):
+    wd, config = workdir
+    kg = load_kg(pipeline.kg_path(config))
+    with pytest.raises(KGValidationError):      # no name matches: the embedding fallback is what is tested
+        mission_from_statement(kg, STATEMENT)
+    clf = classify.load_classifier(wd, mission=STATEMENT)
+    m = clf.kg.mission
+    assert m.statement == STATEMENT and len(m.focus) == 2 and all(kg.node(f).level == 1 for f in m.focus)
+    assert {clf.kg.kg.nodes[i].id for i in np.flatnonzero(clf.kg.prior > 0)} == set(m.focus)

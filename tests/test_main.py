@@ -1,0 +1,69 @@
+"""The whole job on real captures with the tiny test config: results.json, plots, metrics, evaluate CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from pclip_jax import evaluate, train
+from tests.test_train import CAPTURES, _config
+
+EVAL_CAPTURES = ["wireguard.pcap", "tls_verylong_certificate.pcap", "nintendo.pcap", "ftp.pcap", "smtp.pcap"]
+
+
+@pytest.fixture(scope="module")
+def workdir(ndpi_dir, minilm_dir, tmp_path_factory):
+    config = _config(ndpi_dir, minilm_dir, 6)
+    wd = tmp_path_factory.mktemp("main_job")
+    results = train.train_and_evaluate(config, str(wd))
+    return wd, results
+
+
+def test_results_json_has_the_promised_blocks(workdir):
+    wd, results = workdir
+    on_disk = json.loads((wd / "results.json").read_text())
+    assert on_disk["train_steps"] == 6
+    assert on_disk["devices"]["count"] >= 1
+    for tower in ("packet_tower", "projection_heads", "text_tower_frozen", "total"):
+        assert on_disk["num_params"][tower] > 0
+    for block in ("test", "zero_shot"):
+        m = on_disk[block]
+        assert {"mauc", "accuracy", "macro_f1", "per_class_auc", "confusion_matrix"} <= set(m)
+        assert 0.0 <= m["accuracy"] <= 1.0 and all(0.0 <= a <= 1.0 for a in m["per_class_auc"].values())
+        assert np.isclose(m["mauc"], np.mean(list(m["per_class_auc"].values())))
+    gnn = on_disk["gnn"]
+    assert 0 < gnn["trainable_params"] <= 1_100_000 and gnn["flops_per_flow"] > 0
+    assert {"level1", "level2", "hierarchical_accuracy"} <= set(gnn)
+    for name in ("roc_linear_probe.png", "roc_zero_shot.png", "roc_gnn_level1.png", "metrics_train.jsonl"):
+        assert (wd / name).stat().st_size > 0, name
+    assert any((wd / "tensorboard" / "train").iterdir())
+    # Train and test captures are disjoint.
+    assert on_disk["data"]["train_captures"] > 0 and on_disk["data"]["test_captures"] > 0
+
+
+def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, ndpi_dir, tmp_path):
+    wd, _ = workdir
+    inputs = [str(ndpi_dir / "pcap" / c) for c in EVAL_CAPTURES if (ndpi_dir / "pcap" / c).is_file()]
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--workdir", str(wd), *inputs, "--labels", f"ndpi:{ndpi_dir / 'result'}",
+                          "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    known = set(json.loads((wd / "model_info.json").read_text())["class_names"])
+    assert set(metrics["unknown_classes"]).isdisjoint(known)
+    assert metrics["flows_evaluated"] + sum(metrics["unknown_classes"].values()) > 0
+    if metrics["flows_evaluated"]:
+        assert set(metrics["linear_probe"]["classes"]) == known
+
+
+def test_nan_guard_names_the_step(ndpi_dir, minilm_dir, tmp_path):
+    """A flow whose timing is NaN (e.g. a broken capture clock) makes the loss NaN: training stops and says when."""
+    from pclip_jax.data.prepare import prepare_flows
+    from pclip_jax.models.two_towers import TwoTowers
+    from pclip_jax.text_features import TextFeaturizer
+
+    config = _config(ndpi_dir, minilm_dir, 4)
+    config.data.cache_dir = str(tmp_path / "cache")
+    prepared = prepare_flows(config.data, tmp_path, progress=False)
+    texts = train.build_train_texts(prepared, config, TextFeaturizer(config.text.encoder, max_len=16), None)
+    prepared.table.tensors["iat"] = np.full_like(prepared.table.tensors["iat"], np.nan)
+    with pytest.raises(train.NanLossError, match="at step 1"):
+        train.train(config, tmp_path / "wd", prepared, texts, TwoTowers(train.model_config(config)), progress=False)
