@@ -24,6 +24,8 @@ def get_config():
     config.data.label_level = "level1"
     config.data.min_class_flows = 20                 # evaluated classes need this many training flows
     config.data.test_fraction = 0.3
+    # Captures carved out of train for model selection (best pre-training step, probe L2): never the test split.
+    config.data.validation_fraction = 0.15
     config.data.split_seed = 0
     config.data.fraction = 1.0                       # <1: class-balanced subset of train (data-scarcity sweeps)
 
@@ -64,6 +66,7 @@ def get_config():
     config.train.seed = 0
     config.train.log_every = 50
     config.train.checkpoint_every = 1000
+    config.train.eval_every = 250                    # validation zero-shot mAUC, keeps the best parameters
     config.train.keep_checkpoints = 3
 
     config.eval = ml_collections.ConfigDict()

@@ -22,6 +22,7 @@ def get_config():
     config.train.dtype = "float32"
     config.train.log_every = 2
     config.train.checkpoint_every = 2
+    config.train.eval_every = 2
     config.eval.batch_size = 32
     config.gnn.batch_size = 16
     config.gnn.num_steps = 4

@@ -46,6 +46,24 @@ def zero_shot_scores(params, model, flow_embeddings: np.ndarray, prompt_features
     return probs / probs.sum(1, keepdims=True)
 
 
+PROBE_L2_GRID = (0.1, 1.0, 10.0, 100.0)
+
+
+def select_probe_l2(train_features, y_train, val_features, y_val, num_classes: int, seed: int = 0,
+                    grid: Sequence[float] = PROBE_L2_GRID) -> tuple[float, dict]:
+    """The probe's L2 strength by mAUC on the validation captures (never the test split). The validation
+    captures are also unseen by pre-training, unlike a cross-validation over training flows whose features the
+    tower has fitted. Without validation flows the default 1.0 is used."""
+    if len(y_val) == 0 or len(np.unique(y_val)) < 2:
+        return 1.0, {}
+    scores = {}
+    for l2 in grid:
+        probe = fit_linear_probe(train_features, y_train, num_classes, l2=l2, seed=seed)
+        proba = linear_probe_scores(probe, val_features)
+        scores[l2] = metrics_lib.classification_report(y_val, proba, [str(c) for c in range(num_classes)])["mauc"]
+    return max(scores, key=lambda k: scores[k]), scores
+
+
 def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1.0, seed: int = 0) -> dict:
     """Multinomial logistic regression on standardised frozen features; returned as arrays (saved as npz)."""
     from sklearn.linear_model import LogisticRegression
@@ -90,7 +108,12 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     y_test = prepared.class_ids[prepared.test_idx]
     keep_train, keep_test = y_train >= 0, y_test >= 0
 
-    probe = fit_linear_probe(feats_train[keep_train], y_train[keep_train], len(names), seed=config.train.seed)
+    val_idx = prepared.val_idx[prepared.class_ids[prepared.val_idx] >= 0]
+    feats_val, _ = train_lib.embed_flows(embed_fn, rparams, tensors, val_idx, config.eval.batch_size)
+    l2, l2_scores = select_probe_l2(feats_train[keep_train], y_train[keep_train], feats_val,
+                                    prepared.class_ids[val_idx], len(names), config.train.seed)
+    probe = fit_linear_probe(feats_train[keep_train], y_train[keep_train], len(names), l2=l2,
+                             seed=config.train.seed)
     probe_scores = linear_probe_scores(probe, feats_test[keep_test])
     descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
     prompt_feats, prompt_class, prompts = train_lib.class_text_features(names, featurizer, descriptions, cache_dir)
@@ -112,6 +135,8 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     counts_test = np.bincount(y_test[keep_test], minlength=len(names))
     print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]),
           file=sys.stderr)
+    test_metrics["probe_l2"] = l2
+    test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
     results = {
         "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params),
                        "total": counts["trainable_total"] + count_tree(featurizer.params)},
@@ -120,11 +145,15 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
         "classes": {n: {"train_flows": int(a), "test_flows": int(b)}
                     for n, a, b in zip(names, counts_train, counts_test)},
         "data": {"flows": len(prepared.table), "train_flows": int(len(prepared.train_idx)),
+                 "validation_flows": int(len(prepared.val_idx)),
+                 "validation_captures": len(prepared.split_captures["validation"]),
                  "test_flows": int(len(prepared.test_idx)), "dropped": prepared.dropped,
                  "train_captures": len(prepared.split_captures["train"]),
                  "test_captures": len(prepared.split_captures["test"])},
     }
-    return results, {"train": z_train, "test": z_test}
+    z_val = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.val_idx, config.eval.batch_size)[1] \
+        if len(prepared.val_idx) else None
+    return results, {"train": z_train, "test": z_test, "validation": z_val}
 
 
 def count_tree(tree) -> int:
@@ -152,7 +181,10 @@ def load_workdir(workdir: str | pathlib.Path):
     mngr.close()
     if step is None:
         raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to evaluate")
-    return config, model, state.params, info
+    params = state.params
+    if (workdir / train_lib.BEST_DIR / "best.json").is_file():  # the validation-selected parameters
+        params = train_lib.BestKeeper(workdir / train_lib.BEST_DIR).load(params)
+    return config, model, params, info
 
 
 def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: Optional[str] = None) -> dict:
@@ -189,11 +221,31 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
             y[idx], zero_shot_scores(params, model, z, prompt_feats, prompt_class, len(names)), names)
         print(metrics_lib.format_table([("linear probe", result["linear_probe"]),
                                         ("zero-shot", result["zero_shot"])]), file=sys.stderr)
+    gnn_block = evaluate_gnn_on_flows(workdir, config, z, labels[idx],
+                                      np.asarray(table.meta["level2"]).astype(str)[idx]) if len(idx) else None
+    if gnn_block is not None:
+        result["gnn"] = gnn_block
+        print(metrics_lib.format_table([("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]),
+              file=sys.stderr)
     if unknown:
         print(f"[evaluate] classes unknown to the model, left out: {unknown}", file=sys.stderr)
     if out:
         pathlib.Path(out).write_text(json.dumps(result, indent=2))
     return result
+
+
+def evaluate_gnn_on_flows(workdir, config, flow_embeddings, level1, level2) -> Optional[dict]:
+    """The `gnn` block (per-level metrics, hierarchical accuracy) for flows of known classes, when the workdir
+    has a trained GNN; None otherwise."""
+    from pclip_jax.classify import load_classifier
+    from pclip_jax.kg import pipeline, train_gnn
+
+    if not config.get("gnn") or not (pathlib.Path(workdir) / pipeline.GNN_DIR / "gnn_checkpoints").is_dir():
+        return None
+    clf = load_classifier(workdir)
+    gcfg = pipeline.gnn_train_config(config, clf.params)
+    return train_gnn.evaluate_gnn(gcfg, clf.gnn_params, flow_embeddings, level1, level2, clf.kg,
+                                  min_flows_level2=config.gnn.min_flows_level2)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -251,9 +251,18 @@ def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarra
 
 # ----------------------------------------------------------------------------------------------- main loop
 
+BEST_DIR = "checkpoints_best"
+
+
 def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTexts, model: TwoTowers,
-          progress: bool = True) -> tuple[Any, int]:
-    """Runs (or resumes) pre-training; returns (unreplicated params, steps done)."""
+          progress: bool = True, validate: Optional[Callable[[Any], float]] = None) -> tuple[Any, int]:
+    """Runs (or resumes) pre-training; returns (unreplicated params, steps done).
+
+    With `validate` (params → score on the validation captures, higher is better), the score is computed every
+    `train.eval_every` steps and the best parameters are kept in `workdir/checkpoints_best`; they are returned
+    instead of the last ones (early stopping by model selection, on captures that neither training nor the test
+    split contain).
+    """
     rng = jax.random.PRNGKey(config.train.seed)
     init_rng, step_rng = jax.random.split(rng)
     state = create_state(config, model, init_rng, texts.features.shape[1])
@@ -273,6 +282,8 @@ def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTe
     train_classes = prepared.class_ids[prepared.train_idx]
     known = np.where(train_classes >= 0, train_classes, train_classes.max() + 1)
     writer = MetricWriter(workdir, "train")
+    best = BestKeeper(workdir / BEST_DIR) if validate is not None else None
+    eval_every = int(config.train.get("eval_every", 0) or config.train.checkpoint_every)
     bar = tqdm(total=num_steps, initial=start, desc="pre-training", unit="step", file=sys.stderr,
                disable=not progress or jax.process_index() != 0)
     pending, t0, last_logged = [], time.time(), start
@@ -300,13 +311,76 @@ def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTe
                             steps_s=f"{summary['steps_per_sec']:.1f}", flows_s=f"{summary['flows_per_sec']:.0f}")
             bar.update(len(history))
             t0, last_logged = time.time(), done
+        if best is not None and (done % eval_every == 0 or done == last_step):
+            params_now = jax.device_get(parallel.unreplicate(rstate).params)
+            score = float(validate(params_now))
+            improved = best.offer(done, score, params_now)
+            writer.write(done, {"validation_zero_shot_mauc": score})
+            bar.write(f"[train] step {done}: validation zero-shot mAUC {score:.4f}"
+                      f"{' (best)' if improved else f' (best {best.score:.4f} at step {best.step})'}")
         if done % config.train.checkpoint_every == 0 or done == last_step:
             checkpointing.save(mngr, done, parallel.unreplicate(rstate), force=done == last_step)
     bar.close()
     writer.close()
     mngr.wait_until_finished()
     mngr.close()
-    return jax.device_get(parallel.unreplicate(rstate)).params, max(start, last_step)
+    final = jax.device_get(parallel.unreplicate(rstate)).params
+    if best is not None:
+        params = best.load(final)
+        if params is not None:
+            print(f"[train] using the parameters of step {best.step} (validation zero-shot mAUC {best.score:.4f})",
+                  file=sys.stderr)
+            return params, max(start, last_step)
+    return final, max(start, last_step)
+
+
+class BestKeeper:
+    """The best parameters by a validation score, on disk (orbax, one kept) so that a resumed run remembers them."""
+
+    def __init__(self, directory: pathlib.Path):
+        self.directory = pathlib.Path(directory)
+        self.mngr = checkpointing.manager(self.directory, 1, 1)
+        meta = self.directory / "best.json"
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        self.step, self.score = info.get("step"), info.get("score", -np.inf)
+
+    def offer(self, step: int, score: float, params) -> bool:
+        if not np.isfinite(score) or score <= self.score:
+            return False
+        checkpointing.save(self.mngr, step, params, force=True)
+        self.mngr.wait_until_finished()
+        self.step, self.score = step, score
+        (self.directory / "best.json").write_text(json.dumps({"step": step, "score": score}))
+        return True
+
+    def load(self, like):
+        if self.step is None:
+            return None
+        params, _ = checkpointing.restore_latest(self.mngr, like)
+        self.mngr.close()
+        return params
+
+
+def make_validator(config, model: TwoTowers, prepared: PreparedFlows, featurizer, cache_dir):
+    """params → zero-shot mAUC on the validation captures (None when there is no validation split)."""
+    from pclip_jax import evaluate as evaluate_lib
+    from pclip_jax.metrics import classification_report
+
+    idx = prepared.val_idx[prepared.class_ids[prepared.val_idx] >= 0]
+    if len(idx) == 0:
+        return None
+    y = prepared.class_ids[idx]
+    names = prepared.class_names
+    descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
+    prompt_feats, prompt_class, _ = class_text_features(names, featurizer, descriptions, cache_dir)
+    embed_fn = make_embed_fn(model)
+
+    def validate(params) -> float:
+        _, z = embed_flows(embed_fn, parallel.replicate(params), prepared.table.tensors, idx, config.eval.batch_size)
+        scores = evaluate_lib.zero_shot_scores(params, model, z, prompt_feats, prompt_class, len(names))
+        return classification_report(y, scores, names)["mauc"]
+
+    return validate
 
 
 def save_config(config, workdir: pathlib.Path) -> None:
@@ -329,7 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     texts = build_train_texts(prepared, config, featurizer, cache_dir)
     model = TwoTowers(model_config(config))
     t_train = time.time()
-    params, steps = train(config, workdir, prepared, texts, model)
+    validate = make_validator(config, model, prepared, featurizer, cache_dir)
+    params, steps = train(config, workdir, prepared, texts, model, validate=validate)
     t_train = time.time() - t_train
     results, embeddings = evaluate_lib.evaluate_pretrained(config, workdir, prepared, model, params, featurizer)
     if config.gnn.enabled:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pclip_jax.data import capture
 from pclip_jax.data.ingest import IngestConfig, ingest_file
 
-from pcap_tools import ethernet_to, read_frames, write_pcap
+from tests.pcap_tools import ethernet_to, read_frames, write_pcap
 
 BASE = "tls_certificate_too_long.pcap"  # Ethernet, untagged, IPv4 + IPv6, TCP/UDP/IGMP, 315 packets
 

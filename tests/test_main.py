@@ -52,6 +52,7 @@ def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, ndpi_di
     assert metrics["flows_evaluated"] + sum(metrics["unknown_classes"].values()) > 0
     if metrics["flows_evaluated"]:
         assert set(metrics["linear_probe"]["classes"]) == known
+        assert {"level1", "level2", "hierarchical_accuracy"} <= set(metrics["gnn"])
 
 
 def test_nan_guard_names_the_step(ndpi_dir, minilm_dir, tmp_path):

@@ -24,6 +24,7 @@ class PreparedFlows:
     table: FlowTable                 # filtered flows (labelled)
     train_idx: np.ndarray            # rows of `table`
     test_idx: np.ndarray
+    val_idx: np.ndarray              # validation captures, carved out of train (model selection only)
     class_names: list[str]           # evaluated level-1 classes (enough train flows), sorted
     class_ids: np.ndarray            # [N] index into class_names, -1 = class not evaluated
     dropped: dict                    # reason → flow count (filters and class thresholds)
@@ -73,8 +74,18 @@ def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = Tru
     split = splits_lib.split_by_capture(table, test_fraction=data_config.test_fraction, seed=data_config.split_seed,
                                         label_column=level)
     train_idx, test_idx = np.asarray(split["train"]), np.asarray(split["test"])
+    val_idx = np.zeros((0,), np.int64)
+    val_fraction = float(data_config.get("validation_fraction", 0.0))
+    if val_fraction > 0:
+        # A second capture-disjoint split of the training captures only, so the test split is the same with or
+        # without validation.
+        inner = splits_lib.split_by_capture(table.select(train_idx), test_fraction=val_fraction,
+                                            seed=data_config.split_seed, label_column=level)
+        train_idx, val_idx = train_idx[np.asarray(inner["train"])], train_idx[np.asarray(inner["test"])]
     labels = np.asarray(table.meta[level]).astype(str)
-    names, counts = np.unique(labels[train_idx], return_counts=True)
+    # Classes are chosen on all training captures (validation included), so validation never changes the
+    # evaluated class set.
+    names, counts = np.unique(labels[np.concatenate([train_idx, val_idx])], return_counts=True)
     class_names = sorted(n for n, c in zip(names, counts) if c >= data_config.min_class_flows and n)
     lookup = {n: i for i, n in enumerate(class_names)}
     class_ids = np.array([lookup.get(x, -1) for x in labels], dtype=np.int32)
@@ -87,9 +98,12 @@ def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = Tru
     if not len(class_names):
         raise ValueError(f"no {level} class has {data_config.min_class_flows} training flows: "
                          f"{dict(zip(names.tolist(), counts.tolist()))}")
-    print(f"[data] {len(table)} flows after filters; train {len(train_idx)} / test {len(test_idx)}; "
+    print(f"[data] {len(table)} flows after filters; train {len(train_idx)} / validation {len(val_idx)} / "
+          f"test {len(test_idx)}; "
           f"{len(class_names)} {level} classes", file=sys.stderr)
-    return PreparedFlows(table=table, train_idx=train_idx, test_idx=test_idx, class_names=class_names,
+    return PreparedFlows(table=table, train_idx=train_idx, test_idx=test_idx, val_idx=val_idx,
+                         class_names=class_names,
                          class_ids=class_ids, dropped=dropped,
                          split_captures={"train": sorted(set(captures[train_idx])),
+                                         "validation": sorted(set(captures[val_idx])),
                                          "test": sorted(set(captures[test_idx]))})

@@ -127,7 +127,9 @@ class HierarchicalGNN(nn.Module):
                 h, graphs.senders, graphs.receivers, graphs.edges["type"], deterministic)
             attention.append(alpha)
 
-        flow_query = nn.Dense(cfg.hidden, name="score_query")(h[flow_index])          # [G, H]
+        # Zero-initialised: at step 0 the learned term is 0 and the scores are the towers' zero-shot similarities
+        # (plus the mission prior); training adds corrections from there.
+        flow_query = nn.Dense(cfg.hidden, name="score_query", kernel_init=nn.initializers.zeros)(h[flow_index])
         keys = nn.Dense(cfg.hidden, name="score_key")(h)                              # [N, H]
         score = (flow_query[node_graph] * keys).sum(-1) / np.sqrt(cfg.hidden) + nodes["prior"]
         if cfg.similarity_prior and flow_raw.shape[-1] == text_raw.shape[-1]:

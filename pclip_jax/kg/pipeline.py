@@ -64,9 +64,28 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     meta = prepared.table.meta
     level1 = np.asarray(meta["level1"]).astype(str)
     level2 = np.asarray(meta["level2"]).astype(str)
-    tr, te = prepared.train_idx, prepared.test_idx
+    te = prepared.test_idx
+    fit_on = config.gnn.get("fit_on", "train")
+    parts = {"train": (prepared.train_idx, embeddings.get("train")),
+             "validation": (prepared.val_idx, embeddings.get("validation"))}
+    chosen = [parts[name] for name in fit_on.split("+")]
+    if any(z is None or len(i) == 0 for i, z in chosen):
+        raise ValueError(f"gnn.fit_on={fit_on!r}: that split is empty (data.validation_fraction=0?)")
+    tr = np.concatenate([i for i, _ in chosen])
+    z_fit = np.concatenate([z for _, z in chosen])
     gcfg = gnn_train_config(config, params)
-    gnn_params, _ = train_gnn.train_gnn(gcfg, embeddings["train"], level1[tr], level2[tr], pkg, workdir / GNN_DIR)
+    validate = None
+    val = prepared.val_idx
+    if "validation" not in fit_on and len(val) and embeddings.get("validation") is not None:
+        names1 = pkg.layout.class_names(1)
+        y_val = np.array([names1.index(x) if x in names1 else -1 for x in level1[val]])
+        known = (y_val >= 0) & (prepared.class_ids[val] >= 0)
+        if len(np.unique(y_val[known])) >= 2:
+            def validate(gnn_params):
+                prob1 = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["validation"][known], pkg)["prob1"]
+                return metrics_lib.classification_report(y_val[known], prob1, names1)["mauc"]
+    gnn_params, _ = train_gnn.train_gnn(gcfg, z_fit, level1[tr], level2[tr], pkg, workdir / GNN_DIR,
+                                        validate=validate, eval_every=config.gnn.get("eval_every", 25))
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).
     keep = prepared.class_ids[te] >= 0
     block = train_gnn.evaluate_gnn(gcfg, gnn_params, embeddings["test"][keep], level1[te][keep],

@@ -151,7 +151,8 @@ def _make_train_step(model, layout, optimizer, level_weights):
 
 
 def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, train_labels_level2,
-              kg: PreparedKG, workdir: str | pathlib.Path, progress: bool = True) -> tuple[Any, list[dict]]:
+              kg: PreparedKG, workdir: str | pathlib.Path, progress: bool = True,
+              validate: Callable[[Any], float] | None = None, eval_every: int = 25) -> tuple[Any, list[dict]]:
     """Trains the GNN head on frozen flow embeddings; resumes from `workdir/gnn_checkpoints` when present.
 
     Args:
@@ -161,6 +162,8 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
         matched to nodes by id/name/alias).
       kg: `prepare_kg(...)` output.
       workdir: checkpoints (`gnn_checkpoints/`) and metrics (`metrics_gnn.jsonl`, TensorBoard) go here.
+      validate: optional params → score on held-out captures (higher is better), computed every `eval_every`
+        steps; the best parameters are returned and stored as the final checkpoint (early stopping).
     Returns:
       (params, history): unreplicated parameters and the logged metrics (list of dicts with `step`).
     """
@@ -220,6 +223,11 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
     bar = tqdm(total=cfg.num_steps, initial=start, desc="gnn", unit="step", file=sys.stderr,
                disable=not progress)
     acc: dict[str, list] = {}
+    best_score, best_step, best_params = -math.inf, None, None
+    if validate is not None and start == 0:  # the untrained head (the zero-shot decision) is a candidate too
+        best_params, best_step = jax.device_get(params), 0
+        best_score = float(validate(best_params))
+        writer.write(0, {"validation_level1_mauc": best_score})
     for step in range(start, cfg.num_steps):
         r_state, metrics = p_step(r_state, next(it), r_kg, r_cw, r_rng)
         m = {k: float(v[0]) for k, v in metrics.items()}
@@ -235,11 +243,22 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
             history.append({"step": done, **row})
             acc = {}
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc1=f"{row['accuracy_level1']:.3f}")
+        if validate is not None and (done % eval_every == 0 or done == cfg.num_steps):
+            score = float(validate(jax.device_get(parallel.unreplicate(r_state))["params"]))
+            writer.write(done, {"validation_level1_mauc": score})
+            if math.isfinite(score) and score > best_score:
+                best_score, best_step = score, done
+                best_params = jax.device_get(parallel.unreplicate(r_state))["params"]
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.num_steps:
             checkpointing.save(mngr, done, parallel.unreplicate(r_state))
         bar.update(1)
     bar.close()
     final = jax.device_get(parallel.unreplicate(r_state))
+    if best_params is not None:
+        if progress:
+            print(f"GNN: using the parameters of step {best_step} (validation level-1 mAUC {best_score:.4f})",
+                  file=sys.stderr)
+        final = {**final, "params": best_params}
     if start < cfg.num_steps:
         checkpointing.save(mngr, cfg.num_steps, final, force=True)
     mngr.wait_until_finished()
