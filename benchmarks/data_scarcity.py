@@ -11,7 +11,6 @@ mAUC kept, and writes `scarcity.png` and `scarcity.json` in the workdir.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
@@ -20,24 +19,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 STAGES = (("linear probe", ("test",)), ("zero-shot", ("zero_shot",)), ("GNN level 1", ("gnn", "level1")))
-
-
-def load_config(path: str, overrides: list[str]):
-    spec = importlib.util.spec_from_file_location("scarcity_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        current = node[leaf]
-        node[leaf] = value if isinstance(current, str) else type(current)(json.loads(value.lower())
-                                                                          if isinstance(current, bool) else
-                                                                          json.loads(value))
-    return config
 
 
 def lookup(results: dict, path: tuple) -> float:
@@ -79,7 +60,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from absl import logging
+
     from pclip_jax import train
+    from pclip_jax.config_files import load_config
 
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)

@@ -88,13 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "default.py"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
-    import importlib.util
+    from pclip_jax.config_files import load_config
 
-    spec = importlib.util.spec_from_file_location("bench_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(args.config)
 
     from pclip_jax.models.bert import BertConfig
 

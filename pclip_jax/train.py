@@ -8,14 +8,12 @@ global contrastive loss, orbax checkpoints and automatic resume → evaluation (
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pathlib
 import sys
 import time
 from typing import Any, Callable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,7 +24,7 @@ from tqdm import tqdm
 
 from pclip_jax import checkpointing, losses, parallel
 from pclip_jax import text as text_lib
-from pclip_jax.compat import count_params, maybe_initialize_distributed, tree_map
+from pclip_jax.compat import count_params, maybe_initialize_distributed
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
 from pclip_jax.metric_writer import MetricWriter
 from pclip_jax.models.packet_tower import PacketTowerConfig

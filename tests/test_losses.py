@@ -1,6 +1,5 @@
 """The pmap-sharded contrastive losses equal the single-device loss on the concatenated batch (8 CPU devices)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

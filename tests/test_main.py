@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pclip_jax import evaluate, train
-from tests.test_train import CAPTURES, _config
+from tests.test_train import _config
 
 EVAL_CAPTURES = ["wireguard.pcap", "tls_verylong_certificate.pcap", "nintendo.pcap", "ftp.pcap", "smtp.pcap"]
 

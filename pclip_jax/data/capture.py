@@ -150,7 +150,7 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[Packet
     chunk_bytes = max(1, min(chunk_bytes, os.fstat(fh.fileno()).st_size))
     # Two buffers used in turn: a batch's bytes stay valid while the next chunk is read into the other one.
     bufs = [bytearray(), bytearray()]
-    turn = 0
+    turn, pos = 0, 0
     while True:
         prev = bufs[1 - turn]
         need = n_rest + chunk_bytes + _PAD

@@ -105,7 +105,6 @@ class FlowTracker:
 
     # -- slot storage ---------------------------------------------------------------------------
     def _fresh(self, n: int) -> dict[str, np.ndarray]:
-        K, B = self.K, self.B
         s = {name: np.zeros((n, 2), np.int64) for name in ("pk", "wb", "pay", "smax", "in_n", "imax",
                                                             "last_dir", "base_seq")}
         s.update({name: np.zeros((n, 2), np.float64) for name in ("ssum", "ssq", "isum", "isq")})

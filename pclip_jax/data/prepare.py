@@ -10,7 +10,7 @@ import hashlib
 import json
 import pathlib
 import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -57,6 +57,24 @@ def gnn_train_config(config, params=None) -> dict:
             "seed": config.train.seed, "log_every": g.log_every, "checkpoint_every": g.checkpoint_every}
 
 
+def gnn_validator(gcfg, pkg, prepared, level1, z_val):
+    """GNN params → level-1 mAUC on the validation captures (early stopping), or None without them."""
+    val = prepared.val_idx
+    if z_val is None or not len(val):
+        return None
+    names1 = pkg.layout.class_names(1)
+    y_val = np.array([names1.index(x) if x in names1 else -1 for x in level1[val]])
+    known = (y_val >= 0) & (prepared.class_ids[val] >= 0)
+    if len(np.unique(y_val[known])) < 2:
+        return None
+
+    def validate(gnn_params) -> float:
+        prob1 = train_gnn.predict_arrays(gcfg, gnn_params, z_val[known], pkg)["prob1"]
+        return metrics_lib.classification_report(y_val[known], prob1, names1)["mauc"]
+
+    return validate
+
+
 def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer, embeddings, cache_dir) -> dict:
     """Trains the GNN on the train flows' embeddings, evaluates it on the test flows of the evaluated classes."""
     workdir = pathlib.Path(workdir)
@@ -75,15 +93,8 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     z_fit = np.concatenate([z for _, z in chosen])
     gcfg = gnn_train_config(config, params)
     validate = None
-    val = prepared.val_idx
-    if "validation" not in fit_on and len(val) and embeddings.get("validation") is not None:
-        names1 = pkg.layout.class_names(1)
-        y_val = np.array([names1.index(x) if x in names1 else -1 for x in level1[val]])
-        known = (y_val >= 0) & (prepared.class_ids[val] >= 0)
-        if len(np.unique(y_val[known])) >= 2:
-            def validate(gnn_params):
-                prob1 = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["validation"][known], pkg)["prob1"]
-                return metrics_lib.classification_report(y_val[known], prob1, names1)["mauc"]
+    if "validation" not in fit_on:
+        validate = gnn_validator(gcfg, pkg, prepared, level1, embeddings.get("validation"))
     gnn_params, _ = train_gnn.train_gnn(gcfg, z_fit, level1[tr], level2[tr], pkg, workdir / GNN_DIR,
                                         validate=validate, eval_every=config.gnn.get("eval_every", 25))
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).

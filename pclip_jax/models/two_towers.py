@@ -8,7 +8,7 @@ the model owns the temperature (`logit_scale`, stored as a log) and the SigLIP b
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
