@@ -43,14 +43,19 @@ class LazyTextFeaturizer:
     """Drop-in for `TextFeaturizer` in `cached_text_features`: the sentence encoder is loaded only when a text is
     not in the workdir's cache (the graph's descriptions normally are, from training)."""
 
-    def __init__(self, model_path: str, max_len: int, batch_size: int):
-        self.model_path, self.max_len, self.batch_size = str(model_path), int(max_len), int(batch_size)
+    def __init__(self, model_path: str, max_len: int, batch_size: int, params=None):
+        from pclip_jax.text_features import params_tag
+
+        self.params = params  # a tuned text tower's weights, or None for the pretrained encoder
+        tag = params_tag(params) if params is not None else ""
+        self.base_path, self.model_path = str(model_path), str(model_path) + tag
+        self.max_len, self.batch_size = int(max_len), int(batch_size)
         self._featurizer = None
 
     def __call__(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
         if self._featurizer is None:
             from pclip_jax.text_features import TextFeaturizer
-            self._featurizer = TextFeaturizer(self.model_path, self.max_len, self.batch_size)
+            self._featurizer = TextFeaturizer(self.base_path, self.max_len, self.batch_size, params=self.params)
         return self._featurizer(texts, progress=progress)
 
 
@@ -144,7 +149,8 @@ def load_classifier(workdir: str | pathlib.Path, mission: Optional[str] = None) 
         raise ValueError(f"{workdir}/checkpoints: the checkpoint does not fit the packet/text towers that "
                          f"config.json builds with this version of pclip_jax (retrain the workdir): {e}") from None
     cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
-    featurizer = LazyTextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size)
+    featurizer = LazyTextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size,
+                                    params=params.get("text_encoder"))
     kg = _prepare_kg(config, model, params, featurizer, cache_dir, mission)
     gnn_params = pipeline.load_gnn(workdir, config, kg)
     gnn_config = GnnTrainConfig.from_config(pipeline.gnn_train_config(config, params)).model

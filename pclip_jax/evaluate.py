@@ -166,14 +166,13 @@ def count_tree(tree) -> int:
 def load_workdir(workdir: str | pathlib.Path):
     """(config, model, params, model_info) of a trained workdir (newest checkpoint)."""
     from pclip_jax import checkpointing, train as train_lib
-    from pclip_jax.models.two_towers import TwoTowers
 
     workdir = pathlib.Path(workdir)
     if not (workdir / "config.json").is_file():
         raise FileNotFoundError(f"{workdir}: no config.json — is this a pclip_jax workdir?")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     info = json.loads((workdir / MODEL_INFO_FILE).read_text())
-    model = TwoTowers(train_lib.model_config(config))
+    model = train_lib.build_model(config)
     # Shapes only: the restore target needs no real initialisation (saves ~160 small compilations).
     state = jax.eval_shape(lambda: train_lib.create_state(config, model, jax.random.PRNGKey(0)))
     mngr = checkpointing.manager(workdir / "checkpoints", 1, config.train.keep_checkpoints)

@@ -21,9 +21,12 @@ from pclip_jax.models.text_tower import load_text_encoder
 class TextFeaturizer:
     """Loads the text encoder once and embeds lists of strings in fixed-shape batches (one compilation)."""
 
-    def __init__(self, model_path: str, max_len: int = 64, batch_size: int = 64):
-        self.model_path = str(model_path)
-        self.module, self.params, self.tokenizer = load_text_encoder(self.model_path)
+    def __init__(self, model_path: str, max_len: int = 64, batch_size: int = 64, params=None, tag: str = ""):
+        """`params` replaces the pretrained weights (a tuned text tower); `tag` names them in cache keys."""
+        self.module, self.params, self.tokenizer = load_text_encoder(str(model_path))
+        if params is not None:
+            self.params = params
+        self.model_path = str(model_path) + tag
         self.max_len, self.batch_size = int(max_len), int(batch_size)
         self._apply = jax.jit(lambda p, ids, mask, types: self.module.apply(
             {"params": p}, ids, mask, types, deterministic=True))
@@ -43,6 +46,14 @@ class TextFeaturizer:
             bar.update(len(chunk))
         bar.close()
         return np.concatenate(out, 0) if out else np.zeros((0, 0), np.float32)
+
+
+def params_tag(params) -> str:
+    """A short content hash of a parameter tree (cache keys for a tuned text tower)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return "#tuned-" + digest.hexdigest()[:12]
 
 
 def cached_text_features(featurizer: TextFeaturizer, texts: Sequence[str], cache_dir: Optional[pathlib.Path],

@@ -55,6 +55,27 @@ def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
 
 
+def build_model(config) -> TwoTowers:
+    """The two towers; with `text.trainable` the BERT text encoder is part of the model (tuned text)."""
+    if not config.text.get("trainable", False):
+        return TwoTowers(model_config(config))
+    from pclip_jax.models.text_tower import load_text_encoder
+
+    dtype = jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32
+    module, _, _ = load_text_encoder(config.text.encoder, dtype=dtype)
+    return TwoTowers(model_config(config), text_encoder=module)
+
+
+def text_featurizer(config, params=None) -> TextFeaturizer:
+    """Frozen text features for prompts and graph descriptions: the pretrained encoder, or the tuned one."""
+    from pclip_jax.text_features import params_tag
+
+    if params is not None and "text_encoder" in params:
+        return TextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size,
+                              params=params["text_encoder"], tag=params_tag(params["text_encoder"]))
+    return TextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size)
+
+
 def dummy_batch(config, n: int = 1, text_dim: int = 384) -> dict:
     k, b = config.data.packets, config.data.bytes
     return {"bytes": np.zeros((n, k, b), np.uint8), "sizes": np.ones((n, k), np.int32),
@@ -63,9 +84,17 @@ def dummy_batch(config, n: int = 1, text_dim: int = 384) -> dict:
             "class_id": np.zeros((n,), np.int32)}
 
 
-def init_params(model: TwoTowers, config, rng, text_dim: int = 384):
+def init_params(model: TwoTowers, config, rng, text_dim: int = 384, text_params=None):
+    """Initial parameters; a trainable text encoder starts from `text_params` (the pretrained weights)."""
     batch = dummy_batch(config, 1, text_dim)
-    return model.init(rng, batch, text_features=jnp.asarray(batch["text"]))["params"]
+    if model.text_encoder is None:
+        return model.init(rng, batch, text_features=jnp.asarray(batch["text"]))["params"]
+    length = config.text.max_len
+    tokens = {"input_ids": jnp.zeros((1, length), jnp.int32), "attention_mask": jnp.ones((1, length), jnp.int32)}
+    params = model.init(rng, batch, tokens=tokens)["params"]
+    if text_params is not None:
+        params = {**params, "text_encoder": text_params}
+    return params
 
 
 def param_counts(params) -> dict:
@@ -84,9 +113,9 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=train_config.weight_decay)), schedule
 
 
-def create_state(config, model: TwoTowers, rng, text_dim: int = 384) -> TrainState:
+def create_state(config, model: TwoTowers, rng, text_dim: int = 384, text_params=None) -> TrainState:
     tx, _ = make_optimizer(config.train)
-    params = init_params(model, config, rng, text_dim)
+    params = init_params(model, config, rng, text_dim, text_params)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
@@ -100,8 +129,13 @@ def make_train_step(model: TwoTowers, config):
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
 
         def loss_fn(params):
-            zp, zt, scale, bias = model.apply({"params": params}, batch, text_features=batch["text"],
-                                              deterministic=False, rngs={"dropout": rng})
+            if "input_ids" in batch:  # tuned text tower: encode the sampled texts in the step
+                tokens = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                zp, zt, scale, bias = model.apply({"params": params}, batch, tokens=tokens, deterministic=False,
+                                                  rngs={"dropout": rng})
+            else:
+                zp, zt, scale, bias = model.apply({"params": params}, batch, text_features=batch["text"],
+                                                  deterministic=False, rngs={"dropout": rng})
             if loss_name == "clip":
                 return losses.clip_loss(zp, zt, batch["valid"], batch["class_id"], scale, AXIS, multi_positive)
             if loss_name == "sigmoid":
@@ -155,6 +189,7 @@ class TrainTexts:
     features: np.ndarray       # [T, Dt] frozen text features of the distinct texts
     variants: np.ndarray       # [N_train, V] index into features
     texts: list[str]
+    tokens: Optional[dict] = None  # [T, L] token ids and mask of the distinct texts (tuned text tower only)
 
 
 def build_train_texts(prepared: PreparedFlows, config, featurizer: TextFeaturizer, cache_dir) -> TrainTexts:
@@ -179,6 +214,11 @@ def build_train_texts(prepared: PreparedFlows, config, featurizer: TextFeaturize
             variants[row, v] = vocabulary.setdefault(t, len(vocabulary))
     texts = list(vocabulary)
     print(f"[text] {len(texts)} distinct texts for {len(prepared.train_idx)} training flows", file=sys.stderr)
+    if config.text.get("trainable", False):
+        enc = featurizer.tokenizer.encode(texts, config.text.max_len)
+        tokens = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return TrainTexts(features=np.zeros((len(texts), 1), np.float32), variants=variants, texts=texts,
+                          tokens=tokens)
     return TrainTexts(features=cached_text_features(featurizer, texts, cache_dir), variants=variants, texts=texts)
 
 
@@ -241,7 +281,12 @@ def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarra
     if augment is not None:
         batch = augment_flows(batch, rng, augment)
     variant = rng.integers(0, texts.variants.shape[1], size=len(rows))
-    batch["text"] = texts.features[texts.variants[rows, variant]].astype(np.float32)
+    chosen = texts.variants[rows, variant]
+    if texts.tokens is not None:
+        batch["input_ids"] = texts.tokens["input_ids"][chosen]
+        batch["attention_mask"] = texts.tokens["attention_mask"][chosen]
+    else:
+        batch["text"] = texts.features[chosen].astype(np.float32)
     batch["valid"] = np.ones(len(rows), bool)
     batch["class_id"] = prepared.class_ids[flows]
     return batch
@@ -263,7 +308,11 @@ def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTe
     """
     rng = jax.random.PRNGKey(config.train.seed)
     init_rng, step_rng = jax.random.split(rng)
-    state = create_state(config, model, init_rng, texts.features.shape[1])
+    text_params = None
+    if model.text_encoder is not None:
+        from pclip_jax.models.text_tower import load_text_encoder
+        text_params = load_text_encoder(config.text.encoder)[1]
+    state = create_state(config, model, init_rng, texts.features.shape[1], text_params)
     mngr = checkpointing.manager(workdir / "checkpoints", config.train.checkpoint_every,
                                  config.train.keep_checkpoints)
     state, restored = checkpointing.restore_latest(mngr, state)
@@ -396,14 +445,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     save_config(config, workdir)
     prepared = prepare_flows(config.data, workdir)
     cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
-    featurizer = TextFeaturizer(config.text.encoder, max_len=config.text.max_len,
-                                batch_size=config.text.batch_size)
+    featurizer = text_featurizer(config)
     texts = build_train_texts(prepared, config, featurizer, cache_dir)
-    model = TwoTowers(model_config(config))
+    model = build_model(config)
     t_train = time.time()
     validate = make_validator(config, model, prepared, featurizer, cache_dir)
     params, steps = train(config, workdir, prepared, texts, model, validate=validate)
     t_train = time.time() - t_train
+    if model.text_encoder is not None:  # prompts and graph descriptions through the tuned text tower
+        featurizer = text_featurizer(config, params)
     results, embeddings = evaluate_lib.evaluate_pretrained(config, workdir, prepared, model, params, featurizer)
     if config.gnn.enabled:
         from pclip_jax.kg import pipeline as kg_pipeline
