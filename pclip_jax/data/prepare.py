@@ -35,7 +35,13 @@ def resolve_inputs(data_config) -> tuple[list[str], str]:
     """(capture inputs, label spec) from the config: `manual_dir` holds pcap/ and result/ (nDPI layout)."""
     if data_config.get("inputs"):
         return list(data_config.inputs), data_config.labels
-    root = pathlib.Path(data_config.manual_dir).expanduser()
+    root = pathlib.Path(data_config.manual_dir).expanduser() if data_config.manual_dir else None
+    if root is None or not root.exists():
+        from pclip_jax.data.download import download_ndpi
+
+        if root is not None:
+            print(f"[data] {root} does not exist: downloading the nDPI corpus instead", file=sys.stderr)
+        root = download_ndpi()
     for pcap_dir, result_dir in ((root / "pcap", root / "result"),
                                  (root / "tests/cfgs/default/pcap", root / "tests/cfgs/default/result")):
         if pcap_dir.is_dir():

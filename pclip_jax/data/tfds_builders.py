@@ -26,8 +26,7 @@ import tensorflow_datasets as tfds
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
 
-NDPI_COMMIT = "3b1286ab03b0c9223ac208a01868d8c1f6c0ae00"
-NDPI_ARCHIVE_URL = f"https://github.com/ntop/nDPI/archive/{NDPI_COMMIT}.tar.gz"
+from pclip_jax.data.download import NDPI_ARCHIVE_URL, NDPI_COMMIT, reachable as _reachable  # noqa: F401
 NDPI_SUBDIR = pathlib.PurePosixPath("tests/cfgs/default")
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
 
@@ -81,19 +80,6 @@ def _manual_dir(dl_manager, instructions: str = "") -> Optional[pathlib.Path]:
             return None  # TFDS's default <data_dir>/downloads/manual, not something the user asked for
         raise FileNotFoundError(f"manual dir {path} does not exist or is empty.{instructions}")
     return path
-
-
-def _reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether the host of `url` accepts a connection: fail fast offline instead of minutes of retries."""
-    import socket
-    import urllib.parse
-
-    host = urllib.parse.urlparse(url).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
