@@ -43,6 +43,7 @@ def get_config():
     config.text = ml_collections.ConfigDict()
     config.text.encoder = "sentence-transformers/all-MiniLM-L6-v2"  # HF repo id or a local directory
     config.text.trainable = False                    # False: locked text tower (cached features); True: tuned
+    config.text.from_scratch = False                 # True: a small text transformer trained from scratch
     config.text.descriptions = ""                    # '' = the shipped class descriptions
     config.text.max_len = 64
     config.text.batch_size = 128

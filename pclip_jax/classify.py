@@ -43,10 +43,10 @@ class LazyTextFeaturizer:
     """Drop-in for `TextFeaturizer` in `cached_text_features`: the sentence encoder is loaded only when a text is
     not in the workdir's cache (the graph's descriptions normally are, from training)."""
 
-    def __init__(self, model_path: str, max_len: int, batch_size: int, params=None):
+    def __init__(self, model_path: str, max_len: int, batch_size: int, params=None, module=None):
         from pclip_jax.text_features import params_tag
 
-        self.params = params  # a tuned text tower's weights, or None for the pretrained encoder
+        self.params, self.module = params, module  # a trained text tower, or None for the pretrained encoder
         tag = params_tag(params) if params is not None else ""
         self.base_path, self.model_path = str(model_path), str(model_path) + tag
         self.max_len, self.batch_size = int(max_len), int(batch_size)
@@ -55,7 +55,8 @@ class LazyTextFeaturizer:
     def __call__(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
         if self._featurizer is None:
             from pclip_jax.text_features import TextFeaturizer
-            self._featurizer = TextFeaturizer(self.base_path, self.max_len, self.batch_size, params=self.params)
+            self._featurizer = TextFeaturizer(self.base_path, self.max_len, self.batch_size, params=self.params,
+                                              module=self.module)
         return self._featurizer(texts, progress=progress)
 
 
@@ -150,7 +151,7 @@ def load_classifier(workdir: str | pathlib.Path, mission: Optional[str] = None) 
                          f"config.json builds with this version of pclip_jax (retrain the workdir): {e}") from None
     cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
     featurizer = LazyTextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size,
-                                    params=params.get("text_encoder"))
+                                    params=params.get("text_encoder"), module=model.text_encoder)
     kg = _prepare_kg(config, model, params, featurizer, cache_dir, mission)
     gnn_params = pipeline.load_gnn(workdir, config, kg)
     gnn_config = GnnTrainConfig.from_config(pipeline.gnn_train_config(config, params)).model

@@ -21,11 +21,15 @@ from pclip_jax.models.text_tower import load_text_encoder
 class TextFeaturizer:
     """Loads the text encoder once and embeds lists of strings in fixed-shape batches (one compilation)."""
 
-    def __init__(self, model_path: str, max_len: int = 64, batch_size: int = 64, params=None, tag: str = ""):
-        """`params` replaces the pretrained weights (a tuned text tower); `tag` names them in cache keys."""
+    def __init__(self, model_path: str, max_len: int = 64, batch_size: int = 64, params=None, tag: str = "",
+                 module=None):
+        """`params` (and `module`, for another architecture) replace the pretrained encoder: a tuned or
+        from-scratch text tower; `tag` names them in cache keys. The tokenizer always comes from `model_path`."""
         self.module, self.params, self.tokenizer = load_text_encoder(str(model_path))
         if params is not None:
             self.params = params
+        if module is not None:
+            self.module = module
         self.model_path = str(model_path) + tag
         self.max_len, self.batch_size = int(max_len), int(batch_size)
         self._apply = jax.jit(lambda p, ids, mask, types: self.module.apply(

@@ -55,24 +55,39 @@ def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
 
 
-def build_model(config) -> TwoTowers:
-    """The two towers; with `text.trainable` the BERT text encoder is part of the model (tuned text)."""
-    if not config.text.get("trainable", False):
-        return TwoTowers(model_config(config))
+def text_trained(config) -> bool:
+    """Whether the text encoder is trained with the packet tower: tuned (`text.trainable`) or from scratch."""
+    return bool(config.text.get("trainable", False) or config.text.get("from_scratch", False))
+
+
+def text_module(config):
+    """The text encoder module: all-MiniLM-L6-v2's architecture, or `BertConfig.small()` from scratch."""
+    from pclip_jax.models.bert import BertConfig, BertEncoder
     from pclip_jax.models.text_tower import load_text_encoder
 
     dtype = jnp.bfloat16 if config.train.dtype == "bfloat16" else jnp.float32
-    module, _, _ = load_text_encoder(config.text.encoder, dtype=dtype)
-    return TwoTowers(model_config(config), text_encoder=module)
+    if config.text.get("from_scratch", False):
+        tokenizer = load_text_encoder(config.text.encoder)[2]
+        return BertEncoder(BertConfig.small(vocab_size=max(tokenizer.vocab_size, 30522),
+                                            max_position_embeddings=max(config.text.max_len, 64)), dtype=dtype)
+    return load_text_encoder(config.text.encoder, dtype=dtype)[0]
+
+
+def build_model(config) -> TwoTowers:
+    """The two towers; a tuned or from-scratch text encoder is part of the model, a locked one is not."""
+    if not text_trained(config):
+        return TwoTowers(model_config(config))
+    return TwoTowers(model_config(config), text_encoder=text_module(config))
 
 
 def text_featurizer(config, params=None) -> TextFeaturizer:
-    """Frozen text features for prompts and graph descriptions: the pretrained encoder, or the tuned one."""
+    """Text features for prompts and graph descriptions: the pretrained encoder, or the trained one in `params`."""
     from pclip_jax.text_features import params_tag
 
     if params is not None and "text_encoder" in params:
         return TextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size,
-                              params=params["text_encoder"], tag=params_tag(params["text_encoder"]))
+                              params=params["text_encoder"], tag=params_tag(params["text_encoder"]),
+                              module=text_module(config))
     return TextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size)
 
 
@@ -214,7 +229,7 @@ def build_train_texts(prepared: PreparedFlows, config, featurizer: TextFeaturize
             variants[row, v] = vocabulary.setdefault(t, len(vocabulary))
     texts = list(vocabulary)
     print(f"[text] {len(texts)} distinct texts for {len(prepared.train_idx)} training flows", file=sys.stderr)
-    if config.text.get("trainable", False):
+    if text_trained(config):
         enc = featurizer.tokenizer.encode(texts, config.text.max_len)
         tokens = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         return TrainTexts(features=np.zeros((len(texts), 1), np.float32), variants=variants, texts=texts,
@@ -309,9 +324,9 @@ def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTe
     rng = jax.random.PRNGKey(config.train.seed)
     init_rng, step_rng = jax.random.split(rng)
     text_params = None
-    if model.text_encoder is not None:
+    if model.text_encoder is not None and not config.text.get("from_scratch", False):
         from pclip_jax.models.text_tower import load_text_encoder
-        text_params = load_text_encoder(config.text.encoder)[1]
+        text_params = load_text_encoder(config.text.encoder)[1]  # tuned: start from the pretrained weights
     state = create_state(config, model, init_rng, texts.features.shape[1], text_params)
     mngr = checkpointing.manager(workdir / "checkpoints", config.train.checkpoint_every,
                                  config.train.keep_checkpoints)

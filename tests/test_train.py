@@ -66,18 +66,21 @@ def test_resume_equals_straight_run(setup, tmp_path):
     assert json.loads(lines[-1])["step"] == 20 and np.isfinite(json.loads(lines[-1])["loss"])
 
 
-@pytest.mark.parametrize("trainable,dtype", [(True, "float32"), (False, "bfloat16")])
-def test_tuned_text_tower_and_bf16_train(setup, tmp_path, trainable, dtype):
-    """The text tower can be tuned (its weights move from the pretrained ones) and bf16 compute trains."""
+@pytest.mark.parametrize("trainable,from_scratch,dtype",
+                         [(True, False, "float32"), (False, True, "float32"), (False, False, "bfloat16")])
+def test_tuned_text_tower_and_bf16_train(setup, tmp_path, trainable, from_scratch, dtype):
+    """The text tower can be tuned (its weights move from the pretrained ones) or trained from scratch, and
+    bf16 compute trains."""
     from pclip_jax.models.text_tower import load_text_encoder
 
     config, prepared, featurizer, texts = setup
     config = config.copy_and_resolve_references()
     config.text.trainable = trainable
+    config.text.from_scratch = from_scratch
     config.train.dtype = dtype
     config.train.num_steps = 2
     model = train_lib.build_model(config)
-    if trainable:
+    if trainable or from_scratch:
         texts = train_lib.build_train_texts(prepared, config, featurizer, None)
         assert texts.tokens is not None
     params, steps = train_lib.train(config, tmp_path, prepared, texts, model, progress=False)
@@ -88,6 +91,8 @@ def test_tuned_text_tower_and_bf16_train(setup, tmp_path, trainable, dtype):
         moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
                  for a, b in zip(jax.tree.leaves(params["text_encoder"]), jax.tree.leaves(pretrained))]
         assert max(moved) > 0
-        # Downstream features come from the tuned encoder, under their own cache key.
+    if trainable or from_scratch:  # downstream features come from the trained encoder, under their own cache key
         tuned = train_lib.text_featurizer(config, params)
         assert tuned.model_path != featurizer.model_path
+        emb = tuned(["an encrypted video stream"], progress=False)
+        assert emb.shape[0] == 1 and np.isfinite(emb).all()
