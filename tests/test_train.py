@@ -42,8 +42,12 @@ def setup(ndpi_dir, minilm_dir, tmp_path_factory):
 
 def test_split_is_capture_disjoint(setup):
     _, prepared, _, _ = setup
-    assert set(prepared.split_captures["train"]).isdisjoint(prepared.split_captures["test"])
+    parts = prepared.split_captures
+    assert set(parts["train"]).isdisjoint(parts["test"])
+    assert set(parts["validation"]).isdisjoint(parts["train"]) and set(parts["validation"]).isdisjoint(parts["test"])
     assert len(prepared.train_idx) and len(prepared.test_idx)
+    # Every evaluated class keeps training flows after the validation captures are carved out.
+    assert set(np.unique(prepared.class_ids[prepared.train_idx])) >= set(range(len(prepared.class_names)))
 
 
 def test_resume_equals_straight_run(setup, tmp_path):

@@ -68,6 +68,19 @@ def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestC
     return table
 
 
+def _keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str):
+    """Validation captures holding a class that no training capture has go back to train (whole captures):
+    a class with a single training capture must not lose all its training flows to model selection."""
+    labels = np.asarray(table.meta[level]).astype(str)
+    captures = np.asarray(table.meta["capture"]).astype(str)
+    missing = set(labels[val_idx]) - set(labels[train_idx]) - {""}
+    if not missing:
+        return train_idx, val_idx
+    back = set(captures[val_idx][np.isin(labels[val_idx], sorted(missing))])
+    to_train = np.isin(captures[val_idx], sorted(back))
+    return np.sort(np.concatenate([train_idx, val_idx[to_train]])), val_idx[~to_train]
+
+
 def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = True) -> PreparedFlows:
     inputs, label_spec = resolve_inputs(data_config)
     ingest_config = IngestConfig(packets=data_config.packets, bytes=data_config.bytes, mask=data_config.mask)
@@ -88,6 +101,7 @@ def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = Tru
         inner = splits_lib.split_by_capture(table.select(train_idx), test_fraction=val_fraction,
                                             seed=data_config.split_seed, label_column=level)
         train_idx, val_idx = train_idx[np.asarray(inner["train"])], train_idx[np.asarray(inner["test"])]
+        train_idx, val_idx = _keep_every_class_in_train(table, train_idx, val_idx, level)
     labels = np.asarray(table.meta[level]).astype(str)
     # Classes are chosen on all training captures (validation included), so validation never changes the
     # evaluated class set.
