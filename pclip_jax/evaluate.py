@@ -108,10 +108,12 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     y_test = prepared.class_ids[prepared.test_idx]
     keep_train, keep_test = y_train >= 0, y_test >= 0
 
-    val_idx = prepared.val_idx[prepared.class_ids[prepared.val_idx] >= 0]
-    feats_val, _ = train_lib.embed_flows(embed_fn, rparams, tensors, val_idx, config.eval.batch_size)
-    l2, l2_scores = select_probe_l2(feats_train[keep_train], y_train[keep_train], feats_val,
-                                    prepared.class_ids[val_idx], len(names), config.train.seed)
+    feats_val, z_val = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.val_idx, config.eval.batch_size)
+    y_val = prepared.class_ids[prepared.val_idx]
+    keep_val = y_val >= 0
+    l2, l2_scores = select_probe_l2(feats_train[keep_train], y_train[keep_train],
+                                    feats_val[keep_val] if len(feats_val) else feats_val, y_val[keep_val],
+                                    len(names), config.train.seed)
     probe = fit_linear_probe(feats_train[keep_train], y_train[keep_train], len(names), l2=l2,
                              seed=config.train.seed)
     probe_scores = linear_probe_scores(probe, feats_test[keep_test])
@@ -151,9 +153,7 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
                  "train_captures": len(prepared.split_captures["train"]),
                  "test_captures": len(prepared.split_captures["test"])},
     }
-    z_val = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.val_idx, config.eval.batch_size)[1] \
-        if len(prepared.val_idx) else None
-    return results, {"train": z_train, "test": z_test, "validation": z_val}
+    return results, {"train": z_train, "test": z_test, "validation": z_val if len(prepared.val_idx) else None}
 
 
 def count_tree(tree) -> int:
@@ -192,7 +192,12 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
     from pclip_jax.data import labels as labels_lib, splits as splits_lib
     from pclip_jax.data.ingest import IngestConfig, ingest
 
-    config, model, params, info = load_workdir(workdir)
+    clf = load_gnn_classifier(workdir)
+    if clf is not None:  # towers + GNN, loaded once
+        config, model, params = clf.config, clf.model, clf.params
+        info = json.loads((pathlib.Path(workdir) / MODEL_INFO_FILE).read_text())
+    else:
+        config, model, params, info = load_workdir(workdir)
     names, level = info["class_names"], info["label_level"]
     table = ingest(inputs, IngestConfig(packets=config.data.packets, bytes=config.data.bytes,
                                         mask=config.data.mask))
@@ -220,8 +225,8 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
             y[idx], zero_shot_scores(params, model, z, prompt_feats, prompt_class, len(names)), names)
         print(metrics_lib.format_table([("linear probe", result["linear_probe"]),
                                         ("zero-shot", result["zero_shot"])]), file=sys.stderr)
-    gnn_block = evaluate_gnn_on_flows(workdir, config, z, labels[idx],
-                                      np.asarray(table.meta["level2"]).astype(str)[idx]) if len(idx) else None
+    gnn_block = evaluate_gnn_on_flows(clf, z, labels[idx], np.asarray(table.meta["level2"]).astype(str)[idx]) \
+        if clf is not None and len(idx) else None
     if gnn_block is not None:
         result["gnn"] = gnn_block
         print(metrics_lib.format_table([("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]),
@@ -233,18 +238,24 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
     return result
 
 
-def evaluate_gnn_on_flows(workdir, config, flow_embeddings, level1, level2) -> Optional[dict]:
-    """The `gnn` block (per-level metrics, hierarchical accuracy) for flows of known classes, when the workdir
-    has a trained GNN; None otherwise."""
-    from pclip_jax.classify import load_classifier
+def load_gnn_classifier(workdir):
+    """The workdir's towers + GNN (`classify.Classifier`) when it has a trained GNN, else None."""
+    from pclip_jax.classify import load_classifier, read_config
+    from pclip_jax.kg import pipeline
+
+    if not read_config(workdir).get("gnn") or \
+            not (pathlib.Path(workdir) / pipeline.GNN_DIR / "gnn_checkpoints").is_dir():
+        return None
+    return load_classifier(workdir)
+
+
+def evaluate_gnn_on_flows(clf, flow_embeddings, level1, level2) -> dict:
+    """The `gnn` block (per-level metrics, hierarchical accuracy) for flows of known classes."""
     from pclip_jax.kg import pipeline, train_gnn
 
-    if not config.get("gnn") or not (pathlib.Path(workdir) / pipeline.GNN_DIR / "gnn_checkpoints").is_dir():
-        return None
-    clf = load_classifier(workdir)
-    gcfg = pipeline.gnn_train_config(config, clf.params)
+    gcfg = pipeline.gnn_train_config(clf.config, clf.params)
     return train_gnn.evaluate_gnn(gcfg, clf.gnn_params, flow_embeddings, level1, level2, clf.kg,
-                                  min_flows_level2=config.gnn.min_flows_level2)
+                                  min_flows_level2=clf.config.gnn.min_flows_level2)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -51,12 +51,25 @@ def resolve_inputs(data_config) -> tuple[list[str], str]:
         "Point --config.data.manual_dir at ../shared/data/ndpi or an unpacked nDPI source archive.")
 
 
+def _fingerprint(inputs: Sequence[str], label_spec: str) -> list:
+    """(path, size, mtime) of every capture and label file, so that a changed corpus is ingested again."""
+    from pclip_jax.data.capture import find_captures
+
+    files = [path for path, _ in find_captures(inputs)]
+    kind, _, target = (label_spec or "").partition(":")
+    if kind in ("ndpi", "csv") and target:
+        root = pathlib.Path(target)
+        files += sorted(root.rglob("*.out")) if root.is_dir() else [root]
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+
+
 def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
                   cache_root: pathlib.Path, progress: bool = True) -> FlowTable:
     """Ingests and labels once; later runs with the same inputs and settings load the cached flow table."""
     from pclip_jax import __version__
 
-    key = json.dumps({"version": __version__, "inputs": [str(pathlib.Path(i).resolve()) for i in inputs], "labels": label_spec,
+    key = json.dumps({"version": __version__, "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
+                      "files": _fingerprint(inputs, label_spec), "labels": label_spec,
                       "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
     cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])
     if (cache / "tensors.npz").is_file():
