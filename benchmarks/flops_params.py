@@ -35,7 +35,7 @@ def packet_tower_cost(config) -> dict:
 
     tower = PacketTower(train_lib.model_config(config).packet)
     b = train_lib.dummy_batch(config, BATCH)
-    args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"])
+    args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"], b.get("name_vec"))
     shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
     params = tower.init(jax.random.PRNGKey(0), *args)
     flops = compiled_flops(lambda p, *a: tower.apply(p, *a), params, *args) / BATCH

@@ -19,6 +19,7 @@ def get_config():
     config.data.packets = 16
     config.data.bytes = 128
     config.data.mask = True
+    config.data.use_names = True                     # cleartext server names (SNI/Host/DNS) as a tower input
     config.data.min_packets = 3
     config.data.drop_one_way = True
     config.data.label_level = "level1"
@@ -64,6 +65,7 @@ def get_config():
     config.train.augment.iat_scale = 1.0             # >1: log-uniform IAT scaling in [1/s, s]
     config.train.augment.byte_dropout = 0.0
     config.train.augment.packet_dropout = 0.0
+    config.train.augment.name_dropout = 0.25         # hide a flow's server name (ECH, unseen handshakes)
     config.train.dtype = "bfloat16"
     config.train.seed = 0
     config.train.log_every = 50

@@ -1,2 +1,2 @@
 """PacketCLIP in JAX/Flax."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

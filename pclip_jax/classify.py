@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence, TextIO
 import numpy as np
 
 META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
-               "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes")
+               "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
 # Flows per call of the GNN explainer: it compiles once per call, so calls are few and large.
 DEFAULT_CHUNK = 8192
 
@@ -173,6 +173,7 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
     """
     from pclip_jax import text as text_lib, train as train_lib
     from pclip_jax.kg.explain import explain_flows
+    from pclip_jax.name_features import attach_name_features
 
     idx = np.arange(len(table)) if indices is None else np.asarray(indices, np.int64)
     if not len(idx):
@@ -183,6 +184,7 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
+    attach_name_features(table, clf.config)
     _, z = train_lib.embed_flows(clf.embed_fn, clf.replicated_params, table.tensors, idx,
                                  int(clf.config.eval.batch_size))
     tick("embed", t)

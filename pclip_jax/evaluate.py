@@ -22,6 +22,7 @@ import numpy as np
 from pclip_jax import metrics as metrics_lib
 from pclip_jax import parallel
 from pclip_jax import text as text_lib
+from pclip_jax.name_features import attach_name_features
 
 PROBE_FILE = "linear_probe.npz"
 CLASS_TEXT_FILE = "class_text_features.npz"
@@ -202,6 +203,7 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
     table = ingest(inputs, IngestConfig(packets=config.data.packets, bytes=config.data.bytes,
                                         mask=config.data.mask))
     table = labels_lib.attach_labels(table, label_spec)
+    attach_name_features(table, config)
     table, dropped = splits_lib.filter_flows(table, min_packets=config.data.min_packets,
                                             drop_one_way=config.data.drop_one_way, drop_unlabelled=True,
                                             label_column=level)

@@ -26,13 +26,22 @@ from pclip_jax import checkpointing, losses, parallel
 from pclip_jax import text as text_lib
 from pclip_jax.compat import count_params, maybe_initialize_distributed
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
+from pclip_jax.name_features import NAME_KEY, attach_name_features, name_dim
 from pclip_jax.metric_writer import MetricWriter
 from pclip_jax.models.packet_tower import PacketTowerConfig
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
 from pclip_jax.text_features import TextFeaturizer, cached_text_features
 
 AXIS = "batch"
-TENSOR_KEYS = ("bytes", "sizes", "iat", "tcp_flags")
+TENSOR_KEYS = ("bytes", "sizes", "iat", "tcp_flags")  # per-packet inputs of the packet tower [N, K, ...]
+
+
+def tower_inputs(tensors: dict, idx) -> dict:
+    """The packet tower's inputs for flows `idx`: the per-packet tensors, and server-name vectors when present."""
+    batch = {k: tensors[k][idx] for k in TENSOR_KEYS}
+    if NAME_KEY in tensors:
+        batch[NAME_KEY] = tensors[NAME_KEY][idx]
+    return batch
 
 
 class NanLossError(FloatingPointError):
@@ -51,7 +60,8 @@ def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
     packet = PacketTowerConfig(packets=config.data.packets, bytes=config.data.bytes, patch_size=m.patch_size,
                                pool_queries=m.get("pool_queries", 1),
                                byte_dim=m.byte_dim, width=m.width, depth=m.depth, heads=m.heads,
-                               mlp_ratio=m.mlp_ratio, dropout=m.dropout, dtype=dtype)
+                               mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                               names=bool(config.data.get("use_names", False)), dtype=dtype)
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
 
 
@@ -96,7 +106,9 @@ def dummy_batch(config, n: int = 1, text_dim: int = 384) -> dict:
     return {"bytes": np.zeros((n, k, b), np.uint8), "sizes": np.ones((n, k), np.int32),
             "iat": np.zeros((n, k), np.float32), "tcp_flags": np.zeros((n, k), np.uint8),
             "text": np.zeros((n, text_dim), np.float32), "valid": np.ones((n,), bool),
-            "class_id": np.zeros((n,), np.int32)}
+            "class_id": np.zeros((n,), np.int32),
+            **({NAME_KEY: np.zeros((n, name_dim(config.text.encoder)), np.float16)}
+               if config.data.get("use_names", False) else {})}
 
 
 def init_params(model: TwoTowers, config, rng, text_dim: int = 384, text_params=None):
@@ -188,7 +200,7 @@ def embed_flows(embed_fn, replicated_params, tensors: dict, indices: np.ndarray,
         idx = indices[start:start + batch_size]
         pad = batch_size - len(idx)
         take = np.concatenate([idx, np.repeat(idx[:1], pad)]) if pad else idx
-        batch = {k: tensors[k][take] for k in TENSOR_KEYS}
+        batch = tower_inputs(tensors, take)
         f, z = embed_fn(replicated_params, parallel.shard(batch))
         feats.append(np.asarray(f).reshape(batch_size, -1)[:len(idx)])
         embs.append(np.asarray(z).reshape(batch_size, -1)[:len(idx)])
@@ -264,7 +276,9 @@ def augment_flows(batch: dict, rng: np.random.Generator, augment) -> dict:
       another round-trip time);
     * `byte_dropout`: zero a random fraction of the payload/header bytes (other session ids, other randoms);
     * `packet_dropout`: drop non-first packets with this probability, shifting later ones up (lost ACKs,
-      coalesced segments, another capture point).
+      coalesced segments, another capture point);
+    * `name_dropout`: hide the server name of this fraction of flows (Encrypted Client Hello, resumed sessions,
+      flows whose handshake was not captured), so the tower does not depend on names alone.
     """
     batch = dict(batch)
     n, k = batch["sizes"].shape
@@ -283,6 +297,9 @@ def augment_flows(batch: dict, rng: np.random.Generator, augment) -> dict:
             dropped_sorted = np.take_along_axis(drop, order, 1)
             mask = dropped_sorted.reshape(dropped_sorted.shape + (1,) * (arr.ndim - 2))
             batch[key] = np.where(mask, np.zeros_like(arr), arr)
+    if augment.get("name_dropout", 0.0) > 0 and NAME_KEY in batch:
+        hide = rng.random(n) < augment.name_dropout
+        batch[NAME_KEY] = np.where(hide[:, None], np.zeros_like(batch[NAME_KEY]), batch[NAME_KEY])
     return batch
 
 
@@ -292,7 +309,7 @@ def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarra
     rng = np.random.default_rng([seed, step, 1])
     flows = prepared.train_idx[rows]
     tensors = prepared.table.tensors
-    batch = {k: tensors[k][flows] for k in TENSOR_KEYS}
+    batch = tower_inputs(tensors, flows)
     if augment is not None:
         batch = augment_flows(batch, rng, augment)
     variant = rng.integers(0, texts.variants.shape[1], size=len(rows))
@@ -321,6 +338,7 @@ def train(config, workdir: pathlib.Path, prepared: PreparedFlows, texts: TrainTe
     instead of the last ones (early stopping by model selection, on captures that neither training nor the test
     split contain).
     """
+    attach_name_features(prepared.table, config)  # a no-op when present or when the config does not use names
     rng = jax.random.PRNGKey(config.train.seed)
     init_rng, step_rng = jax.random.split(rng)
     text_params = None
@@ -459,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     save_config(config, workdir)
     prepared = prepare_flows(config.data, workdir)
+    attach_name_features(prepared.table, config)
     cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
     featurizer = text_featurizer(config)
     texts = build_train_texts(prepared, config, featurizer, cache_dir)

@@ -239,3 +239,54 @@ def test_chunk_boundaries_do_not_change_flows(ndpi_dir, name):
         np.testing.assert_array_equal(whole.meta[k], small.meta[k], err_msg=k)
     for k in whole.tensors:
         np.testing.assert_allclose(whole.tensors[k], small.tensors[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _session_id_spans(row: bytes) -> list[tuple[int, int]]:
+    """Scalar reference: byte spans of the per-session random values in an unmasked IPv4/IPv6 row."""
+    ver = row[0] >> 4
+    l4, proto = ((row[0] & 15) * 4, row[9]) if ver == 4 else (40, row[6])
+    spans = []
+    if proto == 6 and l4 + 13 <= len(row):
+        hlen = (row[l4 + 12] >> 4) * 4
+        i, end = l4 + 20, min(l4 + hlen, len(row))
+        while i < end:
+            kind = row[i]
+            if kind == 0:
+                break
+            if kind == 1:
+                i += 1
+                continue
+            ln = row[i + 1] if i + 1 < len(row) else 0
+            if ln < 2:
+                break
+            if kind == 8 and ln == 10:
+                spans.append((i + 2, i + 10))
+            i += ln
+        p = l4 + hlen
+        if p + 44 <= len(row) and row[p] == 0x16 and row[p + 1] == 3 and row[p + 5] in (1, 2):
+            spans += [(p + 11, p + 43), (p + 44, p + 44 + min(row[p + 43], 32))]
+    if proto == 17 and l4 + 14 <= len(row):
+        p = l4 + 8
+        if row[p] & 0xC0 == 0xC0 and any(row[p + 1:p + 5]) and row[p + 5] <= 20:
+            d = row[p + 5]
+            spans.append((p + 6, p + 6 + d))
+            if p + 6 + d < len(row) and row[p + 6 + d] <= 20:
+                spans.append((p + 7 + d, p + 7 + d + row[p + 6 + d]))
+    return [(a, min(b, len(row))) for a, b in spans if a < len(row)]
+
+
+@pytest.mark.parametrize("name", ["tls_verylong_certificate.pcap", "quic-33.pcapng", "wechat.pcap"])
+def test_per_session_random_values_are_zeroed(ndpi_dir, name):
+    path = ndpi_dir / "pcap" / name
+    masked = ingest_file(path, name, IngestConfig())
+    plain = ingest_file(path, name, IngestConfig(mask=False))
+    found = 0
+    for f in range(len(masked)):
+        for k in range(int(masked.tensors["num_packets"][f])):
+            row, raw = masked.tensors["bytes"][f, k], plain.tensors["bytes"][f, k]
+            if raw[0] >> 4 not in (4, 6):
+                continue
+            for a, b in _session_id_spans(bytes(raw)):
+                found += raw[a:b].any()
+                assert not row[a:b].any(), (name, f, k, a, b)
+    assert found > 0, f"{name}: no TCP timestamp, TLS hello or QUIC long header found"

@@ -79,6 +79,8 @@ def test_read_back_shapes_and_labels(built):
     assert all(names[i] == s for i, s in zip(batch["level1"], batch["level1_name"]))
     level2_names = builder.info.metadata["level2_names"]
     assert all(level2_names[i] == s for i, s in zip(batch["level2_id"], batch["level2"]))
+    server_names = [s.decode() if isinstance(s, bytes) else str(s) for s in batch["server_name"]]
+    assert any(server_names) and all(n == n.lower() for n in server_names)
 
 
 def test_splits_disjoint_by_capture_and_metadata(built):

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from pclip_jax.data import capture, tensors
+from pclip_jax.data import capture, names, tensors
 
 KEY_WIDTH = 40  # proto(1) vlan(2) lo_addr(16) lo_port(2) hi_addr(16) hi_port(2) ipver(1)
 _BIG = np.iinfo(np.int64).max
 # Per-flow fields handed to the flow table (besides the byte rows and the statistics).
 _KEEP = ("key", "client_lo", "first_ts", "last_ts", "first_pkt", "npk", "pk", "wb")
 _ROWS = ("bytes", "sizes", "iat", "tcp_flags")  # per-packet rows, written straight to the output by flow id
+NAME_PACKETS = 8  # server names are looked for in the payloads of a flow's first packets (pclip_jax/data/names.py)
 
 
 def build_keys(h: capture.Headers, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +103,7 @@ class FlowTracker:
         # usual case the final table is a view of this one page (no copy).
         self.n_ids = 0
         self.pages = [(0, self._rows(max(int(expected_flows), 1024)))]
+        self.names: dict[int, str] = {}  # flow id -> first cleartext server name seen
 
     # -- slot storage ---------------------------------------------------------------------------
     def _fresh(self, n: int) -> dict[str, np.ndarray]:
@@ -359,13 +361,27 @@ class FlowTracker:
                 ack_ok = tok & (fl[r] & 0x10 > 0) & (peer_first >= 0) & (peer_first < ri)
                 rel_ack = np.where(ack_ok, (ack - s["base_seq"][rs, 1 - rd]) & 0xFFFFFFFF, 0)
                 tensors.mask_rows(rows, h.ipver[pidx[r]], proto[r], l4[r], rel_seq, rel_ack)
+                tensors.mask_session_ids(rows, proto[r], l4[r])
                 tensors.scrub_addresses(rows, h.src[pidx[r]], h.dst[pidx[r]], h.ipver[pidx[r]])
+            self._find_names(batch.buf, s["fid"][rs], ri, proto[r], ip_off[r] + size[r] - pay[r], ip_end[r])
             sz = np.minimum(size[r], np.iinfo(np.int32).max)
             self._write_rows(s["fid"][rs], ri, {"bytes": rows, "sizes": np.where(rd == 0, sz, -sz),
                                                 "iat": iat[r], "tcp_flags": fl[r]})
 
         self._release(np.concatenate([replaced, closed]).astype(np.int64))
         self.now = max(self.now, int(g_last.max()))
+
+    def _find_names(self, buf, fid, k, proto, start, end) -> None:
+        """Record the server name of flows still without one from these packets' payloads (first NAME_PACKETS)."""
+        cand = (k < NAME_PACKETS) & (start < end) & ((proto == 6) | (proto == 17))
+        cand &= np.isin(buf[np.minimum(start, len(buf) - 1)], list(names.TCP_FIRST_BYTES)) | (proto == 17)
+        for i in np.nonzero(cand)[0].tolist():
+            f = int(fid[i])
+            if f in self.names:
+                continue
+            name = names.server_name(bytes(buf[start[i]:min(end[i], start[i] + 2048)]), int(proto[i]))
+            if name:
+                self.names[f] = name
 
     def _walk(self, gi, a, b, cont, slot, ts, lo, fl, tcp, boundary) -> None:
         """Packet-by-packet flow boundaries for one key (rare: see the module docstring)."""
@@ -410,6 +426,11 @@ class FlowTracker:
             out = {k: np.concatenate([p[k] for _, p in self.pages])[:n] for k in _ROWS}
         self.pages = [(0, self._rows(0))]
         self.s = {}
+        server_name = np.full(n, "", dtype=object)
+        for f, name in self.names.items():
+            server_name[f] = name
+        out["server_name"] = server_name.astype(str) if n else np.zeros(0, "<U1")
+        self.names = {}
         if not done:
             fresh = self._fresh(0)
             out.update({k: fresh[k] for k in _KEEP})

@@ -21,7 +21,7 @@ import numpy as np
 from pclip_jax.data import capture, flows, tensors
 
 META_COLUMNS = ("capture", "flow_id", "proto", "client_ip", "server_ip", "client_port", "server_port", "vlan",
-                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes")
+                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
 LABEL_COLUMNS = ("label", "app", "category", "encrypted", "level1", "level2")
 _INT_COLUMNS = {"flow_id", "proto", "client_port", "server_port", "vlan", "c2s_packets", "s2c_packets",
                 "c2s_bytes", "s2c_bytes", "encrypted"}
@@ -235,6 +235,7 @@ def _columns(capture_name, f: dict, config: IngestConfig):
         "s2c_packets": f["pk"][:, 1].copy(),
         "c2s_bytes": f["wb"][:, 0].copy(),
         "s2c_bytes": f["wb"][:, 1].copy(),
+        "server_name": f["server_name"],
     }
     tens = {
         "bytes": f["bytes"],

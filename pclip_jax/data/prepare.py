@@ -63,12 +63,25 @@ def _fingerprint(inputs: Sequence[str], label_spec: str) -> list:
     return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
 
 
+def _ingest_code_digest() -> str:
+    """Digest of the modules and data files that decide a flow table's content: a changed parser, mask or label
+    rule invalidates cached tables even without a version bump."""
+    from pclip_jax.data import capture, flows, ingest as ingest_mod, labels, names, tensors
+
+    h = hashlib.sha256()
+    for mod in (capture, flows, ingest_mod, labels, names, tensors):
+        h.update(pathlib.Path(mod.__file__).read_bytes())
+    for f in sorted(pathlib.Path(labels.__file__).parent.glob("*.yaml")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
                   cache_root: pathlib.Path, progress: bool = True) -> FlowTable:
     """Ingests and labels once; later runs with the same inputs and settings load the cached flow table."""
     from pclip_jax import __version__
 
-    key = json.dumps({"version": __version__, "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
+    key = json.dumps({"version": __version__, "code": _ingest_code_digest(), "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
                       "files": _fingerprint(inputs, label_spec), "labels": label_spec,
                       "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
     cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])

@@ -90,6 +90,69 @@ def mask_rows(rows: np.ndarray, ipver: np.ndarray, proto: np.ndarray, l4: np.nda
         _put32(rows, r[m], l4[m] + 8, ack[m])
 
 
+def _zero_spans(rows, r, start, length) -> None:
+    """rows[r[i], start[i]:start[i] + length[i]] = 0, clipped to the row (length <= 40)."""
+    width = rows.shape[1]
+    for j in range(int(length.max()) if len(length) else 0):
+        ok = (j < length) & (start + j < width) & (start + j >= 0)
+        rows[r[ok], (start + j)[ok]] = 0
+
+
+def mask_session_ids(rows: np.ndarray, proto: np.ndarray, l4: np.ndarray) -> None:
+    """Zero per-connection random values that name one session, not the traffic (in place; docs/masking.md):
+    TCP timestamp option values (a per-host clock), TLS ClientHello/ServerHello random and session id, and
+    QUIC long-header connection ids. A model that sees them can memorise training flows one by one.
+    """
+    n, width = rows.shape
+    r_all = np.arange(n)
+    tcp = (proto == 6) & (l4 >= 0) & (l4 + 13 <= width)
+    t = r_all[tcp]
+    if len(t):
+        base = l4[t]
+        hlen = (rows[t, base + 12] >> 4).astype(np.int64) * 4
+        pos, end = base + 20, np.minimum(base + hlen, width)
+        live = pos < end
+        for _ in range(40):  # at most 40 option bytes
+            i = np.nonzero(live)[0]
+            if not len(i):
+                break
+            p = pos[i]
+            kind = rows[t[i], p]
+            ln = np.where(p + 1 < width, rows[t[i], np.minimum(p + 1, width - 1)], 0).astype(np.int64)
+            ts = (kind == 8) & (ln == 10)
+            if ts.any():
+                _zero_spans(rows, t[i][ts], p[ts] + 2, np.full(int(ts.sum()), 8))
+            nop = kind == 1
+            pos[i] = p + np.where(nop, 1, np.maximum(ln, 2))
+            live[i] = (kind != 0) & (nop | (ln >= 2)) & (pos[i] < end[i])
+        # TLS handshake records that start the payload: hello random (32 bytes) and session id.
+        pay = base + hlen
+        hs = (pay + 44 <= width) & (hlen >= 20)
+        hs[hs] &= (rows[t[hs], pay[hs]] == 0x16) & (rows[t[hs], pay[hs] + 1] == 0x03) & np.isin(
+            rows[t[hs], pay[hs] + 5], (1, 2))
+        if hs.any():
+            h, ph = t[hs], pay[hs]
+            _zero_spans(rows, h, ph + 11, np.full(len(h), 32))
+            _zero_spans(rows, h, ph + 44, np.minimum(rows[h, ph + 43].astype(np.int64), 32))
+    udp = (proto == 17) & (l4 >= 0) & (l4 + 8 + 6 <= width)
+    u = r_all[udp]
+    if len(u):
+        p = l4[u] + 8
+        quic = (rows[u, p] & 0xC0) == 0xC0  # long header
+        version = (rows[u, p + 1].astype(np.int64) | rows[u, p + 2] | rows[u, p + 3] | rows[u, p + 4]) > 0
+        dlen = rows[u, p + 5].astype(np.int64)
+        quic = quic & version & (dlen <= 20)
+        if quic.any():
+            q, pq, dl = u[quic], p[quic], dlen[quic]
+            _zero_spans(rows, q, pq + 6, dl)
+            at = pq + 6 + dl
+            ok = at < width
+            slen = np.zeros(len(q), np.int64)
+            slen[ok] = rows[q[ok], at[ok]]
+            ok &= slen <= 20
+            _zero_spans(rows, q[ok], at[ok] + 1, slen[ok])
+
+
 _SCRUB_FROM = 20  # IPv4 header end; IPv6 addresses (bytes 8-39) are zeroed by mask_rows before the scrub
 
 

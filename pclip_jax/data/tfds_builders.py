@@ -85,8 +85,10 @@ def _manual_dir(dl_manager, instructions: str = "") -> Optional[pathlib.Path]:
 class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     """Shared body of the flow builders; subclasses say where the captures are and how they are labelled."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: masked packet tensors, statistics, level-1/level-2 labels."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release: masked packet tensors, statistics, level-1/level-2 labels.",
+                     "1.1.0": "server_name feature (TLS SNI, HTTP Host, DNS question); per-session random values "
+                              "(TCP timestamps, TLS hello random/session id, QUIC connection ids) masked."}
     BUILDER_CONFIGS = _default_configs()
     DEFAULT_LABELS = ""
     DESCRIPTION = ""
@@ -117,6 +119,7 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             "category": tfds.features.Text(),
             "encrypted": tfds.features.Scalar(dtype=i32),
             "capture": tfds.features.Text(),
+            "server_name": tfds.features.Text(),            # '' when the flow announced none
             "flow_id": tfds.features.Scalar(dtype=i64),
             "proto": tfds.features.Scalar(dtype=i32),
             "c2s_packets": tfds.features.Scalar(dtype=i64),
@@ -182,6 +185,7 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
                 "label_id": lookups["label"].get(label, -1), "label": label,
                 "app": str(meta["app"][r]), "category": str(meta["category"][r]),
                 "encrypted": int(meta["encrypted"][r]), "capture": capture, "flow_id": int(meta["flow_id"][r]),
+                "server_name": str(meta["server_name"][r]),
                 "proto": int(meta["proto"][r]), "c2s_packets": int(meta["c2s_packets"][r]),
                 "s2c_packets": int(meta["s2c_packets"][r]), "c2s_bytes": int(meta["c2s_bytes"][r]),
                 "s2c_bytes": int(meta["s2c_bytes"][r]),

@@ -9,7 +9,10 @@ Design (small on purpose; PacketCLIP's point is efficiency):
    in K×B, unlike a byte-level transformer.
 3. Packet features (log size, direction, log inter-arrival time, TCP flag bits, "is padding") are projected and
    added to the packet token, with a learned packet-index embedding.
-4. A `depth`-layer pre-LN transformer over the K packet tokens (padding packets masked), then masked mean pooling.
+4. With `names`: the flow's server-name vector (pclip_jax/name_features.py) is projected into one more token,
+   masked when the flow has no name, so packets can attend to it (a DNS query and a TLS session to the same
+   name are different traffic).
+5. A `depth`-layer pre-LN transformer over the K packet tokens (padding packets masked), then masked mean pooling.
 
 Defaults (width 128, depth 2, K=16, B=128, patch 8) give ~0.5M parameters and ~30 MFLOPs per flow.
 """
@@ -34,6 +37,7 @@ class PacketTowerConfig:
     heads: int = 4
     mlp_ratio: int = 2
     dropout: float = 0.0
+    names: bool = False        # a server-name token (needs `name_vec` inputs)
     dtype: Any = jnp.float32   # compute dtype (bf16 on accelerators); parameters stay float32
 
 
@@ -73,12 +77,15 @@ class _Block(nn.Module):
 
 
 class PacketTower(nn.Module):
-    """`__call__(bytes [N,K,B] uint8, sizes [N,K], iat [N,K], tcp_flags [N,K]) -> [N, width]` (unnormalised)."""
+    """`__call__(bytes [N,K,B] uint8, sizes [N,K], iat [N,K], tcp_flags [N,K][, name_vec [N,D]]) -> [N, width]`
+    (unnormalised; `name_vec` only with `config.names`, all zeros for a flow without a name)."""
     config: PacketTowerConfig
 
     @nn.compact
-    def __call__(self, byte_rows, sizes, iat, tcp_flags, deterministic: bool = True):
+    def __call__(self, byte_rows, sizes, iat, tcp_flags, name_vec=None, deterministic: bool = True):
         cfg = self.config
+        if cfg.names and name_vec is None:
+            raise ValueError("this packet tower reads server names: pass name_vec (pclip_jax.name_features)")
         n, k, b = byte_rows.shape
         if b % cfg.patch_size:
             raise ValueError(f"bytes per packet ({b}) must be a multiple of patch_size ({cfg.patch_size})")
@@ -103,6 +110,14 @@ class PacketTower(nn.Module):
         present = jnp.asarray(sizes) != 0
         # A flow always has >= 1 packet; guard anyway so an all-padding row cannot produce NaNs.
         present = present.at[:, 0].set(True)
+        if cfg.names:
+            name_vec = jnp.asarray(name_vec, jnp.float32)
+            has_name = jnp.abs(name_vec).sum(-1) > 0
+            name_token = nn.Dense(cfg.width, dtype=cfg.dtype, name="name_proj")(name_vec.astype(cfg.dtype))
+            name_token = name_token + self.param("name_type_embed", nn.initializers.normal(0.02),
+                                                 (cfg.width,)).astype(cfg.dtype)
+            h = jnp.concatenate([name_token[:, None], h], axis=1)
+            present = jnp.concatenate([has_name[:, None], present], axis=1)
         for i in range(cfg.depth):
             h = _Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.dtype, name=f"block{i}")(
                 h, present, deterministic)

@@ -44,7 +44,7 @@ class TwoTowers(nn.Module):
     def packet_features(self, batch, deterministic=True):
         """Packet-tower output before projection (what the linear probe and the GNN use)."""
         return self.packet_tower(batch["bytes"], batch["sizes"], batch["iat"], batch["tcp_flags"],
-                                 deterministic=deterministic)
+                                 batch.get("name_vec"), deterministic=deterministic)
 
     def embed_packets(self, batch, deterministic=True):
         return _l2_normalize(self.packet_head(self.packet_features(batch, deterministic)))

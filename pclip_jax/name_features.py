@@ -1,0 +1,80 @@
+"""Server names (TLS SNI, HTTP Host, DNS question; pclip_jax/data/names.py) → one static vector per flow.
+
+A name's vector is the mean of the text tower's *input* WordPiece embeddings of its words ("r3 sn 4g5e
+googlevideo com"), L2-normalised; a flow without a name gets zeros. The table is the frozen
+`word_embeddings` of the pretrained sentence encoder, so words the encoder has seen ("youtube", "whatsapp",
+"steam") arrive with its pre-trained geometry and a name costs one table lookup and a mean per flow — no
+transformer pass (a MiniLM pass per name would cost more FLOPs than the whole packet tower). Vectors are stored
+as float16 (flow tables can hold millions of flows).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from pclip_jax.data.names import name_words
+
+NAME_KEY = "name_vec"
+_TABLE_SUFFIX = "word_embeddings.weight"
+
+
+class NameEncoder:
+    """`encoder(names) -> float16 [N, D]` with D the text tower's embedding width."""
+
+    def __init__(self, model_path: str | pathlib.Path):
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+
+        from pclip_jax.models.text_tower import resolve_model_dir
+
+        model_dir = resolve_model_dir(model_path)
+        for f in ("tokenizer.json", "model.safetensors"):
+            if not (model_dir / f).is_file():
+                raise FileNotFoundError(f"{model_dir / f}: missing; server-name features need the pretrained "
+                                        "text encoder's tokenizer and embedding table (or data.use_names=False)")
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        with safe_open(str(model_dir / "model.safetensors"), "numpy") as fh:
+            keys = [k for k in fh.keys() if k.endswith(_TABLE_SUFFIX)]
+            if len(keys) != 1:
+                raise ValueError(f"{model_dir / 'model.safetensors'}: expected one '*{_TABLE_SUFFIX}' tensor, "
+                                 f"found {keys}")
+            self.table = fh.get_tensor(keys[0]).astype(np.float32)
+        self.dim = self.table.shape[1]
+
+    def vector(self, name: str) -> np.ndarray:
+        ids = self.tokenizer.encode(name_words(name), add_special_tokens=False).ids if name else []
+        if not ids:
+            return np.zeros(self.dim, np.float32)
+        v = self.table[ids].mean(0)
+        return v / max(float(np.linalg.norm(v)), 1e-6)
+
+    def __call__(self, names: Sequence[str]) -> np.ndarray:
+        names = np.asarray(names).astype(str)
+        uniq, inverse = np.unique(names, return_inverse=True)
+        vecs = np.stack([self.vector(n) for n in uniq.tolist()]) if len(uniq) else np.zeros((0, self.dim))
+        return vecs.astype(np.float16)[inverse.reshape(-1)] if len(names) else np.zeros((0, self.dim), np.float16)
+
+
+def name_dim(model_path: str | pathlib.Path) -> int:
+    """Width of the name vectors for this text encoder (its `hidden_size`), without loading the table."""
+    import json
+
+    from pclip_jax.models.text_tower import resolve_model_dir
+
+    path = resolve_model_dir(model_path) / "config.json"
+    try:
+        return int(json.loads(path.read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the encoder's hidden_size for server-name features ({e})") from None
+
+
+def attach_name_features(table, config) -> None:
+    """Adds `table.tensors['name_vec']` when the config uses names (in place; a no-op otherwise)."""
+    if not config.data.get("use_names", False) or NAME_KEY in table.tensors:
+        return
+    if "server_name" not in table.meta:
+        raise ValueError("the flow table has no 'server_name' column (written by pclip_jax >= 0.2 ingest); "
+                         "re-ingest the captures or set data.use_names=False")
+    table.tensors[NAME_KEY] = NameEncoder(config.text.encoder)(table.meta["server_name"])
