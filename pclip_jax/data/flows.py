@@ -363,7 +363,7 @@ class FlowTracker:
                 tensors.mask_rows(rows, h.ipver[pidx[r]], proto[r], l4[r], rel_seq, rel_ack)
                 tensors.mask_session_ids(rows, proto[r], l4[r])
                 tensors.scrub_addresses(rows, h.src[pidx[r]], h.dst[pidx[r]], h.ipver[pidx[r]])
-            self._find_names(batch.buf, s["fid"][rs], ri, proto[r], ip_off[r] + size[r] - pay[r], ip_end[r])
+            self._find_names(batch.buf, s["fid"][rs], ri, proto[r], rd == 0, ip_off[r] + size[r] - pay[r], ip_end[r])
             sz = np.minimum(size[r], np.iinfo(np.int32).max)
             self._write_rows(s["fid"][rs], ri, {"bytes": rows, "sizes": np.where(rd == 0, sz, -sz),
                                                 "iat": iat[r], "tcp_flags": fl[r]})
@@ -371,10 +371,19 @@ class FlowTracker:
         self._release(np.concatenate([replaced, closed]).astype(np.int64))
         self.now = max(self.now, int(g_last.max()))
 
-    def _find_names(self, buf, fid, k, proto, start, end) -> None:
-        """Record the server name of flows still without one from these packets' payloads (first NAME_PACKETS)."""
-        cand = (k < NAME_PACKETS) & (start < end) & ((proto == 6) | (proto == 17))
-        cand &= np.isin(buf[np.minimum(start, len(buf) - 1)], list(names.TCP_FIRST_BYTES)) | (proto == 17)
+    def _find_names(self, buf, fid, k, proto, client, start, end) -> None:
+        """Record the server name of flows still without one, from the client's payloads among the first
+        NAME_PACKETS packets. A vectorised look at the first payload bytes keeps the Python parsers for packets
+        that can hold a name: a TLS/DTLS ClientHello, an HTTP/SSDP request line, a DNS-format question."""
+        cand = client & (k < NAME_PACKETS) & (end - start >= 6) & ((proto == 6) | (proto == 17))
+        if not cand.any():
+            return
+        at = np.where(cand, start, 0)
+        b = [buf[np.minimum(at + j, len(buf) - 1)] for j in range(6)]
+        tls = (b[0] == 0x16) & (((b[1] == 0x03) & (b[5] == 0x01)) | (b[1] == 0xFE))
+        http = np.isin(b[0], names.HTTP_FIRST_BYTES) & (b[1] >= 0x41) & (b[1] <= 0x5A)  # two capital letters
+        dns = (proto == 17) & (((b[2] >> 3) & 0x0F) == 0) & (b[4] == 0) & (b[5] >= 1)  # opcode QUERY, 1+ question
+        cand &= tls | http | dns
         for i in np.nonzero(cand)[0].tolist():
             f = int(fid[i])
             if f in self.names:

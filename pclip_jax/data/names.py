@@ -17,8 +17,8 @@ _IPV4_LITERAL = re.compile(rb"^[0-9.]+$")  # an address, not a name: a shortcut 
 _HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"OPTIONS ", b"CONNECT ", b"DELETE ", b"PATCH ",
                  b"NOTIFY ", b"M-SEARCH ", b"SUBSCRIBE ")
 _HOST_HEADER = re.compile(rb"\r\nhost:[ \t]*([^\r\n:]{1,253})", re.IGNORECASE)
-# First payload bytes worth a closer look: TLS/DTLS handshake record, an HTTP/SSDP method letter, or anything on UDP.
-TCP_FIRST_BYTES = frozenset([0x16, *b"GPHOCDNMS"])
+# First letters of the request methods above (the flow tracker's cheap pre-filter).
+HTTP_FIRST_BYTES = sorted(set(m[0] for m in _HTTP_METHODS))
 
 
 def _clean(name: bytes) -> str:
