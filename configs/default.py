@@ -20,6 +20,7 @@ def get_config():
     config.data.bytes = 128
     config.data.mask = True
     config.data.use_names = True                     # cleartext server names (SNI/Host/DNS) as a tower input
+    config.data.payload_rows = False                 # True: rows from the first K packets with payload (docs/model.md)
     config.data.min_packets = 3
     config.data.drop_one_way = True
     config.data.label_level = "level1"

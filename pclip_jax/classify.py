@@ -91,9 +91,7 @@ def read_config(workdir: str | pathlib.Path):
 def ingest_config(config, strict: bool = False, workers: int = 1):
     """The ingest settings the packet tower of `config` was trained with (K packets, B bytes, masking)."""
     from pclip_jax.data.ingest import IngestConfig
-    d = config.data
-    return IngestConfig(packets=int(d.packets), bytes=int(d.bytes), mask=bool(d.mask), strict=strict,
-                        workers=workers)
+    return IngestConfig.from_data_config(config.data, strict=strict, workers=workers)
 
 
 def _prepare_kg(config, model, params, featurizer, cache_dir, mission: Optional[str]):

@@ -200,8 +200,7 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
     else:
         config, model, params, info = load_workdir(workdir)
     names, level = info["class_names"], info["label_level"]
-    table = ingest(inputs, IngestConfig(packets=config.data.packets, bytes=config.data.bytes,
-                                        mask=config.data.mask))
+    table = ingest(inputs, IngestConfig.from_data_config(config.data))
     table = labels_lib.attach_labels(table, label_spec)
     attach_name_features(table, config)
     table, dropped = splits_lib.filter_flows(table, min_packets=config.data.min_packets,

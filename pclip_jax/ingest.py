@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--idle-timeout", type=float, default=d.idle_timeout, metavar="S", help="seconds")
     ap.add_argument("--active-timeout", type=float, default=d.active_timeout, metavar="S", help="seconds")
     ap.add_argument("--no-mask", action="store_true", help="keep addresses, ports, TTL, ... (docs/masking.md)")
+    ap.add_argument("--payload-rows", action="store_true",
+                    help="tensor rows from the first K packets that carry payload (bare ACKs skipped)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
     try:
         config = IngestConfig(packets=args.packets, bytes=args.bytes, idle_timeout=args.idle_timeout,
                               active_timeout=args.active_timeout, mask=not args.no_mask, strict=args.strict,
-                              workers=args.workers)
+                              workers=args.workers, payload_rows=args.payload_rows)
         table = ingest(args.inputs, config, progress=not args.quiet)
     except (IngestError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

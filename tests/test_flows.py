@@ -290,3 +290,34 @@ def test_per_session_random_values_are_zeroed(ndpi_dir, name):
                 found += raw[a:b].any()
                 assert not row[a:b].any(), (name, f, k, a, b)
     assert found > 0, f"{name}: no TCP timestamp, TLS hello or QUIC long header found"
+
+
+def _payload_bytes(row: bytes) -> int:
+    """Transport payload length of an unmasked IPv4/IPv6 row (TCP/UDP; 0 for others)."""
+    v4 = row[0] >> 4 == 4
+    ihl, proto = ((row[0] & 15) * 4, row[9]) if v4 else (40, row[6])
+    total = int.from_bytes(row[2:4], "big") if v4 else 40 + int.from_bytes(row[4:6], "big")
+    if proto == 6:
+        return total - ihl - (row[ihl + 12] >> 4) * 4
+    return total - ihl - 8 if proto == 17 else 0
+
+
+@pytest.mark.parametrize("name", ["tls_verylong_certificate.pcap", "wechat.pcap", "KakaoTalk_chat.pcap"])
+def test_payload_rows_are_the_first_packets_that_carry_payload(ndpi_dir, name):
+    path = ndpi_dir / "pcap" / name
+    every = ingest_file(path, name, IngestConfig(packets=64, mask=False))
+    payload = ingest_file(path, name, IngestConfig(packets=8, mask=False, payload_rows=True))
+    assert len(every) == len(payload)
+    np.testing.assert_array_equal(every.tensors["stats"], payload.tensors["stats"])  # statistics see every packet
+    checked = 0
+    for f in range(len(every)):
+        n = int(every.tensors["num_packets"][f])
+        if n == 64 or (every.meta["proto"][f] not in (6, 17)):
+            continue  # longer than the reference rows, or no transport payload to count
+        rows = [k for k in range(n) if _payload_bytes(bytes(every.tensors["bytes"][f, k])) > 0][:8]
+        assert int(payload.tensors["num_packets"][f]) == len(rows), (name, f)
+        for j, k in enumerate(rows):
+            np.testing.assert_array_equal(payload.tensors["bytes"][f, j], every.tensors["bytes"][f, k])
+            assert payload.tensors["sizes"][f, j] == every.tensors["sizes"][f, k]
+        checked += len(rows) < n
+    assert checked > 0, f"{name}: no flow with bare ACKs to skip"

@@ -32,7 +32,7 @@ from pclip_jax.data import capture, names, tensors
 KEY_WIDTH = 40  # proto(1) vlan(2) lo_addr(16) lo_port(2) hi_addr(16) hi_port(2) ipver(1)
 _BIG = np.iinfo(np.int64).max
 # Per-flow fields handed to the flow table (besides the byte rows and the statistics).
-_KEEP = ("key", "client_lo", "first_ts", "last_ts", "first_pkt", "npk", "pk", "wb")
+_KEEP = ("key", "client_lo", "first_ts", "last_ts", "first_pkt", "npk", "nrow", "pk", "wb")
 _ROWS = ("bytes", "sizes", "iat", "tcp_flags")  # per-packet rows, written straight to the output by flow id
 NAME_PACKETS = 8  # server names are looked for in the payloads of a flow's first packets (pclip_jax/data/names.py)
 
@@ -87,8 +87,10 @@ class FlowTracker:
     """Streams PacketBatches of one capture into flows; ``finish()`` returns the finished flows as arrays."""
 
     def __init__(self, packets: int = 16, nbytes: int = 128, idle_timeout: float = 120.0,
-                 active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024):
+                 active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024,
+                 payload_rows: bool = False):
         self.K, self.B, self.mask = packets, nbytes, mask
+        self.payload_rows = payload_rows  # rows from packets that carry transport payload only (no bare ACKs)
         self.idle = int(idle_timeout * 1e9)
         self.active = int(active_timeout * 1e9)
         self.key2slot: dict[bytes, int] = {}
@@ -114,7 +116,7 @@ class FlowTracker:
         s["imin"] = np.full((n, 2), np.inf)
         s["first_idx"] = np.full((n, 2), -1, np.int64)
         s["fin"] = np.zeros((n, 2), bool)
-        s.update({name: np.zeros(n, np.int64) for name in ("first_ts", "last_ts", "first_pkt", "npk", "ia_n")})
+        s.update({name: np.zeros(n, np.int64) for name in ("first_ts", "last_ts", "first_pkt", "npk", "nrow", "ia_n")})
         s.update({name: np.zeros(n, np.float64) for name in ("ia_sum", "ia_sq", "ia_max")})
         s["ia_min"] = np.full(n, np.inf)
         s.update({name: np.zeros(n, bool) for name in ("rst", "client_lo", "active")})
@@ -345,10 +347,19 @@ class FlowTracker:
         s["last_ts"][seg_slot] = np.maximum(s["last_ts"][seg_slot], np.maximum.reduceat(ts, seg_start))
         s["npk"][seg_slot] += seg_len
 
-        # The first K packets of each flow become rows of the tensors.
-        r = np.nonzero(pkt_idx < K)[0]
+        # The first K packets of each flow (with payload_rows: the first K that carry payload) become rows.
+        if self.payload_rows:
+            has = (pay > 0).astype(np.int64)
+            before = np.cumsum(has) - has  # payload packets earlier in this chunk
+            row_idx = s["nrow"][p_slot] + before - before[seg_start][seg_of]
+            s["nrow"][seg_slot] += add(has, seg_start)
+            r = np.nonzero((has > 0) & (row_idx < K))[0]
+        else:
+            row_idx = pkt_idx
+            s["nrow"][seg_slot] += seg_len
+            r = np.nonzero(pkt_idx < K)[0]
         if len(r):
-            rs, ri, rd = p_slot[r], pkt_idx[r], dirn[r]
+            rs, ri, rd = p_slot[r], row_idx[r], dirn[r]
             rows = tensors.extract_rows(batch.buf, ip_off[r], ip_end[r], self.B)
             if self.mask:
                 tok = tcp_ok[r]
@@ -358,7 +369,7 @@ class FlowTracker:
                 ack = capture._be32(base, at + 8)
                 rel_seq = np.where(tok, (seq - s["base_seq"][rs, rd]) & 0xFFFFFFFF, 0)
                 peer_first = s["first_idx"][rs, 1 - rd]
-                ack_ok = tok & (fl[r] & 0x10 > 0) & (peer_first >= 0) & (peer_first < ri)
+                ack_ok = tok & (fl[r] & 0x10 > 0) & (peer_first >= 0) & (peer_first < pkt_idx[r])
                 rel_ack = np.where(ack_ok, (ack - s["base_seq"][rs, 1 - rd]) & 0xFFFFFFFF, 0)
                 tensors.mask_rows(rows, h.ipver[pidx[r]], proto[r], l4[r], rel_seq, rel_ack)
                 tensors.mask_session_ids(rows, proto[r], l4[r])

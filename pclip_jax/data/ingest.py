@@ -45,6 +45,14 @@ class IngestConfig:
     strict: bool = False  # any capture problem raises IngestError
     workers: int = 1  # processes; files are spread over them
     chunk_bytes: int = 16 << 20  # read size (two buffers of this size are held)
+    payload_rows: bool = False  # tensor rows from the first K packets that carry payload (bare ACKs skipped)
+
+    @classmethod
+    def from_data_config(cls, data_config, **overrides) -> "IngestConfig":
+        """The ingest settings of a model config's `data` block (what its packet tower was trained on)."""
+        d = data_config
+        return cls(packets=int(d.packets), bytes=int(d.bytes), mask=bool(d.mask),
+                   payload_rows=bool(d.get("payload_rows", False)), **overrides)
 
     def __post_init__(self):
         for name in ("packets", "bytes", "workers", "chunk_bytes"):
@@ -242,7 +250,7 @@ def _columns(capture_name, f: dict, config: IngestConfig):
         "sizes": f["sizes"],
         "iat": f["iat"],
         "tcp_flags": f["tcp_flags"],
-        "num_packets": np.minimum(f["npk"], config.packets).astype(np.int32),
+        "num_packets": np.minimum(f["nrow"], config.packets).astype(np.int32),
         "stats": f["stats"],
     }
     return meta, tens
@@ -262,7 +270,7 @@ def ingest_file(path: str | os.PathLike, name: str, config: IngestConfig,
     except OSError:
         expected = 0
     tracker = flows.FlowTracker(config.packets, config.bytes, config.idle_timeout, config.active_timeout,
-                                config.mask, expected_flows=expected)
+                                config.mask, expected_flows=expected, payload_rows=config.payload_rows)
     counts = dict(packets=0, ip_packets=0, later_fragments=0, non_ip=0, malformed=0)
     done = 0
     for batch in capture.read_batches(path, errors, config.chunk_bytes, name=name):

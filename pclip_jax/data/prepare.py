@@ -109,7 +109,7 @@ def _keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str)
 
 def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = True) -> PreparedFlows:
     inputs, label_spec = resolve_inputs(data_config)
-    ingest_config = IngestConfig(packets=data_config.packets, bytes=data_config.bytes, mask=data_config.mask)
+    ingest_config = IngestConfig.from_data_config(data_config)
     cache_root = pathlib.Path(data_config.get("cache_dir") or pathlib.Path(workdir) / "cache")
     table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
     level = data_config.label_level
