@@ -3,8 +3,8 @@
     python benchmarks/baseline_trees.py [--config configs/quickstart.py] [--seeds 0,1,2] [--json OUT]
 
 Extremely randomised trees (500, balanced class weights) on (a) the signed sizes and log inter-arrival times of
-the first K packets — what flow-statistics classifiers see — and (b) those plus the first B masked bytes of the
-first 8 packets. Train on the training captures (validation included: no model selection here), test on the test
+the first K packets — what flow-statistics classifiers see — (b) those plus the first B masked bytes of the
+first 8 packets, and (c) those plus the server-name vector the packet tower reads (`data.use_names`). Train on the training captures (validation included: no model selection here), test on the test
 captures; level-1 classes with enough training flows, as in the main job.
 """
 from __future__ import annotations
@@ -20,12 +20,17 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 
-def features(tensors: dict, idx: np.ndarray, with_bytes: bool) -> np.ndarray:
+VARIANTS = {"sizes_iat": (False, False), "sizes_iat_bytes": (True, False), "sizes_iat_bytes_names": (True, True)}
+
+
+def features(tensors: dict, idx: np.ndarray, with_bytes: bool, with_names: bool = False) -> np.ndarray:
     sizes = tensors["sizes"][idx].astype(np.float32)
     iat = np.log1p(np.maximum(tensors["iat"][idx], 0.0) * 1e3)
     parts = [sizes, iat]
     if with_bytes:
         parts.append(tensors["bytes"][idx][:, :8].reshape(len(idx), -1).astype(np.float32))
+    if with_names:
+        parts.append(tensors["name_vec"][idx].astype(np.float32))
     return np.concatenate(parts, 1)
 
 
@@ -42,24 +47,28 @@ def main(argv=None) -> int:
     from pclip_jax.config_files import load_config
     from pclip_jax.data.prepare import prepare_flows
     from pclip_jax.metrics import classification_report
+    from pclip_jax.name_features import NameEncoder
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         config = load_config(args.config, [f"data.split_seed={seed}"])
         prepared = prepare_flows(config.data, args.workdir, progress=False)
+        prepared.table.tensors["name_vec"] = NameEncoder(config.text.encoder)(prepared.table.meta["server_name"])
         train_idx = np.concatenate([prepared.train_idx, prepared.val_idx])
         y_train, y_test = prepared.class_ids[train_idx], prepared.class_ids[prepared.test_idx]
         keep_train, keep_test = y_train >= 0, y_test >= 0
         row = {"seed": seed}
-        for name, with_bytes in (("sizes_iat", False), ("sizes_iat_bytes", True)):
+        for name, (with_bytes, with_names) in VARIANTS.items():
             clf = ExtraTreesClassifier(500, n_jobs=-1, random_state=0, class_weight="balanced")
-            clf.fit(features(prepared.table.tensors, train_idx[keep_train], with_bytes), y_train[keep_train])
+            clf.fit(features(prepared.table.tensors, train_idx[keep_train], with_bytes, with_names),
+                    y_train[keep_train])
             proba = np.zeros((int(keep_test.sum()), len(prepared.class_names)))
             proba[:, clf.classes_] = clf.predict_proba(
-                features(prepared.table.tensors, prepared.test_idx[keep_test], with_bytes))
+                features(prepared.table.tensors, prepared.test_idx[keep_test], with_bytes, with_names))
             row[name] = classification_report(y_test[keep_test], proba, prepared.class_names)["mauc"]
         rows.append(row)
-        print(f"seed {seed}: mAUC sizes+IAT {row['sizes_iat']:.3f}, + bytes {row['sizes_iat_bytes']:.3f}", flush=True)
+        print(f"seed {seed}: mAUC sizes+IAT {row['sizes_iat']:.3f}, + bytes {row['sizes_iat_bytes']:.3f}, "
+              f"+ names {row['sizes_iat_bytes_names']:.3f}", flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
