@@ -41,6 +41,7 @@ def get_config():
     config.model.mlp_ratio = 2
     config.model.dropout = 0.1
     config.model.embed_dim = 256
+    config.model.name_dim = 384                      # server-name vector width = the text encoder's hidden size
 
     config.text = ml_collections.ConfigDict()
     config.text.encoder = "sentence-transformers/all-MiniLM-L6-v2"  # HF repo id or a local directory

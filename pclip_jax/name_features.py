@@ -57,17 +57,10 @@ class NameEncoder:
         return vecs.astype(np.float16)[inverse.reshape(-1)] if len(names) else np.zeros((0, self.dim), np.float16)
 
 
-def name_dim(model_path: str | pathlib.Path) -> int:
-    """Width of the name vectors for this text encoder (its `hidden_size`), without loading the table."""
-    import json
-
-    from pclip_jax.models.text_tower import resolve_model_dir
-
-    path = resolve_model_dir(model_path) / "config.json"
-    try:
-        return int(json.loads(path.read_text())["hidden_size"])
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the encoder's hidden_size for server-name features ({e})") from None
+def name_dim(config) -> int:
+    """Width of the name vectors the packet tower expects: `model.name_dim`, the text encoder's hidden size
+    (384 for all-MiniLM-L6-v2). A config value, so shapes are known without loading the encoder."""
+    return int(config.model.get("name_dim", 384))
 
 
 def attach_name_features(table, config) -> None:
@@ -77,4 +70,8 @@ def attach_name_features(table, config) -> None:
     if "server_name" not in table.meta:
         raise ValueError("the flow table has no 'server_name' column (written by pclip_jax >= 0.2 ingest); "
                          "re-ingest the captures or set data.use_names=False")
-    table.tensors[NAME_KEY] = NameEncoder(config.text.encoder)(table.meta["server_name"])
+    encoder = NameEncoder(config.text.encoder)
+    if encoder.dim != name_dim(config):
+        raise ValueError(f"{config.text.encoder}: word embeddings are {encoder.dim} wide but model.name_dim is "
+                         f"{name_dim(config)}; set --config.model.name_dim={encoder.dim}")
+    table.tensors[NAME_KEY] = encoder(table.meta["server_name"])

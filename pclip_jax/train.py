@@ -107,7 +107,7 @@ def dummy_batch(config, n: int = 1, text_dim: int = 384) -> dict:
             "iat": np.zeros((n, k), np.float32), "tcp_flags": np.zeros((n, k), np.uint8),
             "text": np.zeros((n, text_dim), np.float32), "valid": np.ones((n,), bool),
             "class_id": np.zeros((n,), np.int32),
-            **({NAME_KEY: np.zeros((n, name_dim(config.text.encoder)), np.float16)}
+            **({NAME_KEY: np.zeros((n, name_dim(config)), np.float16)}
                if config.data.get("use_names", False) else {})}
 
 
