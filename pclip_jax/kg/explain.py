@@ -24,30 +24,20 @@ from pclip_jax.kg.gnn import GnnConfig, HierarchicalGNN, predict
 
 
 def _forward_fn(model: HierarchicalGNN, layout: kg_graphs.KGLayout):
+    # One compiled function serves both the prediction and the per-description scores (same shapes).
     return jax.jit(lambda p, g, t: predict(model, p, g, t, layout))
 
 
-def _slot_scores_fn(model: HierarchicalGNN, layout: kg_graphs.KGLayout):
-    # Node scores under every description slot in one call: the GNN vmapped over the slot tables [S, N, D].
-    return jax.jit(lambda p, g, tables: jax.vmap(
-        lambda t: predict(model, p, g, t, layout)["outputs"]["score"])(tables))
-
-
 def explain_flows(model_config: GnnConfig, params: Any, prepared, flow_embeddings: np.ndarray,
-                  flow_facts: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 256) -> list[dict]:
+                  flow_facts: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 64) -> list[dict]:
     """One explanation dict per flow (see the module docstring). `prepared` is `train_gnn.prepare_kg(...)`."""
     layout, kg = prepared.layout, prepared.kg
     model = HierarchicalGNN(model_config)
     pred_fn = _forward_fn(model, layout)
-    slot_fn = _slot_scores_fn(model, layout)
     emb = np.asarray(flow_embeddings, np.float32)
     table = jnp.asarray(prepared.embeddings)
     desc, desc_mask = prepared.text["descriptions"], prepared.text["description_mask"]
     per, budget = layout.nodes_per_graph, kg_graphs.padding_budget(layout, batch_size)
-    # Text table of each description slot [S, N, D]; a node with fewer descriptions repeats its first one in the
-    # empty slots (masked out below).
-    slot_tables = jnp.asarray(np.stack([np.where(desc_mask[:, d:d + 1], desc[:, d], desc[:, 0])
-                                        for d in range(desc.shape[1])]))
     names1, names2 = layout.class_names(1), layout.class_names(2)
     out: list[dict] = []
     for start in range(0, len(emb), batch_size):
@@ -55,7 +45,13 @@ def explain_flows(model_config: GnnConfig, params: Any, prepared, flow_embedding
         b = len(chunk)
         graphs = kg_graphs.build_batch(layout, chunk, budget=budget, node_prior=prepared.prior)
         res = jax.device_get(pred_fn(params, graphs, table))
-        slot_scores = np.asarray(slot_fn(params, graphs, slot_tables))  # [slots, nodes of the batch]
+        # Score of every node under each description slot: [slots, N]. A node with fewer descriptions repeats its
+        # first one in the empty slots (masked out below).
+        slot_scores = []
+        for d in range(desc.shape[1]):
+            t = np.where(desc_mask[:, d:d + 1], desc[:, d], desc[:, 0])
+            slot_scores.append(np.asarray(pred_fn(params, graphs, jnp.asarray(t))["outputs"]["score"]))
+        slot_scores = np.stack(slot_scores)
         attn = [np.asarray(a).mean(-1) for a in res["outputs"]["attention"]]   # per layer [E]
         e_per = layout.edges_per_graph
         for i in range(b):
