@@ -42,6 +42,7 @@ def get_config():
     config.model.dropout = 0.1
     config.model.embed_dim = 256
     config.model.name_dim = 384                      # server-name vector width = the text encoder's hidden size
+    config.model.name_fusion = "both"                # the name as a token and added to the pooled output ("token": only the token)
 
     config.text = ml_collections.ConfigDict()
     config.text.encoder = "sentence-transformers/all-MiniLM-L6-v2"  # HF repo id or a local directory

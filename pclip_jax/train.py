@@ -61,7 +61,8 @@ def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
                                pool_queries=m.get("pool_queries", 1),
                                byte_dim=m.byte_dim, width=m.width, depth=m.depth, heads=m.heads,
                                mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                               names=bool(config.data.get("use_names", False)), dtype=dtype)
+                               names=bool(config.data.get("use_names", False)),
+                               name_fusion=m.get("name_fusion", "both"), dtype=dtype)
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
 
 

@@ -38,6 +38,7 @@ class PacketTowerConfig:
     mlp_ratio: int = 2
     dropout: float = 0.0
     names: bool = False        # a server-name token (needs `name_vec` inputs)
+    name_fusion: str = "both"  # "token": one more transformer token; "both": also added to the pooled output
     dtype: Any = jnp.float32   # compute dtype (bf16 on accelerators); parameters stay float32
 
 
@@ -124,4 +125,8 @@ class PacketTower(nn.Module):
         h = nn.LayerNorm(dtype=cfg.dtype, name="final_norm")(h)
         w = present.astype(cfg.dtype)[..., None]
         pooled = (h * w).sum(1) / w.sum(1)
+        if cfg.names and cfg.name_fusion == "both":
+            # Late path: the name reaches the output directly (no bias: a flow without a name adds exactly 0).
+            pooled = pooled + nn.Dense(cfg.width, use_bias=False, dtype=cfg.dtype, name="name_out")(
+                name_vec.astype(cfg.dtype))
         return pooled.astype(jnp.float32)
