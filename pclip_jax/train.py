@@ -62,7 +62,7 @@ def model_config(config: ml_collections.ConfigDict) -> TwoTowerConfig:
                                byte_dim=m.byte_dim, width=m.width, depth=m.depth, heads=m.heads,
                                mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                                names=bool(config.data.get("use_names", False)),
-                               name_fusion=m.get("name_fusion", "both"), dtype=dtype)
+                               name_fusion=m.get("name_fusion", "token"), dtype=dtype)
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
 
 

@@ -38,7 +38,7 @@ class PacketTowerConfig:
     mlp_ratio: int = 2
     dropout: float = 0.0
     names: bool = False        # a server-name token (needs `name_vec` inputs)
-    name_fusion: str = "both"  # "token": one more transformer token; "both": also added to the pooled output
+    name_fusion: str = "token"  # "token": one more transformer token; "both": also added to the pooled output
     dtype: Any = jnp.float32   # compute dtype (bf16 on accelerators); parameters stay float32
 
 
