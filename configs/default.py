@@ -81,6 +81,7 @@ def get_config():
 
     # Detection stage: hierarchical GNN over the mission knowledge graph, on the frozen towers.
     config.gnn = ml_collections.ConfigDict()
+    config.gnn.node_prompts = True                   # node text = graph descriptions + pre-training prompts
     config.gnn.enabled = True
     config.gnn.kg = "ndpi"                            # a graph in configs/kg/ or a path to a YAML file
     config.gnn.mission = ""                           # a mission name from the graph, or a statement

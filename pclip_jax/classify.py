@@ -118,7 +118,7 @@ def _prepare_kg(config, model, params, featurizer, cache_dir, mission: Optional[
         print(f"[classify] mission {resolved.name!r}: focus {list(resolved.focus)}"
               f"{'; weights ' + weights if weights else ''}"
               f"{'' if resolved.keep_others else '; other classes removed'}", file=sys.stderr)
-    return train_gnn.prepare_kg(kg, encode, mission=resolved)
+    return pipeline.blend_pretraining_prompts(train_gnn.prepare_kg(kg, encode, mission=resolved), config, encode)
 
 
 def load_classifier(workdir: str | pathlib.Path, mission: Optional[str] = None) -> Classifier:

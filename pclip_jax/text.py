@@ -126,6 +126,11 @@ def _lookup(name: str, descriptions: Mapping[str, Sequence[str]]) -> Sequence[st
     return ()
 
 
+def has_phrasings(name: str, descriptions: Mapping[str, Sequence[str]]) -> bool:
+    """Whether `name` (matched as `class_prompts` matches it) has its own phrasings."""
+    return bool(_lookup(name, descriptions))
+
+
 def class_prompts(class_name: str, descriptions: Mapping[str, Sequence[str]]) -> list[str]:
     """All prompts for one class: every template × every phrasing of the class.
 

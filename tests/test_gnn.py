@@ -210,3 +210,30 @@ def test_pmap_batches_stack_per_device(prepared, flows):
     # Second step: 8 flows on 4 devices of 3 → the last device holds only padding, every label -1.
     assert (batches[1].globals["level1"][3] == -1).all()
     assert batches[0].nodes["kg_index"].shape == batches[1].nodes["kg_index"].shape
+
+
+def test_node_prompts_pull_class_nodes_to_the_zero_shot_prompts(encoder):
+    """With gnn.node_prompts, a level-1 node's text embedding moves towards the mean of the zero-shot prompts of
+    its class (what the towers were aligned on); nodes without phrasings and the explanation slots are untouched."""
+    import ml_collections
+
+    from pclip_jax import text as text_lib
+    from pclip_jax.kg.pipeline import blend_pretraining_prompts
+
+    kg = load_kg(shipped_kg_path("ndpi"))
+    plain = prepare_kg(kg, encoder)
+    config = ml_collections.ConfigDict({"gnn": {"node_prompts": True}, "text": {"descriptions": ""}})
+    blended = blend_pretraining_prompts(prepare_kg(kg, encoder), config, encoder)
+    descriptions = text_lib.load_class_descriptions()
+    moved = 0
+    for m, node in enumerate(kg.nodes):
+        if node.level != 1:
+            continue
+        p = np.asarray(encoder(text_lib.class_prompts(node.id, descriptions)), np.float32)
+        target = (p / np.linalg.norm(p, axis=1, keepdims=True)).mean(0)
+        assert blended.embeddings[m] @ target > plain.embeddings[m] @ target
+        moved += 1
+    assert moved >= 10
+    np.testing.assert_array_equal(blended.text["descriptions"], plain.text["descriptions"])
+    root = kg.index(kg.root.id)
+    np.testing.assert_array_equal(blended.embeddings[root], plain.embeddings[root])

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pclip_jax import metrics as metrics_lib
+from pclip_jax import text as text_lib
 from pclip_jax.kg import schema, train_gnn
 from pclip_jax.kg.missions import resolve_mission
 from pclip_jax.models.two_towers import TwoTowerConfig
@@ -41,7 +42,29 @@ def prepare_workdir_kg(config, model, params, featurizer, cache_dir, mission=Non
     kg = schema.load_kg(kg_path(config))
     mission = resolve_mission(kg, mission if mission is not None else (config.gnn.mission or None))
     encode = shared_space_encoder(model, params, featurizer, cache_dir)
-    return train_gnn.prepare_kg(kg, encode, cache_dir=None, mission=mission)
+    return blend_pretraining_prompts(train_gnn.prepare_kg(kg, encode, cache_dir=None, mission=mission), config,
+                                     encode)
+
+
+def blend_pretraining_prompts(pkg, config, encode):
+    """With `gnn.node_prompts`: a node that names a class or application with pre-training phrasings
+    (pclip_jax/data/class_descriptions.yaml) gets, as its text embedding, the normalised mean over its own
+    descriptions *and* the zero-shot prompts the towers were aligned on, so the untrained GNN's similarity term
+    starts from the zero-shot decision instead of from the graph's differently worded descriptions (in place;
+    the per-description embeddings that explanations choose from are the graph's own)."""
+    if not config.gnn.get("node_prompts", False):
+        return pkg
+    descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
+    nodes = pkg.text["nodes"] = np.array(pkg.text["nodes"], np.float32)
+    desc, mask = pkg.text["descriptions"], pkg.text["description_mask"]
+    for m, node in enumerate(pkg.kg.nodes):
+        if node.level < 1 or not text_lib.has_phrasings(node.id, descriptions):
+            continue
+        prompts = np.array(encode(text_lib.class_prompts(node.id, descriptions)), np.float32)
+        prompts /= np.maximum(np.linalg.norm(prompts, axis=1, keepdims=True), 1e-9)
+        mean = np.concatenate([desc[m][mask[m]], prompts]).mean(0)
+        nodes[m] = mean / max(float(np.linalg.norm(mean)), 1e-9)
+    return pkg
 
 
 def gnn_train_config(config, params=None) -> dict:
