@@ -57,13 +57,18 @@ def blend_pretraining_prompts(pkg, config, encode):
     descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
     nodes = pkg.text["nodes"] = np.array(pkg.text["nodes"], np.float32)
     desc, mask = pkg.text["descriptions"], pkg.text["description_mask"]
-    for m, node in enumerate(pkg.kg.nodes):
-        if node.level < 1 or not text_lib.has_phrasings(node.id, descriptions):
-            continue
-        prompts = np.array(encode(text_lib.class_prompts(node.id, descriptions)), np.float32)
-        prompts /= np.maximum(np.linalg.norm(prompts, axis=1, keepdims=True), 1e-9)
-        mean = np.concatenate([desc[m][mask[m]], prompts]).mean(0)
+    chosen = [m for m, node in enumerate(pkg.kg.nodes)
+              if node.level >= 1 and text_lib.has_phrasings(node.id, descriptions)]
+    prompts = [text_lib.class_prompts(pkg.kg.nodes[m].id, descriptions) for m in chosen]
+    if not chosen:
+        return pkg
+    emb = np.array(encode([t for p in prompts for t in p]), np.float32)  # one call: one batch pass, one cache file
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
+    start = 0
+    for m, p in zip(chosen, prompts):
+        mean = np.concatenate([desc[m][mask[m]], emb[start:start + len(p)]]).mean(0)
         nodes[m] = mean / max(float(np.linalg.norm(mean)), 1e-9)
+        start += len(p)
     return pkg
 
 
