@@ -386,16 +386,15 @@ class FlowTracker:
         """Record the server name of flows still without one, from the client's payloads among the first
         NAME_PACKETS packets. A vectorised look at the first payload bytes keeps the Python parsers for packets
         that can hold a name: a TLS/DTLS ClientHello, an HTTP/SSDP request line, a DNS-format question."""
-        cand = client & (k < NAME_PACKETS) & (end - start >= 6) & ((proto == 6) | (proto == 17))
-        if not cand.any():
+        idx = np.nonzero(client & (k < NAME_PACKETS) & (end - start >= 6) & ((proto == 6) | (proto == 17)))[0]
+        if not len(idx):
             return
-        at = np.where(cand, start, 0)
-        b = [buf[np.minimum(at + j, len(buf) - 1)] for j in range(6)]
+        at = start[idx]  # only these packets' first payload bytes are read (the packet is >= 6 bytes past them)
+        b = [buf[at + j] for j in range(6)]
         tls = (b[0] == 0x16) & (((b[1] == 0x03) & (b[5] == 0x01)) | (b[1] == 0xFE))
         http = np.isin(b[0], names.HTTP_FIRST_BYTES) & (b[1] >= 0x41) & (b[1] <= 0x5A)  # two capital letters
-        dns = (proto == 17) & (((b[2] >> 3) & 0x0F) == 0) & (b[4] == 0) & (b[5] >= 1)  # opcode QUERY, 1+ question
-        cand &= tls | http | dns
-        for i in np.nonzero(cand)[0].tolist():
+        dns = (proto[idx] == 17) & (((b[2] >> 3) & 0x0F) == 0) & (b[4] == 0) & (b[5] >= 1)  # QUERY, 1+ question
+        for i in idx[tls | http | dns].tolist():
             f = int(fid[i])
             if f in self.names:
                 continue
