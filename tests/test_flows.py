@@ -179,12 +179,16 @@ def _addr_bytes(ip):
     return ipaddress.ip_address(ip).packed
 
 
+def _masked_and_plain(ndpi_dir, name):
+    """The same capture ingested with the default masking and without any."""
+    path = ndpi_dir / "pcap" / name
+    return ingest_file(path, name, IngestConfig()), ingest_file(path, name, IngestConfig(mask=False))
+
+
 @pytest.mark.parametrize("name", ["1kxun.pcap", "quic_interop_V.pcapng", "6in4tunnel.pcap", "anyconnect-vpn.pcap",
                                   "KakaoTalk_chat.pcap", "wechat.pcap"])
 def test_masked_tensors_hold_no_ip_address_of_the_flow(ndpi_dir, name):
-    path = ndpi_dir / "pcap" / name
-    masked = ingest_file(path, name, IngestConfig())
-    plain = ingest_file(path, name, IngestConfig(mask=False))
+    masked, plain = _masked_and_plain(ndpi_dir, name)
     leaks_plain = 0
     for r in range(len(masked)):
         addrs = {_addr_bytes(masked.meta["client_ip"][r]), _addr_bytes(masked.meta["server_ip"][r])}
@@ -277,9 +281,7 @@ def _session_id_spans(row: bytes) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("name", ["tls_verylong_certificate.pcap", "quic-33.pcapng", "wechat.pcap"])
 def test_per_session_random_values_are_zeroed(ndpi_dir, name):
-    path = ndpi_dir / "pcap" / name
-    masked = ingest_file(path, name, IngestConfig())
-    plain = ingest_file(path, name, IngestConfig(mask=False))
+    masked, plain = _masked_and_plain(ndpi_dir, name)
     found = 0
     for f in range(len(masked)):
         for k in range(int(masked.tensors["num_packets"][f])):
