@@ -5,7 +5,8 @@
 Extremely randomised trees (500, balanced class weights) on (a) the signed sizes and log inter-arrival times of
 the first K packets — what flow-statistics classifiers see — (b) those plus the first B masked bytes of the
 first 8 packets, and (c) those plus the server-name vector the packet tower reads (`data.use_names`). Train on the training captures (validation included: no model selection here), test on the test
-captures; level-1 classes with enough training flows, as in the main job.
+captures; level-1 classes with enough training flows, as in the main job. Each mAUC is also split into test flows
+whose application (level-2 label) some training flow has ("seen") and the rest ("novel"), as the main job reports.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
 
     from pclip_jax.config_files import load_config
     from pclip_jax.data.prepare import prepare_flows
-    from pclip_jax.metrics import classification_report
+    from pclip_jax.metrics import NOVEL, SEEN, by_application_novelty, classification_report
     from pclip_jax.name_features import NameEncoder
 
     rows = []
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
         prepared = prepare_flows(config.data, args.workdir, progress=False)
         prepared.table.tensors["name_vec"] = NameEncoder(config.text.encoder)(prepared.table.meta["server_name"])
         train_idx = np.concatenate([prepared.train_idx, prepared.val_idx])
+        apps = np.asarray(prepared.table.meta["level2"]).astype(str)
         y_train, y_test = prepared.class_ids[train_idx], prepared.class_ids[prepared.test_idx]
         keep_train, keep_test = y_train >= 0, y_test >= 0
         row = {"seed": seed}
@@ -66,9 +68,15 @@ def main(argv=None) -> int:
             proba[:, clf.classes_] = clf.predict_proba(
                 features(prepared.table.tensors, prepared.test_idx[keep_test], with_bytes, with_names))
             row[name] = classification_report(y_test[keep_test], proba, prepared.class_names)["mauc"]
+            halves = by_application_novelty(y_test[keep_test], proba, prepared.class_names,
+                                            apps[prepared.test_idx[keep_test]], set(apps[train_idx].tolist()) - {""})
+            row[f"{name}_seen"], row[f"{name}_novel"] = halves[SEEN]["mauc"], halves[NOVEL]["mauc"]
         rows.append(row)
-        print(f"seed {seed}: mAUC sizes+IAT {row['sizes_iat']:.3f}, + bytes {row['sizes_iat_bytes']:.3f}, "
-              f"+ names {row['sizes_iat_bytes_names']:.3f}", flush=True)
+        print(f"seed {seed}: mAUC (seen apps / novel apps) sizes+IAT {row['sizes_iat']:.3f} "
+              f"({row['sizes_iat_seen']:.3f} / {row['sizes_iat_novel']:.3f}), + bytes {row['sizes_iat_bytes']:.3f} "
+              f"({row['sizes_iat_bytes_seen']:.3f} / {row['sizes_iat_bytes_novel']:.3f}), + names "
+              f"{row['sizes_iat_bytes_names']:.3f} ({row['sizes_iat_bytes_names_seen']:.3f} / "
+              f"{row['sizes_iat_bytes_names_novel']:.3f})", flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

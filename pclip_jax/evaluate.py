@@ -124,6 +124,12 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
 
     test_metrics = metrics_lib.classification_report(y_test[keep_test], probe_scores, names)
     zs_metrics = metrics_lib.classification_report(y_test[keep_test], zs_scores, names)
+    apps = np.asarray(prepared.table.meta["level2"]).astype(str)
+    train_apps = sorted(set(apps[prepared.train_idx].tolist()) - {""})
+    test_apps = apps[prepared.test_idx][keep_test]
+    for report, scores in ((test_metrics, probe_scores), (zs_metrics, zs_scores)):
+        report["by_application_novelty"] = metrics_lib.by_application_novelty(
+            y_test[keep_test], scores, names, test_apps, train_apps)
     metrics_lib.plot_roc(y_test[keep_test], probe_scores, names, workdir / "roc_linear_probe.png",
                          "linear probe on frozen packet features (capture-disjoint test)")
     metrics_lib.plot_roc(y_test[keep_test], zs_scores, names, workdir / "roc_zero_shot.png",
@@ -131,13 +137,14 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     np.savez(workdir / PROBE_FILE, **probe)
     np.savez(workdir / CLASS_TEXT_FILE, features=prompt_feats, prompt_class=prompt_class)
     counts = train_lib.param_counts(params)
-    info = {"class_names": names, "label_level": config.data.label_level,
+    info = {"class_names": names, "label_level": config.data.label_level, "train_applications": train_apps,
             "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params)}}
     (workdir / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
     counts_train = np.bincount(y_train[keep_train], minlength=len(names))
     counts_test = np.bincount(y_test[keep_test], minlength=len(names))
-    print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]),
-          file=sys.stderr)
+    print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]
+                                   + metrics_lib.novelty_rows("probe", test_metrics)
+                                   + metrics_lib.novelty_rows("zero-shot", zs_metrics)), file=sys.stderr)
     test_metrics["probe_l2"] = l2
     test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
     results = {
@@ -220,17 +227,27 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
         prompt_feats, prompt_class = f["features"], f["prompt_class"]
     result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
               "label_level": level}
+    apps = np.asarray(table.meta["level2"]).astype(str)[idx]
+    train_apps = info.get("train_applications")  # None in older workdirs: no seen/novel breakdown
     if len(idx):
-        result["linear_probe"] = metrics_lib.classification_report(y[idx], linear_probe_scores(probe, feats), names)
-        result["zero_shot"] = metrics_lib.classification_report(
-            y[idx], zero_shot_scores(params, model, z, prompt_feats, prompt_class, len(names)), names)
-        print(metrics_lib.format_table([("linear probe", result["linear_probe"]),
-                                        ("zero-shot", result["zero_shot"])]), file=sys.stderr)
-    gnn_block = evaluate_gnn_on_flows(clf, z, labels[idx], np.asarray(table.meta["level2"]).astype(str)[idx]) \
-        if clf is not None and len(idx) else None
+        rows, halves = [], []
+        for key, title, scores in (
+                ("linear_probe", "linear probe", linear_probe_scores(probe, feats)),
+                ("zero_shot", "zero-shot", zero_shot_scores(params, model, z, prompt_feats, prompt_class,
+                                                            len(names)))):
+            result[key] = metrics_lib.classification_report(y[idx], scores, names)
+            if train_apps is not None:
+                result[key]["by_application_novelty"] = metrics_lib.by_application_novelty(
+                    y[idx], scores, names, apps, train_apps)
+            rows.append((title, result[key]))
+            halves += metrics_lib.novelty_rows(title, result[key])
+        print(metrics_lib.format_table(rows + halves), file=sys.stderr)
+    gnn_block = evaluate_gnn_on_flows(clf, z, labels[idx], apps, train_apps) if clf is not None and len(idx) \
+        else None
     if gnn_block is not None:
         result["gnn"] = gnn_block
-        print(metrics_lib.format_table([("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]),
+        print(metrics_lib.format_table([("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]
+                                       + metrics_lib.novelty_rows("GNN level 1", gnn_block["level1"])),
               file=sys.stderr)
     if unknown:
         print(f"[evaluate] classes unknown to the model, left out: {unknown}", file=sys.stderr)
@@ -250,13 +267,15 @@ def load_gnn_classifier(workdir):
     return load_classifier(workdir)
 
 
-def evaluate_gnn_on_flows(clf, flow_embeddings, level1, level2) -> dict:
-    """The `gnn` block (per-level metrics, hierarchical accuracy) for flows of known classes."""
+def evaluate_gnn_on_flows(clf, flow_embeddings, level1, level2, train_applications=None) -> dict:
+    """The `gnn` block (per-level metrics, hierarchical accuracy) for flows of known classes; with
+    `train_applications`, level 1 is also split into seen and novel applications."""
     from pclip_jax.kg import pipeline, train_gnn
 
     gcfg = pipeline.gnn_train_config(clf.config, clf.params)
     return train_gnn.evaluate_gnn(gcfg, clf.gnn_params, flow_embeddings, level1, level2, clf.kg,
-                                  min_flows_level2=clf.config.gnn.min_flows_level2)
+                                  min_flows_level2=clf.config.gnn.min_flows_level2,
+                                  train_applications=train_applications)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,6 +3,11 @@ accuracy, macro-F1 and the confusion matrix; a ROC plot per evaluation.
 
 Classes without a positive or without a negative in the evaluated set have no defined AUC: they are listed under
 `undefined_auc` and left out of the mean, never counted as 0.5.
+
+`by_application_novelty` splits a report by whether each test flow's application was among the training flows'
+applications: on a capture-disjoint split most test captures hold applications no training capture has (other
+protocols of the same service class), and the two halves measure different things (recognising a known
+application in a new capture vs. generalising a class to a new application).
 """
 from __future__ import annotations
 
@@ -42,6 +47,34 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: S
         "classes": list(class_names),
         "num_flows": int(len(y_true)),
     }
+
+
+SEEN, NOVEL = "seen_applications", "novel_applications"
+
+
+def by_application_novelty(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str],
+                           applications: Sequence[str], training_applications) -> dict:
+    """{SEEN: report, NOVEL: report}: `classification_report` restricted to the flows whose application is (is not)
+    in `training_applications`, without the confusion matrix. `applications` are the flows' level-2 labels."""
+    seen = np.isin(np.asarray(applications).astype(str), np.asarray(sorted(training_applications), dtype=str))
+    out = {}
+    for key, subset in ((SEEN, seen), (NOVEL, ~seen)):
+        if not subset.any():
+            out[key] = {"mauc": float("nan"), "accuracy": float("nan"), "macro_f1": float("nan"),
+                        "per_class_auc": {}, "num_flows": 0, "applications": []}
+            continue
+        report = classification_report(np.asarray(y_true)[subset], np.asarray(scores)[subset], class_names)
+        report.pop("confusion_matrix")
+        report["applications"] = sorted(set(np.asarray(applications).astype(str)[subset].tolist()))
+        out[key] = report
+    return out
+
+
+def novelty_rows(name: str, report: dict) -> list[tuple[str, dict]]:
+    """Rows for `format_table`: the report's seen/novel halves when it has them."""
+    halves = report.get("by_application_novelty") or {}
+    return [(f"{name}, {label}", halves[key]) for key, label in ((SEEN, "seen apps"), (NOVEL, "novel apps"))
+            if key in halves and halves[key]["num_flows"]]
 
 
 def plot_roc(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str], path: str | pathlib.Path,

@@ -32,6 +32,15 @@ def test_results_json_has_the_promised_blocks(workdir):
         assert np.isclose(m["mauc"], np.mean(list(m["per_class_auc"].values())))
     gnn = on_disk["gnn"]
     assert 0 < gnn["trainable_params"] <= 1_100_000 and gnn["flops_per_flow"] > 0
+    # Seen / novel applications partition the evaluated test flows; seen ones are exactly those whose
+    # application the pre-training flows had.
+    train_apps = set(json.loads((wd / "model_info.json").read_text())["train_applications"])
+    for report in (on_disk["test"], on_disk["zero_shot"], gnn["level1"]):
+        halves = report["by_application_novelty"]
+        seen, novel = halves["seen_applications"], halves["novel_applications"]
+        assert seen["num_flows"] + novel["num_flows"] == report["num_flows"]
+        assert set(seen["applications"]) <= train_apps and not set(novel["applications"]) & train_apps
+    assert on_disk["test"]["by_application_novelty"]["novel_applications"]["num_flows"] > 0
     assert {"level1", "level2", "hierarchical_accuracy"} <= set(gnn)
     for name in ("roc_linear_probe.png", "roc_zero_shot.png", "roc_gnn_level1.png", "metrics_train.jsonl"):
         assert (wd / name).stat().st_size > 0, name
@@ -52,6 +61,9 @@ def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, ndpi_di
     assert metrics["flows_evaluated"] + sum(metrics["unknown_classes"].values()) > 0
     if metrics["flows_evaluated"]:
         assert set(metrics["linear_probe"]["classes"]) == known
+        halves = metrics["zero_shot"]["by_application_novelty"]
+        assert halves["seen_applications"]["num_flows"] + halves["novel_applications"]["num_flows"] \
+            == metrics["flows_evaluated"]
         assert {"level1", "level2", "hierarchical_accuracy"} <= set(metrics["gnn"])
 
 

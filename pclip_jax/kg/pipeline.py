@@ -128,7 +128,8 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).
     keep = prepared.class_ids[te] >= 0
     block = train_gnn.evaluate_gnn(gcfg, gnn_params, embeddings["test"][keep], level1[te][keep],
-                                   level2[te][keep], pkg, min_flows_level2=config.gnn.min_flows_level2)
+                                   level2[te][keep], pkg, min_flows_level2=config.gnn.min_flows_level2,
+                                   train_applications=set(level2[prepared.train_idx].tolist()) - {""})
     probs = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["test"][keep], pkg)["prob1"]
     names1 = pkg.layout.class_names(1)
     y1 = np.array([names1.index(x) if x in names1 else -1 for x in level1[te][keep]])
@@ -136,7 +137,8 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     metrics_lib.plot_roc(y1[ok], probs[ok], names1, workdir / "roc_gnn_level1.png",
                          "hierarchical GNN, level 1 (capture-disjoint test)")
     print(metrics_lib.format_table([("GNN level 1 (test)", block["level1"]),
-                                    ("GNN level 2 (test)", block["level2"])]), file=sys.stderr)
+                                    ("GNN level 2 (test)", block["level2"])]
+                                   + metrics_lib.novelty_rows("GNN level 1", block["level1"])), file=sys.stderr)
     return block
 
 

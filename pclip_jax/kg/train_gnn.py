@@ -291,19 +291,23 @@ def predict_arrays(config: Any, params: Any, embeddings: np.ndarray, kg: Prepare
 
 
 def evaluate_gnn(config: Any, params: Any, embeddings: np.ndarray, labels_level1, labels_level2,
-                 kg: PreparedKG, min_flows_level2: int = 5, batch_size: int = 256, measure_flops: bool = True
-                 ) -> dict:
+                 kg: PreparedKG, min_flows_level2: int = 5, batch_size: int = 256, measure_flops: bool = True,
+                 train_applications=None) -> dict:
     """The `gnn` block of results.json: `trainable_params`, `flops_per_flow`, `level1`, `level2` (each with
     `mauc`, `accuracy`, `macro_f1`, `per_class_auc`, ...) and `hierarchical_accuracy` (both levels right, over
     flows whose app is known). `flops_per_flow` is measured on a batch of up to 64 of the flows (None when
-    `measure_flops` is False). Level-2 AUCs are reported for applications with ≥ `min_flows_level2` test flows."""
-    from pclip_jax.metrics import classification_report
+    `measure_flops` is False). Level-2 AUCs are reported for applications with ≥ `min_flows_level2` test flows.
+    With `train_applications`, level 1 also gets `by_application_novelty` (metrics.by_application_novelty)."""
+    from pclip_jax.metrics import by_application_novelty, classification_report
     cfg = GnnTrainConfig.from_config(config)
     y1, y2 = _slots(kg, labels_level1, labels_level2)
     pred = predict_arrays(cfg, params, embeddings, kg, batch_size)
     names1, names2 = kg.layout.class_names(1), kg.layout.class_names(2)
     k1 = y1 >= 0
     level1 = classification_report(y1[k1], pred["prob1"][k1], names1)
+    if train_applications is not None:
+        level1["by_application_novelty"] = by_application_novelty(
+            y1[k1], pred["prob1"][k1], names1, np.asarray(labels_level2).astype(str)[k1], train_applications)
     k2 = y2 >= 0
     if k2.any():
         level2 = classification_report(y2[k2], pred["prob2"][k2], names2)
