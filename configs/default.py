@@ -78,6 +78,9 @@ def get_config():
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1024
+    # Linear probe fitted per application and summed to classes ("class": one weight vector per class);
+    # docs/model.md, "Evaluation".
+    config.eval.probe_targets = "application"
 
     # Detection stage: hierarchical GNN over the mission knowledge graph, on the frozen towers.
     config.gnn = ml_collections.ConfigDict()

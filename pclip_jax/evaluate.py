@@ -48,25 +48,54 @@ def zero_shot_scores(params, model, flow_embeddings: np.ndarray, prompt_features
 
 
 PROBE_L2_GRID = (0.1, 1.0, 10.0, 100.0)
+PROBE_TARGETS = ("application", "class")
+
+
+def probe_targets(class_ids: np.ndarray, applications: Sequence[str], num_classes: int, mode: str = "application"
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """What the linear probe is fitted to: (targets [N], to_class [T, C] 0/1, target names).
+
+    "class": one target per service class (to_class is the identity). "application" (default): one target per
+    (class, application) pair of the given flows, each mapped to its class; the probe's class probability is the
+    sum of its applications'. A service class is a union of unrelated protocols (Web holds HTTP, TLS sites and
+    QUIC; Infrastructure holds DNS, NTP and SNMP), so one weight vector per class must fit several clusters at
+    once, one per application need not. A flow without an application counts as its class's own target.
+    """
+    class_ids = np.asarray(class_ids)
+    if mode == "class":
+        return class_ids.astype(np.int64), np.eye(num_classes, dtype=np.float32), [str(c) for c in range(num_classes)]
+    if mode != "application":
+        raise ValueError(f"eval.probe_targets must be one of {PROBE_TARGETS}, got {mode!r}")
+    apps = np.asarray(applications).astype(str)
+    keys = [f"{c}\t{a}" for c, a in zip(class_ids.tolist(), apps.tolist())]
+    names, targets = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
+    to_class = np.zeros((len(names), num_classes), np.float32)
+    to_class[np.arange(len(names)), [int(k.split("\t")[0]) for k in names]] = 1.0
+    return targets.reshape(-1).astype(np.int64), to_class, [k.split("\t", 1)[1] for k in names]
 
 
 def select_probe_l2(train_features, y_train, val_features, y_val, num_classes: int, seed: int = 0,
-                    grid: Sequence[float] = PROBE_L2_GRID) -> tuple[float, dict]:
+                    grid: Sequence[float] = PROBE_L2_GRID, to_class: Optional[np.ndarray] = None
+                    ) -> tuple[float, dict]:
     """The probe's L2 strength by mAUC on the validation captures (never the test split). The validation
     captures are also unseen by pre-training, unlike a cross-validation over training flows whose features the
-    tower has fitted. Without validation flows the default 1.0 is used."""
+    tower has fitted. Without validation flows the default 1.0 is used. `y_train` are probe targets
+    (`num_classes` of them), `y_val` class ids (`to_class.shape[1]` of them when targets are applications)."""
     if len(y_val) == 0 or len(np.unique(y_val)) < 2:
         return 1.0, {}
+    n_eval = num_classes if to_class is None else to_class.shape[1]
     scores = {}
     for l2 in grid:
-        probe = fit_linear_probe(train_features, y_train, num_classes, l2=l2, seed=seed)
+        probe = fit_linear_probe(train_features, y_train, num_classes, l2=l2, seed=seed, to_class=to_class)
         proba = linear_probe_scores(probe, val_features)
-        scores[l2] = metrics_lib.classification_report(y_val, proba, [str(c) for c in range(num_classes)])["mauc"]
+        scores[l2] = metrics_lib.classification_report(y_val, proba, [str(c) for c in range(n_eval)])["mauc"]
     return max(scores, key=lambda k: scores[k]), scores
 
 
-def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1.0, seed: int = 0) -> dict:
-    """Multinomial logistic regression on standardised frozen features; returned as arrays (saved as npz)."""
+def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1.0, seed: int = 0,
+                     to_class: Optional[np.ndarray] = None) -> dict:
+    """Multinomial logistic regression on standardised frozen features; returned as arrays (saved as npz).
+    With `to_class` ([num_classes targets, C]) the probe scores classes by summing its targets' probabilities."""
     from sklearn.linear_model import LogisticRegression
 
     mean, std = features.mean(0), features.std(0) + 1e-6
@@ -76,14 +105,19 @@ def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: 
     intercept = np.full((num_classes,), -1e4, np.float32)  # classes absent from train can never win
     coef[clf.classes_] = clf.coef_ if len(clf.classes_) > 2 else np.vstack([-clf.coef_, clf.coef_])
     intercept[clf.classes_] = clf.intercept_ if len(clf.classes_) > 2 else np.r_[-clf.intercept_, clf.intercept_]
-    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "coef": coef, "intercept": intercept}
+    probe = {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "coef": coef, "intercept": intercept}
+    if to_class is not None:
+        probe["to_class"] = np.asarray(to_class, np.float32)
+    return probe
 
 
 def linear_probe_scores(probe: dict, features: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, C] of a fitted probe (summed over a class's applications when it has them)."""
     logits = ((features - probe["mean"]) / probe["std"]) @ probe["coef"].T + probe["intercept"]
     logits -= logits.max(1, keepdims=True)
     p = np.exp(logits)
-    return p / p.sum(1, keepdims=True)
+    p /= p.sum(1, keepdims=True)
+    return p @ probe["to_class"] if "to_class" in probe else p
 
 
 # ----------------------------------------------------------------------------------------------- after training
@@ -112,11 +146,15 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     feats_val, z_val = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.val_idx, config.eval.batch_size)
     y_val = prepared.class_ids[prepared.val_idx]
     keep_val = y_val >= 0
-    l2, l2_scores = select_probe_l2(feats_train[keep_train], y_train[keep_train],
+    apps = np.asarray(prepared.table.meta["level2"]).astype(str)
+    targets_mode = config.eval.get("probe_targets", "application")
+    targets, to_class, target_names = probe_targets(y_train[keep_train], apps[prepared.train_idx][keep_train],
+                                                    len(names), targets_mode)
+    l2, l2_scores = select_probe_l2(feats_train[keep_train], targets,
                                     feats_val[keep_val] if len(feats_val) else feats_val, y_val[keep_val],
-                                    len(names), config.train.seed)
-    probe = fit_linear_probe(feats_train[keep_train], y_train[keep_train], len(names), l2=l2,
-                             seed=config.train.seed)
+                                    len(target_names), config.train.seed, to_class=to_class)
+    probe = fit_linear_probe(feats_train[keep_train], targets, len(target_names), l2=l2, seed=config.train.seed,
+                             to_class=to_class)
     probe_scores = linear_probe_scores(probe, feats_test[keep_test])
     descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
     prompt_feats, prompt_class, prompts = train_lib.class_text_features(names, featurizer, descriptions, cache_dir)
@@ -124,7 +162,6 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
 
     test_metrics = metrics_lib.classification_report(y_test[keep_test], probe_scores, names)
     zs_metrics = metrics_lib.classification_report(y_test[keep_test], zs_scores, names)
-    apps = np.asarray(prepared.table.meta["level2"]).astype(str)
     train_apps = sorted(set(apps[prepared.train_idx].tolist()) - {""})
     test_apps = apps[prepared.test_idx][keep_test]
     for report, scores in ((test_metrics, probe_scores), (zs_metrics, zs_scores)):
@@ -145,6 +182,7 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]
                                    + metrics_lib.novelty_rows("probe", test_metrics)
                                    + metrics_lib.novelty_rows("zero-shot", zs_metrics)), file=sys.stderr)
+    test_metrics["probe_targets"] = {"mode": targets_mode, "count": len(target_names)}
     test_metrics["probe_l2"] = l2
     test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
     results = {

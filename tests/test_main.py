@@ -41,6 +41,13 @@ def test_results_json_has_the_promised_blocks(workdir):
         assert seen["num_flows"] + novel["num_flows"] == report["num_flows"]
         assert set(seen["applications"]) <= train_apps and not set(novel["applications"]) & train_apps
     assert on_disk["test"]["by_application_novelty"]["novel_applications"]["num_flows"] > 0
+    # The probe is fitted per application and sums its applications' probabilities to each class.
+    targets = on_disk["test"]["probe_targets"]
+    with np.load(wd / "linear_probe.npz") as probe:
+        to_class, coef = probe["to_class"], probe["coef"]
+    assert targets["mode"] == "application" and targets["count"] == len(to_class) == len(coef)
+    assert targets["count"] > len(on_disk["test"]["classes"])  # more applications than classes
+    assert (to_class.sum(1) == 1).all() and (to_class.sum(0) >= 1).all()
     assert {"level1", "level2", "hierarchical_accuracy"} <= set(gnn)
     for name in ("roc_linear_probe.png", "roc_zero_shot.png", "roc_gnn_level1.png", "metrics_train.jsonl"):
         assert (wd / name).stat().st_size > 0, name
