@@ -87,3 +87,29 @@ def test_nan_guard_names_the_step(ndpi_dir, minilm_dir, tmp_path):
     prepared.table.tensors["iat"] = np.full_like(prepared.table.tensors["iat"], np.nan)
     with pytest.raises(train.NanLossError, match="at step 1"):
         train.train(config, tmp_path / "wd", prepared, texts, TwoTowers(train.model_config(config)), progress=False)
+
+
+def test_capture_splits_benchmark_reads_the_results_it_summarises(workdir):
+    """benchmarks/capture_splits.py summarises results.json files: every cell it reports is the number the
+    main job wrote (catches a renamed key), and mean/sd are over the splits."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "capture_splits.py"
+    spec = importlib.util.spec_from_file_location("capture_splits", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, results = workdir
+    row = bench.split_row(results)
+    assert row["linear probe"]["all"] == results["test"]["mauc"]
+    assert row["zero-shot"]["novel apps"] == \
+        results["zero_shot"]["by_application_novelty"]["novel_applications"]["mauc"]
+    assert row["GNN level 1"]["seen apps"] == \
+        results["gnn"]["level1"]["by_application_novelty"]["seen_applications"]["mauc"]
+    shifted = json.loads(json.dumps(row))
+    shifted["linear probe"]["all"] += 0.1
+    summary = bench.summarise([{"mauc": row}, {"mauc": shifted}])
+    cell = summary["linear probe"]["all"]
+    assert np.isclose(cell["mean"], results["test"]["mauc"] + 0.05)
+    assert np.isclose(cell["std"], 0.1 / np.sqrt(2))
+    assert "linear probe" in bench.format_summary([0, 1], summary)
