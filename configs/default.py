@@ -96,6 +96,8 @@ def get_config():
     config.gnn.log_every = 25
     config.gnn.checkpoint_every = 0
     config.gnn.min_flows_level2 = 5
+    config.gnn.eval_every = 25                       # validation level-1 mAUC; the best step is kept (early stopping)
+    config.gnn.fit_on = "train"                      # "train+validation": fit on both, no early stopping
     config.gnn.model = ml_collections.ConfigDict()
     config.gnn.model.hidden = 96
     config.gnn.model.num_layers = 2
