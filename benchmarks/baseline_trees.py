@@ -57,6 +57,7 @@ def main(argv=None) -> int:
         prepared.table.tensors["name_vec"] = NameEncoder(config.text.encoder)(prepared.table.meta["server_name"])
         train_idx = np.concatenate([prepared.train_idx, prepared.val_idx])
         apps = np.asarray(prepared.table.meta["level2"]).astype(str)
+        seen = prepared.applications(train_idx)
         y_train, y_test = prepared.class_ids[train_idx], prepared.class_ids[prepared.test_idx]
         keep_train, keep_test = y_train >= 0, y_test >= 0
         row = {"seed": seed}
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
                 features(prepared.table.tensors, prepared.test_idx[keep_test], with_bytes, with_names))
             row[name] = classification_report(y_test[keep_test], proba, prepared.class_names)["mauc"]
             halves = by_application_novelty(y_test[keep_test], proba, prepared.class_names,
-                                            apps[prepared.test_idx[keep_test]], set(apps[train_idx].tolist()) - {""})
+                                            apps[prepared.test_idx[keep_test]], seen)
             row[f"{name}_seen"], row[f"{name}_novel"] = halves[SEEN]["mauc"], halves[NOVEL]["mauc"]
         rows.append(row)
         print(f"seed {seed}: mAUC (seen apps / novel apps) sizes+IAT {row['sizes_iat']:.3f} "

@@ -162,7 +162,7 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
 
     test_metrics = metrics_lib.classification_report(y_test[keep_test], probe_scores, names)
     zs_metrics = metrics_lib.classification_report(y_test[keep_test], zs_scores, names)
-    train_apps = sorted(set(apps[prepared.train_idx].tolist()) - {""})
+    train_apps = prepared.applications(prepared.train_idx)
     test_apps = apps[prepared.test_idx][keep_test]
     for report, scores in ((test_metrics, probe_scores), (zs_metrics, zs_scores)):
         report["by_application_novelty"] = metrics_lib.by_application_novelty(

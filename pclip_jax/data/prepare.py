@@ -30,6 +30,11 @@ class PreparedFlows:
     dropped: dict                    # reason → flow count (filters and class thresholds)
     split_captures: dict             # split → sorted capture names
 
+    def applications(self, idx: np.ndarray) -> list[str]:
+        """Sorted distinct applications (level-2 labels) of the flows `idx` ('' = no application, left out): the
+        "seen" set of `metrics.by_application_novelty` when `idx` are the flows a model was fitted on."""
+        return sorted(set(np.asarray(self.table.meta["level2"]).astype(str)[idx].tolist()) - {""})
+
 
 def resolve_inputs(data_config) -> tuple[list[str], str]:
     """(capture inputs, label spec) from the config: `manual_dir` holds pcap/ and result/ (nDPI layout)."""
@@ -81,7 +86,8 @@ def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestC
     """Ingests and labels once; later runs with the same inputs and settings load the cached flow table."""
     from pclip_jax import __version__
 
-    key = json.dumps({"version": __version__, "code": _ingest_code_digest(), "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
+    key = json.dumps({"version": __version__, "code": _ingest_code_digest(),
+                      "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
                       "files": _fingerprint(inputs, label_spec), "labels": label_spec,
                       "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
     cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])

@@ -129,7 +129,7 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     keep = prepared.class_ids[te] >= 0
     block = train_gnn.evaluate_gnn(gcfg, gnn_params, embeddings["test"][keep], level1[te][keep],
                                    level2[te][keep], pkg, min_flows_level2=config.gnn.min_flows_level2,
-                                   train_applications=set(level2[prepared.train_idx].tolist()) - {""})
+                                   train_applications=prepared.applications(prepared.train_idx))
     probs = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["test"][keep], pkg)["prob1"]
     names1 = pkg.layout.class_names(1)
     y1 = np.array([names1.index(x) if x in names1 else -1 for x in level1[te][keep]])
