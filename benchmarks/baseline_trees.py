@@ -4,9 +4,10 @@
 
 Extremely randomised trees (500, balanced class weights) on (a) the signed sizes and log inter-arrival times of
 the first K packets — what flow-statistics classifiers see — (b) those plus the first B masked bytes of the
-first 8 packets, and (c) those plus the server-name vector the packet tower reads (`data.use_names`). Train on the training captures (validation included: no model selection here), test on the test
-captures; level-1 classes with enough training flows, as in the main job. Each mAUC is also split into test flows
-whose application (level-2 label) some training flow has ("seen") and the rest ("novel"), as the main job reports.
+first 8 packets, and (c) those plus the server-name vector the packet tower reads (`data.use_names`). Train on
+the training captures (validation included: no model selection here), test on the test captures; level-1 classes
+with enough training flows, as in the main job. Each mAUC is also split into test flows whose application
+(level-2 label) some training flow has ("seen") and the rest ("novel"), as the main job reports.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 
-VARIANTS = {"sizes_iat": (False, False), "sizes_iat_bytes": (True, False), "sizes_iat_bytes_names": (True, True)}
+# name: (with bytes, with names, label in the printout)
+VARIANTS = {"sizes_iat": (False, False, "sizes+IAT"), "sizes_iat_bytes": (True, False, "+ bytes"),
+            "sizes_iat_bytes_names": (True, True, "+ names")}
 
 
 def features(tensors: dict, idx: np.ndarray, with_bytes: bool, with_names: bool = False) -> np.ndarray:
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
         y_train, y_test = prepared.class_ids[train_idx], prepared.class_ids[prepared.test_idx]
         keep_train, keep_test = y_train >= 0, y_test >= 0
         row = {"seed": seed}
-        for name, (with_bytes, with_names) in VARIANTS.items():
+        for name, (with_bytes, with_names, _) in VARIANTS.items():
             clf = ExtraTreesClassifier(500, n_jobs=-1, random_state=0, class_weight="balanced")
             clf.fit(features(prepared.table.tensors, train_idx[keep_train], with_bytes, with_names),
                     y_train[keep_train])
@@ -73,11 +76,9 @@ def main(argv=None) -> int:
                                             apps[prepared.test_idx[keep_test]], seen)
             row[f"{name}_seen"], row[f"{name}_novel"] = halves[SEEN]["mauc"], halves[NOVEL]["mauc"]
         rows.append(row)
-        print(f"seed {seed}: mAUC (seen apps / novel apps) sizes+IAT {row['sizes_iat']:.3f} "
-              f"({row['sizes_iat_seen']:.3f} / {row['sizes_iat_novel']:.3f}), + bytes {row['sizes_iat_bytes']:.3f} "
-              f"({row['sizes_iat_bytes_seen']:.3f} / {row['sizes_iat_bytes_novel']:.3f}), + names "
-              f"{row['sizes_iat_bytes_names']:.3f} ({row['sizes_iat_bytes_names_seen']:.3f} / "
-              f"{row['sizes_iat_bytes_names_novel']:.3f})", flush=True)
+        cells = ", ".join(f"{label} {row[n]:.3f} ({row[n + '_seen']:.3f} / {row[n + '_novel']:.3f})"
+                          for n, (_, _, label) in VARIANTS.items())
+        print(f"seed {seed}: mAUC (seen apps / novel apps) {cells}", flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

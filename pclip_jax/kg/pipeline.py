@@ -59,9 +59,9 @@ def blend_pretraining_prompts(pkg, config, encode):
     desc, mask = pkg.text["descriptions"], pkg.text["description_mask"]
     chosen = [m for m, node in enumerate(pkg.kg.nodes)
               if node.level >= 1 and text_lib.has_phrasings(node.id, descriptions)]
-    prompts = [text_lib.class_prompts(pkg.kg.nodes[m].id, descriptions) for m in chosen]
     if not chosen:
         return pkg
+    prompts = [text_lib.class_prompts(pkg.kg.nodes[m].id, descriptions) for m in chosen]
     emb = np.array(encode([t for p in prompts for t in p]), np.float32)  # one call: one batch pass, one cache file
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
     start = 0
