@@ -12,7 +12,6 @@ standard deviation, and the same for the test flows of applications seen in trai
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -21,25 +20,18 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.main_job_runs import add_arguments, report_at, run_main_job, write_report  # noqa: E402
+
 EVALUATIONS = (("linear probe", ("test",)), ("zero-shot", ("zero_shot",)), ("GNN level 1", ("gnn", "level1")),
                ("GNN level 2", ("gnn", "level2")))
 HALVES = (("all", None), ("seen apps", "seen_applications"), ("novel apps", "novel_applications"))
-
-
-def report_of(results: dict, path: tuple) -> dict | None:
-    node = results
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-        if node is None:
-            return None
-    return node
 
 
 def split_row(results: dict) -> dict:
     """{evaluation: {half: mAUC}} of one split's results.json (NaN where an evaluation or half is absent)."""
     row = {}
     for name, path in EVALUATIONS:
-        report = report_of(results, path)
+        report = report_at(results, path)
         cells = {}
         for half, key in HALVES:
             part = report if key is None else (report or {}).get("by_application_novelty", {}).get(key)
@@ -78,37 +70,22 @@ def format_summary(seeds: list[int], summary: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.py"))
-    parser.add_argument("--workdir", required=True)
+    add_arguments(parser)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from absl import logging
-
-    from pclip_jax import train
-    from pclip_jax.config_files import load_config
-
-    logging.set_verbosity(logging.WARNING)
-    workdir = pathlib.Path(args.workdir)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for seed in seeds:
-        config = load_config(args.config, [*args.overrides, f"data.split_seed={seed}"])
-        if not config.data.cache_dir:
-            config.data.cache_dir = str(workdir / "cache")  # ingest and text features shared by all splits
-        print(f"=== capture split seed {seed} ===", file=sys.stderr)
-        results = train.train_and_evaluate(config, str(workdir / f"seed_{seed}"))
+        results = run_main_job(args, f"seed_{seed}", [f"data.split_seed={seed}"], f"capture split seed {seed}")
         rows.append({"seed": seed, "test_flows": results["test"]["num_flows"], "mauc": split_row(results)})
     summary = summarise(rows)
     print("\nmAUC on capture-disjoint test splits (seen / novel apps: test flows whose application the training "
           "flows have / do not have)")
     print(format_summary(seeds, summary))
-    report = {"config": args.config, "overrides": args.overrides, "seeds": seeds, "rows": rows, "summary": summary}
-    (workdir / "capture_splits.json").write_text(json.dumps(report, indent=2))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(args, "capture_splits.json",
+                 {"config": args.config, "overrides": args.overrides, "seeds": seeds, "rows": rows,
+                  "summary": summary})
     return 0
 
 

@@ -11,23 +11,20 @@ mAUC kept, and writes `scarcity.png` and `scarcity.json` in the workdir.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.main_job_runs import add_arguments, report_at, run_main_job, write_report  # noqa: E402
+
 STAGES = (("linear probe", ("test",)), ("zero-shot", ("zero_shot",)), ("GNN level 1", ("gnn", "level1")))
 
 
 def lookup(results: dict, path: tuple) -> float:
-    node = results
-    for key in path:
-        if key not in node:
-            return float("nan")
-        node = node[key]
-    return float(node["mauc"])
+    report = report_at(results, path)
+    return float(report["mauc"]) if report else float("nan")
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
@@ -52,29 +49,16 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.py"))
-    parser.add_argument("--workdir", required=True)
+    add_arguments(parser)
     parser.add_argument("--fractions", default="0.1,0.3,0.5,1.0")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from absl import logging
-
-    from pclip_jax import train
-    from pclip_jax.config_files import load_config
-
-    logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)
     fractions = sorted(float(f) for f in args.fractions.split(","))
     rows = []
     for fraction in fractions:
-        config = load_config(args.config, args.overrides)
-        config.data.fraction = fraction
-        if not config.data.cache_dir:
-            config.data.cache_dir = str(workdir / "cache")  # ingest and text features shared by all fractions
-        print(f"=== fraction {fraction:g} ===", file=sys.stderr)
-        results = train.train_and_evaluate(config, str(workdir / f"fraction_{fraction:g}"))
+        results = run_main_job(args, f"fraction_{fraction:g}", [f"data.fraction={fraction}"],
+                               f"fraction {fraction:g}")
         rows.append({"fraction": fraction, "train_flows": results["data"]["train_flows"],
                      "mauc": {name: lookup(results, path) for name, path in STAGES}})
     full = rows[-1]["mauc"]
@@ -83,11 +67,8 @@ def main(argv=None) -> int:
         cells = "".join(f"{r['mauc'][n]:>12.3f} ({r['mauc'][n] / full[n]:>5.1%})" for n, _ in STAGES)
         print(f"{r['fraction']:>9g}{r['train_flows']:>8d}{cells}")
     print("(in brackets: share of the mAUC reached with the largest fraction)")
-    report = {"config": args.config, "overrides": args.overrides, "rows": rows}
-    (workdir / "scarcity.json").write_text(json.dumps(report, indent=2))
+    write_report(args, "scarcity.json", {"config": args.config, "overrides": args.overrides, "rows": rows})
     plot(rows, workdir / "scarcity.png")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 
