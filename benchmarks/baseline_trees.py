@@ -52,11 +52,13 @@ def main(argv=None) -> int:
     from pclip_jax.data.prepare import prepare_flows
     from pclip_jax.metrics import NOVEL, SEEN, by_application_novelty, classification_report
     from pclip_jax.name_features import NameEncoder
+    from pclip_jax.settings import from_config
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        config = load_config(args.config, [f"data.split_seed={seed}"])
-        prepared = prepare_flows(config.data, args.workdir, progress=False)
+        config = from_config(load_config(args.config, [f"data.split_seed={seed}"]))
+        cache = config.data.cache_dir or f"{args.workdir}/cache"
+        prepared = prepare_flows(config.data, cache, progress=False)
         prepared.table.tensors["name_vec"] = NameEncoder(config.text.encoder)(prepared.table.meta["server_name"])
         train_idx = np.concatenate([prepared.train_idx, prepared.val_idx])
         apps = np.asarray(prepared.table.meta["level2"]).astype(str)

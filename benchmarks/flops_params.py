@@ -30,11 +30,11 @@ ETBERT_PUBLISHED_PARAMS = 110e6  # BERT-base as usually quoted; the measured mod
 
 
 def packet_tower_cost(config) -> dict:
-    from pclip_jax import train as train_lib
+    from pclip_jax import embedding
     from pclip_jax.models.packet_tower import PacketTower
 
-    tower = PacketTower(train_lib.model_config(config).packet)
-    b = train_lib.dummy_batch(config, BATCH)
+    tower = PacketTower(embedding.model_config(config).packet)
+    b = embedding.dummy_batch(config, BATCH)
     args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"], b.get("name_vec"))
     shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
     params = tower.init(jax.random.PRNGKey(0), *args)
@@ -43,12 +43,12 @@ def packet_tower_cost(config) -> dict:
 
 
 def two_tower_heads_cost(config) -> dict:
-    from pclip_jax import train as train_lib
+    from pclip_jax import embedding
     from pclip_jax.models.two_towers import TwoTowers
 
-    model = TwoTowers(train_lib.model_config(config))
-    shapes = jax.eval_shape(lambda: train_lib.init_params(model, config, jax.random.PRNGKey(0)))
-    counts = train_lib.param_counts(shapes)
+    model = TwoTowers(embedding.model_config(config))
+    shapes = jax.eval_shape(lambda: embedding.init_params(model, config, jax.random.PRNGKey(0)))
+    counts = embedding.param_counts(shapes)
     return {"params": counts["trainable_total"], "projection_heads": counts["projection_heads"]}
 
 
@@ -65,13 +65,12 @@ def bert_cost(bert_config, seq_len: int) -> dict:
 
 def gnn_cost(config) -> dict:
     from pclip_jax.kg import graphs as kg_graphs
-    from pclip_jax.kg.gnn import GnnConfig, HierarchicalGNN, flops_per_flow
-    from pclip_jax.kg.pipeline import kg_path
-    from pclip_jax.kg.schema import load_kg
+    from pclip_jax.kg.gnn import HierarchicalGNN, flops_per_flow
+    from pclip_jax.kg.pipeline import gnn_train_config, load_graph
 
-    kg = load_kg(kg_path(config))
+    kg = load_graph(config)
     layout = kg_graphs.kg_layout(kg)
-    gcfg = GnnConfig(**{k: v for k, v in config.gnn.model.to_dict().items()})
+    gcfg = gnn_train_config(config).model
     dim = config.model.embed_dim
     # Shapes only: FLOPs and parameter counts do not depend on the embedding values.
     flows = np.zeros((BATCH, dim), np.float32)
@@ -89,8 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from pclip_jax.config_files import load_config
+    from pclip_jax.settings import from_config
 
-    config = load_config(args.config)
+    config = from_config(load_config(args.config))
 
     from pclip_jax.models.bert import BertConfig
 

@@ -24,7 +24,7 @@ def run_main_job(args: argparse.Namespace, name: str, overrides: list[str], bann
     when already trained); ingest and text features are shared in WORKDIR/cache unless the config names a cache."""
     from absl import logging
 
-    from pclip_jax import train
+    from pclip_jax import job
     from pclip_jax.config_files import load_config
 
     logging.set_verbosity(logging.WARNING)
@@ -33,7 +33,7 @@ def run_main_job(args: argparse.Namespace, name: str, overrides: list[str], bann
     if not config.data.cache_dir:
         config.data.cache_dir = str(workdir / "cache")
     print(f"=== {banner} ===", file=sys.stderr)
-    return train.train_and_evaluate(config, str(workdir / name))
+    return job.train_and_evaluate(config, str(workdir / name))
 
 
 def report_at(results: dict, path: tuple) -> dict | None:

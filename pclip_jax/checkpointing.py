@@ -1,27 +1,140 @@
-"""Orbax checkpoints: periodic saves, keep N, automatic resume from the workdir."""
+"""Orbax checkpoints with integrity: periodic saves, keep N, resume from the newest *intact* checkpoint.
+
+Each finished save records a SHA-256 of its step directory in `DIR/digests.json`. A restore checks the digest
+first (a truncated file, an emptied `_METADATA` or a flipped bit is caught before orbax reads anything), says which
+step is damaged and falls back to the next older intact one. A writing run moves damaged steps aside (to
+`DIR/damaged-STEP`) so that it can save that step again; a reading one leaves them.
+"""
 from __future__ import annotations
 
+import logging
 import pathlib
+import sys
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from pclip_jax import files
 
-def manager(directory: str | pathlib.Path, save_every: int, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, int(save_every)), max_to_keep=int(keep),
-                                           create=True)
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+DIGESTS_FILE = "digests.json"
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, Optional[int]]:
-    """Restores the newest checkpoint into the structure of `target` (an unreplicated pytree), or returns it."""
-    step = mngr.latest_step()
-    if step is None:
-        return target, None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), step
+class CheckpointError(RuntimeError):
+    """No intact checkpoint could be restored; the message names the directory and each damaged step."""
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, force: bool = False) -> bool:
-    return mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+class Checkpoints:
+    """A checkpoint directory: `save(step, tree)`, `restore(target)`, `close()`."""
+
+    def __init__(self, directory: str | pathlib.Path, save_every: int = 1, keep: int = 1, writable: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.writable = writable
+        if not writable and not self.directory.is_dir():
+            raise FileNotFoundError(f"{self.directory}: no checkpoints")
+        options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, int(save_every)), max_to_keep=int(keep),
+                                               create=writable, read_only=not writable)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # ------------------------------------------------------------------------------------------- digests
+    def _digests(self) -> dict:
+        path = self.directory / DIGESTS_FILE
+        try:
+            return {int(k): v for k, v in files.read_json(path).items()} if path.is_file() else {}
+        except (ValueError, AttributeError):
+            print(f"[checkpoint] {path}: unreadable digest list; checkpoints are checked by loading them",
+                  file=sys.stderr)
+            return {}
+
+    def _record_digests(self) -> None:
+        if jax.process_index() != 0:
+            return
+        steps = set(self.manager.all_steps())
+        digests = {s: d for s, d in self._digests().items() if s in steps}
+        for step in steps - set(digests):
+            digests[step] = files.tree_digest(self.directory / str(step))
+        files.write_json(self.directory / DIGESTS_FILE, {str(k): v for k, v in sorted(digests.items())})
+
+    # ------------------------------------------------------------------------------------------- save
+    def save(self, step: int, tree: Any, force: bool = False) -> bool:
+        """Saves `tree` at `step` (when the interval says so or `force`); the digest is recorded once written."""
+        saved = self.manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+        if saved:
+            self.manager.wait_until_finished()
+            self._record_digests()
+        return saved
+
+    # ------------------------------------------------------------------------------------------- restore
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def restore(self, target: Any = None) -> tuple[Any, Optional[int]]:
+        """(tree, step) of the newest intact checkpoint, restored into the structure of `target` (an unreplicated
+        pytree of arrays or ShapeDtypeStructs; None = as saved), or (target, None) when there is none.
+        Raises CheckpointError when checkpoints exist but none is intact."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            return target, None
+        digests = self._digests()
+        damaged = []
+        abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        for step in steps:
+            reason = None
+            want = digests.get(step)
+            if want is not None and files.tree_digest(self.directory / str(step)) != want:
+                reason = "its files differ from the digest recorded when it was saved"
+            else:
+                try:
+                    args = ocp.args.StandardRestore(abstract) if abstract is not None else ocp.args.StandardRestore()
+                    with _quiet_orbax():
+                        return self.manager.restore(step, args=args), step
+                except Exception as e:  # orbax raises many types for damaged files; all mean "not usable"
+                    reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'unreadable'}"
+            damaged.append(step)
+            print(f"[checkpoint] {self.directory}/{step}: damaged ({reason}); trying an older checkpoint",
+                  file=sys.stderr)
+        if self.writable:
+            self._move_aside(damaged)
+            print(f"[checkpoint] {self.directory}: no intact checkpoint (damaged steps {damaged}, moved to "
+                  f"damaged-STEP); starting from scratch", file=sys.stderr)
+            return target, None
+        raise CheckpointError(f"{self.directory}: no intact checkpoint (damaged steps: {damaged})")
+
+    def restore_for_training(self, target: Any) -> tuple[Any, Optional[int]]:
+        """`restore`, then damaged steps newer than the restored one are moved aside so they can be saved again."""
+        newer_before = sorted(self.manager.all_steps())
+        tree, step = self.restore(target)
+        if step is not None and self.writable:
+            self._move_aside([s for s in newer_before if s > step])
+        return tree, step
+
+    def _move_aside(self, steps) -> None:
+        if not steps or jax.process_index() != 0:
+            return
+        for step in steps:
+            src = self.directory / str(step)
+            if src.exists():
+                dst = self.directory / f"damaged-{step}"
+                n = 1
+                while dst.exists():
+                    dst, n = self.directory / f"damaged-{step}.{n}", n + 1
+                src.rename(dst)
+        self.manager.reload()
+        self._record_digests()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class _quiet_orbax:
+    """Orbax logs a traceback per failing read thread; the caller reports one line instead."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("absl")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False

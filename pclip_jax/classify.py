@@ -29,134 +29,24 @@ import json
 import pathlib
 import sys
 import time
-from typing import Any, Optional, Sequence, TextIO
+from typing import Optional, Sequence, TextIO
 
 import numpy as np
+from tqdm import tqdm
+
+from pclip_jax import errors
+from pclip_jax import text as text_lib
+from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
+from pclip_jax.embedding import embed_flows
+from pclip_jax.inference import Classifier, load_classifier
+from pclip_jax.kg.explain import explain_flows, explanation_text
+from pclip_jax.name_features import with_name_features
+from pclip_jax.workdir import Workdir
 
 META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
 # Flows per call of the GNN explainer: it compiles once per call, so calls are few and large.
 DEFAULT_CHUNK = 8192
-
-
-class LazyTextFeaturizer:
-    """Drop-in for `TextFeaturizer` in `cached_text_features`: the sentence encoder is loaded only when a text is
-    not in the workdir's cache (the graph's descriptions normally are, from training)."""
-
-    def __init__(self, model_path: str, max_len: int, batch_size: int, params=None, module=None):
-        from pclip_jax.text_features import params_tag
-
-        self.params, self.module = params, module  # a trained text tower, or None for the pretrained encoder
-        tag = params_tag(params) if params is not None else ""
-        self.base_path, self.model_path = str(model_path), str(model_path) + tag
-        self.max_len, self.batch_size = int(max_len), int(batch_size)
-        self._featurizer = None
-
-    def __call__(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
-        if self._featurizer is None:
-            from pclip_jax.text_features import TextFeaturizer
-            self._featurizer = TextFeaturizer(self.base_path, self.max_len, self.batch_size, params=self.params,
-                                              module=self.module)
-        return self._featurizer(texts, progress=progress)
-
-
-@dataclasses.dataclass
-class Classifier:
-    """Everything needed to classify flows with a trained workdir (see `load_classifier`)."""
-    workdir: pathlib.Path
-    config: Any                 # the workdir's ml_collections config
-    model: Any                  # TwoTowers
-    params: Any
-    replicated_params: Any      # params on every local device, for the pmapped packet tower
-    embed_fn: Any               # train.make_embed_fn(model)
-    gnn_config: Any             # kg.gnn.GnnConfig
-    gnn_params: Any
-    kg: Any                     # kg.train_gnn.PreparedKG (mission applied)
-    min_packets: int
-    load_seconds: float
-
-
-def read_config(workdir: str | pathlib.Path):
-    """The config a workdir was trained with (`WORKDIR/config.json`), without loading any model."""
-    import ml_collections
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; is {workdir} a workdir written by pclip_jax.main?")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
-
-
-def ingest_config(config, strict: bool = False, workers: int = 1):
-    """The ingest settings the packet tower of `config` was trained with (K packets, B bytes, masking)."""
-    from pclip_jax.data.ingest import IngestConfig
-    return IngestConfig.from_data_config(config.data, strict=strict, workers=workers)
-
-
-def _prepare_kg(config, model, params, featurizer, cache_dir, mission: Optional[str]):
-    """The workdir's graph with `mission` applied (default: the config's `gnn.mission`). A statement that names no
-    node falls back to the service classes nearest to it in the shared embedding space."""
-    from pclip_jax.kg import graphs as kg_graphs, pipeline, schema, train_gnn
-    from pclip_jax.kg.missions import mission_from_statement, missions_of
-
-    kg = schema.load_kg(pipeline.kg_path(config))
-    encode = pipeline.shared_space_encoder(model, params, featurizer, cache_dir)
-    mission = mission if mission is not None else (config.gnn.get("mission") or None)
-    resolved = None
-    if mission:
-        declared = missions_of(kg)
-        if mission in declared:
-            resolved = declared[mission]
-        else:
-            try:
-                resolved = mission_from_statement(kg, mission)
-            except schema.KGValidationError:
-                nodes = kg_graphs.kg_text_embeddings(kg, encode, progress=False)["nodes"]
-                resolved = mission_from_statement(kg, mission, encode=encode, node_embeddings=nodes)
-        weights = ", ".join(f"{k}×{v:g}" for k, v in resolved.weights.items())
-        print(f"[classify] mission {resolved.name!r}: focus {list(resolved.focus)}"
-              f"{'; weights ' + weights if weights else ''}"
-              f"{'' if resolved.keep_others else '; other classes removed'}", file=sys.stderr)
-    return pipeline.blend_pretraining_prompts(train_gnn.prepare_kg(kg, encode, mission=resolved), config, encode)
-
-
-def load_classifier(workdir: str | pathlib.Path, mission: Optional[str] = None) -> Classifier:
-    """Loads a workdir trained by `pclip_jax.main` (towers + GNN head) for classification.
-
-    Args:
-      workdir: the training workdir (config.json, checkpoints/, gnn/gnn_checkpoints/, cache/).
-      mission: a mission name declared in the graph, a free-text statement, or None for the config's mission.
-    Raises FileNotFoundError for a missing workdir or checkpoint, ValueError for a mission that fits no node.
-    """
-    from pclip_jax import evaluate, parallel, train as train_lib
-    from pclip_jax.kg import pipeline
-    from pclip_jax.kg.train_gnn import GnnTrainConfig
-
-    t0 = time.perf_counter()
-    workdir = pathlib.Path(workdir)
-    # Cheap checks before the towers are loaded.
-    if "gnn" not in read_config(workdir):
-        raise FileNotFoundError(f"{workdir}/config.json: no `gnn` section; this workdir was trained without the GNN "
-                                f"stage (retrain with the current configs, config.gnn.enabled=True)")
-    if not (workdir / pipeline.GNN_DIR / "gnn_checkpoints").is_dir():
-        raise FileNotFoundError(f"{workdir / pipeline.GNN_DIR / 'gnn_checkpoints'}: missing; the GNN stage of this "
-                                f"workdir did not run (config.gnn.enabled=False?)")
-    try:
-        config, model, params, _ = evaluate.load_workdir(workdir)
-    except ValueError as e:   # orbax: a stored shape differs from the model the config builds with this code
-        raise ValueError(f"{workdir}/checkpoints: the checkpoint does not fit the packet/text towers that "
-                         f"config.json builds with this version of pclip_jax (retrain the workdir): {e}") from None
-    cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
-    featurizer = LazyTextFeaturizer(config.text.encoder, config.text.max_len, config.text.batch_size,
-                                    params=params.get("text_encoder"), module=model.text_encoder)
-    kg = _prepare_kg(config, model, params, featurizer, cache_dir, mission)
-    gnn_params = pipeline.load_gnn(workdir, config, kg)
-    gnn_config = GnnTrainConfig.from_config(pipeline.gnn_train_config(config, params)).model
-    return Classifier(workdir=workdir, config=config, model=model, params=params,
-                      replicated_params=parallel.replicate(params), embed_fn=train_lib.make_embed_fn(model),
-                      gnn_config=gnn_config, gnn_params=gnn_params, kg=kg, min_packets=int(config.data.min_packets),
-                      load_seconds=time.perf_counter() - t0)
 
 
 def _py(values: np.ndarray) -> list:
@@ -169,10 +59,6 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
 
     `timings`, when given, accumulates seconds per part (`embed`, `facts`, `gnn_explain`, `records`).
     """
-    from pclip_jax import text as text_lib, train as train_lib
-    from pclip_jax.kg.explain import explain_flows
-    from pclip_jax.name_features import attach_name_features
-
     idx = np.arange(len(table)) if indices is None else np.asarray(indices, np.int64)
     if not len(idx):
         return []
@@ -182,9 +68,8 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    attach_name_features(table, clf.config)
-    _, z = train_lib.embed_flows(clf.embed_fn, clf.replicated_params, table.tensors, idx,
-                                 int(clf.config.eval.batch_size))
+    table = with_name_features(table, clf.settings)
+    _, z = embed_flows(clf.embed_fn, clf.replicated_params, table.tensors, idx, clf.settings.eval.batch_size)
     tick("embed", t)
     t = time.perf_counter()
     meta = table.meta
@@ -278,17 +163,16 @@ def classify_captures(workdir: str | pathlib.Path, inputs: Sequence[str], out: s
     GNN), `ingest`, `classify` (packet tower + GNN + explanations, the `embed`/`facts`/`gnn_explain`/`records`
     parts), `write`, `total` (end to end). Raises `IngestError` in strict mode when any capture had a problem.
     """
-    from tqdm import tqdm
-
-    from pclip_jax.data.ingest import ingest
-
     t_start = time.perf_counter()
     # Captures first: a bad input (or --strict) fails before the models are loaded.
-    table = ingest(inputs, ingest_config(read_config(workdir), strict=strict, workers=workers), progress=progress)
+    settings = Workdir(workdir).read_settings()
+    table = ingest(inputs, IngestConfig.from_data_config(settings.data, strict=strict, workers=workers),
+                   progress=progress)
     t_ingest = time.perf_counter() - t_start
     if not table.summary.get("files"):
         print(f"[classify] warning: no capture files found in {list(map(str, inputs))}", file=sys.stderr)
     clf = load_classifier(workdir, mission)
+    table = with_name_features(table, clf.settings)  # once for all chunks
     timings = {"load": clf.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
     parts: dict = {}
     summary = Summary()
@@ -323,7 +207,6 @@ def classify_captures(workdir: str | pathlib.Path, inputs: Sequence[str], out: s
 
 
 def _explanation_block(r: dict) -> str:
-    from pclip_jax.kg.explain import explanation_text
     low = " (low confidence)" if r["low_confidence"] else ""
     return (f"{r['capture']} #{r['flow_id']} proto {r['proto']} {r['client_ip']}:{r['client_port']} -> "
             f"{r['server_ip']}:{r['server_port']}{low}\n"
@@ -368,30 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the first N explanations as text")
     ap.add_argument("--workers", type=int, default=1, help="ingest processes")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from pclip_jax.data.ingest import IngestError
-
     args = build_parser().parse_args(argv)
     if args.top < 0 or args.explain_text < 0 or args.workers < 1:
         print("error: --top and --explain-text must be >= 0, --workers >= 1", file=sys.stderr)
         return 2
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
-    try:
-        run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
-                                mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,
-                                progress=not args.quiet, explain_text=args.explain_text, report=report)
-    except IngestError as e:
-        print(f"error: capture problems (--strict):\n{e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(run), file=report)
-    return 0
+    with errors.cli_errors(args.verbose) as status:
+        try:
+            run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
+                                    mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,
+                                    progress=not args.quiet, explain_text=args.explain_text, report=report)
+        except IngestError as e:  # every problem capture on its own line: the user needs the whole list
+            print(f"error: capture problems (--strict):\n{e}", file=sys.stderr)
+            return 1
+        print(format_report(run), file=report)
+    return status.code
 
 
 if __name__ == "__main__":

@@ -15,10 +15,6 @@ def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
     return jax.tree.map(fn, tree, *rest)
 
 
-def tree_leaves(tree: Any) -> list:
-    return jax.tree.leaves(tree)
-
-
 def count_params(tree: Any) -> int:
     """Number of scalars in a pytree of arrays or ShapeDtypeStructs (works on `jax.eval_shape` output)."""
     total = 0
@@ -43,8 +39,10 @@ def compiled_flops(fn: Callable, *args: Any, **kwargs: Any) -> float:
     return float((analysis or {}).get("flops", 0.0))
 
 
-def local_device_count() -> int:
-    return jax.local_device_count()
+def pmap(fn: Callable, axis_name: str, donate_argnums: tuple = ()) -> Callable:
+    """`jax.pmap` over the local devices. pmap is in maintenance mode (implemented on `shard_map` since JAX 0.8);
+    every data-parallel step of the project goes through here, so moving to `shard_map` is one place."""
+    return jax.pmap(fn, axis_name=axis_name, donate_argnums=donate_argnums)
 
 
 def replicate_local(tree: Any) -> Any:

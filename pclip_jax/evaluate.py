@@ -1,51 +1,39 @@
-"""Evaluation of a pre-trained workdir: zero-shot (class descriptions) and a linear probe (frozen packet features).
+"""Evaluation of pre-trained towers: zero-shot (class descriptions) and a linear probe (frozen packet features).
 
-Library: `evaluate_pretrained(...)` (called at the end of training) and `evaluate_workdir(...)` (any labelled
-captures). CLI:
+Library: `evaluate_pretrained(...)` (called by the main job after pre-training) and `evaluate_workdir(...)` (a
+trained workdir on any labelled captures). CLI:
 
-    python -m pclip_jax.evaluate --workdir DIR INPUT... --labels SPEC --out metrics.json
+    python -m pclip_jax.evaluate --workdir DIR INPUT... --labels SPEC [--out metrics.json] [--verbose]
 
 Classes of the new captures that the model does not know are reported under `unknown_classes` and left out of the
 metrics, never merged into a known class.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import sys
 from typing import Optional, Sequence
 
-import jax
-import ml_collections
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
+from pclip_jax import errors, files, inference, parallel
 from pclip_jax import metrics as metrics_lib
-from pclip_jax import parallel
-from pclip_jax import text as text_lib
-from pclip_jax.name_features import attach_name_features
+from pclip_jax.compat import count_params
+from pclip_jax.data import labels as labels_lib
+from pclip_jax.data import splits as splits_lib
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.embedding import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
+                                 zero_shot_scores)
+from pclip_jax.kg import train_gnn
+from pclip_jax.name_features import with_name_features
+from pclip_jax.settings import Settings
+from pclip_jax.workdir import Workdir
 
-PROBE_FILE = "linear_probe.npz"
-CLASS_TEXT_FILE = "class_text_features.npz"
-MODEL_INFO_FILE = "model_info.json"
 
-
-# ----------------------------------------------------------------------------------------------- scoring
-
-def zero_shot_scores(params, model, flow_embeddings: np.ndarray, prompt_features: np.ndarray,
-                     prompt_class: np.ndarray, num_classes: int) -> np.ndarray:
-    """Softmax over classes of scale · cos(flow, class), a class's embedding being the mean of its prompts'."""
-    from pclip_jax.models.two_towers import TwoTowers
-
-    z_prompts = np.asarray(model.apply({"params": params}, jax.numpy.asarray(prompt_features),
-                                       method=TwoTowers.embed_text))
-    class_emb = np.stack([z_prompts[prompt_class == c].mean(0) for c in range(num_classes)])
-    class_emb /= np.linalg.norm(class_emb, axis=1, keepdims=True)
-    scale = float(np.exp(min(float(params["logit_scale"]), model.config.max_log_scale)))
-    logits = scale * flow_embeddings @ class_emb.T
-    logits -= logits.max(1, keepdims=True)
-    probs = np.exp(logits)
-    return probs / probs.sum(1, keepdims=True)
-
+# ----------------------------------------------------------------------------------------------- the linear probe
 
 PROBE_L2_GRID = (0.1, 1.0, 10.0, 100.0)
 PROBE_TARGETS = ("application", "class")
@@ -96,8 +84,6 @@ def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: 
                      to_class: Optional[np.ndarray] = None) -> dict:
     """Multinomial logistic regression on standardised frozen features; returned as arrays (saved as npz).
     With `to_class` ([num_classes targets, C]) the probe scores classes by summing its targets' probabilities."""
-    from sklearn.linear_model import LogisticRegression
-
     mean, std = features.mean(0), features.std(0) + 1e-6
     clf = LogisticRegression(C=1.0 / l2, max_iter=2000, class_weight="balanced", random_state=seed)
     clf.fit((features - mean) / std, y)
@@ -122,42 +108,41 @@ def linear_probe_scores(probe: dict, features: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- after training
 
-def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, featurizer) -> tuple[dict, dict]:
-    """Embeds train/test flows, fits the probe on train, scores test both ways, writes plots and artefacts.
+def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, params, featurizer
+                        ) -> tuple[dict, dict]:
+    """Embeds train/validation/test flows, fits the probe on train, scores test both ways, writes plots and the
+    workdir's probe, class text features and model info.
 
-    Returns (results, embeddings) with embeddings = {'train': z, 'test': z} (projected, normalised packet
-    embeddings of prepared.train_idx / test_idx), which the GNN stage reuses."""
-    from pclip_jax import train as train_lib
-
-    workdir = pathlib.Path(workdir)
-    cache_dir = pathlib.Path(config.data.get("cache_dir") or workdir / "cache")
+    Returns (results, embeddings) with embeddings = {'train': z, 'test': z, 'validation': z or None} (projected,
+    normalised packet embeddings of prepared.train_idx / test_idx / val_idx), which the GNN stage reuses."""
+    cache_dir = workdir.cache_dir(settings)
     names = prepared.class_names
-    embed_fn = train_lib.make_embed_fn(model)
+    embed_fn = make_embed_fn(model)
     rparams = parallel.replicate(params)
     tensors = prepared.table.tensors
-    feats_train, z_train = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.train_idx,
-                                           config.eval.batch_size, progress=True, desc="embedding train flows")
-    feats_test, z_test = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.test_idx,
-                                               config.eval.batch_size, progress=True, desc="embedding test flows")
+    batch = settings.eval.batch_size
+    feats_train, z_train = embed_flows(embed_fn, rparams, tensors, prepared.train_idx, batch, progress=True,
+                                       desc="embedding train flows")
+    feats_test, z_test = embed_flows(embed_fn, rparams, tensors, prepared.test_idx, batch, progress=True,
+                                     desc="embedding test flows")
     y_train = prepared.class_ids[prepared.train_idx]
     y_test = prepared.class_ids[prepared.test_idx]
     keep_train, keep_test = y_train >= 0, y_test >= 0
 
-    feats_val, z_val = train_lib.embed_flows(embed_fn, rparams, tensors, prepared.val_idx, config.eval.batch_size)
+    feats_val, z_val = embed_flows(embed_fn, rparams, tensors, prepared.val_idx, batch)
     y_val = prepared.class_ids[prepared.val_idx]
     keep_val = y_val >= 0
     apps = np.asarray(prepared.table.meta["level2"]).astype(str)
-    targets_mode = config.eval.get("probe_targets", "application")
+    targets_mode = settings.eval.probe_targets
     targets, to_class, target_names = probe_targets(y_train[keep_train], apps[prepared.train_idx][keep_train],
                                                     len(names), targets_mode)
     l2, l2_scores = select_probe_l2(feats_train[keep_train], targets,
                                     feats_val[keep_val] if len(feats_val) else feats_val, y_val[keep_val],
-                                    len(target_names), config.train.seed, to_class=to_class)
-    probe = fit_linear_probe(feats_train[keep_train], targets, len(target_names), l2=l2, seed=config.train.seed,
+                                    len(target_names), settings.train.seed, to_class=to_class)
+    probe = fit_linear_probe(feats_train[keep_train], targets, len(target_names), l2=l2, seed=settings.train.seed,
                              to_class=to_class)
     probe_scores = linear_probe_scores(probe, feats_test[keep_test])
-    descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
-    prompt_feats, prompt_class, prompts = train_lib.class_text_features(names, featurizer, descriptions, cache_dir)
+    prompt_feats, prompt_class, _ = class_text_features(names, featurizer, load_descriptions(settings), cache_dir)
     zs_scores = zero_shot_scores(params, model, z_test[keep_test], prompt_feats, prompt_class, len(names))
 
     test_metrics = metrics_lib.classification_report(y_test[keep_test], probe_scores, names)
@@ -167,16 +152,17 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     for report, scores in ((test_metrics, probe_scores), (zs_metrics, zs_scores)):
         report["by_application_novelty"] = metrics_lib.by_application_novelty(
             y_test[keep_test], scores, names, test_apps, train_apps)
-    metrics_lib.plot_roc(y_test[keep_test], probe_scores, names, workdir / "roc_linear_probe.png",
+    metrics_lib.plot_roc(y_test[keep_test], probe_scores, names, workdir.plot("linear_probe"),
                          "linear probe on frozen packet features (capture-disjoint test)")
-    metrics_lib.plot_roc(y_test[keep_test], zs_scores, names, workdir / "roc_zero_shot.png",
+    metrics_lib.plot_roc(y_test[keep_test], zs_scores, names, workdir.plot("zero_shot"),
                          "zero-shot against class descriptions (capture-disjoint test)")
-    np.savez(workdir / PROBE_FILE, **probe)
-    np.savez(workdir / CLASS_TEXT_FILE, features=prompt_feats, prompt_class=prompt_class)
-    counts = train_lib.param_counts(params)
-    info = {"class_names": names, "label_level": config.data.label_level, "train_applications": train_apps,
-            "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params)}}
-    (workdir / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
+    workdir.save_probe(probe)
+    workdir.save_class_text(prompt_feats, prompt_class)
+    counts = param_counts(params)
+    frozen = count_params(featurizer.params)
+    workdir.save_model_info({"class_names": names, "label_level": settings.data.label_level,
+                             "train_applications": train_apps,
+                             "num_params": {**counts, "text_tower_frozen": frozen}})
     counts_train = np.bincount(y_train[keep_train], minlength=len(names))
     counts_test = np.bincount(y_test[keep_test], minlength=len(names))
     print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]
@@ -186,8 +172,7 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     test_metrics["probe_l2"] = l2
     test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
     results = {
-        "num_params": {**counts, "text_tower_frozen": count_tree(featurizer.params),
-                       "total": counts["trainable_total"] + count_tree(featurizer.params)},
+        "num_params": {**counts, "text_tower_frozen": frozen, "total": counts["trainable_total"] + frozen},
         "test": test_metrics,
         "zero_shot": zs_metrics,
         "classes": {n: {"train_flows": int(a), "test_flows": int(b)}
@@ -202,69 +187,45 @@ def evaluate_pretrained(config, workdir: pathlib.Path, prepared, model, params, 
     return results, {"train": z_train, "test": z_test, "validation": z_val if len(prepared.val_idx) else None}
 
 
-def count_tree(tree) -> int:
-    from pclip_jax.compat import count_params
-    return count_params(tree)
-
-
 # ----------------------------------------------------------------------------------------------- any captures
 
-def load_workdir(workdir: str | pathlib.Path):
-    """(config, model, params, model_info) of a trained workdir (newest checkpoint)."""
-    from pclip_jax import checkpointing, train as train_lib
+def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_spec: str,
+                     out: Optional[str] = None) -> dict:
+    """Zero-shot, linear-probe and (when trained) GNN metrics of a trained workdir on any labelled captures.
 
-    workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise FileNotFoundError(f"{workdir}: no config.json — is this a pclip_jax workdir?")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    info = json.loads((workdir / MODEL_INFO_FILE).read_text())
-    model = train_lib.build_model(config)
-    # Shapes only: the restore target needs no real initialisation (saves ~160 small compilations).
-    state = jax.eval_shape(lambda: train_lib.create_state(config, model, jax.random.PRNGKey(0)))
-    mngr = checkpointing.manager(workdir / "checkpoints", 1, config.train.keep_checkpoints)
-    state, step = checkpointing.restore_latest(mngr, state)
-    mngr.close()
-    if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to evaluate")
-    params = state.params
-    if (workdir / train_lib.BEST_DIR / "best.json").is_file():  # the validation-selected parameters
-        params = train_lib.BestKeeper(workdir / train_lib.BEST_DIR).load(params)
-    return config, model, params, info
-
-
-def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: Optional[str] = None) -> dict:
-    """Zero-shot and linear-probe metrics of a trained workdir on any labelled captures."""
-    from pclip_jax import train as train_lib
-    from pclip_jax.data import labels as labels_lib, splits as splits_lib
-    from pclip_jax.data.ingest import IngestConfig, ingest
-
-    clf = load_gnn_classifier(workdir)
-    if clf is not None:  # towers + GNN, loaded once
-        config, model, params = clf.config, clf.model, clf.params
-        info = json.loads((pathlib.Path(workdir) / MODEL_INFO_FILE).read_text())
-    else:
-        config, model, params, info = load_workdir(workdir)
+    Raises `errors.UserError` subclasses (WorkdirError, ...) for a missing or unfinished workdir and a
+    ValueError when no flow of the captures carries a label of the given spec."""
+    wd = Workdir(workdir)
+    towers = inference.load_towers(wd)
+    settings, model, params, info = towers.settings, towers.model, towers.params, towers.info
+    clf = inference.load_classifier(wd, towers=towers) if wd.has_gnn() else None
+    probe = wd.load_probe()
+    prompt_feats, prompt_class = wd.load_class_text()
     names, level = info["class_names"], info["label_level"]
-    table = ingest(inputs, IngestConfig.from_data_config(config.data))
+    table = ingest(inputs, IngestConfig.from_data_config(settings.data))
+    if not len(table):
+        raise ValueError(f"no flows in {list(map(str, inputs))} (no readable capture files?)")
     table = labels_lib.attach_labels(table, label_spec)
-    attach_name_features(table, config)
-    table, dropped = splits_lib.filter_flows(table, min_packets=config.data.min_packets,
-                                            drop_one_way=config.data.drop_one_way, drop_unlabelled=True,
+    table = with_name_features(table, settings)
+    labelled_before = int((np.asarray(table.meta[level]).astype(str) != "").sum()) if level in table.meta else 0
+    if not labelled_before:
+        raise ValueError(f"--labels {label_spec}: none of the {len(table)} flows got a {level} label "
+                         f"(wrong label directory or spec?)")
+    table, dropped = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
+                                            drop_one_way=settings.data.drop_one_way, drop_unlabelled=True,
                                             label_column=level)
     labels = np.asarray(table.meta[level]).astype(str)
     lookup = {n: i for i, n in enumerate(names)}
     y = np.array([lookup.get(x, -1) for x in labels], np.int32)
     unknown = {str(n): int(c) for n, c in zip(*np.unique(labels[y < 0], return_counts=True))}
     idx = np.nonzero(y >= 0)[0]
-    embed_fn = train_lib.make_embed_fn(model)
-    feats, z = train_lib.embed_flows(embed_fn, parallel.replicate(params), table.tensors, idx,
-                                     config.eval.batch_size, progress=True)
-    with np.load(pathlib.Path(workdir) / PROBE_FILE, allow_pickle=False) as f:
-        probe = {k: f[k] for k in f.files}
-    with np.load(pathlib.Path(workdir) / CLASS_TEXT_FILE, allow_pickle=False) as f:
-        prompt_feats, prompt_class = f["features"], f["prompt_class"]
+    feats, z = embed_flows(make_embed_fn(model), parallel.replicate(params), table.tensors, idx,
+                           settings.eval.batch_size, progress=True)
     result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
               "label_level": level}
+    if not len(idx):
+        print(f"[evaluate] warning: no flow of a class the model knows ({len(names)} classes) is left after the "
+              f"filters; unknown classes {unknown}, dropped {dropped}", file=sys.stderr)
     apps = np.asarray(table.meta["level2"]).astype(str)[idx]
     train_apps = info.get("train_applications")  # None in older workdirs: no seen/novel breakdown
     if len(idx):
@@ -280,9 +241,10 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
             rows.append((title, result[key]))
             halves += metrics_lib.novelty_rows(title, result[key])
         print(metrics_lib.format_table(rows + halves), file=sys.stderr)
-    gnn_block = evaluate_gnn_on_flows(clf, z, labels[idx], apps, train_apps) if clf is not None and len(idx) \
-        else None
-    if gnn_block is not None:
+    if clf is not None and len(idx):
+        gnn_block = train_gnn.evaluate_gnn(clf.gnn_train_config, clf.gnn_params, z, labels[idx], apps, clf.kg,
+                                           min_flows_level2=settings.gnn.min_flows_level2,
+                                           train_applications=train_apps)
         result["gnn"] = gnn_block
         print(metrics_lib.format_table([("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]
                                        + metrics_lib.novelty_rows("GNN level 1", gnn_block["level1"])),
@@ -290,43 +252,21 @@ def evaluate_workdir(workdir: str, inputs: Sequence[str], label_spec: str, out: 
     if unknown:
         print(f"[evaluate] classes unknown to the model, left out: {unknown}", file=sys.stderr)
     if out:
-        pathlib.Path(out).write_text(json.dumps(result, indent=2))
+        files.write_text(out, json.dumps(result, indent=2))
     return result
 
 
-def load_gnn_classifier(workdir):
-    """The workdir's towers + GNN (`classify.Classifier`) when it has a trained GNN, else None."""
-    from pclip_jax.classify import load_classifier, read_config
-    from pclip_jax.kg import pipeline
-
-    if not read_config(workdir).get("gnn") or \
-            not (pathlib.Path(workdir) / pipeline.GNN_DIR / "gnn_checkpoints").is_dir():
-        return None
-    return load_classifier(workdir)
-
-
-def evaluate_gnn_on_flows(clf, flow_embeddings, level1, level2, train_applications=None) -> dict:
-    """The `gnn` block (per-level metrics, hierarchical accuracy) for flows of known classes; with
-    `train_applications`, level 1 is also split into seen and novel applications."""
-    from pclip_jax.kg import pipeline, train_gnn
-
-    gcfg = pipeline.gnn_train_config(clf.config, clf.params)
-    return train_gnn.evaluate_gnn(gcfg, clf.gnn_params, flow_embeddings, level1, level2, clf.kg,
-                                  min_flows_level2=clf.config.gnn.min_flows_level2,
-                                  train_applications=train_applications)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m pclip_jax.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="capture files or folders (searched recursively)")
     parser.add_argument("--workdir", required=True, help="a workdir written by pclip_jax.main")
     parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH")
     parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = parser.parse_args(argv)
-    evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
-    return 0
+    with errors.cli_errors(args.verbose) as status:
+        evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
+    return status.code
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ Problems with a capture are reported and skipped (exit 0); ``--strict`` makes th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 
 from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
+from pclip_jax.data.labels import attach_labels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +43,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.labels:
-        if importlib.util.find_spec("pclip_jax.data.labels") is None:
-            print("error: --labels needs pclip_jax.data.labels, which is not installed", file=sys.stderr)
-            return 1
-        from pclip_jax.data.labels import attach_labels
-
         try:
             table = attach_labels(table, args.labels, progress=not args.quiet)
         except (FileNotFoundError, ValueError) as e:

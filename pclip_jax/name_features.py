@@ -9,12 +9,18 @@ as float16 (flow tables can hold millions of flows).
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Sequence
 
 import numpy as np
+from safetensors import safe_open
+from tokenizers import Tokenizer
 
+from pclip_jax.data.ingest import FlowTable
 from pclip_jax.data.names import name_words
+from pclip_jax.models.text_tower import resolve_model_dir
+from pclip_jax.settings import Settings
 
 NAME_KEY = "name_vec"
 _TABLE_SUFFIX = "word_embeddings.weight"
@@ -24,11 +30,6 @@ class NameEncoder:
     """`encoder(names) -> float16 [N, D]` with D the text tower's embedding width."""
 
     def __init__(self, model_path: str | pathlib.Path):
-        from safetensors import safe_open
-        from tokenizers import Tokenizer
-
-        from pclip_jax.models.text_tower import resolve_model_dir
-
         model_dir = resolve_model_dir(model_path)
         for f in ("tokenizer.json", "model.safetensors"):
             if not (model_dir / f).is_file():
@@ -57,21 +58,16 @@ class NameEncoder:
         return vecs.astype(np.float16)[inverse.reshape(-1)] if len(names) else np.zeros((0, self.dim), np.float16)
 
 
-def name_dim(config) -> int:
-    """Width of the name vectors the packet tower expects: `model.name_dim`, the text encoder's hidden size
-    (384 for all-MiniLM-L6-v2). A config value, so shapes are known without loading the encoder."""
-    return int(config.model.get("name_dim", 384))
-
-
-def attach_name_features(table, config) -> None:
-    """Adds `table.tensors['name_vec']` when the config uses names (in place; a no-op otherwise)."""
-    if not config.data.get("use_names", False) or NAME_KEY in table.tensors:
-        return
+def with_name_features(table: FlowTable, settings: Settings) -> FlowTable:
+    """`table` with `tensors['name_vec']` added when the settings use names (a new table; the input is not
+    changed). The same table when names are off or already there."""
+    if not settings.data.use_names or NAME_KEY in table.tensors:
+        return table
     if "server_name" not in table.meta:
         raise ValueError("the flow table has no 'server_name' column (written by pclip_jax >= 0.2 ingest); "
                          "re-ingest the captures or set data.use_names=False")
-    encoder = NameEncoder(config.text.encoder)
-    if encoder.dim != name_dim(config):
-        raise ValueError(f"{config.text.encoder}: word embeddings are {encoder.dim} wide but model.name_dim is "
-                         f"{name_dim(config)}; set --config.model.name_dim={encoder.dim}")
-    table.tensors[NAME_KEY] = encoder(table.meta["server_name"])
+    encoder = NameEncoder(settings.text.encoder)
+    if encoder.dim != settings.model.name_dim:
+        raise ValueError(f"{settings.text.encoder}: word embeddings are {encoder.dim} wide but model.name_dim is "
+                         f"{settings.model.name_dim}; set --config.model.name_dim={encoder.dim}")
+    return dataclasses.replace(table, tensors={**table.tensors, NAME_KEY: encoder(table.meta["server_name"])})

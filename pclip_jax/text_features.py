@@ -15,7 +15,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from pclip_jax.models.text_tower import load_text_encoder
+from pclip_jax import files
+from pclip_jax.models.text_tower import load_text_encoder, resolve_model_dir
+
+
+def encoder_identity(model_path: str) -> str:
+    """What names a text encoder in cache keys: a digest of its config and the sizes of its weight and tokenizer
+    files, not the path it was reached by (a workdir used from another directory still finds its cache)."""
+    model_dir = resolve_model_dir(model_path)
+    h = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        f = model_dir / name
+        h.update(name.encode() + (f.read_bytes() if name == "config.json" else str(f.stat().st_size).encode())
+                 if f.is_file() else b"-")
+    return "encoder-" + h.hexdigest()[:16]
 
 
 class TextFeaturizer:
@@ -30,7 +43,7 @@ class TextFeaturizer:
             self.params = params
         if module is not None:
             self.module = module
-        self.model_path = str(model_path) + tag
+        self.identity = encoder_identity(str(model_path)) + tag
         self.max_len, self.batch_size = int(max_len), int(batch_size)
         self._apply = jax.jit(lambda p, ids, mask, types: self.module.apply(
             {"params": p}, ids, mask, types, deterministic=True))
@@ -64,15 +77,21 @@ def cached_text_features(featurizer: TextFeaturizer, texts: Sequence[str], cache
                          progress: bool = True) -> np.ndarray:
     """Embeddings of `texts` (in order), reusing `cache_dir/text-<hash>.npz` when the same texts were seen."""
     texts = list(texts)
-    key = hashlib.sha256(("\x00".join([featurizer.model_path, str(featurizer.max_len)] + texts)).encode())
+    key = hashlib.sha256(("\x00".join([featurizer.identity, str(featurizer.max_len)] + texts)).encode())
     path = None
     if cache_dir is not None:
         path = pathlib.Path(cache_dir) / f"text-{key.hexdigest()[:16]}.npz"
         if path.is_file():
-            with np.load(path, allow_pickle=False) as f:
-                return f["embeddings"]
+            try:
+                emb = files.load_npz(path)["embeddings"]
+                if len(emb) == len(texts):
+                    return emb
+                print(f"[text] warning: cached text features {path} hold {len(emb)} rows for {len(texts)} texts; "
+                      f"recomputing them", file=sys.stderr)
+            except (ValueError, KeyError) as e:
+                print(f"[text] warning: {str(e).splitlines()[0]}; recomputing the cached text features",
+                      file=sys.stderr)
     emb = featurizer(texts, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, embeddings=emb)
+        files.savez(path, embeddings=emb)
     return emb

@@ -1,5 +1,6 @@
 """`python -m pclip_jax.classify` end to end on real captures, with a tiny workdir trained by the test config."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -8,17 +9,18 @@ import pytest
 from configs import test as test_config
 from pclip_jax import classify
 from pclip_jax import text as text_lib
-from pclip_jax import train as train_lib
+from pclip_jax import inference, job
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.kg import pipeline
 from pclip_jax.kg.missions import mission_from_statement
 from pclip_jax.kg.schema import KGValidationError, load_kg
+from pclip_jax.settings import from_config
 
 # Training captures: several service classes, few flows (the sentence encoder embeds each flow's texts).
 TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap"]
 TARGET = "zoom.pcap"          # not seen in training; has VLAN-tagged flows and flows of 1-2 packets
 DAMAGED = "KakaoTalk_chat.pcap"
-MISSION = "vpn_remote_access"  # declared in configs/kg/ndpi.yaml: VPN/Tunnel and RemoteAccess weighted ×2
+MISSION = "vpn_remote_access"  # declared in pclip_jax/kg/shipped/ndpi.yaml: VPN/Tunnel and RemoteAccess weighted ×2
 STATEMENT = "catch anyone hiding their traffic from us"   # names no node of the graph
 
 
@@ -28,14 +30,15 @@ def workdir(ndpi_dir, minilm_dir, tmp_path_factory):
     config.unlock()
     config.data.inputs = tuple(str(ndpi_dir / "pcap" / c) for c in TRAIN)
     config.data.labels = f"ndpi:{ndpi_dir / 'result'}"
-    config.text.encoder = str(minilm_dir)
+    # Relative to the current directory, as a user writes it: the workdir must store it so it works elsewhere.
+    config.text.encoder = os.path.relpath(minilm_dir)
     config.text.variants_per_flow = 1
     # One step of each stage: the tests check the classify path, not what training learns (compilation and
     # checkpoint writes dominate the fixture's time).
     config.train.num_steps = config.train.checkpoint_every = config.train.log_every = 1
     config.gnn.num_steps = config.gnn.log_every = 1
     wd = tmp_path_factory.mktemp("classify_wd")
-    results = train_lib.train_and_evaluate(config, str(wd))
+    results = job.train_and_evaluate(config, str(wd))
     assert "gnn" in results
     return wd, config
 
@@ -70,7 +73,7 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     low = [r["low_confidence"] for r in recs]
     assert low == (packets < config.data.min_packets).tolist() and any(low) and not all(low)
 
-    kg = load_kg(pipeline.kg_path(config))
+    kg = load_kg(pipeline.kg_path(from_config(config)))
     gnn_layers = config.gnn.model.num_layers
     facts = text_lib.flow_facts_batch(table.tensors["sizes"], table.tensors["iat"], table.tensors["num_packets"],
                                       table.meta["proto"], duration=table.meta["last_ts"] - table.meta["first_ts"])
@@ -171,10 +174,26 @@ def test_bad_workdir_and_input_are_clear_errors(workdir, ndpi_dir, tmp_path, cap
 
 def test_free_text_mission_uses_the_nearest_classes(workdir):
     wd, config = workdir
-    kg = load_kg(pipeline.kg_path(config))
+    kg = load_kg(pipeline.kg_path(from_config(config)))
     with pytest.raises(KGValidationError):      # no name matches: the embedding fallback is what is tested
         mission_from_statement(kg, STATEMENT)
-    clf = classify.load_classifier(wd, mission=STATEMENT)
+    clf = inference.load_classifier(wd, mission=STATEMENT)
     m = clf.kg.mission
     assert m.statement == STATEMENT and len(m.focus) == 2 and all(kg.node(f).level == 1 for f in m.focus)
     assert {clf.kg.kg.nodes[i].id for i in np.flatnonzero(clf.kg.prior > 0)} == set(m.focus)
+
+
+def test_workdir_works_from_another_directory_without_re_embedding(workdir, ndpi_dir, tmp_path, monkeypatch):
+    """config.json keeps absolute paths and the text-feature cache is keyed by the encoder, not its path: from
+    another directory, classify finds the encoder and every text it needs in the workdir's cache."""
+    wd, _ = workdir
+    stored = json.loads((wd / "config.json").read_text())
+    assert os.path.isabs(stored["text"]["encoder"]) and stored["_format"] == 2
+    cache_files = sorted((wd / "cache").glob("text-*.npz"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "elsewhere.jsonl"
+    assert classify.main(["--workdir", os.path.relpath(wd), str(ndpi_dir / "pcap" / TARGET), "--out", str(out),
+                          "--quiet"]) == 0
+    assert len(_lines(out)) > 20
+    assert sorted((wd / "cache").glob("text-*.npz")) == cache_files  # no text was embedded again
+

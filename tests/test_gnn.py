@@ -9,7 +9,8 @@ from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.data.labels import attach_labels
 from pclip_jax.kg import graphs as G
 from pclip_jax.kg.explain import explain_flows, explanation_text
-from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, count_params, flops_per_flow, gnn_loss, init_params,
+from pclip_jax.compat import count_params
+from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, gnn_loss, init_params,
                               predict)
 from pclip_jax.kg.missions import Mission, parse_mission
 from pclip_jax.kg.schema import load_kg, shipped_kg_path
@@ -215,15 +216,15 @@ def test_pmap_batches_stack_per_device(prepared, flows):
 def test_node_prompts_pull_class_nodes_to_the_zero_shot_prompts(encoder):
     """With gnn.node_prompts, a level-1 node's text embedding moves towards the mean of the zero-shot prompts of
     its class (what the towers were aligned on); nodes without phrasings and the explanation slots are untouched."""
-    import ml_collections
-
     from pclip_jax import text as text_lib
     from pclip_jax.kg.pipeline import blend_pretraining_prompts
+    from pclip_jax.settings import Settings
 
     kg = load_kg(shipped_kg_path("ndpi"))
     plain = prepare_kg(kg, encoder)
-    config = ml_collections.ConfigDict({"gnn": {"node_prompts": True}, "text": {"descriptions": ""}})
-    blended = blend_pretraining_prompts(prepare_kg(kg, encoder), config, encoder)
+    unblended = prepare_kg(kg, encoder)
+    blended = blend_pretraining_prompts(unblended, Settings(), encoder)  # node_prompts is on by default
+    np.testing.assert_array_equal(unblended.embeddings, plain.embeddings)  # a new PreparedKG, the input unchanged
     descriptions = text_lib.load_class_descriptions()
     moved = 0
     for m, node in enumerate(kg.nodes):

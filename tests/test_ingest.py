@@ -122,7 +122,6 @@ def test_cli_no_mask_keeps_addresses(ndpi_dir, tmp_path):
 
 
 def test_cli_attaches_ndpi_labels(ndpi_dir, tmp_path):
-    pytest.importorskip("pclip_jax.data.labels")
     r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", str(ndpi_dir / "pcap" / "KakaoTalk_chat.pcap"),
                         "--out", str(tmp_path / "o"), "--labels", f"ndpi:{ndpi_dir / 'result'}", "--quiet"],
                        capture_output=True, text=True)

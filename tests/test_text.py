@@ -215,7 +215,7 @@ def test_texts_fit_the_default_token_budget(minilm_dir, real_flows):
 
 def test_facts_from_project_ingest(ndpi_dir):
     """Facts straight from the flow table that ingest produces (the contract in docs/architecture.md)."""
-    ingest_lib = pytest.importorskip("pclip_jax.data.ingest")
+    from pclip_jax.data import ingest as ingest_lib
     table = ingest_lib.ingest([str(ndpi_dir / "pcap" / "ftp.pcap")], ingest_lib.IngestConfig(), progress=False)
     t, meta = table.tensors, table.meta
     facts = text.flow_facts_batch(t["sizes"], t["iat"], t["num_packets"], meta["proto"],

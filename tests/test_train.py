@@ -1,4 +1,4 @@
-"""Pre-training on real captures with the tiny test config: checkpoint resume, results, evaluate CLI."""
+"""Pre-training on real captures with the tiny test config: capture-disjoint split, resume, tuned text tower."""
 import json
 
 import jax
@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
+from pclip_jax import embedding, job
 from pclip_jax import train as train_lib
-from pclip_jax.data.prepare import prepare_flows
-from pclip_jax.models.two_towers import TwoTowers
+from pclip_jax.models.text_tower import load_text_encoder
+from pclip_jax.settings import from_config
 from pclip_jax.text_features import TextFeaturizer
+from pclip_jax.workdir import Workdir
 
 CAPTURES = ["1kxun.pcap", "443-chrome.pcap", "443-firefox.pcap", "dns_long_domainname.pcap", "quic.pcap",
             "signal.pcap", "whatsapp_login_call.pcap", "skype.pcap", "bittorrent.pcap", "ookla.pcap",
@@ -31,13 +33,12 @@ def _config(ndpi_dir, minilm_dir, steps):
 
 @pytest.fixture(scope="module")
 def setup(ndpi_dir, minilm_dir, tmp_path_factory):
-    config = _config(ndpi_dir, minilm_dir, 20)
     cache = tmp_path_factory.mktemp("cache")
-    config.data.cache_dir = str(cache)
-    prepared = prepare_flows(config.data, cache, progress=False)
-    featurizer = TextFeaturizer(config.text.encoder, max_len=config.text.max_len)
-    texts = train_lib.build_train_texts(prepared, config, featurizer, cache)
-    return config, prepared, featurizer, texts
+    settings = from_config(_config(ndpi_dir, minilm_dir, 20)).replace(data={"cache_dir": str(cache)})
+    prepared = job.prepare_experiment(settings, cache)
+    featurizer = TextFeaturizer(settings.text.encoder, max_len=settings.text.max_len)
+    texts = train_lib.build_train_texts(prepared, settings, featurizer, cache)
+    return settings, prepared, featurizer, texts
 
 
 def test_split_is_capture_disjoint(setup):
@@ -51,21 +52,23 @@ def test_split_is_capture_disjoint(setup):
 
 
 def test_resume_equals_straight_run(setup, tmp_path):
-    config, prepared, _, texts = setup
-    model = TwoTowers(train_lib.model_config(config))
-    straight, steps = train_lib.train(config, tmp_path / "a", prepared, texts, model, progress=False)
+    settings, prepared, _, texts = setup
+    model = embedding.build_model(settings)
+    straight, steps = train_lib.pretrain(settings, Workdir(tmp_path / "a"), prepared, texts, model, progress=False)
     assert steps == 20
     # Interrupt after 10 of the 20 steps (same schedule), then resume in the same workdir.
-    first = config.copy_and_resolve_references()
-    first.unlock()
-    first.train.stop_after = 10
-    train_lib.train(first, tmp_path / "b", prepared, texts, model, progress=False)
-    resumed, steps_b = train_lib.train(config, tmp_path / "b", prepared, texts, model, progress=False)
+    first = settings.replace(train={"stop_after": 10})
+    train_lib.pretrain(first, Workdir(tmp_path / "b"), prepared, texts, model, progress=False)
+    resumed, steps_b = train_lib.pretrain(settings, Workdir(tmp_path / "b"), prepared, texts, model, progress=False)
     assert steps_b == 20
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    # The parameters moved: training did something.
-    assert any(np.abs(np.asarray(a)).sum() > 0 for a in jax.tree.leaves(straight))
+    # The parameters moved away from their initial values: training did something.
+    init_rng = jax.random.split(jax.random.PRNGKey(settings.train.seed))[0]
+    initial = train_lib.create_state(settings, model, init_rng, texts.features.shape[1]).params
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+             for a, b in zip(jax.tree.leaves(straight["packet_tower"]), jax.tree.leaves(initial["packet_tower"]))]
+    assert min(moved) >= 0 and np.median(moved) > 1e-4
     lines = (tmp_path / "a" / "metrics_train.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 20 and np.isfinite(json.loads(lines[-1])["loss"])
 
@@ -75,28 +78,23 @@ def test_resume_equals_straight_run(setup, tmp_path):
 def test_tuned_text_tower_and_bf16_train(setup, tmp_path, trainable, from_scratch, dtype):
     """The text tower can be tuned (its weights move from the pretrained ones) or trained from scratch, and
     bf16 compute trains."""
-    from pclip_jax.models.text_tower import load_text_encoder
-
-    config, prepared, featurizer, texts = setup
-    config = config.copy_and_resolve_references()
-    config.text.trainable = trainable
-    config.text.from_scratch = from_scratch
-    config.train.dtype = dtype
-    config.train.num_steps = 2
-    model = train_lib.build_model(config)
+    settings, prepared, featurizer, texts = setup
+    settings = settings.replace(text={"trainable": trainable, "from_scratch": from_scratch},
+                                train={"dtype": dtype, "num_steps": 2})
+    model = embedding.build_model(settings)
     if trainable or from_scratch:
-        texts = train_lib.build_train_texts(prepared, config, featurizer, None)
+        texts = train_lib.build_train_texts(prepared, settings, featurizer, None)
         assert texts.tokens is not None
-    params, steps = train_lib.train(config, tmp_path, prepared, texts, model, progress=False)
+    params, steps = train_lib.pretrain(settings, Workdir(tmp_path), prepared, texts, model, progress=False)
     assert steps == 2
     assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(params))
     if trainable:
-        pretrained = load_text_encoder(config.text.encoder)[1]
+        pretrained = load_text_encoder(settings.text.encoder)[1]
         moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
                  for a, b in zip(jax.tree.leaves(params["text_encoder"]), jax.tree.leaves(pretrained))]
         assert max(moved) > 0
     if trainable or from_scratch:  # downstream features come from the trained encoder, under their own cache key
-        tuned = train_lib.text_featurizer(config, params)
-        assert tuned.model_path != featurizer.model_path
+        tuned = embedding.text_featurizer(settings, params)
+        assert tuned.identity != featurizer.identity
         emb = tuned(["an encrypted video stream"], progress=False)
         assert emb.shape[0] == 1 and np.isfinite(emb).all()

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pclip_jax.data import capture, flows, tensors
+from pclip_jax.files import atomic_path, read_json
 
 META_COLUMNS = ("capture", "flow_id", "proto", "client_ip", "server_ip", "client_port", "server_port", "vlan",
                 "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
@@ -52,7 +53,7 @@ class IngestConfig:
         """The ingest settings of a model config's `data` block (what its packet tower was trained on)."""
         d = data_config
         return cls(packets=int(d.packets), bytes=int(d.bytes), mask=bool(d.mask),
-                   payload_rows=bool(d.get("payload_rows", False)), **overrides)
+                   payload_rows=bool(d.payload_rows), **overrides)
 
     def __post_init__(self):
         for name in ("packets", "bytes", "workers", "chunk_bytes"):
@@ -100,19 +101,21 @@ class FlowTable:
         return FlowTable(meta, tens, list(names), merge_summaries([t.summary for t in tables]))
 
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Write ``flows.csv``, ``tensors.npz`` (no pickle) and ``summary.json`` into ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        cols = list(self.meta)
-        with open(out / "flows.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            step = 50_000  # rows per write: bounds the memory of the formatted strings
-            for a in range(0, len(self), step):
-                w.writerows(zip(*(_csv_values(self.meta[c][a:a + step]) for c in cols)))
-        _write_npz(out / "tensors.npz", {**self.tensors, "stats_names": np.array(self.stats_names)})
-        with open(out / "summary.json", "w") as fh:
-            json.dump(self.summary, fh, indent=1, default=_json_default)
+        """Write ``flows.csv``, ``tensors.npz`` (no pickle) and ``summary.json`` into ``out_dir``, atomically: the
+        files are written into a temporary directory beside it, which then replaces ``out_dir``, so a kill
+        mid-write leaves the previous table (or none), never a partial one."""
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            cols = list(self.meta)
+            with open(tmp / "flows.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(cols)
+                step = 50_000  # rows per write: bounds the memory of the formatted strings
+                for a in range(0, len(self), step):
+                    w.writerows(zip(*(_csv_values(self.meta[c][a:a + step]) for c in cols)))
+            _write_npz(tmp / "tensors.npz", {**self.tensors, "stats_names": np.array(self.stats_names)})
+            with open(tmp / "summary.json", "w") as fh:
+                json.dump(self.summary, fh, indent=1, default=_json_default)
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "FlowTable":
@@ -138,11 +141,16 @@ class FlowTable:
                     meta[name] = np.array(vals, dtype=str)
             except ValueError as e:
                 raise ValueError(f"{d / 'flows.csv'}: column {name!r}: {e}") from None
-        with np.load(d / "tensors.npz", allow_pickle=False) as z:
-            tens = {k: z[k] for k in z.files if k != "stats_names"}
-            names = [str(x) for x in z["stats_names"]]
-        with open(d / "summary.json") as fh:
-            summary = json.load(fh)
+        try:
+            with np.load(d / "tensors.npz", allow_pickle=False) as z:
+                tens = {k: z[k] for k in z.files if k != "stats_names"}
+                names = [str(x) for x in z["stats_names"]]
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{d / 'tensors.npz'}: unreadable ({type(e).__name__}: {e})") from None
+        summary = read_json(d / "summary.json")
+        lengths = {k: len(v) for k, v in {**meta, **tens}.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{d}: columns of different lengths {lengths} (a damaged table)")
         return cls(meta, tens, names, summary)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 def _dataset_dir(name: str, data_dir: pathlib.Path, config: Optional[str]) -> pathlib.Path:
     """data_dir/name/config/version of a prepared dataset (the newest version when several are there)."""
-    from pclip_jax.data import tfds_builders
+    from pclip_jax.data import tfds_builders  # here: importing it imports TensorFlow Datasets (seconds)
 
     cls = tfds_builders.BUILDERS.get(name)
     if cls is None:

@@ -14,9 +14,15 @@ from typing import Sequence
 
 import numpy as np
 
+from pclip_jax import __version__
+from pclip_jax.data import capture, flows, names, tensors
+from pclip_jax.data import ingest as ingest_module
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
+from pclip_jax.data.capture import find_captures
+from pclip_jax.data.download import download_ndpi
 from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
+from pclip_jax.settings import DataSettings
 
 
 @dataclasses.dataclass
@@ -36,14 +42,12 @@ class PreparedFlows:
         return sorted(set(np.asarray(self.table.meta["level2"]).astype(str)[idx].tolist()) - {""})
 
 
-def resolve_inputs(data_config) -> tuple[list[str], str]:
-    """(capture inputs, label spec) from the config: `manual_dir` holds pcap/ and result/ (nDPI layout)."""
-    if data_config.get("inputs"):
+def resolve_inputs(data_config: DataSettings) -> tuple[list[str], str]:
+    """(capture inputs, label spec) from the settings: `inputs`, else `manual_dir` with pcap/ and result/."""
+    if data_config.inputs:
         return list(data_config.inputs), data_config.labels
     root = pathlib.Path(data_config.manual_dir).expanduser() if data_config.manual_dir else None
     if root is None or not root.exists():
-        from pclip_jax.data.download import download_ndpi
-
         if root is not None:
             print(f"[data] {root} does not exist: downloading the nDPI corpus instead", file=sys.stderr)
         root = download_ndpi()
@@ -58,8 +62,6 @@ def resolve_inputs(data_config) -> tuple[list[str], str]:
 
 def _fingerprint(inputs: Sequence[str], label_spec: str) -> list:
     """(path, size, mtime) of every capture and label file, so that a changed corpus is ingested again."""
-    from pclip_jax.data.capture import find_captures
-
     files = [path for path, _ in find_captures(inputs)]
     kind, _, target = (label_spec or "").partition(":")
     if kind in ("ndpi", "csv") and target:
@@ -71,28 +73,31 @@ def _fingerprint(inputs: Sequence[str], label_spec: str) -> list:
 def _ingest_code_digest() -> str:
     """Digest of the modules and data files that decide a flow table's content: a changed parser, mask or label
     rule invalidates cached tables even without a version bump."""
-    from pclip_jax.data import capture, flows, ingest as ingest_mod, labels, names, tensors
-
     h = hashlib.sha256()
-    for mod in (capture, flows, ingest_mod, labels, names, tensors):
+    for mod in (capture, flows, ingest_module, labels_lib, names, tensors):
         h.update(pathlib.Path(mod.__file__).read_bytes())
-    for f in sorted(pathlib.Path(labels.__file__).parent.glob("*.yaml")):
+    for f in sorted(pathlib.Path(labels_lib.__file__).parent.glob("*.yaml")):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
 def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
                   cache_root: pathlib.Path, progress: bool = True) -> FlowTable:
-    """Ingests and labels once; later runs with the same inputs and settings load the cached flow table."""
-    from pclip_jax import __version__
+    """Ingests and labels once; later runs with the same inputs and settings load the cached flow table.
 
+    The cache is written atomically (`FlowTable.save`); one that cannot be read (damaged on disk, or left by an
+    older version that wrote in place) is rebuilt with a warning that names it."""
     key = json.dumps({"version": __version__, "code": _ingest_code_digest(),
                       "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
                       "files": _fingerprint(inputs, label_spec), "labels": label_spec,
                       "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
     cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])
-    if (cache / "tensors.npz").is_file():
-        return FlowTable.load(cache)
+    if cache.exists():
+        try:
+            return FlowTable.load(cache)
+        except (OSError, ValueError) as e:
+            print(f"[data] warning: cached flow table {cache} is unreadable ({str(e).splitlines()[0]}); "
+                  f"rebuilding it", file=sys.stderr)
     table = ingest(inputs, ingest_config, progress=progress)
     if label_spec:
         table = labels_lib.attach_labels(table, label_spec, progress=progress)
@@ -113,10 +118,13 @@ def _keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str)
     return np.sort(np.concatenate([train_idx, val_idx[to_train]])), val_idx[~to_train]
 
 
-def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = True) -> PreparedFlows:
+def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, progress: bool = True
+                  ) -> PreparedFlows:
+    """The experiment's flows from the data settings; ingested tables are cached under `cache_root`
+    (`Workdir.cache_dir(settings)`)."""
     inputs, label_spec = resolve_inputs(data_config)
     ingest_config = IngestConfig.from_data_config(data_config)
-    cache_root = pathlib.Path(data_config.get("cache_dir") or pathlib.Path(workdir) / "cache")
+    cache_root = pathlib.Path(cache_root)
     table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
     level = data_config.label_level
     table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
@@ -126,7 +134,7 @@ def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = Tru
                                         label_column=level)
     train_idx, test_idx = np.asarray(split["train"]), np.asarray(split["test"])
     val_idx = np.zeros((0,), np.int64)
-    val_fraction = float(data_config.get("validation_fraction", 0.0))
+    val_fraction = data_config.validation_fraction
     if val_fraction > 0:
         # A second capture-disjoint split of the training captures only, so the test split is the same with or
         # without validation.
@@ -143,7 +151,7 @@ def prepare_flows(data_config, workdir: str | pathlib.Path, progress: bool = Tru
     class_ids = np.array([lookup.get(x, -1) for x in labels], dtype=np.int32)
     dropped = dict(dropped)
     dropped["class_below_min_train_flows"] = int((class_ids == -1).sum())
-    if data_config.get("fraction", 1.0) < 1.0:
+    if data_config.fraction < 1.0:
         train_idx = np.asarray(splits_lib.fraction_subset(table, train_idx, data_config.fraction,
                                                           data_config.split_seed, level))
     captures = np.asarray(table.meta["capture"]).astype(str)

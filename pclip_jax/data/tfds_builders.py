@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from pclip_jax.data import labels as labels_lib
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.data.tensors import STATS_NAMES
 from pclip_jax.data import splits as splits_lib
 
 from pclip_jax.data.download import NDPI_ARCHIVE_URL, NDPI_COMMIT, reachable as _reachable  # noqa: F401
@@ -98,8 +100,6 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         """(capture inputs: files or folders, label spec)."""
 
     def _info(self) -> tfds.core.DatasetInfo:
-        from pclip_jax.data.tensors import STATS_NAMES  # numpy only; the ingest path imports no JAX
-
         k, b, s = self.builder_config.packets, self.builder_config.bytes, len(STATS_NAMES)
         i64, i32 = np.int64, np.int32
         features = tfds.features.FeaturesDict({
@@ -132,8 +132,6 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             metadata=tfds.core.MetadataDict(), homepage="https://github.com/ntop/nDPI")
 
     def _split_generators(self, dl_manager):
-        from pclip_jax.data.ingest import IngestConfig, ingest
-
         cfg = self.builder_config
         inputs, spec = self._sources(dl_manager)
         spec = cfg.labels or spec

@@ -6,7 +6,7 @@
 The reply must be a YAML (or JSON) knowledge graph in the schema of `pclip_jax.kg.schema`; it is validated before
 anything is written, and an invalid reply is rejected with the reason (`--attempts N` re-asks, quoting the reason).
 Only the standard library talks HTTP (urllib). The API key, if the endpoint needs one, is read from the environment
-variable named by `--api-key-env` (default OPENAI_API_KEY). Offline, use the shipped graphs in configs/kg/.
+variable named by `--api-key-env` (default OPENAI_API_KEY). Offline, use the shipped graphs in pclip_jax/kg/shipped/.
 """
 from __future__ import annotations
 

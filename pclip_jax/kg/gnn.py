@@ -237,11 +237,6 @@ def init_params(config: GnnConfig, rng: jax.Array, sample_graphs: jraph.GraphsTu
     return jax.jit(HierarchicalGNN(config).init)(rng, sample_graphs, kg_embeddings)["params"]
 
 
-def count_params(params: Any) -> int:
-    """Number of trainable scalars (works on `jax.eval_shape` output too)."""
-    return compat.count_params(params)
-
-
 def flops_per_flow(config: GnnConfig, params: Any, graphs: jraph.GraphsTuple, kg_embeddings: jnp.ndarray
                    ) -> float:
     """Inference FLOPs of the GNN per real flow, from XLA's cost analysis of the compiled forward pass on

@@ -1,4 +1,4 @@
-"""The detection stage of the main job: the mission knowledge graph + hierarchical GNN on frozen towers.
+"""The detection stage: the mission knowledge graph + hierarchical GNN on frozen towers.
 
 Flow nodes get the projected packet embedding, KG nodes the projected text embedding of their descriptions (the
 text head maps the frozen sentence features into the shared space), so flow–node similarity is meaningful from the
@@ -6,61 +6,93 @@ first GNN step and a node that exists only as text is scored zero-shot. Only the
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
+from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pclip_jax import metrics as metrics_lib
 from pclip_jax import text as text_lib
+from pclip_jax.checkpointing import Checkpoints
+from pclip_jax.embedding import load_descriptions, shared_space_encoder
+from pclip_jax.kg import graphs as kg_graphs
 from pclip_jax.kg import schema, train_gnn
-from pclip_jax.kg.missions import resolve_mission
+from pclip_jax.kg.gnn import HierarchicalGNN
+from pclip_jax.kg.missions import mission_from_statement, missions_of
 from pclip_jax.models.two_towers import TwoTowerConfig
-from pclip_jax.text_features import cached_text_features
-
-GNN_DIR = "gnn"
-
-
-def kg_path(config) -> pathlib.Path:
-    name = config.gnn.kg
-    return pathlib.Path(name) if name.endswith((".yaml", ".yml")) else schema.shipped_kg_path(name)
+from pclip_jax.settings import Settings
+from pclip_jax.workdir import Workdir
 
 
-def shared_space_encoder(model, params, featurizer, cache_dir):
-    """texts → projected, normalised text embeddings in the shared space (frozen features cached on disk)."""
-    from pclip_jax.models.two_towers import TwoTowers
+def kg_path(settings: Settings) -> pathlib.Path:
+    """The graph file of `gnn.kg`: a YAML path, or the name of a graph shipped in `pclip_jax/kg/shipped/`."""
+    name = settings.gnn.kg
+    if name.endswith((".yaml", ".yml")):
+        path = pathlib.Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"gnn.kg={name}: no such knowledge-graph file")
+        return path
+    return schema.shipped_kg_path(name)
 
-    def encode(texts):
-        feats = cached_text_features(featurizer, list(texts), cache_dir, progress=False)
-        return np.asarray(model.apply({"params": params}, jnp.asarray(feats), method=TwoTowers.embed_text))
 
-    return encode
+def load_graph(settings: Settings) -> schema.KnowledgeGraph:
+    """The knowledge graph of the settings, validated (the main job calls this before any training)."""
+    return schema.load_kg(kg_path(settings))
 
 
-def prepare_workdir_kg(config, model, params, featurizer, cache_dir, mission=None):
-    kg = schema.load_kg(kg_path(config))
-    mission = resolve_mission(kg, mission if mission is not None else (config.gnn.mission or None))
+def resolve_mission(kg, mission: Optional[str], encode=None, verbose: bool = False):
+    """A mission name declared in the graph, or a free-text statement; a statement that names no node falls back
+    to the service classes nearest to it in the shared embedding space (with `encode`)."""
+    if not mission:
+        return None
+    declared = missions_of(kg)
+    if mission in declared:
+        resolved = declared[mission]
+    else:
+        try:
+            resolved = mission_from_statement(kg, mission)
+        except schema.KGValidationError:
+            if encode is None:
+                raise
+            nodes = kg_graphs.kg_text_embeddings(kg, encode, progress=False)["nodes"]
+            resolved = mission_from_statement(kg, mission, encode=encode, node_embeddings=nodes)
+    if verbose:
+        weights = ", ".join(f"{k}×{v:g}" for k, v in resolved.weights.items())
+        print(f"[classify] mission {resolved.name!r}: focus {list(resolved.focus)}"
+              f"{'; weights ' + weights if weights else ''}"
+              f"{'' if resolved.keep_others else '; other classes removed'}", file=sys.stderr)
+    return resolved
+
+
+def prepare_detection_kg(settings: Settings, model, params, featurizer, cache_dir, mission: Optional[str] = None,
+                         verbose: bool = False) -> train_gnn.PreparedKG:
+    """The settings' graph in the shared space, with `mission` applied (default: `gnn.mission`)."""
+    kg = load_graph(settings)
     encode = shared_space_encoder(model, params, featurizer, cache_dir)
-    return blend_pretraining_prompts(train_gnn.prepare_kg(kg, encode, cache_dir=None, mission=mission), config,
+    resolved = resolve_mission(kg, mission if mission is not None else settings.gnn.mission, encode, verbose)
+    return blend_pretraining_prompts(train_gnn.prepare_kg(kg, encode, cache_dir=None, mission=resolved), settings,
                                      encode)
 
 
-def blend_pretraining_prompts(pkg, config, encode):
+def blend_pretraining_prompts(pkg: train_gnn.PreparedKG, settings: Settings, encode) -> train_gnn.PreparedKG:
     """With `gnn.node_prompts`: a node that names a class or application with pre-training phrasings
     (pclip_jax/data/class_descriptions.yaml) gets, as its text embedding, the normalised mean over its own
     descriptions *and* the zero-shot prompts the towers were aligned on, so the untrained GNN's similarity term
-    starts from the zero-shot decision instead of from the graph's differently worded descriptions (in place;
-    the per-description embeddings that explanations choose from are the graph's own)."""
-    if not config.gnn.get("node_prompts", False):
+    starts from the zero-shot decision instead of from the graph's differently worded descriptions. Returns a new
+    PreparedKG; the per-description embeddings that explanations choose from stay the graph's own."""
+    if not settings.gnn.node_prompts:
         return pkg
-    descriptions = text_lib.load_class_descriptions(config.text.get("descriptions") or None)
-    nodes = pkg.text["nodes"] = np.array(pkg.text["nodes"], np.float32)
-    desc, mask = pkg.text["descriptions"], pkg.text["description_mask"]
+    descriptions = load_descriptions(settings)
     chosen = [m for m, node in enumerate(pkg.kg.nodes)
               if node.level >= 1 and text_lib.has_phrasings(node.id, descriptions)]
     if not chosen:
         return pkg
+    nodes = np.array(pkg.text["nodes"], np.float32)
+    desc, mask = pkg.text["descriptions"], pkg.text["description_mask"]
     prompts = [text_lib.class_prompts(pkg.kg.nodes[m].id, descriptions) for m in chosen]
     emb = np.array(encode([t for p in prompts for t in p]), np.float32)  # one call: one batch pass, one cache file
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9)
@@ -69,20 +101,27 @@ def blend_pretraining_prompts(pkg, config, encode):
         mean = np.concatenate([desc[m][mask[m]], emb[start:start + len(p)]]).mean(0)
         nodes[m] = mean / max(float(np.linalg.norm(mean)), 1e-9)
         start += len(p)
-    return pkg
+    return dataclasses.replace(pkg, text={**pkg.text, "nodes": nodes})
 
 
-def gnn_train_config(config, params=None) -> dict:
-    """GnnTrainConfig fields from the experiment config; with the pre-trained `params`, the GNN's similarity
-    term starts at the towers' learned temperature (the zero-shot logits)."""
-    g = config.gnn
-    model = dict(g.model)
-    if params is not None and g.get("similarity_from_temperature", True):
+def gnn_train_config(settings: Settings, params=None) -> train_gnn.GnnTrainConfig:
+    """The GNN's training config from the settings; with the pre-trained `params`, the GNN's similarity term
+    starts at the towers' learned temperature (the zero-shot logits)."""
+    g = settings.gnn
+    model = dataclasses.asdict(g.model)
+    model["level_loss_weights"] = tuple(model["level_loss_weights"])
+    if params is not None and g.similarity_from_temperature:
         max_log_scale = TwoTowerConfig().max_log_scale
         model["similarity_init"] = float(np.exp(min(float(params["logit_scale"]), max_log_scale)))
-    return {"model": model, "batch_size": g.batch_size, "num_steps": g.num_steps,
-            "learning_rate": g.learning_rate, "weight_decay": g.weight_decay, "warmup_steps": g.warmup_steps,
-            "seed": config.train.seed, "log_every": g.log_every, "checkpoint_every": g.checkpoint_every}
+    return train_gnn.GnnTrainConfig.from_config({
+        "model": model, "batch_size": g.batch_size, "num_steps": g.num_steps, "learning_rate": g.learning_rate,
+        "weight_decay": g.weight_decay, "warmup_steps": g.warmup_steps, "seed": settings.train.seed,
+        "log_every": g.log_every, "checkpoint_every": g.checkpoint_every})
+
+
+def _level1_slots(pkg, labels) -> np.ndarray:
+    names1 = pkg.layout.class_names(1)
+    return np.array([names1.index(x) if x in names1 else -1 for x in labels], np.int64)
 
 
 def gnn_validator(gcfg, pkg, prepared, level1, z_val):
@@ -90,11 +129,11 @@ def gnn_validator(gcfg, pkg, prepared, level1, z_val):
     val = prepared.val_idx
     if z_val is None or not len(val):
         return None
-    names1 = pkg.layout.class_names(1)
-    y_val = np.array([names1.index(x) if x in names1 else -1 for x in level1[val]])
+    y_val = _level1_slots(pkg, level1[val])
     known = (y_val >= 0) & (prepared.class_ids[val] >= 0)
     if len(np.unique(y_val[known])) < 2:
         return None
+    names1 = pkg.layout.class_names(1)
 
     def validate(gnn_params) -> float:
         prob1 = train_gnn.predict_arrays(gcfg, gnn_params, z_val[known], pkg)["prob1"]
@@ -103,15 +142,15 @@ def gnn_validator(gcfg, pkg, prepared, level1, z_val):
     return validate
 
 
-def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer, embeddings, cache_dir) -> dict:
+def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model, params, featurizer, embeddings,
+                           cache_dir) -> dict:
     """Trains the GNN on the train flows' embeddings, evaluates it on the test flows of the evaluated classes."""
-    workdir = pathlib.Path(workdir)
-    pkg = prepare_workdir_kg(config, model, params, featurizer, cache_dir)
+    pkg = prepare_detection_kg(settings, model, params, featurizer, cache_dir)
     meta = prepared.table.meta
     level1 = np.asarray(meta["level1"]).astype(str)
     level2 = np.asarray(meta["level2"]).astype(str)
     te = prepared.test_idx
-    fit_on = config.gnn.get("fit_on", "train")
+    fit_on = settings.gnn.fit_on
     parts = {"train": (prepared.train_idx, embeddings.get("train")),
              "validation": (prepared.val_idx, embeddings.get("validation"))}
     chosen = [parts[name] for name in fit_on.split("+")]
@@ -119,22 +158,21 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
         raise ValueError(f"gnn.fit_on={fit_on!r}: that split is empty (data.validation_fraction=0?)")
     tr = np.concatenate([i for i, _ in chosen])
     z_fit = np.concatenate([z for _, z in chosen])
-    gcfg = gnn_train_config(config, params)
+    gcfg = gnn_train_config(settings, params)
     validate = None
     if "validation" not in fit_on:
         validate = gnn_validator(gcfg, pkg, prepared, level1, embeddings.get("validation"))
-    gnn_params, _ = train_gnn.train_gnn(gcfg, z_fit, level1[tr], level2[tr], pkg, workdir / GNN_DIR,
-                                        validate=validate, eval_every=config.gnn.get("eval_every", 25))
+    gnn_params, _ = train_gnn.train_gnn(gcfg, z_fit, level1[tr], level2[tr], pkg, workdir.gnn_dir,
+                                        validate=validate, eval_every=settings.gnn.eval_every)
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).
     keep = prepared.class_ids[te] >= 0
     block = train_gnn.evaluate_gnn(gcfg, gnn_params, embeddings["test"][keep], level1[te][keep],
-                                   level2[te][keep], pkg, min_flows_level2=config.gnn.min_flows_level2,
+                                   level2[te][keep], pkg, min_flows_level2=settings.gnn.min_flows_level2,
                                    train_applications=prepared.applications(prepared.train_idx))
     probs = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["test"][keep], pkg)["prob1"]
-    names1 = pkg.layout.class_names(1)
-    y1 = np.array([names1.index(x) if x in names1 else -1 for x in level1[te][keep]])
+    y1 = _level1_slots(pkg, level1[te][keep])
     ok = y1 >= 0
-    metrics_lib.plot_roc(y1[ok], probs[ok], names1, workdir / "roc_gnn_level1.png",
+    metrics_lib.plot_roc(y1[ok], probs[ok], pkg.layout.class_names(1), workdir.plot("gnn_level1"),
                          "hierarchical GNN, level 1 (capture-disjoint test)")
     print(metrics_lib.format_table([("GNN level 1 (test)", block["level1"]),
                                     ("GNN level 2 (test)", block["level2"])]
@@ -142,45 +180,49 @@ def train_and_evaluate_gnn(config, workdir, prepared, model, params, featurizer,
     return block
 
 
-def load_gnn(workdir, config, pkg):
-    """Parameters of the GNN head trained in `workdir` (newest checkpoint under `WORKDIR/gnn/gnn_checkpoints`).
-
-    Only the parameters are read (the optimizer state is skipped); they are checked against the shapes the
-    workdir's config gives for graph `pkg` (`prepare_workdir_kg(...)` output), so a checkpoint from another config
-    is a clear error, not a silent mismatch.
-    """
-    import jax
-    import orbax.checkpoint as ocp
-
-    from pclip_jax import checkpointing
-    from pclip_jax.kg import graphs as kg_graphs
-    from pclip_jax.kg.gnn import HierarchicalGNN
-
-    ckpt_dir = pathlib.Path(workdir) / GNN_DIR / "gnn_checkpoints"
+def load_gnn(workdir: Workdir, settings: Settings, pkg) -> dict:
+    """Parameters of the GNN head trained in `workdir`: the validation-best ones when kept, else the newest intact
+    checkpoint's. Only the parameters are read; they are checked against the shapes the settings give for graph
+    `pkg`, so a checkpoint from another config is a clear error, not a silent mismatch."""
+    ckpt_dir = workdir.gnn_checkpoints
     if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"{ckpt_dir}: no GNN checkpoints; train the workdir with config.gnn.enabled=True")
-    model_cfg = train_gnn.GnnTrainConfig.from_config(gnn_train_config(config)).model
-    sample = kg_graphs.build_batch(pkg.layout, np.zeros((1, int(config.model.embed_dim)), np.float32),
+        raise FileNotFoundError(f"{ckpt_dir}: no GNN checkpoints; train the workdir with gnn.enabled=True")
+    model_cfg = gnn_train_config(settings).model
+    sample = kg_graphs.build_batch(pkg.layout, np.zeros((1, settings.model.embed_dim), np.float32),
                                    node_prior=pkg.prior)
     # Shapes only: no compilation of the init function.
     expected = jax.eval_shape(HierarchicalGNN(model_cfg).init, jax.random.PRNGKey(0), sample,
                               jnp.asarray(pkg.embeddings))["params"]
-    mngr = checkpointing.manager(ckpt_dir, 1, 1)
-    try:
-        step = mngr.latest_step()
+    params, where = None, None
+    best_dir = workdir.gnn_best_checkpoints
+    if (best_dir / "best.json").is_file():
+        ckpts = Checkpoints(best_dir, writable=False)
+        try:
+            params, step = ckpts.restore()
+            where = f"{best_dir}/{step}"
+        except Exception as e:  # a damaged best copy: the newest training checkpoint is still usable
+            print(f"[gnn] {best_dir}: {str(e).splitlines()[0]}; using the newest training checkpoint",
+                  file=sys.stderr)
+            params = None
+        finally:
+            ckpts.close()
+    if params is None:
+        ckpts = Checkpoints(ckpt_dir, writable=False)
+        try:
+            restored, step = ckpts.restore()
+        finally:
+            ckpts.close()
         if step is None:
             raise FileNotFoundError(f"{ckpt_dir}: no finished GNN checkpoint")
-        restored = mngr.restore(step, args=ocp.args.StandardRestore())
-    finally:
-        mngr.close()
-    params = restored.get("params") if isinstance(restored, dict) else None
-    if params is None:
-        raise ValueError(f"{ckpt_dir}/{step}: checkpoint has no 'params' entry")
+        params = restored.get("params") if isinstance(restored, dict) else None
+        where = f"{ckpt_dir}/{step}"
+        if params is None:
+            raise ValueError(f"{where}: checkpoint has no 'params' entry")
     want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
     got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     if want != got:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:5]
-        raise ValueError(f"{ckpt_dir}/{step}: GNN parameters do not match the workdir's config "
+        raise ValueError(f"{where}: GNN parameters do not match the workdir's config "
                          f"(first differences: {[(k, got.get(k), want.get(k)) for k in diff]} as (checkpoint, "
                          f"expected))")
     return jax.tree.map(jnp.asarray, params)

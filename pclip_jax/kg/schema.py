@@ -314,9 +314,11 @@ def save_kg(kg: KnowledgeGraph, path: str | pathlib.Path) -> None:
 
 
 def shipped_kg_path(name: str) -> pathlib.Path:
-    """Path of a graph shipped in `configs/kg/` (e.g. 'ndpi', 'iscx_vpn2016', 'ustc_tfc2016')."""
-    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "kg" / f"{name}.yaml"
+    """Path of a graph shipped with the package in `pclip_jax/kg/shipped/` (e.g. 'ndpi', 'iscx_vpn2016',
+    'ustc_tfc2016'); package data, so a non-editable install finds it from any directory."""
+    path = pathlib.Path(__file__).resolve().parent / "shipped" / f"{name}.yaml"
     if not path.is_file():
         avail = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise FileNotFoundError(f"no shipped knowledge graph {name!r} at {path}; available: {avail}")
+        raise FileNotFoundError(f"gnn.kg={name!r}: no such shipped knowledge graph (available: "
+                                f"{', '.join(avail)}; or give a path to a YAML file)")
     return path

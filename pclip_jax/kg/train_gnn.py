@@ -1,8 +1,9 @@
 """Training, inference and evaluation of the hierarchical GNN on frozen flow embeddings.
 
 Data-parallel with the shared machinery: `jax.pmap` over the local devices (one device works too), gradients and
-metrics summed over the `batch` axis so the loss equals the single-device loss on the whole step, orbax checkpoints
-with automatic resume (`pclip_jax.checkpointing`), metrics through `pclip_jax.metric_writer.MetricWriter`.
+metrics summed over the `batch` axis so the loss equals the single-device loss on the whole step; checkpoints,
+resume, NaN guard, logging and the validation-best parameters through the loop pre-training uses too
+(`pclip_jax.loop`).
 """
 from __future__ import annotations
 
@@ -18,14 +19,19 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from pclip_jax import checkpointing, parallel
+from pclip_jax import compat, loop, parallel
+from pclip_jax.compat import count_params
 from pclip_jax.kg import graphs as kg_graphs
-from pclip_jax.kg.gnn import GnnConfig, HierarchicalGNN, count_params, flops_per_flow, init_params, predict
+from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, graph_mask, init_params, per_level_outputs,
+                              predict, top_down_decisions)
 from pclip_jax.kg.missions import Mission, apply_mission
 from pclip_jax.kg.schema import KnowledgeGraph
-from pclip_jax.metric_writer import MetricWriter
+from pclip_jax.metrics import by_application_novelty, classification_report
 
 AXIS = "batch"
+# Under the stage's directory (the workdir's `gnn/`): the last states, and the validation-best parameters.
+CHECKPOINTS = "gnn_checkpoints"
+BEST_CHECKPOINTS = "checkpoints_best"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +109,6 @@ def _slots(prepared: PreparedKG, level1, level2) -> tuple[np.ndarray, np.ndarray
 
 def _loss_terms(model, params, graphs, kg_emb, layout, class_weight, rng):
     """Per-device sums (not means) so the psum over devices gives the exact loss of the whole step."""
-    from pclip_jax.kg.gnn import graph_mask, per_level_outputs, top_down_decisions
     out = model.apply({"params": params}, graphs, kg_emb, deterministic=rng is None,
                       rngs=None if rng is None else {"dropout": rng})
     lv = per_level_outputs(out, layout)
@@ -153,7 +158,8 @@ def _make_train_step(model, layout, optimizer, level_weights):
 def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, train_labels_level2,
               kg: PreparedKG, workdir: str | pathlib.Path, progress: bool = True,
               validate: Callable[[Any], float] | None = None, eval_every: int = 25) -> tuple[Any, list[dict]]:
-    """Trains the GNN head on frozen flow embeddings; resumes from `workdir/gnn_checkpoints` when present.
+    """Trains the GNN head on frozen flow embeddings through the shared loop (`pclip_jax.loop`); resumes from
+    `workdir/gnn_checkpoints` when present.
 
     Args:
       config: `GnnTrainConfig` or a ConfigDict/mapping with its fields.
@@ -161,9 +167,11 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
       train_labels_level1 / train_labels_level2: class slots (int, -1 unknown) or label names (str, '' unknown,
         matched to nodes by id/name/alias).
       kg: `prepare_kg(...)` output.
-      workdir: checkpoints (`gnn_checkpoints/`) and metrics (`metrics_gnn.jsonl`, TensorBoard) go here.
-      validate: optional params → score on held-out captures (higher is better), computed every `eval_every`
-        steps; the best parameters are returned and stored as the final checkpoint (early stopping).
+      workdir: checkpoints (`gnn_checkpoints/`, the best in `checkpoints_best/`) and metrics (`metrics_gnn.jsonl`,
+        TensorBoard) go here.
+      validate: optional params → score on held-out captures (higher is better), computed on the untrained head
+        and every `eval_every` steps; the best parameters are kept on disk (a resumed run remembers them) and
+        returned (early stopping).
     Returns:
       (params, history): unreplicated parameters and the logged metrics (list of dicts with `step`).
     """
@@ -193,77 +201,38 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
     optimizer = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                             optax.adamw(schedule, weight_decay=cfg.weight_decay))
     state = {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.zeros((), jnp.int32)}
-    mngr = checkpointing.manager(workdir / "gnn_checkpoints", cfg.checkpoint_every or cfg.num_steps,
-                                 cfg.keep_checkpoints)
-    state, restored = checkpointing.restore_latest(mngr, state)
-    start = int(state["step"])
-    if restored is not None and progress:
-        print(f"resuming GNN training from step {start} ({workdir / 'gnn_checkpoints'})", file=sys.stderr)
 
-    p_step = jax.pmap(_make_train_step(model, layout, optimizer, cfg.model.level_loss_weights), axis_name=AXIS,
-                      donate_argnums=(0,))
-    r_state = parallel.replicate(state)
+    p_step = compat.pmap(_make_train_step(model, layout, optimizer, cfg.model.level_loss_weights), axis_name=AXIS,
+                         donate_argnums=(0,))
     r_kg = parallel.replicate(jnp.asarray(kg.embeddings))
     r_cw = parallel.replicate(jnp.asarray(class_weight, jnp.float32))
     r_rng = parallel.replicate(jax.random.PRNGKey(cfg.seed + 1))
-    writer = MetricWriter(workdir, name="gnn")
-    history: list[dict] = []
-    data_rng = np.random.default_rng(cfg.seed)
     labelled = np.flatnonzero(y1 >= 0)
 
-    def batches():
-        while True:
-            yield from kg_graphs.device_batches(layout, emb[labelled], y1[labelled], y2[labelled], n_dev,
-                                                per_device, data_rng, kg.prior)
+    def batches_from(start: int):
+        data_rng = np.random.default_rng(cfg.seed)
 
-    it = batches()
-    # Skip the data already consumed before a resume, so the resumed run sees the same batches.
-    for _ in range(start):
-        next(it)
-    bar = tqdm(total=cfg.num_steps, initial=start, desc="gnn", unit="step", file=sys.stderr,
-               disable=not progress)
-    acc: dict[str, list] = {}
-    best_score, best_step, best_params = -math.inf, None, None
-    if validate is not None and start == 0:  # the untrained head (the zero-shot decision) is a candidate too
-        best_params, best_step = jax.device_get(params), 0
-        best_score = float(validate(best_params))
-        writer.write(0, {"validation_level1_mauc": best_score})
-    for step in range(start, cfg.num_steps):
-        r_state, metrics = p_step(r_state, next(it), r_kg, r_cw, r_rng)
-        m = {k: float(v[0]) for k, v in metrics.items()}
-        if not math.isfinite(m["loss"]):
-            raise FloatingPointError(f"GNN loss became {m['loss']} at step {step + 1}; lower the learning rate "
-                                     f"(now {cfg.learning_rate}) or check the embeddings for NaN")
-        for k, v in m.items():
-            acc.setdefault(k, []).append(v)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.num_steps:
-            row = {k: float(np.mean(v)) for k, v in acc.items()}
-            writer.write(done, row)
-            history.append({"step": done, **row})
-            acc = {}
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc1=f"{row['accuracy_level1']:.3f}")
-        if validate is not None and (done % eval_every == 0 or done == cfg.num_steps):
-            score = float(validate(jax.device_get(parallel.unreplicate(r_state))["params"]))
-            writer.write(done, {"validation_level1_mauc": score})
-            if math.isfinite(score) and score > best_score:
-                best_score, best_step = score, done
-                best_params = jax.device_get(parallel.unreplicate(r_state))["params"]
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.num_steps:
-            checkpointing.save(mngr, done, parallel.unreplicate(r_state))
-        bar.update(1)
-    bar.close()
-    final = jax.device_get(parallel.unreplicate(r_state))
-    if best_params is not None:
-        if progress:
-            print(f"GNN: using the parameters of step {best_step} (validation level-1 mAUC {best_score:.4f})",
-                  file=sys.stderr)
-        final = {**final, "params": best_params}
-    if start < cfg.num_steps:
-        checkpointing.save(mngr, cfg.num_steps, final, force=True)
-    mngr.wait_until_finished()
-    writer.close()
-    return final["params"], history
+        def epochs():
+            while True:
+                yield from kg_graphs.device_batches(layout, emb[labelled], y1[labelled], y2[labelled], n_dev,
+                                                    per_device, data_rng, kg.prior)
+
+        it = epochs()
+        for _ in range(start):  # skip the batches consumed before a resume: the resumed run sees the same ones
+            next(it)
+        return it
+
+    spec = loop.LoopSpec(name="gnn", num_steps=cfg.num_steps, log_every=cfg.log_every,
+                         checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+                         eval_every=eval_every, validate_initial=True, validation_metric="validation_level1_mauc",
+                         validation_label="validation level-1 mAUC",
+                         nan_hint=f"lower gnn.learning_rate (now {cfg.learning_rate}) or check the embeddings for NaN",
+                         postfix=(("loss", "loss"), ("acc1", "accuracy_level1")))
+    result = loop.run(spec, state, lambda s, graphs: p_step(s, graphs, r_kg, r_cw, r_rng), batches_from,
+                      checkpoint_dir=workdir / CHECKPOINTS, metrics_dir=workdir, metrics_name="gnn",
+                      params_of=lambda s: s["params"], validate=validate, best_dir=workdir / BEST_CHECKPOINTS,
+                      progress=progress)
+    return result.params, result.history
 
 
 def predict_arrays(config: Any, params: Any, embeddings: np.ndarray, kg: PreparedKG, batch_size: int = 256,
@@ -298,7 +267,6 @@ def evaluate_gnn(config: Any, params: Any, embeddings: np.ndarray, labels_level1
     flows whose app is known). `flops_per_flow` is measured on a batch of up to 64 of the flows (None when
     `measure_flops` is False). Level-2 AUCs are reported for applications with ≥ `min_flows_level2` test flows.
     With `train_applications`, level 1 also gets `by_application_novelty` (metrics.by_application_novelty)."""
-    from pclip_jax.metrics import by_application_novelty, classification_report
     cfg = GnnTrainConfig.from_config(config)
     y1, y2 = _slots(kg, labels_level1, labels_level2)
     pred = predict_arrays(cfg, params, embeddings, kg, batch_size)

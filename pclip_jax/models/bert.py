@@ -241,8 +241,3 @@ class _Embeddings(nn.Module):
              + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
         x = _layer_norm(cfg, self.dtype, "LayerNorm")(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-
-
-def count_params(params) -> int:
-    """Number of scalar parameters in a parameter tree."""
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,91 @@
+"""Atomic writes: a file or directory appears complete under its name or not at all.
+
+Everything a later run reads back (caches, results, probe, model info, config) is written to a temporary name in
+the same directory and renamed, so a kill mid-write leaves the previous version or nothing, never half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Yields a temporary path beside `path`; on success it is renamed to `path` (file or directory)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + "-", dir=path.parent)
+    os.close(fd)
+    tmp = pathlib.Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
+    write_text(path, json.dumps(data, indent=indent))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file; a damaged one is a ValueError naming the file and line."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """`np.savez` (no pickle), atomically. The temporary name keeps the `.npz` suffix numpy expects."""
+    path = pathlib.Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an npz file; a damaged one is a ValueError naming the file."""
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError: all mean "damaged"
+        raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def tree_digest(directory: str | os.PathLike) -> str:
+    """SHA-256 over every file of a directory tree (relative names and contents), for checkpoint integrity."""
+    root = pathlib.Path(directory)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()

@@ -1,0 +1,77 @@
+"""The main job: data → pre-training → evaluation → detection stage → `WORKDIR/results.json`.
+
+`train_and_evaluate(config, workdir)` is the library entry point (`pclip_jax.main` only parses flags; tests and
+benchmarks call this). Everything a run needs is checked before the first training step: the settings (types,
+ranges, names), the knowledge graph, the text encoder and the captures. A rerun with the same workdir resumes from
+its checkpoints; results.json is written last (atomically), so its presence means the job finished.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+
+from pclip_jax import evaluate, train
+from pclip_jax.compat import maybe_initialize_distributed
+from pclip_jax.data.prepare import PreparedFlows, prepare_flows
+from pclip_jax.embedding import build_model, load_descriptions, text_featurizer
+from pclip_jax.kg import pipeline as detection
+from pclip_jax.models.text_tower import resolve_model_dir
+from pclip_jax.name_features import with_name_features
+from pclip_jax.settings import Settings, from_config, with_absolute_paths
+from pclip_jax.workdir import Workdir
+
+
+def check_inputs(settings: Settings) -> None:
+    """Fails fast, before any data is read or step is taken, on what the settings name but cannot be found."""
+    if settings.gnn.enabled:
+        detection.load_graph(settings)
+    try:
+        resolve_model_dir(settings.text.encoder)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"text.encoder={settings.text.encoder}: {e}") from None
+    load_descriptions(settings)
+
+
+def prepare_experiment(settings: Settings, cache_dir) -> PreparedFlows:
+    """The experiment's flows (`data.prepare.prepare_flows`) with the server-name vectors the towers read."""
+    prepared = prepare_flows(settings.data, cache_dir)
+    return dataclasses.replace(prepared, table=with_name_features(prepared.table, settings))
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict:
+    """The whole job; `config` is an ml_collections ConfigDict, a dict or `Settings`. Returns results.json's
+    content."""
+    settings = with_absolute_paths(from_config(config))
+    check_inputs(settings)
+    maybe_initialize_distributed()
+    started = time.time()
+    wd = Workdir(workdir)
+    wd.save_settings(settings)
+    cache_dir = wd.cache_dir(settings)
+    prepared = prepare_experiment(settings, cache_dir)
+    featurizer = text_featurizer(settings)
+    texts = train.build_train_texts(prepared, settings, featurizer, cache_dir)
+    model = build_model(settings)
+    t_train = time.time()
+    validate = train.make_validator(settings, model, prepared, featurizer, cache_dir)
+    params, steps = train.pretrain(settings, wd, prepared, texts, model, validate=validate)
+    t_train = time.time() - t_train
+    if model.text_encoder is not None:  # prompts and graph descriptions through the tuned text tower
+        featurizer = text_featurizer(settings, params)
+    results, embeddings = evaluate.evaluate_pretrained(settings, wd, prepared, model, params, featurizer)
+    if settings.gnn.enabled:
+        results["gnn"] = detection.train_and_evaluate_gnn(settings, wd, prepared, model, params, featurizer,
+                                                          embeddings, cache_dir)
+    results.update({
+        "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
+                    "platform": jax.devices()[0].platform, "processes": jax.process_count()},
+        "train_steps": steps,
+        "train_seconds": round(t_train, 1),
+        "wall_seconds": round(time.time() - started, 1),
+    })
+    if jax.process_index() == 0:
+        wd.write_results(results)
+    return results

@@ -1,0 +1,383 @@
+"""Typed, validated experiment settings: parsed once from an ml_collections config, read everywhere after.
+
+`configs/*.py` stay ml_collections files (overrides as `--config.train.batch_size=512`); the library reads frozen
+dataclasses instead, so a field's type, range and default live in one place (here) and a bad value is a one-line
+`SettingsError` that names the field and what it accepts, before any data is read:
+
+    settings = from_config(config)          # ConfigDict, dict or Settings
+    settings.train.batch_size               # int >= 1, always present
+
+`to_dict` / `from_dict` round-trip through a workdir's `config.json`; `upgrade_dict` fills what older workdirs
+lack with the values the code of their time used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import typing
+from typing import Any, Mapping, Optional
+
+# Version of the `config.json` layout a workdir stores (see `upgrade_dict`).
+SETTINGS_FORMAT = 2
+LABEL_COLUMNS = ("level1", "level2", "label", "app", "category")
+
+
+class SettingsError(ValueError):
+    """A config field with a bad value, type or name. The message names the field."""
+
+
+def _check(ok: bool, field: str, value: Any, accepts: str) -> None:
+    if not ok:
+        raise SettingsError(f"config.{field}={value!r}: must be {accepts}")
+
+
+def _one_of(field: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, field, value, "one of " + ", ".join(repr(a) for a in allowed))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    manual_dir: str = "../shared/data/ndpi"  # flat pcap/ + result/ or an unpacked nDPI source tree
+    inputs: tuple = ()                       # explicit capture files/folders instead of manual_dir
+    labels: str = ""                         # label spec; '' = ndpi:<manual_dir>/result
+    cache_dir: str = ""                      # '' = <workdir>/cache
+    packets: int = 16
+    bytes: int = 128
+    mask: bool = True
+    use_names: bool = True
+    payload_rows: bool = False
+    min_packets: int = 3
+    drop_one_way: bool = True
+    label_level: str = "level1"
+    min_class_flows: int = 20
+    test_fraction: float = 0.3
+    validation_fraction: float = 0.15
+    split_seed: int = 0
+    fraction: float = 1.0
+
+    def validate(self, prefix: str = "data") -> None:
+        _check(self.packets >= 1, f"{prefix}.packets", self.packets, "an integer >= 1")
+        _check(self.bytes >= 20, f"{prefix}.bytes", self.bytes, "an integer >= 20 (an IPv4 header)")
+        _check(self.min_packets >= 1, f"{prefix}.min_packets", self.min_packets, "an integer >= 1")
+        _one_of(f"{prefix}.label_level", self.label_level, LABEL_COLUMNS)
+        _check(self.min_class_flows >= 1, f"{prefix}.min_class_flows", self.min_class_flows, "an integer >= 1")
+        _check(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "in (0, 1)")
+        _check(0 <= self.validation_fraction < 1, f"{prefix}.validation_fraction", self.validation_fraction,
+               "in [0, 1)")
+        _check(0 < self.fraction <= 1, f"{prefix}.fraction", self.fraction, "in (0, 1]")
+        if self.labels:
+            kind = self.labels.partition(":")[0]
+            _one_of(f"{prefix}.labels (kind before ':')", kind, ("ndpi", "folder", "csv"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    width: int = 192
+    depth: int = 3
+    heads: int = 6
+    patch_size: int = 8
+    pool_queries: int = 1
+    byte_dim: int = 16
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    embed_dim: int = 256
+    name_dim: int = 384                      # server-name vector width = the text encoder's hidden size
+    name_fusion: str = "both"                # "token": the name as a token only; "both": also added to the pool
+
+    def validate(self, prefix: str = "model") -> None:
+        for name in ("width", "depth", "heads", "patch_size", "pool_queries", "byte_dim", "mlp_ratio", "embed_dim",
+                     "name_dim"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        _check(self.width % self.heads == 0, f"{prefix}.heads", self.heads,
+               f"a divisor of model.width={self.width}")
+        _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
+        _one_of(f"{prefix}.name_fusion", self.name_fusion, ("token", "both"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSettings:
+    encoder: str = "sentence-transformers/all-MiniLM-L6-v2"  # HF repo id or a local directory
+    trainable: bool = False                  # False: locked text tower (cached features); True: tuned
+    from_scratch: bool = False               # True: a small text transformer trained from scratch
+    descriptions: str = ""                   # '' = the shipped class descriptions
+    max_len: int = 64
+    batch_size: int = 128
+    variants_per_flow: int = 4
+    p_facts: float = 0.5
+
+    @property
+    def trained(self) -> bool:
+        """Whether the text encoder is trained with the packet tower (tuned or from scratch)."""
+        return self.trainable or self.from_scratch
+
+    def validate(self, prefix: str = "text") -> None:
+        _check(bool(self.encoder), f"{prefix}.encoder", self.encoder, "a model directory or a Hugging Face repo id")
+        _check(self.max_len >= 8, f"{prefix}.max_len", self.max_len, "an integer >= 8")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.variants_per_flow >= 1, f"{prefix}.variants_per_flow", self.variants_per_flow, "an integer >= 1")
+        _check(0 <= self.p_facts <= 1, f"{prefix}.p_facts", self.p_facts, "in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings:
+    iat_scale: float = 1.0                   # >1: log-uniform IAT scaling in [1/s, s]
+    byte_dropout: float = 0.0
+    packet_dropout: float = 0.0
+    name_dropout: float = 0.25               # hide a flow's server name (ECH, unseen handshakes)
+
+    def validate(self, prefix: str = "train.augment") -> None:
+        _check(self.iat_scale >= 1, f"{prefix}.iat_scale", self.iat_scale, ">= 1 (1 = off)")
+        for name in ("byte_dropout", "packet_dropout", "name_dropout"):
+            _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", getattr(self, name), "in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int = 1024                   # global, split over all devices
+    num_steps: int = 5000
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    loss: str = "clip"                       # 'clip' (softmax) or 'sigmoid' (SigLIP)
+    multi_positive: bool = True
+    class_balance: float = 0.5
+    augment: AugmentSettings = AugmentSettings()
+    dtype: str = "bfloat16"
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    eval_every: int = 250                    # validation zero-shot mAUC, keeps the best parameters
+    keep_checkpoints: int = 3
+    stop_after: int = 0                      # >0: stop at this step with the full run's schedule (preemption drills)
+
+    def validate(self, prefix: str = "train") -> None:
+        for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        for name in ("warmup_steps", "eval_every", "stop_after"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
+        _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        _check(self.grad_clip > 0, f"{prefix}.grad_clip", self.grad_clip, "> 0")
+        _one_of(f"{prefix}.loss", self.loss, ("clip", "sigmoid"))
+        _one_of(f"{prefix}.dtype", self.dtype, ("float32", "bfloat16"))
+        _check(0 <= self.class_balance <= 1, f"{prefix}.class_balance", self.class_balance, "in [0, 1]")
+        self.augment.validate(f"{prefix}.augment")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    batch_size: int = 1024
+    # Linear probe fitted per application and summed to classes ("class": one weight vector per class).
+    probe_targets: str = "application"
+
+    def validate(self, prefix: str = "eval") -> None:
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
+        _one_of(f"{prefix}.probe_targets", self.probe_targets, ("application", "class"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GnnModelSettings:
+    hidden: int = 96
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 2
+    dropout: float = 0.1
+    similarity_prior: bool = True
+    similarity_init: float = 1.0
+    level_loss_weights: tuple = (1.0, 1.0)
+
+    def validate(self, prefix: str = "gnn.model") -> None:
+        for name in ("hidden", "num_layers", "num_heads", "mlp_ratio"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        _check(self.hidden % self.num_heads == 0, f"{prefix}.num_heads", self.num_heads,
+               f"a divisor of gnn.model.hidden={self.hidden}")
+        _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
+        _check(len(self.level_loss_weights) == 2 and all(w >= 0 for w in self.level_loss_weights),
+               f"{prefix}.level_loss_weights", self.level_loss_weights, "two weights >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class GnnSettings:
+    enabled: bool = True
+    kg: str = "ndpi"                         # a shipped graph name or a path to a YAML file
+    mission: str = ""                        # a mission name from the graph, or a statement
+    node_prompts: bool = True                # node text = graph descriptions + pre-training prompts
+    similarity_from_temperature: bool = True  # the similarity term starts at the towers' learned temperature
+    batch_size: int = 64
+    num_steps: int = 300
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    log_every: int = 25
+    checkpoint_every: int = 0                # 0 = only at the end
+    min_flows_level2: int = 5
+    eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
+    fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
+    model: GnnModelSettings = GnnModelSettings()
+
+    def validate(self, prefix: str = "gnn") -> None:
+        for name in ("batch_size", "num_steps", "log_every", "min_flows_level2", "eval_every"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        for name in ("warmup_steps", "checkpoint_every"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
+        _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
+        _check(bool(self.kg), f"{prefix}.kg", self.kg, "a shipped graph name or a YAML path")
+        self.model.validate(f"{prefix}.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    text: TextSettings = TextSettings()
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    gnn: GnnSettings = GnnSettings()
+
+    def validate(self) -> "Settings":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+    def replace(self, **sections: Mapping[str, Any]) -> "Settings":
+        """A copy with some fields changed: `settings.replace(train={"num_steps": 10})` (validated)."""
+        return from_dict(_merge(to_dict(self), sections))
+
+
+def _merge(base: dict, changes: Mapping) -> dict:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(value: Any, kind: Any, field: str) -> Any:
+    """`value` as the field's declared type; a wrong type is a SettingsError naming the field."""
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"config.{field}: expected a section of fields, got {value!r}")
+        return _build(kind, value, field)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise SettingsError(f"config.{field}={value!r}: must be True or False")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise SettingsError(f"config.{field}={value!r}: must be an integer")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"config.{field}={value!r}: must be a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"config.{field}={value!r}: must be a string")
+        return value
+    if kind is tuple:
+        if isinstance(value, str):  # `--config.data.inputs=DIR` from the command line: one input
+            return (value,) if value else ()
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"config.{field}={value!r}: must be a tuple")
+        return tuple(value)
+    raise TypeError(f"settings field {field}: unsupported type {kind}")
+
+
+def _build(cls, values: Mapping, prefix: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SettingsError(f"config.{prefix}.{unknown[0]}: unknown field; {prefix} has "
+                            + ", ".join(sorted(known)))
+    return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items()})
+
+
+def from_dict(values: Mapping) -> Settings:
+    """Settings from a nested dict (missing fields take their defaults), validated."""
+    hints = typing.get_type_hints(Settings)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise SettingsError(f"config.{unknown[0]}: unknown section; sections are " + ", ".join(hints))
+    return Settings(**{k: _build(hints[k], v, k) for k, v in values.items()}).validate()
+
+
+def from_config(config: Any) -> Settings:
+    """Settings from an ml_collections ConfigDict (or a dict, or Settings), validated."""
+    if isinstance(config, Settings):
+        return config
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return from_dict(config)
+
+
+def to_dict(settings: Settings) -> dict:
+    """A JSON-ready nested dict (tuples as lists)."""
+    return dataclasses.asdict(settings)
+
+
+# What the code before SETTINGS_FORMAT 2 did for a field its config.json lacked (`config.get(key, default)`).
+_LEGACY_DEFAULTS = {
+    "data": {"use_names": False, "payload_rows": False, "validation_fraction": 0.0, "fraction": 1.0,
+             "cache_dir": "", "inputs": ()},
+    "model": {"pool_queries": 1, "name_fusion": "token", "name_dim": 384},
+    "text": {"trainable": False, "from_scratch": False, "descriptions": ""},
+    "train": {"stop_after": 0, "augment": {"name_dropout": 0.0}},
+    "eval": {"probe_targets": "application"},
+    "gnn": {"node_prompts": False, "similarity_from_temperature": True, "fit_on": "train", "eval_every": 25,
+            "mission": ""},
+}
+
+
+def upgrade_dict(values: Mapping) -> dict:
+    """A stored config dict in the current layout. Format 1 (no `_format` key, written before typed settings)
+    gets the defaults its code used for missing fields; `train.eval_every` defaulted to `checkpoint_every`."""
+    values = {k: v for k, v in values.items()}
+    fmt = values.pop("_format", 1)
+    if fmt > SETTINGS_FORMAT:
+        raise SettingsError(f"config format {fmt} is newer than this pclip_jax understands ({SETTINGS_FORMAT})")
+    if fmt == 1:
+        train = dict(values.get("train", {}))
+        if "eval_every" not in train and "checkpoint_every" in train:
+            train["eval_every"] = train["checkpoint_every"]
+        values["train"] = train
+        for section, defaults in _LEGACY_DEFAULTS.items():
+            values[section] = _merge(defaults, values.get(section, {}))
+        values["gnn"]["mission"] = values["gnn"]["mission"] or ""
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+def _absolute(path: str, base: pathlib.Path) -> str:
+    p = pathlib.Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _label_spec_absolute(spec: str, base: pathlib.Path) -> str:
+    kind, sep, target = spec.partition(":")
+    return f"{kind}:{_absolute(target, base)}" if sep and target else spec
+
+
+def with_absolute_paths(settings: Settings, base: Optional[pathlib.Path] = None) -> Settings:
+    """Relative paths (captures, labels, cache, text encoder directory, descriptions, graph file) made absolute
+    against `base` (default: the current directory), so a workdir's config.json works from any directory. A text
+    encoder that is no existing directory is kept as is (a Hugging Face repo id)."""
+    base = pathlib.Path.cwd() if base is None else pathlib.Path(base)
+    d, t, g = settings.data, settings.text, settings.gnn
+    encoder = t.encoder
+    local = pathlib.Path(encoder).expanduser()
+    if local.is_absolute() or (base / local).is_dir() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", encoder):
+        encoder = _absolute(encoder, base)
+    return dataclasses.replace(
+        settings,
+        data=dataclasses.replace(d, manual_dir=_absolute(d.manual_dir, base) if d.manual_dir else "",
+                                 inputs=tuple(_absolute(i, base) for i in d.inputs),
+                                 labels=_label_spec_absolute(d.labels, base),
+                                 cache_dir=_absolute(d.cache_dir, base) if d.cache_dir else ""),
+        text=dataclasses.replace(t, encoder=encoder,
+                                 descriptions=_absolute(t.descriptions, base) if t.descriptions else ""),
+        gnn=dataclasses.replace(g, kg=_absolute(g.kg, base) if g.kg.endswith((".yaml", ".yml")) else g.kg))

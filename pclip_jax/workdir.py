@@ -1,0 +1,132 @@
+"""The one place that knows a workdir's layout; everything else asks it for paths and artefacts.
+
+    WORKDIR/
+      config.json                 settings the workdir was trained with (absolute paths, `_format` version)
+      results.json                the main job's results (written last: its presence means the job finished)
+      model_info.json             class names, label level, training applications, parameter counts
+      linear_probe.npz            the probe on frozen packet features
+      class_text_features.npz     frozen text features of the class prompts (zero-shot)
+      checkpoints/                pre-training (orbax, with digests) ; checkpoints_best/ the validation-best
+      gnn/checkpoints/ ...        the GNN stage (gnn/gnn_checkpoints, gnn/checkpoints_best, metrics_gnn.jsonl)
+      cache/                      ingested flow tables and text features (unless data.cache_dir is set)
+      metrics_train.jsonl, tensorboard/, roc_*.png
+
+Every file is written atomically (`pclip_jax.files`).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from pclip_jax import files
+from pclip_jax import settings as settings_lib
+from pclip_jax.settings import Settings
+
+
+class WorkdirError(FileNotFoundError):
+    """A workdir that is missing, not a pclip_jax workdir, or not (fully) trained; the message says which."""
+
+
+class Workdir:
+    CONFIG = "config.json"
+    RESULTS = "results.json"
+    MODEL_INFO = "model_info.json"
+    PROBE = "linear_probe.npz"
+    CLASS_TEXT = "class_text_features.npz"
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path).absolute()
+
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------------------------------- paths
+    def file(self, name: str) -> pathlib.Path:
+        return self.path / name
+
+    @property
+    def checkpoints(self) -> pathlib.Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best_checkpoints(self) -> pathlib.Path:
+        return self.path / "checkpoints_best"
+
+    @property
+    def gnn_dir(self) -> pathlib.Path:
+        return self.path / "gnn"
+
+    @property
+    def gnn_checkpoints(self) -> pathlib.Path:
+        return self.gnn_dir / "gnn_checkpoints"
+
+    @property
+    def gnn_best_checkpoints(self) -> pathlib.Path:
+        return self.gnn_dir / "checkpoints_best"
+
+    def cache_dir(self, settings: Settings) -> pathlib.Path:
+        """Where ingested flow tables and text features are cached: `data.cache_dir`, else `WORKDIR/cache`."""
+        return pathlib.Path(settings.data.cache_dir) if settings.data.cache_dir else self.path / "cache"
+
+    def plot(self, name: str) -> pathlib.Path:
+        return self.path / f"roc_{name}.png"
+
+    # ------------------------------------------------------------------------------------------- settings
+    def save_settings(self, settings: Settings) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        files.write_json(self.file(self.CONFIG),
+                         {"_format": settings_lib.SETTINGS_FORMAT, **settings_lib.to_dict(settings)})
+
+    def read_settings(self) -> Settings:
+        """The settings the workdir was trained with, upgraded from older layouts; relative paths of older
+        workdirs resolve against the current directory, as they did when they were written."""
+        path = self.file(self.CONFIG)
+        if not self.path.is_dir():
+            raise WorkdirError(f"{self.path}: no such workdir")
+        if not path.is_file():
+            raise WorkdirError(f"{path}: missing; is {self.path} a workdir written by pclip_jax.main?")
+        try:
+            stored = files.read_json(path)
+            return settings_lib.with_absolute_paths(settings_lib.from_dict(settings_lib.upgrade_dict(stored)))
+        except settings_lib.SettingsError as e:
+            raise settings_lib.SettingsError(f"{path}: {e}") from None
+
+    # ------------------------------------------------------------------------------------------- artefacts
+    def require(self, *names: str, stage: str = "training") -> None:
+        """Raises WorkdirError naming the first missing artefact (an interrupted or untrained workdir)."""
+        self.read_settings()
+        for name in names:
+            if not self.file(name).exists():
+                raise WorkdirError(f"{self.file(name)}: missing; {stage} of {self.path} did not finish "
+                                   f"(interrupted?); rerun pclip_jax.main with this workdir to complete it")
+
+    def save_model_info(self, info: dict) -> None:
+        files.write_json(self.file(self.MODEL_INFO), info)
+
+    def read_model_info(self) -> dict:
+        self.require(self.MODEL_INFO)
+        return files.read_json(self.file(self.MODEL_INFO))
+
+    def save_probe(self, probe: dict) -> None:
+        files.savez(self.file(self.PROBE), **probe)
+
+    def load_probe(self) -> dict:
+        self.require(self.PROBE)
+        return files.load_npz(self.file(self.PROBE))
+
+    def save_class_text(self, features: np.ndarray, prompt_class: np.ndarray) -> None:
+        files.savez(self.file(self.CLASS_TEXT), features=features, prompt_class=prompt_class)
+
+    def load_class_text(self) -> tuple[np.ndarray, np.ndarray]:
+        self.require(self.CLASS_TEXT)
+        arrays = files.load_npz(self.file(self.CLASS_TEXT))
+        return arrays["features"], arrays["prompt_class"]
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        files.write_text(self.file(self.RESULTS), json.dumps(results, indent=2))
+
+    def has_gnn(self) -> bool:
+        return self.gnn_checkpoints.is_dir()
