@@ -14,6 +14,7 @@ from tqdm import tqdm
 from pclip_jax import compat, parallel
 from pclip_jax import text as text_lib
 from pclip_jax.compat import count_params
+from pclip_jax.kg import schema
 from pclip_jax.models.bert import BertConfig, BertEncoder
 from pclip_jax.models.packet_tower import PacketTowerConfig
 from pclip_jax.models.text_tower import load_text_encoder
@@ -153,8 +154,16 @@ def zero_shot_scores(params, model: TwoTowers, flow_embeddings: np.ndarray, prom
 
 
 def load_descriptions(settings: Settings) -> dict:
-    """The class descriptions the towers were aligned on (`text.descriptions`, '' = the shipped file)."""
-    return text_lib.load_class_descriptions(settings.text.descriptions or None)
+    """The class descriptions the towers are aligned on: `text.descriptions` ('' = the shipped file); with
+    `text.graph_descriptions`, every class and leaf of the knowledge graph without phrasings there takes the
+    graph's own descriptions (a user's devices, attacks or tools, whose names the shipped file cannot know)."""
+    descriptions = text_lib.load_class_descriptions(settings.text.descriptions or None)
+    if settings.text.graph_descriptions and settings.gnn.kg:
+        kg = schema.load_kg(schema.graph_path(settings.gnn.kg))
+        for node in kg.nodes:
+            if node.level >= 1 and node.descriptions and not text_lib.has_phrasings(node.id, descriptions):
+                descriptions[node.id] = list(node.descriptions)
+    return descriptions
 
 
 def shared_space_encoder(model: TwoTowers, params, featurizer, cache_dir: Optional[str]):

@@ -24,10 +24,11 @@ from pclip_jax import metrics as metrics_lib
 from pclip_jax.compat import count_params
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
+from pclip_jax.data import taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.embedding import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
                                  zero_shot_scores)
-from pclip_jax.kg import train_gnn
+from pclip_jax.kg import pipeline, train_gnn
 from pclip_jax.name_features import with_name_features
 from pclip_jax.settings import Settings
 from pclip_jax.workdir import Workdir
@@ -149,9 +150,11 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     zs_metrics = metrics_lib.classification_report(y_test[keep_test], zs_scores, names)
     train_apps = prepared.applications(prepared.train_idx)
     test_apps = apps[prepared.test_idx][keep_test]
+    test_captures = np.asarray(prepared.table.meta["capture"]).astype(str)[prepared.test_idx][keep_test]
     for report, scores in ((test_metrics, probe_scores), (zs_metrics, zs_scores)):
         report["by_application_novelty"] = metrics_lib.by_application_novelty(
             y_test[keep_test], scores, names, test_apps, train_apps)
+        report["per_capture"] = metrics_lib.per_capture_accuracy(y_test[keep_test], scores, test_captures, names)
     metrics_lib.plot_roc(y_test[keep_test], probe_scores, names, workdir.plot("linear_probe"),
                          "linear probe on frozen packet features (capture-disjoint test)")
     metrics_lib.plot_roc(y_test[keep_test], zs_scores, names, workdir.plot("zero_shot"),
@@ -168,6 +171,8 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     print(metrics_lib.format_table([("linear probe (test)", test_metrics), ("zero-shot (test)", zs_metrics)]
                                    + metrics_lib.novelty_rows("probe", test_metrics)
                                    + metrics_lib.novelty_rows("zero-shot", zs_metrics)), file=sys.stderr)
+    print(metrics_lib.format_capture_rows([("linear probe", test_metrics), ("zero-shot", zs_metrics)]),
+          file=sys.stderr)
     test_metrics["probe_targets"] = {"mode": targets_mode, "count": len(target_names)}
     test_metrics["probe_l2"] = l2
     test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
@@ -205,7 +210,10 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     table = ingest(inputs, IngestConfig.from_data_config(settings.data))
     if not len(table):
         raise ValueError(f"no flows in {list(map(str, inputs))} (no readable capture files?)")
-    table = labels_lib.attach_labels(table, label_spec)
+    table = labels_lib.attach_labels(table, label_spec, inputs=inputs)
+    # The classes as the workdir's training named them (the label hierarchy, its graph, or the raw labels).
+    table, _ = taxonomy.resolve_levels(table, settings.data.taxonomy,
+                                       pipeline.load_graph(settings) if settings.gnn.kg else None)
     table = with_name_features(table, settings)
     labelled_before = int((np.asarray(table.meta[level]).astype(str) != "").sum()) if level in table.meta else 0
     if not labelled_before:
@@ -235,20 +243,26 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
                 ("zero_shot", "zero-shot", zero_shot_scores(params, model, z, prompt_feats, prompt_class,
                                                             len(names)))):
             result[key] = metrics_lib.classification_report(y[idx], scores, names)
+            result[key]["per_capture"] = metrics_lib.per_capture_accuracy(
+                y[idx], scores, np.asarray(table.meta["capture"]).astype(str)[idx], names)
             if train_apps is not None:
                 result[key]["by_application_novelty"] = metrics_lib.by_application_novelty(
                     y[idx], scores, names, apps, train_apps)
             rows.append((title, result[key]))
             halves += metrics_lib.novelty_rows(title, result[key])
         print(metrics_lib.format_table(rows + halves), file=sys.stderr)
+        print(metrics_lib.format_capture_rows(rows), file=sys.stderr)
     if clf is not None and len(idx):
-        gnn_block = train_gnn.evaluate_gnn(clf.gnn_train_config, clf.gnn_params, z, labels[idx], apps, clf.kg,
+        level1 = np.asarray(table.meta["level1"]).astype(str)[idx]
+        gnn_block = train_gnn.evaluate_gnn(clf.gnn_train_config, clf.gnn_params, z, level1, apps, clf.kg,
                                            min_flows_level2=settings.gnn.min_flows_level2,
-                                           train_applications=train_apps)
+                                           train_applications=train_apps,
+                                           captures=np.asarray(table.meta["capture"]).astype(str)[idx])
         result["gnn"] = gnn_block
-        print(metrics_lib.format_table([("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]
-                                       + metrics_lib.novelty_rows("GNN level 1", gnn_block["level1"])),
+        gnn_rows = [("GNN level 1", gnn_block["level1"]), ("GNN level 2", gnn_block["level2"])]
+        print(metrics_lib.format_table(gnn_rows + metrics_lib.novelty_rows("GNN level 1", gnn_block["level1"])),
               file=sys.stderr)
+        print(metrics_lib.format_capture_rows(gnn_rows), file=sys.stderr)
     if unknown:
         print(f"[evaluate] classes unknown to the model, left out: {unknown}", file=sys.stderr)
     if out:
@@ -260,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pclip_jax.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="capture files or folders (searched recursively)")
     parser.add_argument("--workdir", required=True, help="a workdir written by pclip_jax.main")
-    parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH")
+    parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH | dpi")
     parser.add_argument("--out", default=None, help="write the metrics as JSON here")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = parser.parse_args(argv)

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or folders (searched recursively)")
     ap.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    ap.add_argument("--labels", metavar="SPEC", help="ndpi:DIR, folder, csv:PATH (see pclip_jax.data.labels)")
+    ap.add_argument("--labels", metavar="SPEC",
+                    help="ndpi:DIR, folder, csv:PATH, dpi (nDPI through nfstream; see pclip_jax.data.labels)")
     ap.add_argument("--workers", type=int, default=d.workers, help="processes (files are spread over them)")
     ap.add_argument("--strict", action="store_true", help="any capture problem is an error (exit 1)")
     ap.add_argument("--packets", type=int, default=d.packets, metavar="K", help="packets per flow in the tensors")
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
         return 1
     if args.labels:
         try:
-            table = attach_labels(table, args.labels, progress=not args.quiet)
+            table = attach_labels(table, args.labels, progress=not args.quiet, inputs=args.inputs)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: --labels {args.labels}: {e}", file=sys.stderr)
             return 1

@@ -8,16 +8,20 @@ its checkpoints; results.json is written last (atomically), so its presence mean
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from pclip_jax import evaluate, train
 from pclip_jax.compat import maybe_initialize_distributed
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
 from pclip_jax.embedding import build_model, load_descriptions, text_featurizer
 from pclip_jax.kg import pipeline as detection
+from pclip_jax.kg.from_labels import graph_from_labels
+from pclip_jax.kg.schema import load_kg, save_kg
 from pclip_jax.models.text_tower import resolve_model_dir
 from pclip_jax.name_features import with_name_features
 from pclip_jax.settings import Settings, from_config, with_absolute_paths
@@ -26,7 +30,7 @@ from pclip_jax.workdir import Workdir
 
 def check_inputs(settings: Settings) -> None:
     """Fails fast, before any data is read or step is taken, on what the settings name but cannot be found."""
-    if settings.gnn.enabled:
+    if settings.gnn.kg:
         detection.load_graph(settings)
     try:
         resolve_model_dir(settings.text.encoder)
@@ -35,10 +39,27 @@ def check_inputs(settings: Settings) -> None:
     load_descriptions(settings)
 
 
-def prepare_experiment(settings: Settings, cache_dir) -> PreparedFlows:
-    """The experiment's flows (`data.prepare.prepare_flows`) with the server-name vectors the towers read."""
-    prepared = prepare_flows(settings.data, cache_dir)
+def prepare_experiment(settings: Settings, cache_dir, kg=None) -> PreparedFlows:
+    """The experiment's flows (`data.prepare.prepare_flows`, classes named with the graph `kg` when the taxonomy
+    asks for it) with the server-name vectors the towers read."""
+    prepared = prepare_flows(settings.data, cache_dir, kg=kg)
     return dataclasses.replace(prepared, table=with_name_features(prepared.table, settings))
+
+
+def graph_for_labels(settings: Settings, wd: Workdir, prepared: PreparedFlows) -> Settings:
+    """With `gnn.kg = ''`: the workdir's `kg.yaml` (built from the training labels the first time, kept after so the
+    user can edit it and rerun); returns the settings pointing at it."""
+    path = wd.file(Workdir.GENERATED_KG)
+    if path.is_file():
+        load_kg(path)  # validated: an edited graph with a mistake fails here, naming the node
+        print(f"[kg] using {path} (delete it to build the graph from the labels again)", file=sys.stderr)
+    else:
+        kg = graph_from_labels(prepared.table.meta, np.concatenate([prepared.train_idx, prepared.val_idx]),
+                               name=wd.path.name or "labels")
+        save_kg(kg, path)
+        print(f"[kg] built a graph of {len(kg.level_ids(1))} classes and {len(kg.level_ids(2))} leaves from the "
+              f"labels: {path} (edit it and rerun to change descriptions)", file=sys.stderr)
+    return settings.replace(gnn={"kg": str(path)})
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
@@ -51,7 +72,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     wd = Workdir(workdir)
     wd.save_settings(settings)
     cache_dir = wd.cache_dir(settings)
-    prepared = prepare_experiment(settings, cache_dir)
+    generated = wd.file(Workdir.GENERATED_KG)
+    kg = detection.load_graph(settings) if settings.gnn.kg else (load_kg(generated) if generated.is_file() else None)
+    prepared = prepare_experiment(settings, cache_dir, kg)
+    if not settings.gnn.kg:
+        settings = graph_for_labels(settings, wd, prepared)
+        wd.save_settings(settings)
     featurizer = text_featurizer(settings)
     texts = train.build_train_texts(prepared, settings, featurizer, cache_dir)
     model = build_model(settings)
@@ -65,6 +91,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     if settings.gnn.enabled:
         results["gnn"] = detection.train_and_evaluate_gnn(settings, wd, prepared, model, params, featurizer,
                                                           embeddings, cache_dir)
+    results["data"]["taxonomy"] = prepared.taxonomy
     results.update({
         "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
                     "platform": jax.devices()[0].platform, "processes": jax.process_count()},

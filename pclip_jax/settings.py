@@ -49,7 +49,9 @@ class DataSettings:
     payload_rows: bool = False
     min_packets: int = 3
     drop_one_way: bool = True
-    label_level: str = "level1"
+    label_level: str = "level1"              # the evaluated level: level1 (service class, device type), level2, ...
+    taxonomy: str = "auto"                   # where level1/level2 come from: auto, hierarchy, graph, raw (data/taxonomy.py)
+    split: str = "capture"                   # "capture": whole captures to train or test; "time": per capture, by time
     min_class_flows: int = 20
     test_fraction: float = 0.3
     validation_fraction: float = 0.15
@@ -61,6 +63,8 @@ class DataSettings:
         _check(self.bytes >= 20, f"{prefix}.bytes", self.bytes, "an integer >= 20 (an IPv4 header)")
         _check(self.min_packets >= 1, f"{prefix}.min_packets", self.min_packets, "an integer >= 1")
         _one_of(f"{prefix}.label_level", self.label_level, LABEL_COLUMNS)
+        _one_of(f"{prefix}.taxonomy", self.taxonomy, ("auto", "hierarchy", "graph", "raw"))
+        _one_of(f"{prefix}.split", self.split, ("capture", "time"))
         _check(self.min_class_flows >= 1, f"{prefix}.min_class_flows", self.min_class_flows, "an integer >= 1")
         _check(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "in (0, 1)")
         _check(0 <= self.validation_fraction < 1, f"{prefix}.validation_fraction", self.validation_fraction,
@@ -68,7 +72,7 @@ class DataSettings:
         _check(0 < self.fraction <= 1, f"{prefix}.fraction", self.fraction, "in (0, 1]")
         if self.labels:
             kind = self.labels.partition(":")[0]
-            _one_of(f"{prefix}.labels (kind before ':')", kind, ("ndpi", "folder", "csv"))
+            _one_of(f"{prefix}.labels (kind before ':')", kind, ("ndpi", "folder", "csv", "rules", "dpi"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,7 @@ class TextSettings:
     trainable: bool = False                  # False: locked text tower (cached features); True: tuned
     from_scratch: bool = False               # True: a small text transformer trained from scratch
     descriptions: str = ""                   # '' = the shipped class descriptions
+    graph_descriptions: bool = False         # classes without phrasings take the knowledge graph's descriptions
     max_len: int = 64
     batch_size: int = 128
     variants_per_flow: int = 4
@@ -201,7 +206,7 @@ class GnnModelSettings:
 @dataclasses.dataclass(frozen=True)
 class GnnSettings:
     enabled: bool = True
-    kg: str = "ndpi"                         # a shipped graph name or a path to a YAML file
+    kg: str = "ndpi"                         # a shipped graph name, a YAML path, or '' = built from the labels
     mission: str = ""                        # a mission name from the graph, or a statement
     node_prompts: bool = True                # node text = graph descriptions + pre-training prompts
     similarity_from_temperature: bool = True  # the similarity term starts at the towers' learned temperature
@@ -225,7 +230,6 @@ class GnnSettings:
         _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
         _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
-        _check(bool(self.kg), f"{prefix}.kg", self.kg, "a shipped graph name or a YAML path")
         self.model.validate(f"{prefix}.model")
 
 
@@ -322,9 +326,9 @@ def to_dict(settings: Settings) -> dict:
 # What the code before SETTINGS_FORMAT 2 did for a field its config.json lacked (`config.get(key, default)`).
 _LEGACY_DEFAULTS = {
     "data": {"use_names": False, "payload_rows": False, "validation_fraction": 0.0, "fraction": 1.0,
-             "cache_dir": "", "inputs": ()},
+             "cache_dir": "", "inputs": (), "taxonomy": "hierarchy", "split": "capture"},
     "model": {"pool_queries": 1, "name_fusion": "token", "name_dim": 384},
-    "text": {"trainable": False, "from_scratch": False, "descriptions": ""},
+    "text": {"trainable": False, "from_scratch": False, "descriptions": "", "graph_descriptions": False},
     "train": {"stop_after": 0, "augment": {"name_dropout": 0.0}},
     "eval": {"probe_targets": "application"},
     "gnn": {"node_prompts": False, "similarity_from_temperature": True, "fit_on": "train", "eval_every": 25,

@@ -95,7 +95,9 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
     descriptions = load_descriptions(settings)
     rng = np.random.default_rng(settings.train.seed)
     level = settings.data.label_level
-    labels = np.asarray(table.meta[level]).astype(str)
+    # A flow's names, general → specific: the evaluated level and its application / leaf; evaluated at level 2
+    # (a device), the general name is its level-1 class (the device type).
+    labels = np.asarray(table.meta["level1" if level == "level2" else level]).astype(str)
     apps = np.asarray(table.meta["level2"]).astype(str) if "level2" in table.meta else labels
     idx = prepared.train_idx
     duration = np.asarray(table.meta["last_ts"], np.float64)[idx] - np.asarray(table.meta["first_ts"], np.float64)[idx]

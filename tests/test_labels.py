@@ -381,3 +381,16 @@ def test_rules_labels(tmp_path, ndpi_dir):
     assert (m["level1"][chat] == "Chat").all() and (m["category"][chat] == "NonVPN").all()
     assert (m["label"][~(skype | chat)] == "").all()
     assert table.summary["labels"]["captures_without_rule"] == 1
+
+
+def test_dpi_labels_agree_with_the_ndpi_result_files(ndpi_dir):
+    """`--labels dpi` runs nDPI (nfstream) on the captures: on every 4th capture of the nDPI corpus its service
+    classes agree with those of nDPI's own result files on >= 85 % of the flows that have one."""
+    captures = sorted(p for p in (ndpi_dir / "pcap").iterdir() if p.is_file())[::4]
+    table = ingest([str(p) for p in captures], IngestConfig(), progress=False)
+    dpi = labels.attach_labels(table, "dpi", progress=False, inputs=[str(p) for p in captures])
+    ref = labels.attach_labels(table, f"ndpi:{ndpi_dir / 'result'}", progress=False)
+    has_ref = ref.meta["level1"] != ""
+    assert has_ref.sum() > 1000 and dpi.summary["labels"]["flows_matched"] > 0.9 * len(table)
+    agree = (dpi.meta["level1"][has_ref] == ref.meta["level1"][has_ref]).mean()
+    assert agree >= 0.85, agree

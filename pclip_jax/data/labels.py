@@ -22,6 +22,9 @@ from typing import Optional
 
 import numpy as np
 import yaml
+from tqdm import tqdm
+
+from pclip_jax.data.capture import find_captures
 
 # The service classes shared by labels, knowledge graph and metrics (docs/architecture.md). Fixed order: their
 # index is the `level1` class id of the datasets.
@@ -562,6 +565,67 @@ def _label_rules(meta: dict, dataset: str, h: Hierarchy, cols: dict) -> dict:
 CSV_REQUIRED = ("capture", "proto", "ip_a", "port_a", "ip_b", "port_b", "label")
 
 
+def _dpi_flows(path: pathlib.Path, idle_timeout: float, active_timeout: float):
+    """nDPI's verdict on every flow of one capture, through nfstream (what users already run)."""
+    # Imported here: nfstream is an optional dependency (`pip install nfstream`), needed only for `--labels dpi`.
+    try:
+        from nfstream import NFStreamer
+    except ImportError:
+        raise ValueError("--labels dpi needs nfstream (pip install 'nfstream>=6.5,<7')") from None
+    streamer = NFStreamer(source=str(path), statistical_analysis=False, n_dissections=20, n_meters=1,
+                          idle_timeout=int(idle_timeout), active_timeout=int(active_timeout))
+    rows = []
+    for f in streamer:
+        rows.append((int(f.protocol), f.src_ip, int(f.src_port), f.dst_ip, int(f.dst_port),
+                     f.bidirectional_first_seen_ms / 1000.0, f.application_name or UNKNOWN,
+                     f.application_category_name or ""))
+    return rows
+
+
+def _label_dpi(meta: dict, inputs, h: Hierarchy, cols: dict, progress: bool, idle_timeout: float = 120.0,
+               active_timeout: float = 1800.0) -> dict:
+    """Labels every flow by running nDPI (nfstream) on its capture; flows are matched by capture, direction-free
+    5-tuple and, when a tuple repeats, by the nearest start time. Labels read like nDPI's result files
+    (`TLS.Google`, category `Web`) and go through the same hierarchy."""
+    if not inputs:
+        raise ValueError("--labels dpi needs the capture inputs (the files to run nDPI on)")
+    # The capture column holds a capture's path relative to the input it was found under (ingest's naming).
+    paths = {str(p.relative_to(root)) if p != root else p.name: p for p, root in find_captures(inputs)}
+    captures = np.asarray(meta["capture"]).astype(str)
+    matched, unmatched_files, dpi_flows = 0, [], 0
+    by_capture: dict = {}
+    for r in range(len(captures)):
+        by_capture.setdefault(captures[r], []).append(r)
+    for capture, rows in tqdm(by_capture.items(), total=len(by_capture), desc="labels (DPI)", unit="capture",
+                              file=sys.stderr, disable=not progress):
+        path = paths.get(capture)
+        if path is None:
+            unmatched_files.append(capture)
+            continue
+        try:
+            verdicts = _dpi_flows(path, idle_timeout, active_timeout)
+        except ValueError:
+            raise
+        except Exception as e:  # a capture nDPI cannot read: its flows stay unlabelled, the rest goes on
+            unmatched_files.append(f"{capture} ({type(e).__name__})")
+            continue
+        dpi_flows += len(verdicts)
+        index: dict = {}
+        for v in verdicts:
+            index.setdefault(_key(v[0], v[1], v[2], v[3], v[4]), []).append(v)
+        for r in rows:
+            key = _key(meta["proto"][r], meta["client_ip"][r], meta["client_port"][r], meta["server_ip"][r],
+                       meta["server_port"][r])
+            candidates = index.get(key)
+            if not candidates:
+                continue
+            v = min(candidates, key=lambda c: abs(c[5] - float(meta["first_ts"][r])))
+            _set_row(cols, r, v[6], split_protocol(v[6])[1], v[7], -1, h)
+            matched += 1
+    return {"dpi_engine": "nDPI via nfstream", "dpi_flows": dpi_flows, "flows_matched": matched,
+            "captures_without_dpi": len(unmatched_files), "captures_without_dpi_list": unmatched_files[:50]}
+
+
 def read_label_csv(path: str | pathlib.Path) -> list[dict]:
     """Reads a flow-label CSV: columns `capture, proto, ip_a, port_a, ip_b, port_b, label` and optionally `vlan`,
     `category`, `encrypted`, `level1`, `level2`. The two endpoints may be in either order. Errors name the row."""
@@ -618,12 +682,13 @@ def _label_csv(meta: dict, path: pathlib.Path, h: Hierarchy, cols: dict) -> dict
     return {"csv_rows": len(rows), "csv_rows_matched": len(used)}
 
 
-def attach_labels(table, spec: str, hierarchy: Optional[Hierarchy] = None, progress: bool = True):
+def attach_labels(table, spec: str, hierarchy: Optional[Hierarchy] = None, progress: bool = True, inputs=None):
     """Returns a copy of the flow table with the label columns and `summary['labels']` (match counts).
 
     spec: `ndpi:DIR` (nDPI output `DIR/CAPTURE.out`, or DIR/result/CAPTURE.out for the nDPI data root),
     `folder` (the capture's parent folder is its class), `csv:PATH` (flow labels by capture + 5-tuple),
-    `rules:DATASET` (file-name rules of a public dataset in the hierarchy, e.g. `rules:iscx_vpn2016`).
+    `rules:DATASET` (file-name rules of a public dataset in the hierarchy, e.g. `rules:iscx_vpn2016`),
+    `dpi` (nDPI run on the captures `inputs` through nfstream, for captures that come without labels).
     """
 
     h = hierarchy or load_hierarchy()
@@ -642,8 +707,10 @@ def attach_labels(table, spec: str, hierarchy: Optional[Hierarchy] = None, progr
         summary = _label_csv(table.meta, pathlib.Path(arg).expanduser(), h, cols)
     elif kind == "rules":
         summary = _label_rules(table.meta, arg, h, cols)
+    elif kind == "dpi":
+        summary = _label_dpi(table.meta, inputs, h, cols, progress)
     else:
-        raise ValueError(f"unknown labels spec {spec!r}: expected ndpi:DIR, folder, csv:PATH or rules:DATASET")
+        raise ValueError(f"unknown labels spec {spec!r}: expected ndpi:DIR, folder, csv:PATH, rules:DATASET or dpi")
     level1 = np.asarray(cols["level1"], dtype=object)
     label = np.asarray(cols["label"], dtype=object)
     summary = {"spec": spec, "hierarchy": h.source, "flows": n,

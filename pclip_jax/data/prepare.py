@@ -19,6 +19,7 @@ from pclip_jax.data import capture, flows, names, tensors
 from pclip_jax.data import ingest as ingest_module
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
+from pclip_jax.data import taxonomy
 from pclip_jax.data.capture import find_captures
 from pclip_jax.data.download import download_ndpi
 from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
@@ -35,6 +36,7 @@ class PreparedFlows:
     class_ids: np.ndarray            # [N] index into class_names, -1 = class not evaluated
     dropped: dict                    # reason → flow count (filters and class thresholds)
     split_captures: dict             # split → sorted capture names
+    taxonomy: dict = dataclasses.field(default_factory=dict)  # where level1/level2 came from (data/taxonomy.py)
 
     def applications(self, idx: np.ndarray) -> list[str]:
         """Sorted distinct applications (level-2 labels) of the flows `idx` ('' = no application, left out): the
@@ -100,7 +102,7 @@ def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestC
                   f"rebuilding it", file=sys.stderr)
     table = ingest(inputs, ingest_config, progress=progress)
     if label_spec:
-        table = labels_lib.attach_labels(table, label_spec, progress=progress)
+        table = labels_lib.attach_labels(table, label_spec, progress=progress, inputs=inputs)
     table.save(cache)
     return table
 
@@ -118,30 +120,50 @@ def _keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str)
     return np.sort(np.concatenate([train_idx, val_idx[to_train]])), val_idx[~to_train]
 
 
-def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, progress: bool = True
-                  ) -> PreparedFlows:
-    """The experiment's flows from the data settings; ingested tables are cached under `cache_root`
-    (`Workdir.cache_dir(settings)`)."""
-    inputs, label_spec = resolve_inputs(data_config)
-    ingest_config = IngestConfig.from_data_config(data_config)
-    cache_root = pathlib.Path(cache_root)
-    table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
-    level = data_config.label_level
-    table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
-                                            drop_one_way=data_config.drop_one_way, drop_unlabelled=True,
-                                            label_column=level)
+def _split(table: FlowTable, data_config: DataSettings, level: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) rows: by capture (validation = whole training captures) or by time (validation =
+    the last part in time of each capture's training part)."""
+    if data_config.split == "time":
+        outer = splits_lib.split_by_time(table, data_config.test_fraction)
+        train_idx, test_idx = outer["train"], outer["test"]
+        val_idx = np.zeros((0,), np.int64)
+        if data_config.validation_fraction > 0:
+            inner = splits_lib.split_by_time(table.select(train_idx), data_config.validation_fraction)
+            train_idx, val_idx = train_idx[inner["train"]], train_idx[inner["test"]]
+        return train_idx, val_idx, test_idx
     split = splits_lib.split_by_capture(table, test_fraction=data_config.test_fraction, seed=data_config.split_seed,
                                         label_column=level)
     train_idx, test_idx = np.asarray(split["train"]), np.asarray(split["test"])
     val_idx = np.zeros((0,), np.int64)
-    val_fraction = data_config.validation_fraction
-    if val_fraction > 0:
+    if data_config.validation_fraction > 0:
         # A second capture-disjoint split of the training captures only, so the test split is the same with or
         # without validation.
-        inner = splits_lib.split_by_capture(table.select(train_idx), test_fraction=val_fraction,
+        inner = splits_lib.split_by_capture(table.select(train_idx), test_fraction=data_config.validation_fraction,
                                             seed=data_config.split_seed, label_column=level)
         train_idx, val_idx = train_idx[np.asarray(inner["train"])], train_idx[np.asarray(inner["test"])]
         train_idx, val_idx = _keep_every_class_in_train(table, train_idx, val_idx, level)
+    return train_idx, val_idx, test_idx
+
+
+def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, progress: bool = True,
+                  kg=None) -> PreparedFlows:
+    """The experiment's flows from the data settings; ingested tables are cached under `cache_root`
+    (`Workdir.cache_dir(settings)`). `kg`, the mission's knowledge graph, may name the classes
+    (`data.taxonomy`)."""
+    inputs, label_spec = resolve_inputs(data_config)
+    ingest_config = IngestConfig.from_data_config(data_config)
+    cache_root = pathlib.Path(cache_root)
+    table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
+    table, levels = taxonomy.resolve_levels(table, data_config.taxonomy, kg)
+    if levels.get("flows_without_class"):
+        print(f"[data] classes from the {levels['source']}: {levels['flows_without_class']} labelled flows have a "
+              f"label it does not know, left unlabelled: {dict(list(levels['labels_without_class'].items())[:8])}",
+              file=sys.stderr)
+    level = data_config.label_level
+    table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
+                                            drop_one_way=data_config.drop_one_way, drop_unlabelled=True,
+                                            label_column=level)
+    train_idx, val_idx, test_idx = _split(table, data_config, level)
     labels = np.asarray(table.meta[level]).astype(str)
     # Classes are chosen on all training captures (validation included), so validation never changes the
     # evaluated class set.
@@ -156,8 +178,13 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
                                                           data_config.split_seed, level))
     captures = np.asarray(table.meta["capture"]).astype(str)
     if not len(class_names):
-        raise ValueError(f"no {level} class has {data_config.min_class_flows} training flows: "
-                         f"{dict(zip(names.tolist(), counts.tolist()))}")
+        raise ValueError(f"no {level} class has {data_config.min_class_flows} training flows (data.min_class_flows): "
+                         f"{dict(zip(names.tolist(), counts.tolist()))}; classes came from the {levels['source']} "
+                         f"(data.taxonomy={data_config.taxonomy!r})")
+    small = {str(n): int(c) for n, c in zip(names, counts) if n and c < data_config.min_class_flows}
+    if small:
+        print(f"[data] {len(small)} {level} classes have fewer than {data_config.min_class_flows} training flows and "
+              f"are not evaluated (data.min_class_flows): {dict(list(small.items())[:10])}", file=sys.stderr)
     print(f"[data] {len(table)} flows after filters; train {len(train_idx)} / validation {len(val_idx)} / "
           f"test {len(test_idx)}; "
           f"{len(class_names)} {level} classes", file=sys.stderr)
@@ -166,4 +193,5 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
                          class_ids=class_ids, dropped=dropped,
                          split_captures={"train": sorted(set(captures[train_idx])),
                                          "validation": sorted(set(captures[val_idx])),
-                                         "test": sorted(set(captures[test_idx]))})
+                                         "test": sorted(set(captures[test_idx]))},
+                         taxonomy=levels)

@@ -144,6 +144,31 @@ def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_col
     return {s: np.flatnonzero(row_split == s) for s in splits}
 
 
+def split_by_time(table, test_fraction: float = 0.3, gap_fraction: float = 0.05) -> dict[str, np.ndarray]:
+    """Time split within each capture, for datasets where a class is one long capture (USTC-TFC2016 style).
+
+    Per capture, over the span [t0, t1] of its flows' start times: flows that *end* before
+    t0 + (1 - test_fraction - gap_fraction/2)·span go to train, flows that *start* after
+    t0 + (1 - test_fraction + gap_fraction/2)·span go to test, the rest (inside the gap or spanning it) to neither,
+    so no flow and no moment of traffic is on both sides. Returns {'train', 'test', 'gap'}: sorted row indices.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    captures = _column(table, "capture").astype(str)
+    first = _column(table, "first_ts").astype(np.float64)
+    last = _column(table, "last_ts").astype(np.float64)
+    part = np.full(len(captures), "gap", dtype=object)
+    for c in np.unique(captures):
+        rows = np.flatnonzero(captures == c)
+        t0, t1 = first[rows].min(), first[rows].max()
+        span = max(t1 - t0, 1e-9)
+        train_end = t0 + (1.0 - test_fraction - gap_fraction / 2) * span
+        test_start = t0 + (1.0 - test_fraction + gap_fraction / 2) * span
+        part[rows[last[rows] < train_end]] = "train"
+        part[rows[first[rows] >= test_start]] = "test"
+    return {s: np.flatnonzero(part == s) for s in ("train", "test", "gap")}
+
+
 def fraction_subset(table, train_idx, fraction: float, seed: int = 0, label_column: str = "level1") -> np.ndarray:
     """A class-balanced, seeded subset of the training rows: round(fraction * n_c) flows of each class c, at least
     one. Subsets are nested: for one seed, a smaller fraction picks a subset of a larger one. Sorted indices."""

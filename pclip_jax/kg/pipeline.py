@@ -30,13 +30,7 @@ from pclip_jax.workdir import Workdir
 
 def kg_path(settings: Settings) -> pathlib.Path:
     """The graph file of `gnn.kg`: a YAML path, or the name of a graph shipped in `pclip_jax/kg/shipped/`."""
-    name = settings.gnn.kg
-    if name.endswith((".yaml", ".yml")):
-        path = pathlib.Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"gnn.kg={name}: no such knowledge-graph file")
-        return path
-    return schema.shipped_kg_path(name)
+    return schema.graph_path(settings.gnn.kg)
 
 
 def load_graph(settings: Settings) -> schema.KnowledgeGraph:
@@ -166,9 +160,10 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
                                         validate=validate, eval_every=settings.gnn.eval_every)
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).
     keep = prepared.class_ids[te] >= 0
+    captures = np.asarray(meta["capture"]).astype(str)[te][keep]
     block = train_gnn.evaluate_gnn(gcfg, gnn_params, embeddings["test"][keep], level1[te][keep],
                                    level2[te][keep], pkg, min_flows_level2=settings.gnn.min_flows_level2,
-                                   train_applications=prepared.applications(prepared.train_idx))
+                                   train_applications=prepared.applications(prepared.train_idx), captures=captures)
     probs = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["test"][keep], pkg)["prob1"]
     y1 = _level1_slots(pkg, level1[te][keep])
     ok = y1 >= 0
@@ -177,6 +172,8 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
     print(metrics_lib.format_table([("GNN level 1 (test)", block["level1"]),
                                     ("GNN level 2 (test)", block["level2"])]
                                    + metrics_lib.novelty_rows("GNN level 1", block["level1"])), file=sys.stderr)
+    print(metrics_lib.format_capture_rows([("GNN level 1", block["level1"]), ("GNN level 2", block["level2"])]),
+          file=sys.stderr)
     return block
 
 

@@ -313,6 +313,16 @@ def save_kg(kg: KnowledgeGraph, path: str | pathlib.Path) -> None:
                                                  width=110), encoding="utf-8")
 
 
+def graph_path(name_or_path: str) -> pathlib.Path:
+    """The file of a `gnn.kg` value: a YAML path, or the name of a graph shipped with the package."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = pathlib.Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"gnn.kg={name_or_path}: no such knowledge-graph file")
+        return path
+    return shipped_kg_path(name_or_path)
+
+
 def shipped_kg_path(name: str) -> pathlib.Path:
     """Path of a graph shipped with the package in `pclip_jax/kg/shipped/` (e.g. 'ndpi', 'iscx_vpn2016',
     'ustc_tfc2016'); package data, so a non-editable install finds it from any directory."""

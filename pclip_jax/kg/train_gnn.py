@@ -26,7 +26,7 @@ from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, graph_
                               predict, top_down_decisions)
 from pclip_jax.kg.missions import Mission, apply_mission
 from pclip_jax.kg.schema import KnowledgeGraph
-from pclip_jax.metrics import by_application_novelty, classification_report
+from pclip_jax.metrics import by_application_novelty, classification_report, per_capture_accuracy
 
 AXIS = "batch"
 # Under the stage's directory (the workdir's `gnn/`): the last states, and the validation-best parameters.
@@ -261,12 +261,13 @@ def predict_arrays(config: Any, params: Any, embeddings: np.ndarray, kg: Prepare
 
 def evaluate_gnn(config: Any, params: Any, embeddings: np.ndarray, labels_level1, labels_level2,
                  kg: PreparedKG, min_flows_level2: int = 5, batch_size: int = 256, measure_flops: bool = True,
-                 train_applications=None) -> dict:
+                 train_applications=None, captures=None) -> dict:
     """The `gnn` block of results.json: `trainable_params`, `flops_per_flow`, `level1`, `level2` (each with
     `mauc`, `accuracy`, `macro_f1`, `per_class_auc`, ...) and `hierarchical_accuracy` (both levels right, over
     flows whose app is known). `flops_per_flow` is measured on a batch of up to 64 of the flows (None when
     `measure_flops` is False). Level-2 AUCs are reported for applications with ≥ `min_flows_level2` test flows.
-    With `train_applications`, level 1 also gets `by_application_novelty` (metrics.by_application_novelty)."""
+    With `train_applications`, level 1 also gets `by_application_novelty` (metrics.by_application_novelty); with
+    `captures` (the flows' capture names), both levels get `per_capture` (majority vote per capture)."""
     cfg = GnnTrainConfig.from_config(config)
     y1, y2 = _slots(kg, labels_level1, labels_level2)
     pred = predict_arrays(cfg, params, embeddings, kg, batch_size)
@@ -289,6 +290,12 @@ def evaluate_gnn(config: Any, params: Any, embeddings: np.ndarray, labels_level1
         float("nan")
     level2["min_flows"] = min_flows_level2
     level1["accuracy_top_down"] = float((pred["pred1"][k1] == y1[k1]).mean()) if k1.any() else float("nan")
+    if captures is not None:
+        captures = np.asarray(captures).astype(str)
+        if k1.any():
+            level1["per_capture"] = per_capture_accuracy(y1[k1], pred["prob1"][k1], captures[k1], names1)
+        if k2.any():
+            level2["per_capture"] = per_capture_accuracy(y2[k2], pred["prob2"][k2], captures[k2], names2)
     hier = float(((pred["pred1"] == y1) & (pred["pred2"] == y2))[k2].mean()) if k2.any() else float("nan")
     return {"trainable_params": count_params(params),
             "flops_per_flow": gnn_flops_per_flow(cfg.model, params, kg, np.asarray(embeddings[:64], np.float32))

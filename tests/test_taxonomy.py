@@ -1,0 +1,118 @@
+"""Open taxonomy on real captures: classes from the graph or the raw labels, a graph built from the labels, the
+whole job on a folder dataset, time splits."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import folder as folder_config
+from configs import test as test_config
+from pclip_jax import job
+from pclip_jax.data import splits, taxonomy
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.data.labels import attach_labels
+from pclip_jax.kg.from_labels import graph_from_labels
+from pclip_jax.kg.schema import load_kg, shipped_kg_path
+
+IOT = ["HueBridge", "D-LinkSiren", "EdimaxPlug1101W"]
+
+
+@pytest.fixture(scope="module")
+def iot_dir(ndpi_dir):
+    root = ndpi_dir.parent / "iot_sentinel"
+    if not root.is_dir():
+        pytest.skip(f"IoT Sentinel captures not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def device_folder(iot_dir, tmp_path_factory):
+    """A small folder dataset built from real IoT Sentinel captures: three devices, four setups each."""
+    root = tmp_path_factory.mktemp("devices")
+    for device in IOT:
+        (root / device).mkdir()
+        for capture in sorted((iot_dir / device).glob("*.pcap"))[:4]:
+            shutil.copy(capture, root / device / capture.name)
+    return root
+
+
+def _labelled(paths):
+    table = ingest([str(p) for p in paths], IngestConfig(), progress=False)
+    return attach_labels(table, "folder", progress=False)
+
+
+def test_graph_names_the_device_and_its_type(device_folder):
+    table = _labelled([device_folder])
+    kg = load_kg(shipped_kg_path("iot_sentinel"))
+    resolved, report = taxonomy.resolve_levels(table, "auto", kg)
+    assert report["source"] == "graph" and report["coverage"]["hierarchy"] < 0.5 <= report["coverage"]["graph"]
+    level1, level2 = resolved.meta["level1"], resolved.meta["level2"]
+    assert set(level2) == set(IOT)
+    assert {kg.node(d).parent for d in IOT} == set(level1) == {"Lighting", "Sensor", "SmartPlug"}
+    assert report["flows_without_class"] == 0
+    # Without a graph the raw labels are the classes; nothing is dropped.
+    raw, report = taxonomy.resolve_levels(table, "auto", None)
+    assert report["source"] == "raw" and set(raw.meta["level1"]) == set(IOT) and set(raw.meta["level2"]) == {""}
+    # The nDPI labels keep their hierarchy (the figures of the nDPI corpus are unchanged).
+    with pytest.raises(ValueError, match="data.taxonomy='graph' needs a knowledge graph"):
+        taxonomy.resolve_levels(table, "graph", None)
+
+
+def test_ndpi_labels_keep_the_label_hierarchy(ndpi_dir):
+    table = attach_labels(ingest([str(ndpi_dir / "pcap" / "signal.pcap")], IngestConfig(), progress=False),
+                          f"ndpi:{ndpi_dir / 'result'}", progress=False)
+    resolved, report = taxonomy.resolve_levels(table, "auto", load_kg(shipped_kg_path("ndpi")))
+    assert report["source"] == "hierarchy"
+    np.testing.assert_array_equal(resolved.meta["level1"], table.meta["level1"])
+
+
+def test_graph_from_labels_uses_training_flows_only(device_folder):
+    table, _ = taxonomy.resolve_levels(_labelled([device_folder]), "raw")
+    captures = np.asarray(table.meta["capture"]).astype(str)
+    train = np.flatnonzero(~np.char.endswith(captures, "-1-STA.pcap"))
+    kg = graph_from_labels(table.meta, train, name="devices")
+    assert kg.level_ids(1) == sorted(IOT) and kg.level_ids(2) == []
+    hue = kg.node("HueBridge").descriptions[1]
+    assert "flows of about" in hue and "packets" in hue
+    # Facts come from the given rows: a different set of rows gives different facts.
+    other = graph_from_labels(table.meta, np.flatnonzero(captures == captures[0]), name="devices")
+    assert other.level_ids(1) != kg.level_ids(1) or other.node(kg.level_ids(1)[0]).descriptions != \
+        kg.node(kg.level_ids(1)[0]).descriptions
+
+
+def test_folder_dataset_end_to_end_with_a_generated_graph(device_folder, minilm_dir, tmp_path):
+    config = folder_config.get_config()
+    tiny = test_config.get_config()
+    for section in ("model", "train", "eval", "gnn"):  # the tiny sizes of the test config
+        for key, value in tiny[section].items():
+            if key not in ("kg", "mission"):
+                config[section][key] = value
+    config.data.packets, config.data.bytes, config.data.min_class_flows = 4, 32, 3
+    config.data.inputs = (str(device_folder),)
+    config.text.encoder, config.text.max_len, config.text.variants_per_flow = str(minilm_dir), 32, 1
+    config.train.num_steps = config.gnn.num_steps = 2
+    wd = tmp_path / "wd"
+    results = job.train_and_evaluate(config, str(wd))
+    kg = load_kg(wd / "kg.yaml")
+    assert kg.level_ids(1) == sorted(IOT)
+    assert results["data"]["taxonomy"]["source"] == "raw"
+    assert set(results["test"]["classes"]) == set(IOT) and results["gnn"]["level1"]["num_flows"] > 0
+    assert 0 <= results["test"]["per_capture"]["accuracy"] <= 1
+    assert results["test"]["per_capture"]["num_captures"] == results["data"]["test_captures"]
+    stored = json.loads((wd / "config.json").read_text())
+    assert stored["gnn"]["kg"] == str(wd / "kg.yaml")
+
+
+def test_time_split_never_shares_a_flow_or_a_moment(ndpi_dir):
+    table = ingest([str(ndpi_dir / "pcap" / c) for c in ("1kxun.pcap", "zoom.pcap", "443-chrome.pcap")], IngestConfig(),
+                   progress=False)
+    part = splits.split_by_time(table, test_fraction=0.3)
+    train, test = part["train"], part["test"]
+    assert len(train) and len(test) and not set(train) & set(test)
+    assert len(train) + len(test) + len(part["gap"]) == len(table)
+    captures = np.asarray(table.meta["capture"]).astype(str)
+    for c in np.unique(captures[test]):
+        tr, te = train[captures[train] == c], test[captures[test] == c]
+        if len(tr):
+            assert table.meta["last_ts"][tr].max() < table.meta["first_ts"][te].min()
