@@ -1,6 +1,7 @@
 """Tree baselines on the same flows and capture-disjoint splits as the main job, for scale.
 
     python benchmarks/baseline_trees.py [--config configs/quickstart.py] [--seeds 0,1,2] [--json OUT]
+    python benchmarks/baseline_trees.py --config configs/iot_sentinel.py     # devices, per flow and per capture
 
 Extremely randomised trees (500, balanced class weights) on (a) the signed sizes and log inter-arrival times of
 the first K packets — what flow-statistics classifiers see — (b) those plus the first B masked bytes of the
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.py"))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set data.min_class_flows=10")
     parser.add_argument("--workdir", default="/tmp/pclip_baselines")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -50,15 +53,18 @@ def main(argv=None) -> int:
 
     from pclip_jax.config_files import load_config
     from pclip_jax.data.prepare import prepare_flows
-    from pclip_jax.metrics import NOVEL, SEEN, by_application_novelty, classification_report
+    from pclip_jax.kg.pipeline import load_graph
+    from pclip_jax.metrics import NOVEL, SEEN, by_application_novelty, classification_report, per_capture_accuracy
     from pclip_jax.name_features import NameEncoder
-    from pclip_jax.settings import from_config
+    from pclip_jax.settings import from_config, with_absolute_paths
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        config = from_config(load_config(args.config, [f"data.split_seed={seed}"]))
+        config = with_absolute_paths(from_config(load_config(args.config, [*args.overrides,
+                                                                           f"data.split_seed={seed}"])))
         cache = config.data.cache_dir or f"{args.workdir}/cache"
-        prepared = prepare_flows(config.data, cache, progress=False)
+        prepared = prepare_flows(config.data, cache, progress=False,
+                                 kg=load_graph(config) if config.gnn.kg else None)
         prepared.table.tensors["name_vec"] = NameEncoder(config.text.encoder)(prepared.table.meta["server_name"])
         train_idx = np.concatenate([prepared.train_idx, prepared.val_idx])
         apps = np.asarray(prepared.table.meta["level2"]).astype(str)
@@ -73,7 +79,13 @@ def main(argv=None) -> int:
             proba = np.zeros((int(keep_test.sum()), len(prepared.class_names)))
             proba[:, clf.classes_] = clf.predict_proba(
                 features(prepared.table.tensors, prepared.test_idx[keep_test], with_bytes, with_names))
-            row[name] = classification_report(y_test[keep_test], proba, prepared.class_names)["mauc"]
+            report = classification_report(y_test[keep_test], proba, prepared.class_names)
+            row[name] = report["mauc"]
+            row[f"{name}_accuracy"], row[f"{name}_macro_f1"] = report["accuracy"], report["macro_f1"]
+            captures = np.asarray(prepared.table.meta["capture"]).astype(str)[prepared.test_idx[keep_test]]
+            per_capture = per_capture_accuracy(y_test[keep_test], proba, captures, prepared.class_names)
+            row[f"{name}_capture_accuracy"] = per_capture["accuracy"]
+            row[f"{name}_capture_macro_f1"] = per_capture["macro_f1"]
             halves = by_application_novelty(y_test[keep_test], proba, prepared.class_names,
                                             apps[prepared.test_idx[keep_test]], seen)
             row[f"{name}_seen"], row[f"{name}_novel"] = halves[SEEN]["mauc"], halves[NOVEL]["mauc"]
@@ -81,6 +93,10 @@ def main(argv=None) -> int:
         cells = ", ".join(f"{label} {row[n]:.3f} ({row[n + '_seen']:.3f} / {row[n + '_novel']:.3f})"
                           for n, (_, _, label) in VARIANTS.items())
         print(f"seed {seed}: mAUC (seen apps / novel apps) {cells}", flush=True)
+        cells = ", ".join(f"{label} {row[n + '_accuracy']:.3f} / {row[n + '_macro_f1']:.3f} / "
+                          f"{row[n + '_capture_accuracy']:.3f} / {row[n + '_capture_macro_f1']:.3f}"
+                          for n, (_, _, label) in VARIANTS.items())
+        print(f"seed {seed}: accuracy / macro-F1 per flow / per capture: {cells}", flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
