@@ -32,8 +32,9 @@ class Checkpoints:
         self.writable = writable
         if not writable and not self.directory.is_dir():
             raise FileNotFoundError(f"{self.directory}: no checkpoints")
-        options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, int(save_every)), max_to_keep=int(keep),
-                                               create=writable, read_only=not writable)
+        # A reader never saves; orbax's read_only mode would only add warnings, so it is enforced here instead.
+        options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, int(save_every)),
+                                               max_to_keep=int(keep) if writable else None, create=writable)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     # ------------------------------------------------------------------------------------------- digests
@@ -58,6 +59,8 @@ class Checkpoints:
     # ------------------------------------------------------------------------------------------- save
     def save(self, step: int, tree: Any, force: bool = False) -> bool:
         """Saves `tree` at `step` (when the interval says so or `force`); the digest is recorded once written."""
+        if not self.writable:
+            raise RuntimeError(f"{self.directory}: opened for reading, not for saving")
         saved = self.manager.save(step, args=ocp.args.StandardSave(tree), force=force)
         if saved:
             self.manager.wait_until_finished()

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pclip_jax import evaluate, train
+from pclip_jax import evaluate, files, train
 from pclip_jax.compat import maybe_initialize_distributed
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
 from pclip_jax.embedding import build_model, load_descriptions, text_featurizer
@@ -75,6 +75,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     generated = wd.file(Workdir.GENERATED_KG)
     kg = detection.load_graph(settings) if settings.gnn.kg else (load_kg(generated) if generated.is_file() else None)
     prepared = prepare_experiment(settings, cache_dir, kg)
+    if jax.process_index() == 0:
+        files.write_json(wd.file(Workdir.SPLIT), prepared.split_captures)
     if not settings.gnn.kg:
         settings = graph_for_labels(settings, wd, prepared)
         wd.save_settings(settings)

@@ -7,6 +7,7 @@
       linear_probe.npz            the probe on frozen packet features
       class_text_features.npz     frozen text features of the class prompts (zero-shot)
       kg.yaml                     the graph built from the labels (gnn.kg = ''), edited by the user if they like
+      split.json                  the captures of each split, so anyone can check or reuse the split
       checkpoints/                pre-training (orbax, with digests) ; checkpoints_best/ the validation-best
       gnn/checkpoints/ ...        the GNN stage (gnn/gnn_checkpoints, gnn/checkpoints_best, metrics_gnn.jsonl)
       cache/                      ingested flow tables and text features (unless data.cache_dir is set)
@@ -38,6 +39,7 @@ class Workdir:
     PROBE = "linear_probe.npz"
     CLASS_TEXT = "class_text_features.npz"
     GENERATED_KG = "kg.yaml"      # the graph built from the labels when gnn.kg = '' (editable)
+    SPLIT = "split.json"          # the captures of each split (train / validation / test)
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path).absolute()

@@ -102,6 +102,8 @@ def test_folder_dataset_end_to_end_with_a_generated_graph(device_folder, minilm_
     assert results["test"]["per_capture"]["num_captures"] == results["data"]["test_captures"]
     stored = json.loads((wd / "config.json").read_text())
     assert stored["gnn"]["kg"] == str(wd / "kg.yaml")
+    split = json.loads((wd / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["test"]) and len(split["test"]) == results["data"]["test_captures"]
 
 
 def test_time_split_never_shares_a_flow_or_a_moment(ndpi_dir):

@@ -118,20 +118,29 @@ def _level1_slots(pkg, labels) -> np.ndarray:
     return np.array([names1.index(x) if x in names1 else -1 for x in labels], np.int64)
 
 
-def gnn_validator(gcfg, pkg, prepared, level1, z_val):
-    """GNN params → level-1 mAUC on the validation captures (early stopping), or None without them."""
+def gnn_validator(gcfg, pkg, prepared, level1, z_val, level2=None):
+    """GNN params → mAUC on the validation captures (early stopping), or None without them: at level 2 when
+    `level2` labels are given (an experiment evaluated at level 2, e.g. devices), else at level 1."""
     val = prepared.val_idx
     if z_val is None or not len(val):
         return None
-    y_val = _level1_slots(pkg, level1[val])
-    known = (y_val >= 0) & (prepared.class_ids[val] >= 0)
+    known = prepared.class_ids[val] >= 0
+    if level2 is not None:
+        _, y_val, _ = kg_graphs.labels_to_slots(pkg.layout, list(level1[val]), list(level2[val]))
+        names, key = pkg.layout.class_names(2), "prob2"
+    else:
+        y_val, names, key = _level1_slots(pkg, level1[val]), pkg.layout.class_names(1), "prob1"
+    known &= y_val >= 0
     if len(np.unique(y_val[known])) < 2:
         return None
-    names1 = pkg.layout.class_names(1)
+    present = np.unique(y_val[known])
 
     def validate(gnn_params) -> float:
-        prob1 = train_gnn.predict_arrays(gcfg, gnn_params, z_val[known], pkg)["prob1"]
-        return metrics_lib.classification_report(y_val[known], prob1, names1)["mauc"]
+        prob = train_gnn.predict_arrays(gcfg, gnn_params, z_val[known], pkg)[key]
+        # Over the classes present in validation (a level-2 graph has leaves that validation never shows).
+        remap = {c: i for i, c in enumerate(present)}
+        y = np.array([remap[c] for c in y_val[known]])
+        return metrics_lib.classification_report(y, prob[:, present], [names[c] for c in present])["mauc"]
 
     return validate
 
@@ -155,9 +164,11 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
     gcfg = gnn_train_config(settings, params)
     validate = None
     if "validation" not in fit_on:
-        validate = gnn_validator(gcfg, pkg, prepared, level1, embeddings.get("validation"))
+        validate = gnn_validator(gcfg, pkg, prepared, level1, embeddings.get("validation"),
+                                 level2 if settings.data.label_level == "level2" else None)
     gnn_params, _ = train_gnn.train_gnn(gcfg, z_fit, level1[tr], level2[tr], pkg, workdir.gnn_dir,
-                                        validate=validate, eval_every=settings.gnn.eval_every)
+                                        validate=validate, eval_every=settings.gnn.eval_every,
+                                        validation_level=2 if settings.data.label_level == "level2" else 1)
     # Evaluate on the same flows and classes as the linear probe (classes with enough training flows).
     keep = prepared.class_ids[te] >= 0
     captures = np.asarray(meta["capture"]).astype(str)[te][keep]

@@ -157,7 +157,8 @@ def _make_train_step(model, layout, optimizer, level_weights):
 
 def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, train_labels_level2,
               kg: PreparedKG, workdir: str | pathlib.Path, progress: bool = True,
-              validate: Callable[[Any], float] | None = None, eval_every: int = 25) -> tuple[Any, list[dict]]:
+              validate: Callable[[Any], float] | None = None, eval_every: int = 25,
+              validation_level: int = 1) -> tuple[Any, list[dict]]:
     """Trains the GNN head on frozen flow embeddings through the shared loop (`pclip_jax.loop`); resumes from
     `workdir/gnn_checkpoints` when present.
 
@@ -171,7 +172,7 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
         TensorBoard) go here.
       validate: optional params → score on held-out captures (higher is better), computed on the untrained head
         and every `eval_every` steps; the best parameters are kept on disk (a resumed run remembers them) and
-        returned (early stopping).
+        returned (early stopping); `validation_level` names the level it scores in logs and metrics.
     Returns:
       (params, history): unreplicated parameters and the logged metrics (list of dicts with `step`).
     """
@@ -224,8 +225,9 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
 
     spec = loop.LoopSpec(name="gnn", num_steps=cfg.num_steps, log_every=cfg.log_every,
                          checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
-                         eval_every=eval_every, validate_initial=True, validation_metric="validation_level1_mauc",
-                         validation_label="validation level-1 mAUC",
+                         eval_every=eval_every, validate_initial=True,
+                         validation_metric=f"validation_level{validation_level}_mauc",
+                         validation_label=f"validation level-{validation_level} mAUC",
                          nan_hint=f"lower gnn.learning_rate (now {cfg.learning_rate}) or check the embeddings for NaN",
                          postfix=(("loss", "loss"), ("acc1", "accuracy_level1")))
     result = loop.run(spec, state, lambda s, graphs: p_step(s, graphs, r_kg, r_cw, r_rng), batches_from,
