@@ -144,3 +144,24 @@ def test_pcap_folder_builder(tmp_path, ndpi_dir):
         seen[split] = set(arrays["capture"])
     assert not seen["train"] & seen["test"]
     assert {c.split("/")[0] for c in seen["test"]} == set(layout)  # each class on the test side too
+
+
+def test_iot_sentinel_builder_names_type_and_device(tmp_path, ndpi_dir):
+    """Offline: a manual dir with one folder per device (symlinks to real IoT Sentinel setups); level 1 is the
+    device type from the shipped graph, level 2 the device, and the split keeps captures whole."""
+    iot = ndpi_dir.parent / "iot_sentinel"
+    if not iot.is_dir():
+        pytest.skip(f"IoT Sentinel captures not found at {iot}")
+    for device in ("HueBridge", "D-LinkSiren"):
+        (tmp_path / "manual" / device).mkdir(parents=True)
+        for capture in sorted((iot / device).glob("*.pcap"))[:4]:
+            (tmp_path / "manual" / device / capture.name).symlink_to(capture)
+    config = tfds_builders.TrafficConfig(name="iot_k4_b32", packets=4, bytes=32, label_column="level2")
+    builder = tfds_builders.build("iot_sentinel", tmp_path / "data", manual_dir=tmp_path / "manual", config=config)
+    sources = builder.as_data_source()
+    for split in ("train", "test"):
+        arrays = input_pipeline._stack([sources[split][i] for i in range(len(sources[split]))],
+                                       ["capture", "level1_name", "level2"])
+        assert set(arrays["level2"]) == {"HueBridge", "D-LinkSiren"}
+        assert {(d, t) for d, t in zip(arrays["level2"], arrays["level1_name"])} == \
+            {("HueBridge", "Lighting"), ("D-LinkSiren", "Sensor")}

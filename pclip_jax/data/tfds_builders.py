@@ -24,8 +24,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from pclip_jax.data import labels as labels_lib
+from pclip_jax.data import taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.data.tensors import STATS_NAMES
+from pclip_jax.kg.schema import load_kg, shipped_kg_path
 from pclip_jax.data import splits as splits_lib
 
 from pclip_jax.data.download import NDPI_ARCHIVE_URL, NDPI_COMMIT, reachable as _reachable  # noqa: F401
@@ -93,6 +95,7 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
                               "(TCP timestamps, TLS hello random/session id, QUIC connection ids) masked."}
     BUILDER_CONFIGS = _default_configs()
     DEFAULT_LABELS = ""
+    GRAPH = ""  # a shipped knowledge graph that names the classes (data/taxonomy.py), '' = the label hierarchy
     DESCRIPTION = ""
 
     @abc.abstractmethod
@@ -140,6 +143,8 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             raise ValueError(f"{self.name}: no flows read from {inputs}; check the input folder "
                              f"(captures end in {', '.join(CAPTURE_SUFFIXES)})")
         table = labels_lib.attach_labels(table, spec)
+        if self.GRAPH:
+            table, _ = taxonomy.resolve_levels(table, "graph", load_kg(shipped_kg_path(self.GRAPH)))
         label_summary = dict(table.summary.get("labels", {}))
         ingest_summary = {k: v for k, v in table.summary.items() if k != "labels" and not isinstance(v, (list, dict))}
         n_ingested = len(table.meta["capture"])
@@ -294,8 +299,43 @@ class UstcTfc2016(_TrafficBuilder):
         return [str(manual)], "rules:ustc_tfc2016"
 
 
+IOT_SENTINEL_COMMIT = "0743dc668bb317600663be18a35f89fad134400a"
+IOT_SENTINEL_ARCHIVE_URL = f"https://github.com/andypitcher/IoT_Sentinel/archive/{IOT_SENTINEL_COMMIT}.tar.gz"
+IOT_SENTINEL_SUBDIR = pathlib.PurePosixPath("captures_IoT_Sentinel/captures_IoT-Sentinel")
+
+
+class IotSentinel(_TrafficBuilder):
+    """IoT Sentinel (Miettinen et al., ICDCS 2017): setup captures of 31 smart-home devices, one folder each."""
+
+    DESCRIPTION = (f"IoT Sentinel device-setup captures (github.com/andypitcher/IoT_Sentinel at {IOT_SENTINEL_COMMIT}, "
+                   f"{IOT_SENTINEL_SUBDIR}; MIT). Label = the device folder; level 1 = the device type and level 2 "
+                   f"= the device, from the shipped knowledge graph `iot_sentinel`.")
+    BUILDER_CONFIGS = [TrafficConfig(name="k16_b128", label_column="level2",
+                                     description="16 packets x 128 bytes per flow, split stratified by device.")]
+    GRAPH = "iot_sentinel"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    Online, the builder downloads {IOT_SENTINEL_ARCHIVE_URL} itself. Offline, give a manual dir with one folder per
+    device holding its Setup-*.pcap captures (e.g. ../shared/data/iot_sentinel), or the repository unpacked
+    (<manual_dir>/{IOT_SENTINEL_SUBDIR}/<device>/).
+    """
+
+    def _sources(self, dl_manager):
+        manual = _manual_dir(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        if manual is None:
+            if not _reachable(IOT_SENTINEL_ARCHIVE_URL):
+                raise RuntimeError(f"iot_sentinel: offline (cannot reach {IOT_SENTINEL_ARCHIVE_URL}) and no manual "
+                                   f"dir given.{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            manual = pathlib.Path(str(dl_manager.download_and_extract(IOT_SENTINEL_ARCHIVE_URL)))
+        for base in [manual, manual / IOT_SENTINEL_SUBDIR, *(p / IOT_SENTINEL_SUBDIR for p in manual.iterdir()
+                                                              if p.is_dir())]:
+            if base.is_dir() and any(p.is_dir() and any(p.glob("*.pcap")) for p in base.iterdir()):
+                return [str(base)], "folder"
+        raise FileNotFoundError(f"iot_sentinel: no device folders with .pcap captures in {manual}."
+                                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
+
 BUILDERS = {"ndpi_traffic": NdpiTraffic, "pcap_folder": PcapFolder, "iscx_vpn2016": IscxVpn2016,
-            "ustc_tfc2016": UstcTfc2016}
+            "ustc_tfc2016": UstcTfc2016, "iot_sentinel": IotSentinel}
 
 
 def build(name: str, data_dir: str | pathlib.Path, manual_dir: str | pathlib.Path | None = None,
