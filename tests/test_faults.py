@@ -243,3 +243,16 @@ def test_labels_that_match_nothing_are_an_error_not_zero_flows(trained, settings
     assert evaluate.main(["--workdir", str(wd.path), capture, "--labels", f"ndpi:{empty}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "none of the" in err[-1] and "got a level1 label" in err[-1], err
+
+
+def test_saving_a_table_into_a_folder_keeps_the_users_other_files(ndpi_dir, tmp_path):
+    """`ingest --out DIR` into a folder that holds other files writes the table beside them, touching nothing."""
+    from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
+
+    table = ingest([str(ndpi_dir / "pcap" / "ftp.pcap")], IngestConfig(), progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    table.save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert len(FlowTable.load(tmp_path)) == len(table)
+    table.save(tmp_path / "fresh")  # a new folder: written beside it and swapped in
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == sorted(FlowTable.TABLE_FILES)

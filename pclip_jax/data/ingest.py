@@ -100,21 +100,38 @@ class FlowTable:
         tens = {k: np.concatenate([t.tensors[k] for t in tables]) for k in tables[0].tensors}
         return FlowTable(meta, tens, list(names), merge_summaries([t.summary for t in tables]))
 
+    TABLE_FILES = ("flows.csv", "tensors.npz", "summary.json")
+
     def save(self, out_dir: str | os.PathLike) -> None:
-        """Write ``flows.csv``, ``tensors.npz`` (no pickle) and ``summary.json`` into ``out_dir``, atomically: the
-        files are written into a temporary directory beside it, which then replaces ``out_dir``, so a kill
-        mid-write leaves the previous table (or none), never a partial one."""
-        with atomic_path(out_dir) as tmp:
+        """Write ``flows.csv``, ``tensors.npz`` (no pickle) and ``summary.json`` into ``out_dir``, atomically: a kill
+        mid-write leaves the previous table (or none), never a partial one. A new directory (or one holding only a
+        table) is written beside it and swapped in; in a directory that holds other files too, each file is written
+        to a temporary name and renamed, and nothing else in it is touched."""
+        out = Path(out_dir)
+        others = out.is_dir() and any(p.name not in self.TABLE_FILES for p in out.iterdir())
+        if others:
+            for name in self.TABLE_FILES:
+                with atomic_path(out / name) as tmp:
+                    self._write_file(name, tmp)
+            return
+        with atomic_path(out) as tmp:
             tmp.mkdir()
+            for name in self.TABLE_FILES:
+                self._write_file(name, tmp / name)
+
+    def _write_file(self, name: str, path: Path) -> None:
+        if name == "flows.csv":
             cols = list(self.meta)
-            with open(tmp / "flows.csv", "w", newline="") as fh:
+            with open(path, "w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(cols)
                 step = 50_000  # rows per write: bounds the memory of the formatted strings
                 for a in range(0, len(self), step):
                     w.writerows(zip(*(_csv_values(self.meta[c][a:a + step]) for c in cols)))
-            _write_npz(tmp / "tensors.npz", {**self.tensors, "stats_names": np.array(self.stats_names)})
-            with open(tmp / "summary.json", "w") as fh:
+        elif name == "tensors.npz":
+            _write_npz(path, {**self.tensors, "stats_names": np.array(self.stats_names)})
+        else:
+            with open(path, "w") as fh:
                 json.dump(self.summary, fh, indent=1, default=_json_default)
 
     @classmethod
