@@ -28,15 +28,16 @@ from pclip_jax.settings import Settings, from_config, with_absolute_paths
 from pclip_jax.workdir import Workdir
 
 
-def check_inputs(settings: Settings) -> None:
-    """Fails fast, before any data is read or step is taken, on what the settings name but cannot be found."""
-    if settings.gnn.kg:
-        detection.load_graph(settings)
+def check_inputs(settings: Settings):
+    """Fails fast, before any data is read or step is taken, on what the settings name but cannot be found.
+    Returns the validated knowledge graph of `gnn.kg` (None when it is built from the labels)."""
+    kg = detection.load_graph(settings) if settings.gnn.kg else None
     try:
         resolve_model_dir(settings.text.encoder)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"text.encoder={settings.text.encoder}: {e}") from None
     load_descriptions(settings)
+    return kg
 
 
 def prepare_experiment(settings: Settings, cache_dir, kg=None) -> PreparedFlows:
@@ -66,14 +67,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     """The whole job; `config` is an ml_collections ConfigDict, a dict or `Settings`. Returns results.json's
     content."""
     settings = with_absolute_paths(from_config(config))
-    check_inputs(settings)
+    kg = check_inputs(settings)
     maybe_initialize_distributed()
     started = time.time()
     wd = Workdir(workdir)
     wd.save_settings(settings)
     cache_dir = wd.cache_dir(settings)
     generated = wd.file(Workdir.GENERATED_KG)
-    kg = detection.load_graph(settings) if settings.gnn.kg else (load_kg(generated) if generated.is_file() else None)
+    if kg is None and generated.is_file():  # a graph built from the labels by an earlier run (maybe edited)
+        kg = load_kg(generated)
     prepared = prepare_experiment(settings, cache_dir, kg)
     if jax.process_index() == 0:
         files.write_json(wd.file(Workdir.SPLIT), prepared.split_captures)
