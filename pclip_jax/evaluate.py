@@ -109,6 +109,26 @@ def linear_probe_scores(probe: dict, features: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- after training
 
+def by_source(prepared, rows: np.ndarray, y: np.ndarray, scores: dict, class_names) -> dict:
+    """{source: {evaluation: report}} of a mixed corpus: each source's test flows `rows` (class ids `y`), scored
+    among the classes of that source's own training flows; {} for a single-source run."""
+    if not prepared.sources:
+        return {}
+    classes_of = {}
+    for name in prepared.sources:
+        ids = prepared.class_ids[prepared.source_rows(prepared.train_idx, name)]
+        classes_of[name] = sorted(set(ids[ids >= 0].tolist()))
+    meta = prepared.table.meta
+    return metrics_lib.by_group(np.asarray(meta["source"]).astype(str)[rows], y, scores, class_names, classes_of,
+                                np.asarray(meta["capture"]).astype(str)[rows])
+
+
+def format_source_rows(blocks: dict) -> str:
+    """One results row per (source, evaluation) of `by_source`."""
+    return metrics_lib.format_table([(f"{name}: {key}", report) for name, reports in blocks.items()
+                                     for key, report in reports.items()])
+
+
 def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, params, featurizer
                         ) -> tuple[dict, dict]:
     """Embeds train/validation/test flows, fits the probe on train, scores test both ways, writes plots and the
@@ -173,6 +193,10 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
                                    + metrics_lib.novelty_rows("zero-shot", zs_metrics)), file=sys.stderr)
     print(metrics_lib.format_capture_rows([("linear probe", test_metrics), ("zero-shot", zs_metrics)]),
           file=sys.stderr)
+    sources = by_source(prepared, prepared.test_idx[keep_test], y_test[keep_test],
+                        {"probe": probe_scores, "zero_shot": zs_scores}, names)
+    if sources:
+        print(format_source_rows(sources), file=sys.stderr)
     test_metrics["probe_targets"] = {"mode": targets_mode, "count": len(target_names)}
     test_metrics["probe_l2"] = l2
     test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
@@ -180,6 +204,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
         "num_params": {**counts, "text_tower_frozen": frozen, "total": counts["trainable_total"] + frozen},
         "test": test_metrics,
         "zero_shot": zs_metrics,
+        **({"by_source": sources} if sources else {}),
         "classes": {n: {"train_flows": int(a), "test_flows": int(b)}
                     for n, a, b in zip(names, counts_train, counts_test)},
         "data": {"flows": len(prepared.table), "train_flows": int(len(prepared.train_idx)),

@@ -142,3 +142,36 @@ def format_capture_rows(rows: Sequence[tuple[str, dict]]) -> str:
             lines.append(f"{name:<28}{pc['accuracy']:>8.3f}{pc['macro_f1']:>8.3f}{pc['num_captures']:>8d}")
     return "\n".join(lines)
 
+
+
+def restricted_report(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str], classes: Sequence[int],
+                      captures: Sequence[str] | None = None) -> dict:
+    """`classification_report` of the flows whose class is one of `classes` (indices into `class_names`), scored
+    among those classes only (columns renormalised): one dataset's evaluation within a mixed corpus, whose
+    model also knows other datasets' classes. With `captures`, also `per_capture`."""
+    classes = np.asarray(sorted(classes), np.int64)
+    y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
+    rows = np.isin(y_true, classes)
+    local = np.searchsorted(classes, y_true[rows])
+    part = scores[rows][:, classes]
+    part = part / np.maximum(part.sum(1, keepdims=True), 1e-12) if (part >= 0).all() else part
+    names = [class_names[c] for c in classes]
+    report = classification_report(local, part, names)
+    if captures is not None:
+        report["per_capture"] = per_capture_accuracy(local, part, np.asarray(captures)[rows], names)
+    report["flows_of_other_classes"] = int((~rows).sum())
+    return report
+
+
+def by_group(groups: Sequence[str], y_true: np.ndarray, scores: dict, class_names: Sequence[str],
+             classes_of: dict, captures: Sequence[str]) -> dict:
+    """{group: {evaluation: report}}: `restricted_report` of each group's flows (a mixed corpus's sources) among
+    `classes_of[group]`, for every {evaluation: scores [N, C]}. Groups with fewer than 2 classes are left out."""
+    groups, captures = np.asarray(groups).astype(str), np.asarray(captures).astype(str)
+    out = {}
+    for name, classes in classes_of.items():
+        mine = groups == name
+        if mine.any() and len(classes) >= 2:
+            out[name] = {key: restricted_report(np.asarray(y_true)[mine], np.asarray(s)[mine], class_names, classes,
+                                                captures[mine]) for key, s in scores.items()}
+    return out

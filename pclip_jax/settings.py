@@ -21,6 +21,14 @@ from typing import Any, Mapping, Optional
 # Version of the `config.json` layout a workdir stores (see `upgrade_dict`).
 SETTINGS_FORMAT = 2
 LABEL_COLUMNS = ("level1", "level2", "label", "app", "category")
+LABEL_KINDS = ("ndpi", "folder", "csv", "rules", "dpi")
+SOURCE_SEP = "="  # `data.inputs` entry "PATH=LABELS": a source with its own label spec (a mixed corpus)
+
+
+def split_input(entry: str) -> tuple[str, Optional[str]]:
+    """A `data.inputs` entry as (path, label spec): 'PATH=LABELS' → (PATH, LABELS), 'PATH' → (PATH, None)."""
+    path, sep, spec = entry.partition(SOURCE_SEP)
+    return (path, spec) if sep else (entry, None)
 
 
 class SettingsError(ValueError):
@@ -39,7 +47,8 @@ def _one_of(field: str, value: Any, allowed: tuple) -> None:
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
     manual_dir: str = "../shared/data/ndpi"  # flat pcap/ + result/ or an unpacked nDPI source tree
-    inputs: tuple = ()                       # explicit capture files/folders instead of manual_dir
+    inputs: tuple = ()                       # capture files/folders instead of manual_dir; "PATH=LABELS" entries
+                                             # are sources with their own label spec (a mixed corpus)
     labels: str = ""                         # label spec; '' = ndpi:<manual_dir>/result
     cache_dir: str = ""                      # '' = <workdir>/cache
     packets: int = 16
@@ -71,8 +80,19 @@ class DataSettings:
                "in [0, 1)")
         _check(0 < self.fraction <= 1, f"{prefix}.fraction", self.fraction, "in (0, 1]")
         if self.labels:
-            kind = self.labels.partition(":")[0]
-            _one_of(f"{prefix}.labels (kind before ':')", kind, ("ndpi", "folder", "csv", "rules", "dpi"))
+            _one_of(f"{prefix}.labels (kind before ':')", self.labels.partition(":")[0], LABEL_KINDS)
+        for i, entry in enumerate(self.inputs):
+            path, spec = split_input(entry)
+            _check(bool(path), f"{prefix}.inputs[{i}]", entry, "a capture file or folder (PATH or PATH=LABELS)")
+            if spec is not None:
+                _one_of(f"{prefix}.inputs[{i}] (label kind after '{SOURCE_SEP}')", spec.partition(":")[0],
+                        LABEL_KINDS)
+
+    @property
+    def mixed(self) -> bool:
+        """Whether `inputs` names sources with their own label specs (one pre-training corpus, per-source split
+        and evaluation; `data/prepare.py`)."""
+        return any(split_input(entry)[1] is not None for entry in self.inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +386,11 @@ def _label_spec_absolute(spec: str, base: pathlib.Path) -> str:
     return f"{kind}:{_absolute(target, base)}" if sep and target else spec
 
 
+def _input_absolute(entry: str, base: pathlib.Path) -> str:
+    path, spec = split_input(entry)
+    return _absolute(path, base) + ("" if spec is None else SOURCE_SEP + _label_spec_absolute(spec, base))
+
+
 def with_absolute_paths(settings: Settings, base: Optional[pathlib.Path] = None) -> Settings:
     """Relative paths (captures, labels, cache, text encoder directory, descriptions, graph file) made absolute
     against `base` (default: the current directory), so a workdir's config.json works from any directory. A text
@@ -379,7 +404,7 @@ def with_absolute_paths(settings: Settings, base: Optional[pathlib.Path] = None)
     return dataclasses.replace(
         settings,
         data=dataclasses.replace(d, manual_dir=_absolute(d.manual_dir, base) if d.manual_dir else "",
-                                 inputs=tuple(_absolute(i, base) for i in d.inputs),
+                                 inputs=tuple(_input_absolute(i, base) for i in d.inputs),
                                  labels=_label_spec_absolute(d.labels, base),
                                  cache_dir=_absolute(d.cache_dir, base) if d.cache_dir else ""),
         text=dataclasses.replace(t, encoder=encoder,

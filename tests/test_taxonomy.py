@@ -118,3 +118,51 @@ def test_time_split_never_shares_a_flow_or_a_moment(ndpi_dir):
         tr, te = train[captures[train] == c], test[captures[test] == c]
         if len(tr):
             assert table.meta["last_ts"][tr].max() < table.meta["first_ts"][te].min()
+
+
+NDPI_MIX = ["1kxun.pcap", "zoom.pcap", "443-chrome.pcap", "signal.pcap", "whatsapp_login_chat.pcap", "telegram.pcap",
+            "wireguard.pcap", "skype.pcap", "netflix.pcap", "dns_long.pcap"]
+
+
+def test_mixed_corpus_pretrains_on_all_sources_and_evaluates_each(device_folder, ndpi_dir, minilm_dir, tmp_path):
+    """nDPI captures labelled by their result files and a device folder labelled by folder names in one run: one
+    pre-training corpus, a capture split within each source, an evaluation per source among its own classes."""
+    pcaps = tmp_path / "ndpi" / "pcap"
+    pcaps.mkdir(parents=True)
+    for name in NDPI_MIX:
+        (pcaps / name).symlink_to(ndpi_dir / "pcap" / name)
+    config = folder_config.get_config()
+    tiny = test_config.get_config()
+    for section in ("model", "train", "eval", "gnn"):
+        for key, value in tiny[section].items():
+            if key not in ("kg", "mission"):
+                config[section][key] = value
+    config.data.packets, config.data.bytes, config.data.min_class_flows = 4, 32, 3
+    config.data.inputs = (f"{pcaps}=ndpi:{ndpi_dir / 'result'}", f"{device_folder}=folder")
+    config.text.encoder, config.text.max_len, config.text.variants_per_flow = str(minilm_dir), 32, 1
+    config.train.num_steps = config.gnn.num_steps = 2
+    wd = tmp_path / "wd"
+    results = job.train_and_evaluate(config, str(wd))
+    taxonomy_report = results["data"]["taxonomy"]
+    assert taxonomy_report["source"] == "mixed"
+    devices = device_folder.name  # a source is named after its folder
+    assert {k: v["source"] for k, v in taxonomy_report["sources"].items()} == {"ndpi": "hierarchy", devices: "raw"}
+    # One model over the union of classes; each source evaluated among its own.
+    classes = set(results["test"]["classes"])
+    assert set(IOT) < classes and classes - set(IOT)
+    by_source = results["by_source"]
+    assert set(by_source) == {"ndpi", devices}
+    assert set(by_source[devices]["probe"]["classes"]) == set(IOT)
+    assert not set(by_source["ndpi"]["zero_shot"]["classes"]) & set(IOT)
+    assert sum(b["probe"]["num_flows"] + b["probe"]["flows_of_other_classes"] for b in by_source.values()) \
+        == results["test"]["num_flows"]
+    assert set(results["gnn"]["by_source"]) == {"ndpi", devices}
+    # The split is by capture within each source: every source on both sides, no capture on two.
+    split = json.loads((wd / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["test"])
+    for source in ("ndpi", devices):
+        assert any(c.startswith(source + "/") for c in split["train"])
+        assert any(c.startswith(source + "/") for c in split["test"])
+    # Relative source paths and their label targets are stored absolute, so the workdir works from anywhere.
+    stored = json.loads((wd / "config.json").read_text())["data"]["inputs"]
+    assert stored[0] == f"{pcaps}=ndpi:{ndpi_dir.resolve() / 'result'}"

@@ -5,7 +5,7 @@ checkout and `--config quickstart` (a shipped name) works from any directory aft
 """
 import pathlib
 
-SHIPPED = ("default", "quickstart", "test", "iot_sentinel", "folder")
+SHIPPED = ("default", "quickstart", "test", "iot_sentinel", "folder", "mixed")
 
 
 def shipped_config_path(name: str) -> pathlib.Path:

@@ -23,7 +23,7 @@ from pclip_jax.data import taxonomy
 from pclip_jax.data.capture import find_captures
 from pclip_jax.data.download import download_ndpi
 from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
-from pclip_jax.settings import DataSettings
+from pclip_jax.settings import DataSettings, split_input
 
 
 @dataclasses.dataclass
@@ -37,6 +37,12 @@ class PreparedFlows:
     dropped: dict                    # reason → flow count (filters and class thresholds)
     split_captures: dict             # split → sorted capture names
     taxonomy: dict = dataclasses.field(default_factory=dict)  # where level1/level2 came from (data/taxonomy.py)
+    sources: list = dataclasses.field(default_factory=list)  # source names of a mixed corpus (meta "source")
+
+    def source_rows(self, idx: np.ndarray, name: str) -> np.ndarray:
+        """The rows of `idx` that come from source `name` of a mixed corpus."""
+        idx = np.asarray(idx)
+        return idx[np.asarray(self.table.meta["source"]).astype(str)[idx] == name]
 
     def applications(self, idx: np.ndarray) -> list[str]:
         """Sorted distinct applications (level-2 labels) of the flows `idx` ('' = no application, left out): the
@@ -60,6 +66,83 @@ def resolve_inputs(data_config: DataSettings) -> tuple[list[str], str]:
     raise FileNotFoundError(
         f"data.manual_dir={root}: no pcap/ (flat layout) or tests/cfgs/default/pcap (nDPI source layout) inside. "
         "Point --config.data.manual_dir at ../shared/data/ndpi or an unpacked nDPI source archive.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Captures with one label spec. A mixed corpus (`data.inputs` with "PATH=LABELS" entries) has several: one
+    pre-training corpus, split by capture within each source, evaluated per source."""
+    name: str        # '' for the one source of a plain run; else unique, from the path (meta "source")
+    inputs: tuple
+    labels: str
+
+
+GENERIC_FOLDERS = ("pcap", "pcaps", "captures", "data")
+
+
+def _source_name(path: str, taken: set) -> str:
+    p = pathlib.Path(path)
+    name = p.stem if p.suffix else p.name
+    if name.lower() in GENERIC_FOLDERS and p.parent.name:  # ../shared/data/ndpi/pcap → ndpi
+        name = p.parent.name
+    unique, n = name or "source", 2
+    while unique in taken:
+        unique, n = f"{name}-{n}", n + 1
+    taken.add(unique)
+    return unique
+
+
+def resolve_sources(data_config: DataSettings) -> list[Source]:
+    """The sources of a run: one (`resolve_inputs`) unless `data.inputs` gives entries their own label specs; then
+    one per entry, entries without a spec taking `data.labels`."""
+    if not data_config.mixed:
+        inputs, spec = resolve_inputs(data_config)
+        return [Source("", tuple(inputs), spec)]
+    taken: set = set()
+    sources = []
+    for entry in data_config.inputs:
+        path, spec = split_input(entry)
+        sources.append(Source(_source_name(path, taken), (path,), data_config.labels if spec is None else spec))
+    return sources
+
+
+def _tagged(table: FlowTable, source: str) -> FlowTable:
+    """The table with a `source` column and capture names prefixed by the source (names stay unique across
+    sources, and a capture's flows stay together in splits and per-capture votes)."""
+    meta = dict(table.meta)
+    meta["source"] = np.full(len(table), source, dtype=object).astype(str)
+    meta["capture"] = np.char.add(f"{source}/", np.asarray(table.meta["capture"]).astype(str))
+    return dataclasses.replace(table, meta=meta)
+
+
+def _aligned(tables: list[FlowTable]) -> list[FlowTable]:
+    """Tables with the same meta columns in the same order: a column one source lacks (a label kind's extra
+    columns, or every label column of an unlabelled source) is filled with '' (text) or 0."""
+    order: list = []
+    for t in tables:
+        order += [k for k in t.meta if k not in order]
+    out = []
+    for t in tables:
+        meta = {}
+        for k in order:
+            if k in t.meta:
+                meta[k] = t.meta[k]
+            else:
+                like = next(o.meta[k] for o in tables if k in o.meta)
+                meta[k] = (np.full(len(t), "", dtype=like.dtype) if like.dtype.kind in "UOS"
+                           else np.zeros(len(t), like.dtype))
+        out.append(dataclasses.replace(t, meta=meta))
+    return out
+
+
+def _mixed_report(reports: dict) -> dict:
+    """One taxonomy report for a mixed corpus: each source's, and the flows without a class summed."""
+    unknown: dict = {}
+    for name, r in reports.items():
+        for label, n in r.get("labels_without_class", {}).items():
+            unknown[f"{name}/{label}"] = n
+    return {"source": "mixed", "sources": reports, "labels_without_class": unknown,
+            "flows_without_class": int(sum(r.get("flows_without_class", 0) for r in reports.values()))}
 
 
 def _fingerprint(inputs: Sequence[str], label_spec: str) -> list:
@@ -145,25 +228,52 @@ def _split(table: FlowTable, data_config: DataSettings, level: str) -> tuple[np.
     return train_idx, val_idx, test_idx
 
 
+def _split_per_source(table: FlowTable, data_config: DataSettings, level: str):
+    """`_split` within each source of a mixed corpus (every source keeps its classes on both sides)."""
+    if "source" not in table.meta:
+        return _split(table, data_config, level)
+    sources = np.asarray(table.meta["source"]).astype(str)
+    parts: tuple[list, list, list] = ([], [], [])
+    for name in sorted(set(sources.tolist())):
+        rows = np.flatnonzero(sources == name)
+        try:
+            for part, idx in zip(parts, _split(table.select(rows), data_config, level)):
+                part.append(rows[np.asarray(idx, np.int64)])
+        except ValueError as e:
+            raise ValueError(f"data.inputs source {name!r}: {e}") from None
+    train_idx, val_idx, test_idx = (np.sort(np.concatenate(p)) for p in parts)
+    return train_idx, val_idx, test_idx
+
+
 def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, progress: bool = True,
                   kg=None) -> PreparedFlows:
     """The experiment's flows from the data settings; ingested tables are cached under `cache_root`
     (`Workdir.cache_dir(settings)`). `kg`, the mission's knowledge graph, may name the classes
     (`data.taxonomy`)."""
-    inputs, label_spec = resolve_inputs(data_config)
+    sources = resolve_sources(data_config)
     ingest_config = IngestConfig.from_data_config(data_config)
     cache_root = pathlib.Path(cache_root)
-    table = ingest_cached(inputs, label_spec, ingest_config, cache_root, progress)
-    table, levels = taxonomy.resolve_levels(table, data_config.taxonomy, kg)
+    tables, reports = [], {}
+    for source in sources:  # each source ingested (cached on its own) and named with its own taxonomy
+        table = ingest_cached(source.inputs, source.labels, ingest_config, cache_root, progress)
+        table, reports[source.name] = taxonomy.resolve_levels(table, data_config.taxonomy, kg)
+        tables.append(_tagged(table, source.name) if source.name else table)
+        if source.name:
+            print(f"[data] source {source.name!r}: {len(table)} flows, labels {source.labels or '(none)'}, classes "
+                  f"from the {reports[source.name]['source']}", file=sys.stderr)
+    if len(sources) == 1 and not sources[0].name:
+        table, levels = tables[0], reports[""]
+    else:
+        table, levels = FlowTable.concat(_aligned(tables)), _mixed_report(reports)
     if levels.get("flows_without_class"):
-        print(f"[data] classes from the {levels['source']}: {levels['flows_without_class']} labelled flows have a "
-              f"label it does not know, left unlabelled: {dict(list(levels['labels_without_class'].items())[:8])}",
+        print(f"[data] classes from the {levels['source']} taxonomy: {levels['flows_without_class']} labelled flows "
+              f"have a label it does not know, left unlabelled: {dict(list(levels['labels_without_class'].items())[:8])}",
               file=sys.stderr)
     level = data_config.label_level
     table, dropped = splits_lib.filter_flows(table, min_packets=data_config.min_packets,
                                             drop_one_way=data_config.drop_one_way, drop_unlabelled=True,
                                             label_column=level)
-    train_idx, val_idx, test_idx = _split(table, data_config, level)
+    train_idx, val_idx, test_idx = _split_per_source(table, data_config, level)
     labels = np.asarray(table.meta[level]).astype(str)
     # Classes are chosen on all training captures (validation included), so validation never changes the
     # evaluated class set.
@@ -194,4 +304,4 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
                          split_captures={"train": sorted(set(captures[train_idx])),
                                          "validation": sorted(set(captures[val_idx])),
                                          "test": sorted(set(captures[test_idx]))},
-                         taxonomy=levels)
+                         taxonomy=levels, sources=[s.name for s in sources if s.name])

@@ -58,9 +58,16 @@ def graph_from_labels(meta: dict, train_rows: Sequence[int], name: str = "labels
         nodes.append({"id": c, "level": 1, "parent": root, "name": display_name(c),
                       "descriptions": [f"Network traffic of {display_name(c)}.",
                                        f"{display_name(c)}: {_facts(meta, mine)}."]})
+    # A leaf id is unique in a graph: a level-2 label under several classes (nDPI's HTTP under Web and under
+    # Streaming) is the leaf of the class with most of its training flows; its flows under the other classes keep
+    # their level-1 class and have no level 2 (the GNN's rule for a leaf whose parent disagrees).
+    pairs = Counter((level2[r], level1[r]) for r in rows if level2[r] and level1[r] and level2[r] not in classes)
+    owner: dict = {}
+    for (leaf, c), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0])):
+        owner.setdefault(leaf, c)
     for c in classes:
         mine = rows[level1[rows] == c]
-        for leaf in sorted(set(level2[mine].tolist()) - {"", c} - set(classes)):
+        for leaf in sorted(leaf for leaf, parent in owner.items() if parent == c):
             leaf_rows = mine[level2[mine] == leaf]
             nodes.append({"id": leaf, "level": 2, "parent": c, "name": display_name(leaf),
                           "descriptions": [f"Network traffic of {display_name(leaf)}, a kind of {display_name(c)}.",

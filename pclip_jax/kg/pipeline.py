@@ -185,6 +185,18 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
                                    + metrics_lib.novelty_rows("GNN level 1", block["level1"])), file=sys.stderr)
     print(metrics_lib.format_capture_rows([("GNN level 1", block["level1"]), ("GNN level 2", block["level2"])]),
           file=sys.stderr)
+    if prepared.sources:  # a mixed corpus: level 1 per source, among the source's own classes
+        classes_of = {}
+        for name in prepared.sources:
+            slots = _level1_slots(pkg, level1[prepared.source_rows(prepared.train_idx, name)])
+            classes_of[name] = sorted(set(slots[slots >= 0].tolist()))
+        rows = te[keep][ok]
+        block["by_source"] = {
+            name: reports["level1"] for name, reports in metrics_lib.by_group(
+                np.asarray(meta["source"]).astype(str)[rows], y1[ok], {"level1": probs[ok]},
+                pkg.layout.class_names(1), classes_of, np.asarray(meta["capture"]).astype(str)[rows]).items()}
+        print(metrics_lib.format_table([(f"{name}: GNN level 1", r) for name, r in block["by_source"].items()]),
+              file=sys.stderr)
     return block
 
 
