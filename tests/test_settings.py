@@ -43,3 +43,11 @@ def test_relative_paths_become_absolute(tmp_path):
     # A Hugging Face repo id (no such directory) stays as it is; so does a shipped graph name.
     assert S.with_absolute_paths(S.Settings(), tmp_path).text.encoder == "sentence-transformers/all-MiniLM-L6-v2"
     assert S.with_absolute_paths(S.Settings(), tmp_path).gnn.kg == "ndpi"
+
+
+def test_a_source_with_an_unknown_label_kind_names_its_entry():
+    s = S.from_config(quickstart_config.get_config())
+    mixed = s.replace(data={"inputs": ("a/pcap=ndpi:a/result", "b=folder")})
+    assert mixed.data.mixed and not s.data.mixed
+    with pytest.raises(S.SettingsError, match=r"config.data.inputs\[1\] \(label kind after '='\)='folders'"):
+        s.replace(data={"inputs": ("a/pcap=ndpi:a/result", "b=folders")})
