@@ -22,64 +22,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pclip_jax.compat import compiled_flops, count_params  # noqa: E402
+from pclip_jax.costs import bert_cost, gnn_cost, packet_tower_cost, two_tower_heads_cost  # noqa: E402
 
-BATCH = 64
 ETBERT_SEQ = 128
 ETBERT_PUBLISHED_PARAMS = 110e6  # BERT-base as usually quoted; the measured model adds ET-BERT's 60k-token vocabulary
-
-
-def packet_tower_cost(config) -> dict:
-    from pclip_jax import embedding
-    from pclip_jax.models.packet_tower import PacketTower
-
-    tower = PacketTower(embedding.model_config(config).packet)
-    b = embedding.dummy_batch(config, BATCH)
-    args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"], b.get("name_vec"))
-    shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
-    params = tower.init(jax.random.PRNGKey(0), *args)
-    flops = compiled_flops(lambda p, *a: tower.apply(p, *a), params, *args) / BATCH
-    return {"params": count_params(shapes), "flops_per_flow": flops}
-
-
-def two_tower_heads_cost(config) -> dict:
-    from pclip_jax import embedding
-    from pclip_jax.models.two_towers import TwoTowers
-
-    model = TwoTowers(embedding.model_config(config))
-    shapes = jax.eval_shape(lambda: embedding.init_params(model, config, jax.random.PRNGKey(0)))
-    counts = embedding.param_counts(shapes)
-    return {"params": counts["trainable_total"], "projection_heads": counts["projection_heads"]}
-
-
-def bert_cost(bert_config, seq_len: int) -> dict:
-    from pclip_jax.models.bert import BertEncoder
-
-    model = BertEncoder(bert_config)
-    ids = jnp.ones((1, seq_len), jnp.int32)
-    mask = jnp.ones((1, seq_len), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, mask))
-    flops = compiled_flops(lambda p, i, m: model.apply(p, i, m), shapes, ids, mask)
-    return {"params": count_params(shapes), "flops_per_input": flops, "seq_len": seq_len}
-
-
-def gnn_cost(config) -> dict:
-    from pclip_jax.kg import graphs as kg_graphs
-    from pclip_jax.kg.gnn import HierarchicalGNN, flops_per_flow
-    from pclip_jax.kg.pipeline import gnn_train_config, load_graph
-
-    kg = load_graph(config)
-    layout = kg_graphs.kg_layout(kg)
-    gcfg = gnn_train_config(config).model
-    dim = config.model.embed_dim
-    # Shapes only: FLOPs and parameter counts do not depend on the embedding values.
-    flows = np.zeros((BATCH, dim), np.float32)
-    kg_emb = jnp.zeros((len(kg.nodes), dim), jnp.float32)
-    graphs = kg_graphs.build_batch(layout, flows)
-    model = HierarchicalGNN(gcfg)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), graphs, kg_emb)["params"]
-    return {"params": count_params(params), "flops_per_flow": flops_per_flow(gcfg, params, graphs, kg_emb),
-            "kg": kg.name, "kg_nodes": len(kg.nodes)}
 
 
 def main(argv=None) -> int:

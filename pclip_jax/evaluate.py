@@ -14,6 +14,7 @@ import argparse
 import json
 import pathlib
 import sys
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -144,8 +145,10 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     batch = settings.eval.batch_size
     feats_train, z_train = embed_flows(embed_fn, rparams, tensors, prepared.train_idx, batch, progress=True,
                                        desc="embedding train flows")
+    embed_started = time.perf_counter()
     feats_test, z_test = embed_flows(embed_fn, rparams, tensors, prepared.test_idx, batch, progress=True,
                                      desc="embedding test flows")
+    embed_seconds = time.perf_counter() - embed_started  # the packet tower's inference rate (compiled on train)
     y_train = prepared.class_ids[prepared.train_idx]
     y_test = prepared.class_ids[prepared.test_idx]
     keep_train, keep_test = y_train >= 0, y_test >= 0
@@ -199,6 +202,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
         print(format_source_rows(sources), file=sys.stderr)
     test_metrics["probe_targets"] = {"mode": targets_mode, "count": len(target_names)}
     test_metrics["probe_l2"] = l2
+    test_metrics["embed_flows_per_s"] = round(len(prepared.test_idx) / max(embed_seconds, 1e-9), 1)
     test_metrics["probe_l2_validation_mauc"] = {str(k): v for k, v in l2_scores.items()}
     results = {
         "num_params": {**counts, "text_tower_frozen": frozen, "total": counts["trainable_total"] + frozen},

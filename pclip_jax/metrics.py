@@ -18,8 +18,26 @@ import numpy as np
 from sklearn import metrics as skm
 
 
+ECE_BINS = 10
+
+
+def calibration(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Expected calibration error of the top-class probability (`bins` equal-width bins, weighted by flows) and
+    the reliability diagram's points: per bin the mean confidence, the accuracy and the flow count."""
+    y_true, proba = np.asarray(y_true), np.asarray(proba, np.float64)
+    confidence, correct = proba.max(1), (proba.argmax(1) == y_true).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    conf = np.bincount(which, confidence, minlength=bins) / np.maximum(count, 1)
+    acc = np.bincount(which, correct, minlength=bins) / np.maximum(count, 1)
+    ece = float((count * np.abs(conf - acc)).sum() / max(count.sum(), 1))
+    return {"ece": ece, "confidence": conf.round(4).tolist(), "accuracy": acc.round(4).tolist(),
+            "count": count.astype(int).tolist()}
+
+
 def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]) -> dict:
-    """y_true [N] ints in [0, C); scores [N, C] (probabilities or logits, higher = more likely)."""
+    """y_true [N] ints in [0, C); scores [N, C] (probabilities or logits, higher = more likely). When the scores
+    are probabilities (rows sum to 1) the report also has `calibration` (ECE and the reliability diagram)."""
     y_true = np.asarray(y_true)
     scores = np.asarray(scores, dtype=np.float64)
     n_classes = len(class_names)
@@ -46,6 +64,8 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: S
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(class_names),
         "num_flows": int(len(y_true)),
+        **({"calibration": calibration(y_true, scores)}
+           if len(y_true) and (scores >= 0).all() and np.allclose(scores.sum(1), 1.0, atol=1e-3) else {}),
     }
 
 

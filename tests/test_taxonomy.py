@@ -121,7 +121,7 @@ def test_time_split_never_shares_a_flow_or_a_moment(ndpi_dir):
 
 
 NDPI_MIX = ["1kxun.pcap", "zoom.pcap", "443-chrome.pcap", "signal.pcap", "whatsapp_login_chat.pcap", "telegram.pcap",
-            "wireguard.pcap", "skype.pcap", "netflix.pcap", "dns_long.pcap"]
+            "wireguard.pcap", "netflix.pcap", "dns-exf.pcap"]
 
 
 def test_mixed_corpus_pretrains_on_all_sources_and_evaluates_each(device_folder, ndpi_dir, minilm_dir, tmp_path):

@@ -201,7 +201,7 @@ class BertEncoder(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         mask = attention_mask.astype(jnp.float32)
 
-        x = _Embeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids,
+        x = BertEmbeddings(cfg, self.dtype, name="embeddings")(input_ids, token_type_ids,
                                                             deterministic)
 
         # Additive mask: 0 for real keys, a large negative for padding, broadcast to
@@ -220,7 +220,7 @@ class BertEncoder(nn.Module):
         return pooled / jnp.maximum(norm, 1e-12)
 
 
-class _Embeddings(nn.Module):
+class BertEmbeddings(nn.Module):
     """Word + position + token-type embeddings, LayerNorm, dropout."""
 
     config: BertConfig

@@ -1,0 +1,57 @@
+"""PacketCLIP against its peers on the same flows, capture-disjoint splits, fractions and seeds, one command.
+
+    python benchmarks/peers.py --workdir W [--datasets ndpi,iot_sentinel] [--models all]
+        [--fractions 0.1,0.3,1.0] [--seeds 0,1,2] [--size cpu|published] [--shard I/N] [--json OUT]
+        [--set KEY=VALUE ...] [--summary-only]
+
+Every (dataset, model, fraction, seed) cell is its own file under W/cells/ (a rerun resumes; `--shard I/N` runs
+every N-th cell, so N processes or hosts — `launch/peers_array.sh` — share one sweep). After the cells it prints,
+from every finished cell, a table per dataset (mean ± sd over seeds), the paper's four claims, and writes plots
+(data-scarcity curves, mAUC against FLOPs, reliability diagrams) to W/plots/ and everything to W/peers.json.
+Models: pclip (rows pclip_probe, pclip_zero_shot, pclip_gnn[, pclip_gnn_level1]), extra_trees, lightgbm, cnn1d,
+fsnet, yatc, netmamba, etbert (pclip_jax/peers/). `--size published` trains the papers' sizes (accelerators).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--datasets", default="ndpi,iot_sentinel")
+    parser.add_argument("--models", default="all")
+    parser.add_argument("--fractions", default="0.1,0.3,1.0")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--size", choices=("cpu", "published"), default="cpu")
+    parser.add_argument("--shard", default="0/1", metavar="I/N")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dataset config override for every cell, e.g. --set train.num_steps=200")
+    parser.add_argument("--json", default=None, help="also write the rows (a list) here")
+    parser.add_argument("--summary-only", action="store_true", help="summarise the finished cells, run nothing")
+    args = parser.parse_args(argv)
+
+    from absl import logging
+
+    from pclip_jax import errors
+    from pclip_jax.peers import suite
+
+    logging.set_verbosity(logging.WARNING)
+    workdir = pathlib.Path(args.workdir)
+    with errors.cli_errors(verbose=False) as status:
+        models = suite.MODELS if args.models == "all" else tuple(args.models.split(","))
+        cells = suite.make_cells(args.datasets.split(","), models, [float(f) for f in args.fractions.split(",")],
+                                 [int(s) for s in args.seeds.split(",")])
+        if not args.summary_only:
+            suite.run_cells(suite.shard(cells, args.shard), workdir, args.overrides, args.size)
+        suite.summarize(workdir, args.json)
+    return status.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

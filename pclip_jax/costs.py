@@ -1,0 +1,66 @@
+"""Parameters and FLOPs per flow of PacketCLIP's stages, from `jax.eval_shape` and the compiled programs (XLA's
+cost analysis; a multiply-add = 2 FLOPs). Used by `benchmarks/flops_params.py` and the peer suite."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pclip_jax.compat import compiled_flops, count_params
+
+BATCH = 64
+
+
+def packet_tower_cost(settings) -> dict:
+    """{'params', 'flops_per_flow'} of the packet tower of `settings` (Settings)."""
+    from pclip_jax import embedding
+    from pclip_jax.models.packet_tower import PacketTower
+
+    tower = PacketTower(embedding.model_config(settings).packet)
+    b = embedding.dummy_batch(settings, BATCH)
+    args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"], b.get("name_vec"))
+    shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
+    params = tower.init(jax.random.PRNGKey(0), *args)
+    flops = compiled_flops(lambda p, *a: tower.apply(p, *a), params, *args) / BATCH
+    return {"params": count_params(shapes), "flops_per_flow": flops}
+
+
+def two_tower_heads_cost(settings) -> dict:
+    from pclip_jax import embedding
+    from pclip_jax.models.two_towers import TwoTowers
+
+    model = TwoTowers(embedding.model_config(settings))
+    shapes = jax.eval_shape(lambda: embedding.init_params(model, settings, jax.random.PRNGKey(0)))
+    counts = embedding.param_counts(shapes)
+    return {"params": counts["trainable_total"], "projection_heads": counts["projection_heads"]}
+
+
+def bert_cost(bert_config, seq_len: int) -> dict:
+    from pclip_jax.models.bert import BertEncoder
+
+    model = BertEncoder(bert_config)
+    ids = jnp.ones((1, seq_len), jnp.int32)
+    mask = jnp.ones((1, seq_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, mask))
+    flops = compiled_flops(lambda p, i, m: model.apply(p, i, m), shapes, ids, mask)
+    return {"params": count_params(shapes), "flops_per_input": flops, "seq_len": seq_len}
+
+
+def gnn_cost(settings) -> dict:
+    """{'params', 'flops_per_flow', 'kg', 'kg_nodes'} of the detection stage on the graph `gnn.kg`."""
+    from pclip_jax.kg import graphs as kg_graphs
+    from pclip_jax.kg.gnn import HierarchicalGNN, flops_per_flow
+    from pclip_jax.kg.pipeline import gnn_train_config, load_graph
+
+    kg = load_graph(settings)
+    layout = kg_graphs.kg_layout(kg)
+    gcfg = gnn_train_config(settings).model
+    dim = settings.model.embed_dim
+    # Shapes only: FLOPs and parameter counts do not depend on the embedding values.
+    flows = np.zeros((BATCH, dim), np.float32)
+    kg_emb = jnp.zeros((len(kg.nodes), dim), jnp.float32)
+    graphs = kg_graphs.build_batch(layout, flows)
+    model = HierarchicalGNN(gcfg)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), graphs, kg_emb)["params"]
+    return {"params": count_params(params), "flops_per_flow": flops_per_flow(gcfg, params, graphs, kg_emb),
+            "kg": kg.name, "kg_nodes": len(kg.nodes)}

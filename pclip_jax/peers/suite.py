@@ -1,0 +1,405 @@
+"""The peer benchmark suite: every (dataset, model, fraction, seed) cell on the same flows, capture-disjoint splits,
+classes and training fractions, one result file per cell (so a rerun resumes and `--shard I/N` spreads cells over
+processes or hosts), and the summary built from whatever cells exist.
+
+Datasets are configs (`DATASETS`): their `data` settings define flows, masking, split and classes for every model.
+A cell's split is `data.split_seed = seed` and its training subset `data.fraction = fraction` (nested per class;
+`splits.fraction_subset`); validation captures (never test) select PacketCLIP's probe strength and GNN step, the
+peers' fine-tuning step and LightGBM's rounds. Peers read a table of the same flows ingested 320 bytes wide (YaTC
+and NetMamba read 320 bytes of each packet); the trees and PacketCLIP read the dataset's own width.
+
+Rows (one per model and evaluation): dataset, model, fraction, seed, mauc, accuracy, macro_f1, capture_accuracy,
+capture_macro_f1, ece, num_flows, trainable_params, flops_per_flow (trees: node tests per flow, `cost_unit`),
+train_seconds, infer_flows_per_s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from pclip_jax import files
+from pclip_jax import metrics as metrics_lib
+
+DATASETS = {"ndpi": "quickstart", "iot_sentinel": "iot_sentinel"}
+TREES = ("extra_trees", "lightgbm")
+NEURAL = ("cnn1d", "fsnet", "yatc", "netmamba", "etbert")
+MODELS = ("pclip",) + TREES + NEURAL
+PCLIP_ROWS = ("pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1")
+PEER_BYTES = 320
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    dataset: str
+    model: str
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-f{self.fraction:g}-s{self.seed}"
+
+
+def make_cells(datasets: Sequence[str], models: Sequence[str], fractions: Sequence[float],
+               seeds: Sequence[int]) -> list[Cell]:
+    """All cells, seed-major (a sweep stopped early has whole seeds), then fraction (largest first), dataset,
+    model."""
+    for d in datasets:
+        if d not in DATASETS:
+            raise ValueError(f"--datasets: unknown dataset {d!r}; known: {', '.join(DATASETS)}")
+    for m in models:
+        if m not in MODELS:
+            raise ValueError(f"--models: unknown model {m!r}; known: {', '.join(MODELS)}")
+    return [Cell(d, m, float(f), int(s)) for s in seeds for f in sorted(fractions, reverse=True)
+            for d in datasets for m in models]
+
+
+def shard(cells: Sequence[Cell], spec: str) -> list[Cell]:
+    """`I/N`: every N-th cell starting at I (0 ≤ I < N)."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shard {spec!r}: must be I/N with 0 <= I < N, e.g. 0/4") from None
+    return list(cells)[i::n]
+
+
+def cell_file(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
+    return pathlib.Path(workdir) / "cells" / cell.dataset / f"{cell.name}.json"
+
+
+def dataset_settings(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = ()):
+    from pclip_jax.config_files import load_config
+    from pclip_jax.configs import shipped_config_path
+    from pclip_jax.settings import from_config, with_absolute_paths
+
+    config = load_config(shipped_config_path(DATASETS[cell.dataset]),
+                         [*overrides, f"data.split_seed={cell.seed}", f"data.fraction={cell.fraction}"])
+    if not config.data.cache_dir:
+        config.data.cache_dir = str(pathlib.Path(workdir) / "cache")
+    return config, with_absolute_paths(from_config(config))
+
+
+# ----------------------------------------------------------------------------------------------- rows
+
+def _row(cell: Cell, model: str, report: dict, **extra) -> dict:
+    pc = report.get("per_capture") or {}
+    return {"dataset": cell.dataset, "model": model, "fraction": cell.fraction, "seed": cell.seed,
+            "mauc": report["mauc"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "capture_accuracy": pc.get("accuracy"), "capture_macro_f1": pc.get("macro_f1"),
+            "ece": (report.get("calibration") or {}).get("ece"),
+            "reliability": {k: v for k, v in (report.get("calibration") or {}).items() if k != "ece"},
+            "num_flows": report["num_flows"], **extra}
+
+
+def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
+    """The main job (resumed when its workdir exists) and its rows: probe, zero-shot, GNN at the evaluated level
+    (`pclip_gnn`) and, when that is level 2, at level 1 (`pclip_gnn_level1`: a coarser task, not comparable)."""
+    from pclip_jax import costs, job
+
+    config, settings = dataset_settings(cell, workdir, overrides)
+    results = job.train_and_evaluate(config, str(pathlib.Path(workdir) / "pclip" / cell.dataset / cell.name))
+    tower = costs.packet_tower_cost(settings)
+    tower_params = results["num_params"]["trainable_total"]
+    embed_rate = results["test"].get("embed_flows_per_s")
+    common = {"train_seconds": results["train_seconds"], "infer_flows_per_s": embed_rate}
+    probe_params = tower_params + len(results["test"]["classes"]) * (settings.model.width + 1)
+    rows = [_row(cell, "pclip_probe", results["test"], trainable_params=probe_params,
+                 flops_per_flow=tower["flops_per_flow"], **common),
+            _row(cell, "pclip_zero_shot", results["zero_shot"], trainable_params=tower_params,
+                 flops_per_flow=tower["flops_per_flow"], **common)]
+    gnn = results.get("gnn")
+    if gnn:
+        level = "level2" if settings.data.label_level == "level2" else "level1"
+        extra = {"trainable_params": gnn["trainable_params"], "tower_params": tower_params,
+                 "flops_per_flow": tower["flops_per_flow"] + gnn["flops_per_flow"],
+                 "detection_flops_per_flow": gnn["flops_per_flow"], **common}
+        rows.append(_row(cell, "pclip_gnn", gnn[level], **extra))
+        if level == "level2":
+            rows.append(_row(cell, "pclip_gnn_level1", gnn["level1"], **extra))
+    return rows
+
+
+def _split_arrays(prepared):
+    keep = {name: idx[prepared.class_ids[idx] >= 0]
+            for name, idx in (("train", prepared.train_idx), ("validation", prepared.val_idx),
+                              ("test", prepared.test_idx))}
+    return keep, {name: prepared.class_ids[idx] for name, idx in keep.items()}
+
+
+def _evaluate(cell, model, prepared, test_idx, y_test, proba, seconds_per_flow, **extra) -> dict:
+    captures = np.asarray(prepared.table.meta["capture"]).astype(str)[test_idx]
+    report = metrics_lib.classification_report(y_test, proba, prepared.class_names)
+    report["per_capture"] = metrics_lib.per_capture_accuracy(y_test, proba, captures, prepared.class_names)
+    return _row(cell, model, report, infer_flows_per_s=round(1.0 / max(seconds_per_flow, 1e-12), 1), **extra)
+
+
+def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepared=None) -> list[dict]:
+    from pclip_jax.peers import trees
+
+    _, settings = dataset_settings(cell, workdir, overrides)
+    prepared = prepared or _prepared(settings)
+    idx, y = _split_arrays(prepared)
+    t = prepared.table.tensors
+
+    def feats(rows):
+        return trees.tree_features(t, rows, settings.data.bytes, settings.data.use_names)
+
+    if cell.model == "extra_trees":
+        predict, info, comparisons = trees.fit_extra_trees(feats(idx["train"]), y["train"],
+                                                           len(prepared.class_names), seed=cell.seed)
+    else:
+        predict, info, comparisons = trees.fit_lightgbm(feats(idx["train"]), y["train"], len(prepared.class_names),
+                                                        feats(idx["validation"]), y["validation"], seed=cell.seed)
+    x_test = feats(idx["test"])
+    started = time.perf_counter()
+    proba = predict(x_test)
+    per_flow = (time.perf_counter() - started) / max(len(x_test), 1)
+    return [_evaluate(cell, cell.model, prepared, idx["test"], y["test"], proba, per_flow,
+                      flops_per_flow=comparisons(x_test), cost_unit="node tests", **info)]
+
+
+def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], size: str = "cpu",
+                train_config=None, prepared=None, progress: bool = True) -> list[dict]:
+    from pclip_jax.peers import train as peer_train
+    from pclip_jax.peers.models import PEERS
+
+    _, settings = dataset_settings(cell, workdir, overrides)
+    prepared = prepared or _prepared(settings.replace(data={"bytes": max(settings.data.bytes, PEER_BYTES)}))
+    spec = PEERS[cell.model]
+    idx, y = _split_arrays(prepared)
+    t = prepared.table.tensors
+    x = {name: spec.features(t, rows) for name, rows in idx.items()}
+    config = train_config or peer_train.PeerTrainConfig(seed=cell.seed)
+    fitted = peer_train.fit_peer(spec, size, len(prepared.class_names), x["train"], y["train"], x["validation"],
+                                 y["validation"], config, progress=progress)
+    peer_train.predict_proba(fitted.module, fitted.params, peer_train._take(x["test"], np.arange(1)))  # compile
+    started = time.perf_counter()
+    proba = peer_train.predict_proba(fitted.module, fitted.params, x["test"])
+    per_flow = (time.perf_counter() - started) / max(len(idx["test"]), 1)
+    flops = peer_train.flops_per_flow(fitted.module, fitted.params, x["test"])
+    return [_evaluate(cell, cell.model, prepared, idx["test"], y["test"], proba, per_flow, flops_per_flow=flops,
+                      size=size, **fitted.info)]
+
+
+def _prepared(settings):
+    from pclip_jax import job
+    from pclip_jax.kg.pipeline import load_graph
+
+    return job.prepare_experiment(settings, settings.data.cache_dir,
+                                  load_graph(settings) if settings.gnn.kg else None)
+
+
+def run_cell(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",
+             train_config=None, progress: bool = True) -> list[dict]:
+    """The rows of one cell, computed now (no resume; see `run_cells`)."""
+    if cell.model == "pclip":
+        return pclip_rows(cell, workdir, overrides)
+    if cell.model in TREES:
+        return tree_rows(cell, workdir, overrides)
+    return neural_rows(cell, workdir, overrides, size, train_config, progress=progress)
+
+
+def run_cells(cells: Iterable[Cell], workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",
+              train_config=None, progress: bool = True) -> list[dict]:
+    """Runs the cells that have no result file yet (a finished cell is read, not recomputed) and returns every
+    given cell's rows. A cell's file is written atomically when it finishes."""
+    cells = list(cells)
+    rows = []
+    for i, cell in enumerate(cells):
+        path = cell_file(workdir, cell)
+        if path.is_file():
+            rows += files.read_json(path)["rows"]
+            continue
+        print(f"=== cell {i + 1}/{len(cells)}: {cell.dataset} {cell.name} ===", file=sys.stderr, flush=True)
+        started = time.time()
+        cell_rows = run_cell(cell, workdir, overrides, size, train_config, progress)
+        files.write_json(path, {"cell": dataclasses.asdict(cell), "size": size, "overrides": list(overrides),
+                                "seconds": round(time.time() - started, 1), "rows": cell_rows})
+        rows += cell_rows
+    return rows
+
+
+def load_rows(workdir: pathlib.Path) -> list[dict]:
+    """Every row of every finished cell under `workdir`."""
+    rows = []
+    for path in sorted((pathlib.Path(workdir) / "cells").glob("*/*.json")):
+        rows += files.read_json(path)["rows"]
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+METRICS = ("mauc", "accuracy", "macro_f1", "capture_accuracy", "ece")
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """Mean and sd over seeds of each (dataset, model, fraction)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["model"], r["fraction"]), []).append(r)
+    out = []
+    for (dataset, model, fraction), rs in sorted(groups.items()):
+        agg = {"dataset": dataset, "model": model, "fraction": fraction, "seeds": sorted(r["seed"] for r in rs)}
+        for key in METRICS + ("trainable_params", "flops_per_flow", "train_seconds", "infer_flows_per_s"):
+            vals = np.array([r[key] for r in rs if r.get(key) is not None], np.float64)
+            agg[key] = float(vals.mean()) if len(vals) else None
+            agg[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0 if len(vals) else None
+        agg["cost_unit"] = rs[0].get("cost_unit", "FLOPs")
+        out.append(agg)
+    return out
+
+
+def _fmt(mean, sd, digits=3) -> str:
+    return "-" if mean is None else f"{mean:.{digits}f}±{sd:.{digits}f}"
+
+
+def format_tables(aggregated: Sequence[dict]) -> str:
+    lines = []
+    for dataset in sorted({a["dataset"] for a in aggregated}):
+        lines.append(f"\n## {dataset} (mean ± sd over seeds; per flow unless noted)")
+        lines.append(f"{'model':<18}{'frac':>5}{'n':>3}{'mAUC':>13}{'accuracy':>13}{'macro-F1':>13}"
+                     f"{'capture acc':>13}{'ECE':>13}{'params':>12}{'MFLOPs/flow':>12}{'flows/s':>10}")
+        for a in (a for a in aggregated if a["dataset"] == dataset):
+            flops = "-" if a["flops_per_flow"] is None else (
+                f"{a['flops_per_flow'] / 1e6:.2f}" if a["cost_unit"] == "FLOPs" else f"{a['flops_per_flow']:.0f} t")
+            lines.append(f"{a['model']:<18}{a['fraction']:>5g}{len(a['seeds']):>3}"
+                         + "".join(f"{_fmt(a[k], a[k + '_sd']):>13}" for k in METRICS)
+                         + f"{(a['trainable_params'] or 0):>12,.0f}{flops:>12}"
+                         + f"{(a['infer_flows_per_s'] or 0):>10,.0f}")
+    lines.append("(trees: params = tree nodes, cost = node tests per flow ('t'); pclip_gnn params = the detection "
+                 "stage, FLOPs = tower + detection)")
+    return "\n".join(lines)
+
+
+def best_pclip(aggregated: Sequence[dict], dataset: str, fraction: float, key: str = "mauc") -> Optional[dict]:
+    cands = [a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction
+             and a["model"] in PCLIP_ROWS[:3] and a[key] is not None]
+    return max(cands, key=lambda a: a[key]) if cands else None
+
+
+def claims(aggregated: Sequence[dict]) -> dict:
+    """The paper's four claims, evaluated on the cells that exist: PacketCLIP (its best evaluation) vs ET-BERT's
+    ΔmAUC, the detection stage's parameters and the inference FLOPs per flow as ratios to ET-BERT's, and mAUC kept
+    at 30 % of the training data (relative to 100 %), both models."""
+    out = {}
+    for dataset in sorted({a["dataset"] for a in aggregated}):
+        get = {(a["model"], a["fraction"]): a for a in aggregated if a["dataset"] == dataset}
+        etbert, best = get.get(("etbert", 1.0)), best_pclip(aggregated, dataset, 1.0)
+        gnn = get.get(("pclip_gnn", 1.0))
+        c: dict = {}
+        if etbert and best:
+            c["delta_mauc_vs_etbert"] = best["mauc"] - etbert["mauc"]
+            c["pclip_best"] = best["model"]
+        if etbert and gnn:
+            c["detection_params_ratio"] = gnn["trainable_params"] / etbert["trainable_params"]
+            c["flops_ratio"] = gnn["flops_per_flow"] / etbert["flops_per_flow"]
+        for model in ("pclip_gnn", "pclip_probe", "etbert"):
+            full, low = get.get((model, 1.0)), get.get((model, 0.3))
+            if full and low and full["mauc"]:
+                c[f"mauc_kept_at_30pct_{model}"] = low["mauc"] / full["mauc"]
+        out[dataset] = c
+    return out
+
+
+def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path) -> list[str]:
+    """Per dataset: data-scarcity curves (mAUC and macro-F1 against the fraction, sd bands), mAUC against FLOPs
+    per flow (neural models; log scale), and reliability diagrams at fraction 1. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for dataset in sorted({a["dataset"] for a in aggregated}):
+        mine = [a for a in aggregated if a["dataset"] == dataset]
+        models = sorted({a["model"] for a in mine})
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key in zip(axes, ("mauc", "macro_f1")):
+            for m in models:
+                pts = sorted((a["fraction"], a[key], a[key + "_sd"]) for a in mine if a["model"] == m
+                             and a[key] is not None)
+                if not pts:
+                    continue
+                f, v, sd = (np.array(x, np.float64) for x in zip(*pts))
+                ax.plot(f, v, marker="o", label=m)
+                ax.fill_between(f, v - sd, v + sd, alpha=0.15)
+            ax.set_xscale("log")
+            ax.set_xlabel("fraction of training data")
+            ax.set_ylabel(key)
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"{dataset}: data scarcity (capture-disjoint test, mean ± sd over seeds)")
+        fig.tight_layout()
+        path = out_dir / f"scarcity_{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for a in mine:
+            if a["fraction"] == 1.0 and a["cost_unit"] == "FLOPs" and a["flops_per_flow"]:
+                ax.errorbar(a["flops_per_flow"], a["mauc"], yerr=a["mauc_sd"], fmt="o")
+                ax.annotate(a["model"], (a["flops_per_flow"], a["mauc"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("inference FLOPs per flow")
+        ax.set_ylabel("mAUC")
+        ax.set_title(f"{dataset}: accuracy against cost (fraction 1)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / f"mauc_vs_flops_{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+
+        full = [r for r in rows if r["dataset"] == dataset and r["fraction"] == 1.0 and r.get("reliability")]
+        if full:
+            fig, ax = plt.subplots(figsize=(5, 5))
+            ax.plot([0, 1], [0, 1], "k--", lw=1)
+            for m in sorted({r["model"] for r in full}):
+                conf = np.zeros(metrics_lib.ECE_BINS)
+                acc = np.zeros(metrics_lib.ECE_BINS)
+                count = np.zeros(metrics_lib.ECE_BINS)
+                for r in (r for r in full if r["model"] == m):
+                    c = np.array(r["reliability"]["count"], np.float64)
+                    conf += np.array(r["reliability"]["confidence"]) * c
+                    acc += np.array(r["reliability"]["accuracy"]) * c
+                    count += c
+                ok = count > 0
+                ax.plot(conf[ok] / count[ok], acc[ok] / count[ok], marker=".", label=m)
+            ax.set_xlabel("confidence (top-class probability)")
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{dataset}: reliability (test captures)")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / f"reliability_{dataset}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(str(path))
+    return written
+
+
+def summarize(workdir: pathlib.Path, json_out: Optional[str] = None) -> dict:
+    """Tables, claims and plots from every finished cell under `workdir`; printed, and written to
+    WORKDIR/peers.json (and `json_out`)."""
+    rows = load_rows(workdir)
+    aggregated = aggregate(rows)
+    report = {"rows": rows, "aggregated": aggregated, "claims": claims(aggregated)}
+    if rows:
+        report["plots"] = plot(aggregated, rows, pathlib.Path(workdir) / "plots")
+    print(format_tables(aggregated))
+    print("\nThe paper's claims on these cells:\n" + json.dumps(report["claims"], indent=2))
+    files.write_json(pathlib.Path(workdir) / "peers.json", report)
+    if json_out:
+        files.write_json(pathlib.Path(json_out), [{k: v for k, v in r.items() if k != "reliability"}
+                                                  for r in rows])
+    return report

@@ -1,0 +1,102 @@
+"""The peer suite on real captures: each peer's input view, output shapes, published parameter counts, training
+steps that reduce the loss, and `benchmarks/peers.py` resuming (a finished cell is not recomputed)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from pclip_jax.compat import count_params
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.peers import inputs, models, suite
+from pclip_jax.peers import train as peer_train
+from tests.conftest import REPO
+
+CAPTURES = ["1kxun.pcap", "zoom.pcap", "443-chrome.pcap", "signal.pcap", "dns-exf.pcap", "ftp.pcap"]
+
+
+@pytest.fixture(scope="module")
+def table(ndpi_dir):
+    t = ingest([str(ndpi_dir / "pcap" / c) for c in CAPTURES], IngestConfig(bytes=suite.PEER_BYTES), progress=False)
+    assert len(t) >= 64
+    return t
+
+
+def test_input_views_read_the_real_bytes(table):
+    t, idx = table.tensors, np.arange(len(table))
+    tokens, mask = inputs.bigram_tokens(t, idx)
+    assert tokens.shape == mask.shape == (len(idx), 128) and (tokens[:, 0] == inputs.SPECIAL["cls"]).all()
+    data, real = inputs.flow_bytes(t, idx, 128)
+    # A bigram token is the 2-byte value of consecutive real bytes, offset by the special tokens.
+    i = int(np.argmax(real.sum(1)))
+    n = int(real[i].sum())
+    want = data[i, :n - 1].astype(np.int64) * 256 + data[i, 1:n] + len(inputs.SPECIAL)
+    np.testing.assert_array_equal(tokens[i, 1:n], want)
+    assert not mask[i, n:].any()
+    # The first packet's real bytes are its IP length (or the row width), then zero padding.
+    first = min(int(np.abs(t["sizes"][i, 0])), 128)
+    np.testing.assert_array_equal(data[i, :first], t["bytes"][i, 0, :first])
+    assert inputs.byte_image(t, idx).shape == (len(idx), 40, 40)
+    assert inputs.stride_tokens(t, idx).shape == (len(idx), 400, 4)
+    assert inputs.first_bytes(t, idx).shape == (len(idx), 784)
+    ids, real_packets = inputs.length_sequence(t, idx)
+    assert ids.min() >= 0 and ids.max() < inputs.LENGTH_VOCAB and (real_packets == (t["sizes"] != 0)).all()
+
+
+@pytest.mark.parametrize("name", ["etbert", "yatc", "cnn1d"])
+def test_published_sizes_match_the_papers(name, table):
+    spec = models.PEERS[name]
+    module = spec.build(10, "published")
+    x = spec.features(table.tensors, np.arange(2))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))
+    params = count_params(shapes["params"])
+    assert abs(params - spec.published_params) / spec.published_params < 0.05, params
+
+
+@pytest.mark.parametrize("name", list(models.PEERS))
+def test_a_few_steps_reduce_the_loss(name, table):
+    spec = models.PEERS[name]
+    idx = np.arange(64)
+    y = (np.asarray(table.meta["proto"])[idx] == 17).astype(np.int64) + 2 * (np.abs(table.tensors["sizes"][idx, 0])
+                                                                         > 200)
+    x = spec.features(table.tensors, idx)
+    config = peer_train.PeerTrainConfig(pretrain_steps=12 if spec.pretrain else 0, steps=30, batch_size=32,
+                                        learning_rate=3e-3, pretrain_learning_rate=3e-3, warmup_steps=2)
+    fitted = peer_train.fit_peer(spec, "cpu", 4, x, y, x, y, config, progress=False)
+    info = fitted.info
+    assert info["loss_last"] < info["loss_first"], info
+    if spec.pretrain:
+        assert info["pretrain_loss_last"] < info["pretrain_loss_first"], info
+    proba = peer_train.predict_proba(fitted.module, fitted.params, x)
+    assert proba.shape == (64, 4) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert peer_train.flops_per_flow(fitted.module, fitted.params, x) > 0
+
+
+def test_cells_shard_and_resume(ndpi_dir, tmp_path):
+    cells = suite.make_cells(["ndpi", "iot_sentinel"], ["pclip", "extra_trees"], [0.1, 1.0], [0, 1])
+    assert len(cells) == 16 and cells[0] == suite.Cell("ndpi", "pclip", 1.0, 0)
+    parts = [suite.shard(cells, f"{i}/3") for i in range(3)]
+    assert sorted(sum(parts, []), key=cells.index) == cells
+    with pytest.raises(ValueError, match="--shard '3/3'"):
+        suite.shard(cells, "3/3")
+    workdir = tmp_path / "w"
+    command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), "--workdir", str(workdir), "--datasets", "ndpi",
+               "--models", "extra_trees", "--fractions", "0.1", "--seeds", "0", "--json", str(tmp_path / "rows.json"),
+               "--set", f"data.manual_dir={ndpi_dir}", "--set", "data.use_names=false"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    cell = workdir / "cells" / "ndpi" / "extra_trees-f0.1-s0.json"
+    stamp = cell.stat().st_mtime_ns
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 1 and rows[0]["model"] == "extra_trees" and 0.5 < rows[0]["mauc"] <= 1
+    assert {"accuracy", "macro_f1", "trainable_params", "flops_per_flow", "train_seconds", "infer_flows_per_s",
+            "ece"} <= set(rows[0])
+    assert "extra_trees" in first.stdout and "=== cell 1/1" in first.stderr
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0 and "=== cell" not in again.stderr
+    assert cell.stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
