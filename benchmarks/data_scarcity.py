@@ -1,12 +1,13 @@
-"""Data-scarcity curve: the main job at several fractions of the training data, one command.
+"""Data-scarcity curves: a view of the peer suite (benchmarks/peers.py) at several training fractions.
 
-    python benchmarks/data_scarcity.py --config configs/quickstart.py --workdir /tmp/scarcity \
-        [--fractions 0.1,0.3,0.5,1.0] [--set train.num_steps=300 ...] [--json OUT]
+    python benchmarks/data_scarcity.py --workdir W [--datasets ndpi] [--models pclip,extra_trees]
+        [--fractions 0.1,0.3,0.5,1.0] [--seeds 0,1,2] [--set KEY=VALUE ...] [--json OUT]
 
 Each fraction takes a class-balanced, seeded subset of the training captures' flows (every class keeps at least
-one flow; `pclip_jax.data.splits.fraction_subset`) for *every* trained stage (pre-training, linear probe, GNN);
-the capture-disjoint test split never changes. Prints mAUC per stage and fraction with the share of the full-data
-mAUC kept, and writes `scarcity.png` and `scarcity.json` in the workdir.
+one flow, subsets nested; `pclip_jax.data.splits.fraction_subset`) for every trained stage; the capture-disjoint
+test split never changes. The cells are the suite's (same files, so a cell computed here is not recomputed by
+peers.py and the other way round). Prints mAUC per model and fraction, mean ± sd over seeds, with the share of the
+full-data mAUC kept, and writes W/plots/scarcity_DATASET.png.
 """
 from __future__ import annotations
 
@@ -17,59 +18,44 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.main_job_runs import add_arguments, report_at, run_main_job, write_report  # noqa: E402
-
-STAGES = (("linear probe", ("test",)), ("zero-shot", ("zero_shot",)), ("GNN level 1", ("gnn", "level1")))
-
-
-def lookup(results: dict, path: tuple) -> float:
-    report = report_at(results, path)
-    return float(report["mauc"]) if report else float("nan")
-
-
-def plot(rows: list[dict], path: pathlib.Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    fractions = [r["fraction"] for r in rows]
-    for name, _ in STAGES:
-        ax.plot(fractions, [r["mauc"][name] for r in rows], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
-    ax.set_xlabel("fraction of training data")
-    ax.set_ylabel("mAUC (capture-disjoint test)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--datasets", default="ndpi")
+    parser.add_argument("--models", default="pclip,extra_trees")
     parser.add_argument("--fractions", default="0.1,0.3,0.5,1.0")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
+    from absl import logging
+
+    from pclip_jax import errors, files
+    from pclip_jax.peers import suite
+
+    logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)
     fractions = sorted(float(f) for f in args.fractions.split(","))
-    rows = []
-    for fraction in fractions:
-        results = run_main_job(args, f"fraction_{fraction:g}", [f"data.fraction={fraction}"],
-                               f"fraction {fraction:g}")
-        rows.append({"fraction": fraction, "train_flows": results["data"]["train_flows"],
-                     "mauc": {name: lookup(results, path) for name, path in STAGES}})
-    full = rows[-1]["mauc"]
-    print(f"\n{'fraction':>9}{'flows':>8}" + "".join(f"{name:>22}" for name, _ in STAGES))
-    for r in rows:
-        cells = "".join(f"{r['mauc'][n]:>12.3f} ({r['mauc'][n] / full[n]:>5.1%})" for n, _ in STAGES)
-        print(f"{r['fraction']:>9g}{r['train_flows']:>8d}{cells}")
-    print("(in brackets: share of the mAUC reached with the largest fraction)")
-    write_report(args, "scarcity.json", {"config": args.config, "overrides": args.overrides, "rows": rows})
-    plot(rows, workdir / "scarcity.png")
-    return 0
+    with errors.cli_errors(verbose=False) as status:
+        cells = suite.make_cells(args.datasets.split(","), args.models.split(","), fractions,
+                                 [int(s) for s in args.seeds.split(",")])
+        rows = suite.run_cells(cells, workdir, args.overrides)
+        aggregated = suite.aggregate(rows)
+        suite.plot(aggregated, rows, workdir / "plots")
+        print(f"{'dataset':<14}{'model':<18}" + "".join(f"{f:>14g}" for f in fractions) + f"{'kept at 30%':>13}")
+        for dataset in sorted({a["dataset"] for a in aggregated}):
+            for model in sorted({a["model"] for a in aggregated if a["dataset"] == dataset}):
+                get = {a["fraction"]: a for a in aggregated if a["dataset"] == dataset and a["model"] == model}
+                cells_txt = "".join(f"{suite._fmt(get[f]['mauc'], get[f]['mauc_sd']) if f in get else '-':>14}"
+                                    for f in fractions)
+                kept = (f"{get[0.3]['mauc'] / get[1.0]['mauc']:>12.1%}" if 0.3 in get and 1.0 in get else
+                        f"{'-':>13}")
+                print(f"{dataset:<14}{model:<18}{cells_txt}{kept}")
+        if args.json:
+            files.write_json(pathlib.Path(args.json), aggregated)
+    return status.code
 
 
 if __name__ == "__main__":

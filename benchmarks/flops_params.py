@@ -2,6 +2,9 @@
 
     python benchmarks/flops_params.py [--config configs/default.py] [--json OUT]
 
+The peers (pclip_jax/peers/models.py) at their published sizes are measured the same way; their trained (CPU)
+sizes are in the peer suite's rows (benchmarks/peers.py).
+
 FLOPs come from XLA's cost analysis of the compiled forward pass (a multiply-add counts as 2 FLOPs), divided by
 the batch size. ET-BERT-base is measured the same way: a BERT-base encoder (12 layers, width 768, 12 heads, its
 60,005-token vocabulary) on one 128-token input, built with this project's BERT module. Parameters come from
@@ -22,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pclip_jax.costs import bert_cost, gnn_cost, packet_tower_cost, two_tower_heads_cost  # noqa: E402
+from pclip_jax.costs import bert_cost, gnn_cost, packet_tower_cost, peer_cost, two_tower_heads_cost  # noqa: E402
 
 ETBERT_SEQ = 128
 ETBERT_PUBLISHED_PARAMS = 110e6  # BERT-base as usually quoted; the measured model adds ET-BERT's 60k-token vocabulary
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     minilm = bert_cost(BertConfig(), config.text.max_len)
     etbert = bert_cost(BertConfig(vocab_size=60005, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                   intermediate_size=3072), ETBERT_SEQ)
+    peers = {name: peer_cost(name, "published") for name in ("etbert", "yatc", "netmamba", "cnn1d", "fsnet")}
     inference = packet["flops_per_flow"] + gnn["flops_per_flow"]
     report = {
         "config": args.config,
@@ -59,6 +63,7 @@ def main(argv=None) -> int:
         "detection_params_ratio_to_etbert_published": gnn["params"] / ETBERT_PUBLISHED_PARAMS,
         "inference_flops_per_flow": inference,
         "inference_flops_ratio_to_etbert": inference / etbert["flops_per_input"],
+        "peers_published": peers,
     }
     rows = [
         ("packet tower", packet["params"], packet["flops_per_flow"]),
@@ -66,7 +71,8 @@ def main(argv=None) -> int:
         ("inference per flow (tower+GNN)", packet["params"] + gnn["params"], inference),
         (f"text tower MiniLM ({minilm['seq_len']} tok, cached)", minilm["params"], minilm["flops_per_input"]),
         (f"ET-BERT-base ({ETBERT_SEQ} tokens)", etbert["params"], etbert["flops_per_input"]),
-    ]
+    ] + [(f"peer {name} (published size, classifier)", c["params"], c["flops_per_flow"])
+         for name, c in peers.items()]
     print(f"{'model':<44}{'params':>14}{'MFLOPs/flow':>14}")
     for name, p, f in rows:
         print(f"{name:<44}{p:>14,d}{f / 1e6:>14.1f}")

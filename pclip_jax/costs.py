@@ -64,3 +64,19 @@ def gnn_cost(settings) -> dict:
     params = jax.jit(model.init)(jax.random.PRNGKey(0), graphs, kg_emb)["params"]
     return {"params": count_params(params), "flops_per_flow": flops_per_flow(gcfg, params, graphs, kg_emb),
             "kg": kg.name, "kg_nodes": len(kg.nodes)}
+
+
+def peer_cost(name: str, size: str = "published", num_classes: int = 10) -> dict:
+    """{'params', 'flops_per_flow'} of a peer (pclip_jax/peers/models.py) at `size`, from abstract shapes (nothing
+    allocated): parameters of the classifier, FLOPs of its compiled forward pass on a batch of 8."""
+    from pclip_jax.peers import models as peer_models
+
+    spec = peer_models.PEERS[name]
+    module = spec.build(num_classes, size)
+    n = 8
+    tensors = {"bytes": np.zeros((n, 16, 320), np.uint8), "sizes": np.full((n, 16), 100, np.int32),
+               "iat": np.zeros((n, 16), np.float32)}
+    x = spec.features(tensors, np.arange(n))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))["params"]
+    flops = compiled_flops(lambda p, xx: module.apply({"params": p}, xx), shapes, x) / n
+    return {"params": count_params(shapes), "flops_per_flow": flops, "size": size}
