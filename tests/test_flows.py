@@ -323,3 +323,21 @@ def test_payload_rows_are_the_first_packets_that_carry_payload(ndpi_dir, name):
             assert payload.tensors["sizes"][f, j] == every.tensors["sizes"][f, k]
         checked += len(rows) < n
     assert checked > 0, f"{name}: no flow with bare ACKs to skip"
+
+
+def test_a_timestamp_jump_does_not_make_flows_depend_on_chunk_size(ndpi_dir, tmp_path):
+    """One packet stamped a day late (a clock glitch) in the middle of a real capture: reading it whole or in
+    tiny chunks (expiry between them) gives the same flows; before, every flow active at the next chunk boundary
+    was cut in two there."""
+    from tests.pcap_tools import read_frames, write_pcap
+
+    frames = read_frames(ndpi_dir / "pcap" / "1kxun.pcap")
+    middle = len(frames) // 2
+    t, w, lt, f = frames[middle]
+    frames[middle] = (t + 86_400 * 10**9, w, lt, f)
+    path = write_pcap(tmp_path / "jump.pcap", frames, lt)
+    whole = ingest_file(path, "jump.pcap", IngestConfig())
+    small = ingest_file(path, "jump.pcap", IngestConfig(chunk_bytes=3000))
+    assert len(whole) == len(small) > 0
+    for k in whole.meta:
+        np.testing.assert_array_equal(whole.meta[k], small.meta[k], err_msg=k)

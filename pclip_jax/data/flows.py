@@ -12,7 +12,12 @@ A new flow starts for a key when
   old flow, so a normal close never produces extra one-packet flows.
 
 Memory is bounded by the number of active flows: a flow idle for longer than ``idle_timeout`` (in capture
-time) is finalised and its slot is reused. What stays is the output itself: the first K packet rows of every
+time) is finalised and its slot is reused. Capture time for that purpose is a watermark: the oldest timestamp
+among the last ``WATERMARK_PACKETS`` packets read, not the newest. A flow is finalised only once it is idle past its
+timeout at that watermark, so unless the capture's time runs backwards every later packet of its key would have
+started a new flow anyway: where the file is cut into read chunks does not change the flows, also when a few
+packets carry a timestamp far ahead of their neighbours (a clock glitch), which under a newest-packet clock
+finalised every flow active at the next chunk boundary (tested with tiny chunks and a one-day jump). What stays is the output itself: the first K packet rows of every
 flow (written straight to their place in the final [N, K, B] array) and its statistics.
 
 The per-key state machine above is evaluated with numpy over the whole chunk; only keys that see a second
@@ -83,6 +88,9 @@ def _group_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first_of, inv
 
 
+WATERMARK_PACKETS = 64  # more consecutive forward-jumped packets than this move the expiry clock
+
+
 class FlowTracker:
     """Streams PacketBatches of one capture into flows; ``finish()`` returns the finished flows as arrays."""
 
@@ -97,6 +105,7 @@ class FlowTracker:
         self.free: list[int] = []
         self.cap = 0
         self.now = -_BIG
+        self.recent_ts = np.zeros(0, np.int64)  # timestamps of the last WATERMARK_PACKETS packets, file order
         self.done: list[dict] = []
         self.s: dict[str, np.ndarray] = {}
         self._grow(256)
@@ -193,6 +202,7 @@ class FlowTracker:
     # -- main step --------------------------------------------------------------------------------
     def add(self, batch: capture.PacketBatch, h: capture.Headers, first_index: int) -> None:
         """Add the flow packets of a batch; ``first_index`` is the index of the batch's first packet in the capture."""
+        self.recent_ts = np.concatenate([self.recent_ts, np.asarray(batch.ts, np.int64)])[-WATERMARK_PACKETS:]
         sel = np.nonzero(h.kind == capture.FLOW)[0]
         if not len(sel):
             return
@@ -429,9 +439,11 @@ class FlowTracker:
                     rst = True
 
     def expire(self) -> None:
-        """Finalise flows idle for longer than the idle timeout (relative to the newest packet seen)."""
+        """Finalise flows idle for longer than the idle timeout relative to the watermark (module docstring)."""
+        if not len(self.recent_ts) or not self.s:
+            return
         s = self.s
-        old = np.nonzero(s["active"] & (s["last_ts"] < self.now - self.idle))[0]
+        old = np.nonzero(s["active"] & (s["last_ts"] < int(self.recent_ts.min()) - self.idle))[0]
         self._release(old)
 
     def finish(self) -> dict[str, np.ndarray]:

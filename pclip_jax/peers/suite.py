@@ -89,6 +89,15 @@ def dataset_settings(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]
 
 # ----------------------------------------------------------------------------------------------- rows
 
+def per_class_recall(report: dict) -> dict:
+    """{class: recall} of the classes with test flows, from a report's confusion matrix."""
+    cm = np.asarray(report.get("confusion_matrix") or [], np.float64)
+    if not cm.size:
+        return {}
+    support = cm.sum(1)
+    return {c: round(float(cm[i, i] / support[i]), 4) for i, c in enumerate(report["classes"]) if support[i] > 0}
+
+
 def _row(cell: Cell, model: str, report: dict, **extra) -> dict:
     pc = report.get("per_capture") or {}
     return {"dataset": cell.dataset, "model": model, "fraction": cell.fraction, "seed": cell.seed,
@@ -96,7 +105,7 @@ def _row(cell: Cell, model: str, report: dict, **extra) -> dict:
             "capture_accuracy": pc.get("accuracy"), "capture_macro_f1": pc.get("macro_f1"),
             "ece": (report.get("calibration") or {}).get("ece"),
             "reliability": {k: v for k, v in (report.get("calibration") or {}).items() if k != "ece"},
-            "num_flows": report["num_flows"], **extra}
+            "num_flows": report["num_flows"], "per_class_recall": per_class_recall(report), **extra}
 
 
 def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
