@@ -55,6 +55,8 @@ class GnnConfig:
     similarity_init: float = 1.0         # α at init; the main job sets the pre-trained temperature, so the GNN
                                          # starts from the zero-shot decision and learns corrections to it
     level_loss_weights: tuple[float, float] = (1.0, 1.0)
+    factored: bool = False               # graph nodes do not read the flow: their message passing runs once per
+                                         # call, not per flow (module docstring, "Factored")
 
 
 class _AttentionLayer(nn.Module):
@@ -63,23 +65,45 @@ class _AttentionLayer(nn.Module):
     mlp_ratio: int
     dropout: float
 
-    @nn.compact
+    def setup(self):
+        self.query = nn.Dense(self.hidden, use_bias=False)
+        self.key_value = nn.Dense(2 * self.hidden, use_bias=False)
+        self.edge_type = nn.Embed(len(EDGE_TYPES), 2 * self.hidden)
+        self.out = nn.Dense(self.hidden)
+        self.norm_attn = nn.LayerNorm()
+        self.mlp_in = nn.Dense(self.mlp_ratio * self.hidden)
+        self.mlp_out = nn.Dense(self.hidden)
+        self.norm_mlp = nn.LayerNorm()
+        self.drop = nn.Dropout(self.dropout)
+
+    def _update(self, h, msg, deterministic):
+        h = self.norm_attn(h + self.drop(self.out(msg), deterministic=deterministic))
+        y = self.mlp_out(nn.gelu(self.mlp_in(h)))
+        return self.norm_mlp(h + self.drop(y, deterministic=deterministic))
+
     def __call__(self, h, senders, receivers, edge_type, deterministic: bool):
+        """Message passing along the edges: every receiver attends over its incoming edges."""
         n = h.shape[0]
         heads, dh = self.num_heads, self.hidden // self.num_heads
-        q = nn.Dense(self.hidden, use_bias=False, name="query")(h)[receivers]
-        kv = nn.Dense(2 * self.hidden, use_bias=False, name="key_value")(h)[senders]
-        e = nn.Embed(len(EDGE_TYPES), 2 * self.hidden, name="edge_type")(edge_type)
-        k, v = jnp.split(kv + e, 2, axis=-1)
+        q = self.query(h)[receivers]
+        k, v = jnp.split(self.key_value(h)[senders] + self.edge_type(edge_type), 2, axis=-1)
         logits = (q * k).reshape(-1, heads, dh).sum(-1) / np.sqrt(dh)                    # [E, heads]
         alpha = jraph.segment_softmax(logits, receivers, num_segments=n)                   # over incoming edges
         msg = jax.ops.segment_sum(alpha[..., None] * v.reshape(-1, heads, dh), receivers, num_segments=n)
-        msg = nn.Dense(self.hidden, name="out")(msg.reshape(n, self.hidden))
-        h = nn.LayerNorm(name="norm_attn")(h + nn.Dropout(self.dropout)(msg, deterministic=deterministic))
-        y = nn.Dense(self.mlp_ratio * self.hidden, name="mlp_in")(h)
-        y = nn.Dense(self.hidden, name="mlp_out")(nn.gelu(y))
-        h = nn.LayerNorm(name="norm_mlp")(h + nn.Dropout(self.dropout)(y, deterministic=deterministic))
-        return h, alpha
+        return self._update(h, msg.reshape(n, self.hidden), deterministic), alpha
+
+    def read(self, flow_h, node_h, deterministic: bool):
+        """The flow nodes [G, H] attend over all graph nodes [M, H] along node→flow edges (the same parameters and
+        arithmetic as `__call__` on those edges): keys and values are computed once for the M nodes, so a flow
+        costs M dot products per head, not a pass over its own copy of the graph."""
+        g, m = flow_h.shape[0], node_h.shape[0]
+        heads, dh = self.num_heads, self.hidden // self.num_heads
+        q = self.query(flow_h).reshape(g, heads, dh)
+        kv = self.key_value(node_h) + self.edge_type(jnp.array(EDGE_TYPES.index("node_to_flow")))
+        k, v = (x.reshape(m, heads, dh) for x in jnp.split(kv, 2, axis=-1))
+        alpha = jax.nn.softmax(jnp.einsum("ghd,mhd->gmh", q, k) / np.sqrt(dh), axis=1)     # [G, M, heads]
+        msg = jnp.einsum("gmh,mhd->ghd", alpha, v).reshape(g, self.hidden)
+        return self._update(flow_h, msg, deterministic), alpha
 
 
 def _segment_log_softmax(x, segments, num_segments):
@@ -117,26 +141,39 @@ class HierarchicalGNN(nn.Module):
 
         flow_h = nn.Dense(cfg.hidden, name="flow_in")(flow_raw)                       # [G, H]
         text_h = nn.Dense(cfg.hidden, name="text_in")(text_raw)                       # [M, H], once per call
-        h = jnp.where(is_kg[:, None], text_h[jnp.maximum(kg_index, 0)], flow_h[node_graph])
-        h = h + nn.Embed(NUM_LEVEL_EMBEDDINGS, cfg.hidden, name="level")(nodes["level"])
-        h = nn.LayerNorm(name="norm_in")(h)
-
-        attention = []
-        for i in range(cfg.num_layers):
-            h, alpha = _AttentionLayer(cfg.hidden, cfg.num_heads, cfg.mlp_ratio, cfg.dropout, name=f"layer_{i}")(
-                h, graphs.senders, graphs.receivers, graphs.edges["type"], deterministic)
-            attention.append(alpha)
-
-        # Zero-initialised: at step 0 the learned term is 0 and the scores are the towers' zero-shot similarities
-        # (plus the mission prior); training adds corrections from there.
-        flow_query = nn.Dense(cfg.hidden, name="score_query", kernel_init=nn.initializers.zeros)(h[flow_index])
-        keys = nn.Dense(cfg.hidden, name="score_key")(h)                              # [N, H]
-        score = (flow_query[node_graph] * keys).sum(-1) / np.sqrt(cfg.hidden) + nodes["prior"]
-        if cfg.similarity_prior and flow_raw.shape[-1] == text_raw.shape[-1]:
+        level_embed = nn.Embed(NUM_LEVEL_EMBEDDINGS, cfg.hidden, name="level")
+        norm_in = nn.LayerNorm(name="norm_in")
+        layers = [_AttentionLayer(cfg.hidden, cfg.num_heads, cfg.mlp_ratio, cfg.dropout, name=f"layer_{i}")
+                  for i in range(cfg.num_layers)]
+        score_query = nn.Dense(cfg.hidden, name="score_query", kernel_init=nn.initializers.zeros)
+        score_key = nn.Dense(cfg.hidden, name="score_key")
+        similarity = cfg.similarity_prior and flow_raw.shape[-1] == text_raw.shape[-1]
+        if similarity:
+            scale = self.param("similarity_scale", nn.initializers.constant(cfg.similarity_init), ())
             fn = flow_raw / jnp.maximum(jnp.linalg.norm(flow_raw, axis=-1, keepdims=True), 1e-6)
             tn = text_raw / jnp.maximum(jnp.linalg.norm(text_raw, axis=-1, keepdims=True), 1e-6)
-            cos = (fn[node_graph] * tn[jnp.maximum(kg_index, 0)]).sum(-1)
-            score = score + self.param("similarity_scale", nn.initializers.constant(cfg.similarity_init), ()) * cos
+
+        if cfg.factored:
+            score, flow_query, attention = self._factored(graphs, text_h, flow_h, level_embed, norm_in, layers,
+                                                          score_query, score_key, deterministic)
+            if similarity:
+                m = text_raw.shape[0]
+                idx = jnp.minimum(flow_index[:, None] + 1 + jnp.arange(m)[None, :], n - 1)
+                score = score.at[idx].add(scale * (fn @ tn.T), mode="drop")
+        else:
+            h = jnp.where(is_kg[:, None], text_h[jnp.maximum(kg_index, 0)], flow_h[node_graph])
+            h = norm_in(h + level_embed(nodes["level"]))
+            attention = []
+            for layer in layers:
+                h, alpha = layer(h, graphs.senders, graphs.receivers, graphs.edges["type"], deterministic)
+                attention.append(alpha)
+            # Zero-initialised: at step 0 the learned term is 0 and the scores are the towers' zero-shot
+            # similarities (plus the mission prior); training adds corrections from there.
+            flow_query = score_query(h[flow_index])
+            keys = score_key(h)                                                        # [N, H]
+            score = (flow_query[node_graph] * keys).sum(-1) / np.sqrt(cfg.hidden) + nodes["prior"]
+            if similarity:
+                score = score + scale * (fn[node_graph] * tn[jnp.maximum(kg_index, 0)]).sum(-1)
 
         # Conditional log-softmax among siblings: segment = global index of the parent node. Nodes without a
         # parent (root, flow, padding) get a singleton segment of their own, n + their index, which cannot collide
@@ -152,6 +189,38 @@ class HierarchicalGNN(nn.Module):
             logp = cond + jnp.where(has_parent, logp[parent_global], 0.0)
         return {"score": score, "cond_logp": cond, "logp": logp, "attention": tuple(attention),
                 "flow_index": flow_index, "node_graph": node_graph, "flow_query": flow_query}
+
+    def _factored(self, graphs, text_h, flow_h, level_embed, norm_in, layers, score_query, score_key,
+                  deterministic):
+        """The factored formulation: graph nodes pass messages along the graph's own edges only (once per call,
+        independent of the flows), each flow node reads them (`_AttentionLayer.read`). Returns the per-node flat
+        arrays of the per-flow formulation — score [N] (prior included, similarity not yet), flow_query [G, H],
+        attention per layer [E, heads] (non-zero on node→flow edges only) — so losses, predictions and
+        explanations are unchanged. The graph's own edges come from `globals["kg_senders"]` etc. (row 0; every
+        row is the same); a flow graph's edges follow `graphs.kg_layout`'s order: graph edges, M flow→node, then
+        M node→flow."""
+        nodes = graphs.nodes
+        n, g, m = nodes["kg_index"].shape[0], graphs.n_node.shape[0], text_h.shape[0]
+        e_total = graphs.senders.shape[0]
+        senders, receivers = graphs.globals["kg_senders"][0], graphs.globals["kg_receivers"][0]
+        kg_type = graphs.globals["kg_edge_type"][0]
+        e_per = senders.shape[0] + 2 * m
+        h_kg = norm_in(text_h + level_embed(graphs.globals["kg_level"][0]))                                # [M, H]
+        f = norm_in(flow_h + level_embed(jnp.full((g,), FLOW_LEVEL)))                 # [G, H]
+        flow_index = jnp.cumsum(graphs.n_node) - graphs.n_node
+        edge_offset = jnp.cumsum(graphs.n_edge) - graphs.n_edge
+        to_flow = edge_offset[:, None] + (e_per - m) + jnp.arange(m)[None, :]          # [G, M] node→flow edges
+        attention = []
+        for layer in layers:
+            f_next, alpha = layer.read(f, h_kg, deterministic)
+            h_kg, _ = layer(h_kg, senders, receivers, kg_type, deterministic)
+            f = f_next
+            attention.append(jnp.zeros((e_total, alpha.shape[-1]), alpha.dtype).at[to_flow].set(alpha, mode="drop"))
+        flow_query = score_query(f)
+        per_flow = flow_query @ score_key(h_kg).T / np.sqrt(flow_query.shape[-1])      # [G, M]
+        idx = flow_index[:, None] + 1 + jnp.arange(m)[None, :]
+        score = nodes["prior"] + jnp.zeros((n,), per_flow.dtype).at[idx].set(per_flow, mode="drop")
+        return score, flow_query, tuple(attention)
 
 
 def _level_gather(per_node, flow_index, level_nodes):

@@ -15,7 +15,9 @@ receives once per call (cached once per graph, see `kg_text_embeddings`).
 Node fields: `kg_index` (int32, -1 for the flow node), `level` (0..2 KG levels, 3 = flow), `parent` (int32, index of
 the parent node *within the graph*, -1 for none), `prior` (float32 log-prior from a mission, 0 = neutral).
 Edge field: `type` (see EDGE_TYPES). Globals: `flow` [G, Dp], `level1`, `level2` (int32 class slots at each level,
--1 = unknown; padding graphs get -1 too).
+-1 = unknown; padding graphs get -1 too), and the graph's own edges in KG indices, one identical row per graph
+(`kg_senders`, `kg_receivers`, `kg_edge_type` [G, E_kg]) and node levels (`kg_level` [G, M]) for the
+factored GNN.
 """
 from __future__ import annotations
 
@@ -160,6 +162,12 @@ def build_batch(layout: KGLayout, flow_embeddings: np.ndarray, level1: np.ndarra
     padded.nodes["kg_index"][b * per:] = -1
     padded.nodes["parent"][b * per:] = -1
     padded.nodes["level"][b * per:] = FLOW_LEVEL
+    # The graph's own edges (KG indices), the same row for every graph, padding ones included: the factored GNN
+    # reads the structure here, valid even in a batch without a real graph (a device left without flows).
+    kg_edges = layout.edge_type < EDGE_TYPES.index("flow_to_node")
+    for key, values in (("kg_senders", layout.senders[kg_edges] - 1), ("kg_receivers", layout.receivers[kg_edges] - 1),
+                        ("kg_edge_type", layout.edge_type[kg_edges]), ("kg_level", layout.node_level)):
+        padded.globals[key] = np.broadcast_to(values.astype(np.int32), (budget.n_graph, len(values))).copy()
     assert pad >= 1
     return padded
 
