@@ -5,14 +5,16 @@
 
 Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
 config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
-config's `data.min_packets` is marked `"low_confidence": true`. Each flow goes through the packet tower (projected
+config's `data.min_packets`, whose calibrated level-1 probability is below 0.5, or that is out of distribution
+(`pclip_jax/calibration.py`: temperatures and an OOD threshold fitted on the validation captures) is marked
+`"low_confidence": true`. Each flow goes through the packet tower (projected
 embedding, as the GNN was trained on) and the hierarchical GNN over the workdir's knowledge graph, re-weighted by a
 mission when one is given (a name from the graph's `missions:` or a free-text statement).
 
 One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port`, `server_ip`, `server_port`,
-`vlan`, `first_ts`, `last_ts`, packet/byte counts per direction, `low_confidence`, `level1` / `level2` (predicted
-node `id`, `name`, `probability`; level 2 also `conditional_probability` given the class, null when the chosen class
-has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
+`vlan`, `first_ts`, `last_ts`, packet/byte counts per direction, `low_confidence`, `out_of_distribution`, `level1` /
+`level2` (predicted node `id`, `name`, `probability`, `calibrated_probability`; level 2 also
+`conditional_probability` given the class, null when the chosen class has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
 path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
 plus the flow facts the text tower saw; see `pclip_jax.kg.explain`).
 
@@ -34,6 +36,7 @@ from typing import Optional, Sequence, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors
 from pclip_jax import text as text_lib
 from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
@@ -79,7 +82,15 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
                                       duration=last - first)
     tick("facts", t)
     t = time.perf_counter()
-    expls = explain_flows(clf.gnn_config, clf.gnn_params, clf.kg, z, flow_facts=facts, top_k=top_k)
+    expls = explain_flows(clf.gnn_config, clf.gnn_params, clf.kg, z, flow_facts=facts, top_k=top_k,
+                          calibration=clf.calibration)
+    cal = clf.calibration or {}
+    ood = None
+    if "ood_threshold" in cal:
+        layout = clf.kg.layout
+        node_text = np.asarray(clf.kg.embeddings)[np.concatenate([layout.level_nodes[1], layout.level_nodes[2]])]
+        scores = calibration_lib.ood_scores(z, node_text)
+        ood = None if scores is None else scores < cal["ood_threshold"]
     tick("gnn_explain", t)
 
     t = time.perf_counter()
@@ -90,13 +101,17 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
     records = []
     for i, e in enumerate(expls):
         rec = {c: cols[c][i] for c in META_FIELDS}
-        rec["low_confidence"] = low[i]
+        calibrated = e["level1"].get("calibrated_probability")
+        rec["out_of_distribution"] = None if ood is None else bool(ood[i])
+        rec["low_confidence"] = bool(low[i] or (calibrated is not None and calibrated < cal["low_probability"])
+                                     or bool(rec["out_of_distribution"]))
         rec["level1"] = {"id": e["level1"]["id"], "name": kg.node(e["level1"]["id"]).name,
-                         "probability": e["level1"]["probability"]}
+                         "probability": e["level1"]["probability"], "calibrated_probability": calibrated}
         rec["level2"] = None if e["level2"] is None else {
             "id": e["level2"]["id"], "name": kg.node(e["level2"]["id"]).name,
             "probability": e["level2"]["probability"],
-            "conditional_probability": e["level2"]["conditional_probability"]}
+            "conditional_probability": e["level2"]["conditional_probability"],
+            "calibrated_probability": e["level2"].get("calibrated_probability")}
         rec["alternatives"] = e["alternatives"]
         rec["explanation"] = {"graph": e["graph"], "mission": e["mission"], "path": e["path"],
                               "mission_attention": e["mission_attention"], "flow_facts": e["flow_facts"]}
@@ -224,7 +239,7 @@ def format_report(run: ClassifyRun) -> str:
     mission = "" if s["mission"] is None else f", mission {s['mission']!r}"
     lines = [f"classified {n:,} flows from {run.files} capture(s) with graph {s['graph']!r}{mission}; "
              f"{len(run.errors)} capture problem(s)", s["table"],
-             f"low confidence (fewer packets than the training minimum): {s['low_confidence']:,}; "
+             f"low confidence (few packets, calibrated probability < 0.5 or out of distribution): {s['low_confidence']:,}; "
              f"no application-level decision: {s['without_level2']:,}",
              f"classify stage (packet tower + GNN + explanations, compilation included): {t['classify']:.2f} s, "
              f"{rate(t['classify'])}"

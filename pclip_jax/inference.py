@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from pclip_jax import parallel
+from pclip_jax import files, parallel
 from pclip_jax.checkpointing import Checkpoints
 from pclip_jax.embedding import build_model, make_embed_fn
 from pclip_jax.kg import pipeline
@@ -95,6 +95,7 @@ class Classifier:
     gnn_params: Any
     kg: PreparedKG              # mission applied
     load_seconds: float
+    calibration: Optional[dict] = None  # WORKDIR/gnn/calibration.json (temperatures, OOD threshold), if fitted
 
     @property
     def settings(self) -> Settings:
@@ -131,6 +132,8 @@ def load_classifier(workdir: Workdir | str, mission: Optional[str] = None, tower
     kg = pipeline.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings), mission,
                                        verbose=True)
     gnn_params = pipeline.load_gnn(wd, settings, kg)
+    calibration_file = wd.gnn_dir / "calibration.json"
+    calibration = files.read_json(calibration_file) if calibration_file.is_file() else None
     return Classifier(towers=towers, replicated_params=parallel.replicate(params), embed_fn=make_embed_fn(model),
                       gnn_train_config=pipeline.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
-                      load_seconds=time.perf_counter() - t0)
+                      load_seconds=time.perf_counter() - t0, calibration=calibration)

@@ -17,7 +17,8 @@ from pclip_jax.kg.schema import KGValidationError, load_kg
 from pclip_jax.settings import from_config
 
 # Training captures: several service classes, few flows (the sentence encoder embeds each flow's texts).
-TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap"]
+TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap",
+         "whatsapp_login_chat.pcap", "telegram.pcap", "1kxun.pcap", "wireguard.pcap"]  # 2 validation captures
 TARGET = "zoom.pcap"          # not seen in training; has VLAN-tagged flows and flows of 1-2 packets
 DAMAGED = "KakaoTalk_chat.pcap"
 MISSION = "vpn_remote_access"  # declared in pclip_jax/kg/shipped/ndpi.yaml: VPN/Tunnel and RemoteAccess weighted ×2
@@ -70,8 +71,16 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     np.testing.assert_allclose([r["last_ts"] for r in recs], table.meta["last_ts"])
     assert {r["vlan"] for r in recs} != {0}
     packets = table.meta["c2s_packets"] + table.meta["s2c_packets"]
-    low = [r["low_confidence"] for r in recs]
-    assert low == (packets < config.data.min_packets).tolist() and any(low) and not all(low)
+    # Low confidence: fewer packets than training kept, a calibrated level-1 probability below 0.5 (temperature
+    # fitted on the validation captures) or out of distribution (OOD threshold from the same captures).
+    calibration = json.loads((wd / "gnn" / "calibration.json").read_text())
+    assert calibration["level1_temperature"] > 0 and "ood_threshold" in calibration
+    low = np.array([r["low_confidence"] for r in recs])
+    calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
+    ood = np.array([r["out_of_distribution"] for r in recs])
+    assert ((0 < calibrated) & (calibrated <= 1)).all() and ood.dtype == bool
+    np.testing.assert_array_equal(low, (packets < config.data.min_packets) | (calibrated < 0.5) | ood)
+    assert (low[packets < config.data.min_packets]).all()
 
     kg = load_kg(pipeline.kg_path(from_config(config)))
     gnn_layers = config.gnn.model.num_layers

@@ -29,8 +29,14 @@ def _forward_fn(model: HierarchicalGNN, layout: kg_graphs.KGLayout):
 
 
 def explain_flows(model_config: GnnConfig, params: Any, prepared, flow_embeddings: np.ndarray,
-                  flow_facts: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 64) -> list[dict]:
-    """One explanation dict per flow (see the module docstring). `prepared` is `train_gnn.prepare_kg(...)`."""
+                  flow_facts: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 64,
+                  calibration: dict | None = None) -> list[dict]:
+    """One explanation dict per flow (see the module docstring). `prepared` is `train_gnn.prepare_kg(...)`.
+    With `calibration` (WORKDIR/gnn/calibration.json) each level also gets `calibrated_probability`."""
+    from pclip_jax.calibration import scale
+
+    t1 = (calibration or {}).get("level1_temperature")
+    t2 = (calibration or {}).get("level2_temperature")
     layout, kg = prepared.layout, prepared.kg
     model = HierarchicalGNN(model_config)
     pred_fn = _forward_fn(model, layout)
@@ -81,8 +87,10 @@ def explain_flows(model_config: GnnConfig, params: Any, prepared, flow_embedding
             out.append({
                 "graph": kg.name,
                 "mission": prepared.mission.name if prepared.mission is not None else None,
-                "level1": {"id": names1[k1], "probability": float(p1[k1])},
-                "level2": {"id": names2[k2], "probability": float(p2[k2]), "conditional_probability": float(c2[k2])}
+                "level1": {"id": names1[k1], "probability": float(p1[k1]),
+                           **({"calibrated_probability": float(scale(p1[None], t1)[0, k1])} if t1 else {})},
+                "level2": {"id": names2[k2], "probability": float(p2[k2]), "conditional_probability": float(c2[k2]),
+                           **({"calibrated_probability": float(scale(p2[None], t2)[0, k2])} if t2 else {})}
                 if k2 >= 0 else None,
                 "path": path,
                 "mission_attention": [float(a[root_edge]) for a in attn],

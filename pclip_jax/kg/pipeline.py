@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pclip_jax import calibration as calibration_lib
+from pclip_jax import files
 from pclip_jax import metrics as metrics_lib
 from pclip_jax import text as text_lib
 from pclip_jax.checkpointing import Checkpoints
@@ -185,6 +187,12 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
                                    + metrics_lib.novelty_rows("GNN level 1", block["level1"])), file=sys.stderr)
     print(metrics_lib.format_capture_rows([("GNN level 1", block["level1"]), ("GNN level 2", block["level2"])]),
           file=sys.stderr)
+    if embeddings.get("validation") is not None and "validation" not in fit_on:
+        block["calibration_fit"] = calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, embeddings,
+                                             workdir, te[keep])
+        for level in ("level1", "level2"):
+            if block["calibration_fit"].get(f"test_ece_{level}_calibrated") is not None:
+                block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")
     if prepared.sources:  # a mixed corpus: level 1 per source, among the source's own classes
         classes_of = {}
         for name in prepared.sources:
@@ -198,6 +206,39 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
         print(metrics_lib.format_table([(f"{name}: GNN level 1", r) for name, r in block["by_source"].items()]),
               file=sys.stderr)
     return block
+
+
+def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, embeddings, workdir: Workdir, test_rows) -> dict:
+    """Temperatures and the OOD threshold fitted on the validation captures (`pclip_jax.calibration`), written to
+    WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
+    reliability blocks, moved into results.json's level reports by the caller)."""
+    node_rows = np.concatenate([pkg.layout.level_nodes[1], pkg.layout.level_nodes[2]])
+    node_text = np.asarray(pkg.embeddings)[node_rows]
+
+    def arrays(rows, z):
+        pred = train_gnn.predict_arrays(gcfg, gnn_params, z, pkg)
+        y1, y2, _ = kg_graphs.labels_to_slots(pkg.layout, list(level1[rows]), list(level2[rows]))
+        return pred, y1, y2
+
+    val_pred, v1, v2 = arrays(prepared.val_idx, embeddings["validation"])
+    k1, k2 = v1 >= 0, v2 >= 0
+    fitted = calibration_lib.fit(val_pred["prob1"][k1], v1[k1], val_pred["prob2"][k2], v2[k2],
+                                 embeddings["validation"], node_text)
+    files.write_json(workdir.gnn_dir / "calibration.json", fitted)
+    keep = prepared.class_ids[prepared.test_idx] >= 0
+    test_pred, t1, t2 = arrays(test_rows, embeddings["test"][keep])
+    out = dict(fitted)
+    for level, prob, y, key in (("level1", test_pred["prob1"], t1, "level1_temperature"),
+                                ("level2", test_pred["prob2"], t2, "level2_temperature")):
+        ok = y >= 0
+        if key in fitted and ok.any() and prob.shape[1]:
+            calibrated = metrics_lib.calibration(y[ok], calibration_lib.scale(prob[ok], fitted[key]))
+            out[f"test_ece_{level}_calibrated"] = calibrated["ece"]
+            out[f"test_{level}_calibrated"] = calibrated
+    print(f"[gnn] calibrated on {fitted['validation_flows']} validation flows: temperature level 1 "
+          f"{fitted['level1_temperature']:.2f}; test ECE level 1 after scaling "
+          f"{out.get('test_ece_level1_calibrated', float('nan')):.3f}", file=sys.stderr)
+    return out
 
 
 def load_gnn(workdir: Workdir, settings: Settings, pkg) -> dict:

@@ -1,0 +1,75 @@
+"""Calibrated probabilities and an out-of-distribution score for the detection stage.
+
+The GNN's probabilities are fitted on training captures and are overconfident on captures it never saw. After the
+GNN is trained, the main job fits on the *validation* captures (never the test split):
+
+* a temperature per level (temperature scaling, Guo et al. 2017): p_T ∝ p^(1/T), T chosen on a log grid to
+  minimise the validation negative log-likelihood; level 2 is scored among all level-2 nodes (renormalised);
+* an out-of-distribution threshold: the OOD score of a flow is its embedding's highest cosine similarity to any
+  class node's text in the shared space; the threshold is the `OOD_QUANTILE` quantile of the validation flows'
+  scores, so about that share of in-distribution flows fall below it.
+
+Written to `WORKDIR/gnn/calibration.json`; `classify` reports `calibrated_probability` per level and
+`out_of_distribution`, and marks `low_confidence` when the flow has fewer packets than training kept, its
+calibrated level-1 probability is below `LOW_PROBABILITY`, or it is out of distribution. results.json's GNN blocks
+report the test ECE before (`calibration`) and after (`calibrated`) scaling.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from pclip_jax import metrics as metrics_lib
+
+TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 90))
+OOD_QUANTILE = 0.05
+LOW_PROBABILITY = 0.5
+
+
+def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows of `proba` tempered: ∝ proba^(1/T), renormalised."""
+    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) / temperature
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(1, keepdims=True)
+
+
+def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
+    """The grid temperature with the lowest NLL of the true classes `y` (rows of `proba` renormalised first)."""
+    proba = np.asarray(proba, np.float64)
+    proba = proba / np.maximum(proba.sum(1, keepdims=True), 1e-12)
+    y = np.asarray(y)
+    if not len(y):
+        return 1.0
+    nll = [float(-np.log(np.clip(scale(proba, t)[np.arange(len(y)), y], 1e-12, None)).mean()) for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(nll))])
+
+
+def ood_scores(z: np.ndarray, node_text: np.ndarray) -> Optional[np.ndarray]:
+    """[N] highest cosine similarity of each flow embedding to a node text (None when the towers do not share a
+    space, i.e. the dimensions differ)."""
+    z, t = np.asarray(z, np.float64), np.asarray(node_text, np.float64)
+    if z.shape[1] != t.shape[1]:
+        return None
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    return (z @ t.T).max(1)
+
+
+def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
+    """Temperatures (and the OOD threshold) from validation flows; ECE before and after on them."""
+    out = {"level1_temperature": fit_temperature(prob1, y1), "validation_flows": int(len(y1))}
+    out["validation_ece_level1"] = metrics_lib.calibration(y1, prob1 / prob1.sum(1, keepdims=True))["ece"] \
+        if len(y1) else None
+    out["validation_ece_level1_calibrated"] = metrics_lib.calibration(
+        y1, scale(prob1, out["level1_temperature"]))["ece"] if len(y1) else None
+    if prob2 is not None and y2 is not None and len(y2) and prob2.shape[1]:
+        out["level2_temperature"] = fit_temperature(prob2, y2)
+    if z is not None and node_text is not None and len(z):
+        scores = ood_scores(z, node_text)
+        if scores is not None:
+            out["ood_threshold"] = float(np.quantile(scores, OOD_QUANTILE))
+            out["ood_quantile"] = OOD_QUANTILE
+    out["low_probability"] = LOW_PROBABILITY
+    return out
