@@ -71,6 +71,9 @@ def maybe_initialize_distributed() -> bool:
     import os
 
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if (address or os.environ.get("PCLIP_DISTRIBUTED") == "1") and jax.config.jax_platforms == "cpu":
+        # CPU devices of several processes talk through gloo (the default CPU collectives are single-process).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if address:
         jax.distributed.initialize(coordinator_address=address,
                                    num_processes=int(os.environ["JAX_NUM_PROCESSES"]),

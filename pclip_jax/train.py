@@ -220,8 +220,11 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
     def batches_from(start: int):
         for step in itertools.count(start):
             rows = sample_indices(step, len(prepared.train_idx), global_batch, known, train.seed, train.class_balance)
-            rows = rows[parallel.process_slice(global_batch)]
-            yield parallel.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment))
+            # The global batch (augmentation and text variants drawn for all its rows), then this process's rows:
+            # every process count sees the same batch, so a multi-process run equals the single-process one.
+            batch = make_train_batch(prepared, texts, rows, step, train.seed, train.augment)
+            mine = parallel.process_slice(global_batch)
+            yield parallel.shard({k: v[mine] for k, v in batch.items()})
 
     spec = loop.LoopSpec(name="pre-training", num_steps=train.num_steps, log_every=train.log_every,
                          checkpoint_every=train.checkpoint_every, keep_checkpoints=train.keep_checkpoints,
