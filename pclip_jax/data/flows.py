@@ -202,7 +202,8 @@ class FlowTracker:
     # -- main step --------------------------------------------------------------------------------
     def add(self, batch: capture.PacketBatch, h: capture.Headers, first_index: int) -> None:
         """Add the flow packets of a batch; ``first_index`` is the index of the batch's first packet in the capture."""
-        self.recent_ts = np.concatenate([self.recent_ts, np.asarray(batch.ts, np.int64)])[-WATERMARK_PACKETS:]
+        self.recent_ts = np.concatenate([self.recent_ts, np.asarray(batch.ts[-WATERMARK_PACKETS:], np.int64)]
+                                        )[-WATERMARK_PACKETS:]
         sel = np.nonzero(h.kind == capture.FLOW)[0]
         if not len(sel):
             return
