@@ -21,9 +21,6 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from pclip_jax.costs import bert_cost, gnn_cost, packet_tower_cost, peer_cost, two_tower_heads_cost  # noqa: E402
 
