@@ -177,7 +177,8 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
     block = train_gnn.evaluate_gnn(gcfg, gnn_params, embeddings["test"][keep], level1[te][keep],
                                    level2[te][keep], pkg, min_flows_level2=settings.gnn.min_flows_level2,
                                    train_applications=prepared.applications(prepared.train_idx), captures=captures)
-    probs = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["test"][keep], pkg)["prob1"]
+    test_pred = train_gnn.predict_arrays(gcfg, gnn_params, embeddings["test"][keep], pkg)
+    probs = test_pred["prob1"]
     y1 = _level1_slots(pkg, level1[te][keep])
     ok = y1 >= 0
     metrics_lib.plot_roc(y1[ok], probs[ok], pkg.layout.class_names(1), workdir.plot("gnn_level1"),
@@ -188,8 +189,8 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
     print(metrics_lib.format_capture_rows([("GNN level 1", block["level1"]), ("GNN level 2", block["level2"])]),
           file=sys.stderr)
     if embeddings.get("validation") is not None and "validation" not in fit_on:
-        block["calibration_fit"] = calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, embeddings,
-                                             workdir, te[keep])
+        block["calibration_fit"] = calibrate(gcfg, gnn_params, pkg, prepared, level1, level2,
+                                             embeddings["validation"], workdir, te[keep], test_pred)
         for level in ("level1", "level2"):
             if block["calibration_fit"].get(f"test_ece_{level}_calibrated") is not None:
                 block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")
@@ -208,25 +209,25 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
     return block
 
 
-def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, embeddings, workdir: Workdir, test_rows) -> dict:
+def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: Workdir, test_rows,
+              test_pred) -> dict:
     """Temperatures and the OOD threshold fitted on the validation captures (`pclip_jax.calibration`), written to
     WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
-    reliability blocks, moved into results.json's level reports by the caller)."""
+    reliability blocks, moved into results.json's level reports by the caller). `test_pred`: the GNN's
+    predictions (`train_gnn.predict_arrays`) for the flows `test_rows`, already computed by the caller."""
     node_rows = np.concatenate([pkg.layout.level_nodes[1], pkg.layout.level_nodes[2]])
     node_text = np.asarray(pkg.embeddings)[node_rows]
 
-    def arrays(rows, z):
-        pred = train_gnn.predict_arrays(gcfg, gnn_params, z, pkg)
+    def slots(rows):
         y1, y2, _ = kg_graphs.labels_to_slots(pkg.layout, list(level1[rows]), list(level2[rows]))
-        return pred, y1, y2
+        return y1, y2
 
-    val_pred, v1, v2 = arrays(prepared.val_idx, embeddings["validation"])
+    val_pred = train_gnn.predict_arrays(gcfg, gnn_params, z_val, pkg)
+    v1, v2 = slots(prepared.val_idx)
     k1, k2 = v1 >= 0, v2 >= 0
-    fitted = calibration_lib.fit(val_pred["prob1"][k1], v1[k1], val_pred["prob2"][k2], v2[k2],
-                                 embeddings["validation"], node_text)
+    fitted = calibration_lib.fit(val_pred["prob1"][k1], v1[k1], val_pred["prob2"][k2], v2[k2], z_val, node_text)
     files.write_json(workdir.gnn_dir / "calibration.json", fitted)
-    keep = prepared.class_ids[prepared.test_idx] >= 0
-    test_pred, t1, t2 = arrays(test_rows, embeddings["test"][keep])
+    t1, t2 = slots(test_rows)
     out = dict(fitted)
     for level, prob, y, key in (("level1", test_pred["prob1"], t1, "level1_temperature"),
                                 ("level2", test_pred["prob2"], t2, "level2_temperature")):

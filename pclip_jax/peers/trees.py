@@ -71,16 +71,19 @@ def fit_lightgbm(x_train, y_train, num_classes: int, x_val=None, y_val=None, see
     seconds = time.time() - started
     booster = clf.booster_
     frame = booster.trees_to_dataframe()
-    depth = {(int(t), n): int(d) for t, n, d in zip(frame["tree_index"], frame["node_index"], frame["node_depth"])}
+    # depth[t, leaf] of every leaf, so a flow's node tests are one gather over its leaves (no per-flow loop).
+    leaf_rows = frame[frame["node_index"].str.contains("-L")]
+    trees = leaf_rows["tree_index"].to_numpy(int)
+    leaves = leaf_rows["node_index"].str.split("-L").str[1].to_numpy(int)
+    depth = np.ones((trees.max() + 1, leaves.max() + 1), np.int64)
+    depth[trees, leaves] = leaf_rows["node_depth"].to_numpy(int)
 
     def predict(x):
         return _spread(clf.predict_proba(x), clf.classes_, num_classes)
 
     def comparisons(x):
-        leaves = booster.predict(x, pred_leaf=True, num_iteration=clf.best_iteration_ or None)
-        leaves = leaves.reshape(len(x), -1)
-        total = sum(depth.get((t, f"{t}-L{int(leaf)}"), 1) - 1 for row in leaves for t, leaf in enumerate(row))
-        return float(total / len(x))
+        hit = booster.predict(x, pred_leaf=True, num_iteration=clf.best_iteration_ or None).reshape(len(x), -1)
+        return float((depth[np.arange(hit.shape[1])[None, :], hit] - 1).sum() / len(x))
 
     return predict, {"trainable_params": int(len(frame)), "train_seconds": round(seconds, 1),
                      "best_iteration": int(clf.best_iteration_ or rounds)}, comparisons
