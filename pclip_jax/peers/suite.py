@@ -329,6 +329,13 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+
+    def save(fig, path) -> str:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return str(path)
+
     for dataset in sorted({a["dataset"] for a in aggregated}):
         mine = [a for a in aggregated if a["dataset"] == dataset]
         models = sorted({a["model"] for a in mine})
@@ -348,11 +355,7 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7)
         fig.suptitle(f"{dataset}: data scarcity (capture-disjoint test, mean ± sd over seeds)")
-        fig.tight_layout()
-        path = out_dir / f"scarcity_{dataset}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(save(fig, out_dir / f"scarcity_{dataset}.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for a in mine:
@@ -364,11 +367,7 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
         ax.set_ylabel("mAUC")
         ax.set_title(f"{dataset}: accuracy against cost (fraction 1)")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"mauc_vs_flops_{dataset}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(save(fig, out_dir / f"mauc_vs_flops_{dataset}.png"))
 
         full = [r for r in rows if r["dataset"] == dataset and r["fraction"] == 1.0 and r.get("reliability")]
         if full:
@@ -389,11 +388,7 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
             ax.set_ylabel("accuracy")
             ax.set_title(f"{dataset}: reliability (test captures)")
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"reliability_{dataset}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(str(path))
+            written.append(save(fig, out_dir / f"reliability_{dataset}.png"))
     return written
 
 
