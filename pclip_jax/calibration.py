@@ -20,7 +20,6 @@ from typing import Optional
 
 import numpy as np
 
-from pclip_jax import metrics as metrics_lib
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 90))
 OOD_QUANTILE = 0.05
@@ -46,6 +45,13 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     return float(TEMPERATURES[int(np.argmin(nll))])
 
 
+def ood_node_text(prepared) -> np.ndarray:
+    """The text embeddings the OOD score compares a flow with: the graph's classes and applications
+    (`prepared`: a `train_gnn.PreparedKG`)."""
+    layout = prepared.layout
+    return np.asarray(prepared.embeddings)[np.concatenate([layout.level_nodes[1], layout.level_nodes[2]])]
+
+
 def ood_scores(z: np.ndarray, node_text: np.ndarray) -> Optional[np.ndarray]:
     """[N] highest cosine similarity of each flow embedding to a node text (None when the towers do not share a
     space, i.e. the dimensions differ)."""
@@ -59,6 +65,8 @@ def ood_scores(z: np.ndarray, node_text: np.ndarray) -> Optional[np.ndarray]:
 
 def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
     """Temperatures (and the OOD threshold) from validation flows; ECE before and after on them."""
+    from pclip_jax import metrics as metrics_lib  # scikit-learn: not needed where only `scale` runs (classify)
+
     out = {"level1_temperature": fit_temperature(prob1, y1), "validation_flows": int(len(y1))}
     out["validation_ece_level1"] = metrics_lib.calibration(y1, prob1 / prob1.sum(1, keepdims=True))["ece"] \
         if len(y1) else None

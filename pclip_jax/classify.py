@@ -2,6 +2,12 @@
 
     python -m pclip_jax.classify --workdir DIR INPUT... [--mission NAME_OR_STATEMENT] [--out preds.jsonl]
                                  [--strict] [--top K] [--explain-text N] [--workers W] [--quiet]
+    python -m pclip_jax.classify --backend onnx --model EXPORT_DIR INPUT... [--threads T] [...]
+
+Two backends give the same records (probabilities within 1e-4, tested): `jax` runs a workdir's checkpoints;
+`onnx` runs an export of `python -m pclip_jax.export` with onnxruntime and never imports JAX, Flax or jraph (a
+device with numpy, onnxruntime and `tokenizers` is enough). Start-up is paid once per run; flows go through the
+models in batches of a few hundred.
 
 Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
 config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
@@ -31,7 +37,7 @@ import json
 import pathlib
 import sys
 import time
-from typing import Optional, Sequence, TextIO
+from typing import Callable, Optional, Sequence, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -40,11 +46,9 @@ from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors
 from pclip_jax import text as text_lib
 from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
-from pclip_jax.embedding import embed_flows
-from pclip_jax.inference import Classifier, load_classifier
-from pclip_jax.kg.explain import explain_flows, explanation_text
-from pclip_jax.name_features import with_name_features
-from pclip_jax.workdir import Workdir
+from pclip_jax.kg.explain import ExplainInfo, explanation_text, explanations
+from pclip_jax.name_features import NameEncoder, with_name_features
+from pclip_jax.settings import Settings
 
 META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
@@ -56,7 +60,60 @@ def _py(values: np.ndarray) -> list:
     return np.asarray(values).tolist()
 
 
-def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None, top_k: int = 3,
+@dataclasses.dataclass
+class Engine:
+    """A trained model as classify runs it, whichever runtime: `embed(tensors, indices) -> z [N, Dp]` (the packet
+    tower), `detect(z) -> arrays` (the GNN's `kg.explain.ARRAY_KEYS` arrays), and what explanations and the
+    low-confidence rule read. Built by `jax_engine` (a workdir) or `onnx_engine` (an export, without JAX)."""
+    backend: str
+    settings: Settings
+    info: ExplainInfo
+    calibration: Optional[dict]
+    node_text: np.ndarray          # class and application text embeddings (OOD score)
+    embed: Callable
+    detect: Callable
+    load_seconds: float
+    names: Optional[NameEncoder] = None   # server-name vectors; None: from the settings' text encoder
+
+    @property
+    def min_packets(self) -> int:
+        return self.settings.data.min_packets
+
+
+def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
+    """The JAX backend: the workdir's towers and GNN (`inference.load_classifier`, or an already loaded `clf`)."""
+    from pclip_jax.embedding import embed_flows
+    from pclip_jax.inference import load_classifier
+    from pclip_jax.kg.explain import detection_arrays, detection_fn
+
+    clf = clf or load_classifier(workdir, mission)
+    fn = detection_fn(clf.gnn_config, clf.gnn_params, clf.kg)
+    # The factored GNN runs densely: larger batches amortise the call (the per-flow one keeps its padding budget).
+    batch = 256 if clf.gnn_config.factored else 64
+    return Engine(
+        backend="jax", settings=clf.settings, info=ExplainInfo.from_prepared(clf.kg), calibration=clf.calibration,
+        node_text=calibration_lib.ood_node_text(clf.kg),
+        embed=lambda tensors, idx: embed_flows(clf.embed_fn, clf.replicated_params, tensors, idx,
+                                               clf.settings.eval.batch_size)[1],
+        detect=lambda z: detection_arrays(clf.gnn_config, clf.gnn_params, clf.kg, z, batch, fn=fn),
+        load_seconds=clf.load_seconds)
+
+
+def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> Engine:
+    """The ONNX backend: an export of `pclip_jax.export`, run by onnxruntime (JAX is not imported)."""
+    from pclip_jax.onnx_runtime import OnnxModel
+
+    t0 = time.perf_counter()
+    model = OnnxModel(model_dir, threads=threads)
+    if mission is not None and mission != model.mission:
+        raise ValueError(f"--mission {mission!r}: {model_dir} was exported with mission {model.mission!r}, which "
+                         "is part of its detection model; export again with --mission")
+    return Engine(backend="onnx", settings=model.settings, info=model.info, calibration=model.calibration,
+                  node_text=model.node_text, embed=model.embed, detect=model.detect,
+                  load_seconds=time.perf_counter() - t0, names=model.names)
+
+
+def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, top_k: int = 3,
                    timings: Optional[dict] = None) -> list[dict]:
     """One prediction record per flow of `table` (a `FlowTable`) at `indices` (default: all), in that order.
 
@@ -71,8 +128,8 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    table = with_name_features(table, clf.settings)
-    _, z = embed_flows(clf.embed_fn, clf.replicated_params, table.tensors, idx, clf.settings.eval.batch_size)
+    table = with_name_features(table, engine.settings, engine.names)
+    z = engine.embed(table.tensors, idx)
     tick("embed", t)
     t = time.perf_counter()
     meta = table.meta
@@ -82,22 +139,19 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
                                       duration=last - first)
     tick("facts", t)
     t = time.perf_counter()
-    expls = explain_flows(clf.gnn_config, clf.gnn_params, clf.kg, z, flow_facts=facts, top_k=top_k,
-                          calibration=clf.calibration)
-    cal = clf.calibration or {}
+    expls = explanations(engine.detect(z), engine.info, facts, top_k, engine.calibration)
+    cal = engine.calibration or {}
     ood = None
     if "ood_threshold" in cal:
-        layout = clf.kg.layout
-        node_text = np.asarray(clf.kg.embeddings)[np.concatenate([layout.level_nodes[1], layout.level_nodes[2]])]
-        scores = calibration_lib.ood_scores(z, node_text)
+        scores = calibration_lib.ood_scores(z, engine.node_text)
         ood = None if scores is None else scores < cal["ood_threshold"]
     tick("gnn_explain", t)
 
     t = time.perf_counter()
     cols = {c: _py(np.asarray(meta[c])[idx]) for c in META_FIELDS}
     packets = np.asarray(meta["c2s_packets"])[idx] + np.asarray(meta["s2c_packets"])[idx]
-    low = _py(packets < clf.min_packets)
-    kg = clf.kg.kg
+    low = _py(packets < engine.min_packets)
+    names = dict(zip(engine.info.node_ids, engine.info.node_names))
     records = []
     for i, e in enumerate(expls):
         rec = {c: cols[c][i] for c in META_FIELDS}
@@ -105,10 +159,10 @@ def classify_flows(clf: Classifier, table, indices: Optional[np.ndarray] = None,
         rec["out_of_distribution"] = None if ood is None else bool(ood[i])
         rec["low_confidence"] = bool(low[i] or (calibrated is not None and calibrated < cal["low_probability"])
                                      or bool(rec["out_of_distribution"]))
-        rec["level1"] = {"id": e["level1"]["id"], "name": kg.node(e["level1"]["id"]).name,
+        rec["level1"] = {"id": e["level1"]["id"], "name": names[e["level1"]["id"]],
                          "probability": e["level1"]["probability"], "calibrated_probability": calibrated}
         rec["level2"] = None if e["level2"] is None else {
-            "id": e["level2"]["id"], "name": kg.node(e["level2"]["id"]).name,
+            "id": e["level2"]["id"], "name": names[e["level2"]["id"]],
             "probability": e["level2"]["probability"],
             "conditional_probability": e["level2"]["conditional_probability"],
             "calibrated_probability": e["level2"].get("calibrated_probability")}
@@ -166,29 +220,43 @@ class ClassifyRun:
     timings: dict
 
 
-def classify_captures(workdir: str | pathlib.Path, inputs: Sequence[str], out: str | pathlib.Path | TextIO,
+def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str], out: str | pathlib.Path | TextIO,
                       mission: Optional[str] = None,
                       top_k: int = 3, strict: bool = False, workers: int = 1, progress: bool = True,
                       explain_text: int = 0, report: Optional[TextIO] = None,
-                      chunk: int = DEFAULT_CHUNK) -> ClassifyRun:
+                      chunk: int = DEFAULT_CHUNK, backend: str = "jax", model: str | pathlib.Path | None = None,
+                      threads: int = 0) -> ClassifyRun:
     """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
     the captures are read, or an open text stream).
 
+    `backend`: "jax" runs the workdir `workdir`; "onnx" runs the export `model` (`pclip_jax.export`) with
+    onnxruntime and `threads` intra-op threads (0: all cores), without importing JAX.
     The first `explain_text` explanations are also written as text to `report`. Timings: `load` (towers, graph,
     GNN), `ingest`, `classify` (packet tower + GNN + explanations, the `embed`/`facts`/`gnn_explain`/`records`
     parts), `write`, `total` (end to end). Raises `IngestError` in strict mode when any capture had a problem.
     """
     t_start = time.perf_counter()
+    if backend not in ("jax", "onnx"):
+        raise ValueError(f"--backend {backend!r}: must be jax or onnx")
+    if backend == "onnx" and model is None:
+        raise ValueError("--backend onnx needs --model DIR, an export written by python -m pclip_jax.export")
+    if backend == "jax" and workdir is None:
+        raise ValueError("--backend jax needs --workdir, a workdir trained by python -m pclip_jax.main")
     # Captures first: a bad input (or --strict) fails before the models are loaded.
-    settings = Workdir(workdir).read_settings()
+    if backend == "jax":
+        from pclip_jax.workdir import Workdir
+        settings = Workdir(workdir).read_settings()
+    else:
+        from pclip_jax.onnx_runtime import read_export_settings
+        settings = read_export_settings(model)
     table = ingest(inputs, IngestConfig.from_data_config(settings.data, strict=strict, workers=workers),
                    progress=progress)
     t_ingest = time.perf_counter() - t_start
     if not table.summary.get("files"):
         print(f"[classify] warning: no capture files found in {list(map(str, inputs))}", file=sys.stderr)
-    clf = load_classifier(workdir, mission)
-    table = with_name_features(table, clf.settings)  # once for all chunks
-    timings = {"load": clf.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
+    engine = jax_engine(workdir, mission) if backend == "jax" else onnx_engine(model, mission, threads)
+    table = with_name_features(table, engine.settings, engine.names)  # once for all chunks
+    timings = {"load": engine.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
     parts: dict = {}
     summary = Summary()
     shown = 0
@@ -199,7 +267,7 @@ def classify_captures(workdir: str | pathlib.Path, inputs: Sequence[str], out: s
             out = stack.enter_context(open(out, "w"))
         for start in range(0, n, chunk):
             t = time.perf_counter()
-            records = classify_flows(clf, table, np.arange(start, min(n, start + chunk)), top_k, parts)
+            records = classify_flows(engine, table, np.arange(start, min(n, start + chunk)), top_k, parts)
             timings["classify"] += time.perf_counter() - t
             t = time.perf_counter()
             out.writelines(json.dumps(r) + "\n" for r in records)
@@ -214,9 +282,8 @@ def classify_captures(workdir: str | pathlib.Path, inputs: Sequence[str], out: s
     bar.close()
     timings.update({f"classify_{k}": v for k, v in parts.items()})
     timings["total"] = time.perf_counter() - t_start
-    return ClassifyRun(summary=summary.as_dict() | {"table": summary.table(), "mission": clf.kg.mission.name
-                                                    if clf.kg.mission is not None else None,
-                                                    "graph": clf.kg.kg.name},
+    return ClassifyRun(summary=summary.as_dict() | {"table": summary.table(), "mission": engine.info.mission,
+                                                    "graph": engine.info.graph, "backend": engine.backend},
                        errors=list(table.summary.get("errors", [])), files=int(table.summary.get("files", 0)),
                        timings=timings)
 
@@ -237,7 +304,8 @@ def format_report(run: ClassifyRun) -> str:
         return f"{n / sec:,.{0 if n / max(sec, 1e-9) >= 10 else 1}f} flows/s" if sec > 0 and n else "-"
 
     mission = "" if s["mission"] is None else f", mission {s['mission']!r}"
-    lines = [f"classified {n:,} flows from {run.files} capture(s) with graph {s['graph']!r}{mission}; "
+    lines = [f"classified {n:,} flows from {run.files} capture(s) with graph {s['graph']!r}{mission} "
+             f"({s.get('backend', 'jax')} backend); "
              f"{len(run.errors)} capture problem(s)", s["table"],
              f"low confidence (few packets, calibrated probability < 0.5 or out of distribution): {s['low_confidence']:,}; "
              f"no application-level decision: {s['without_level2']:,}",
@@ -256,7 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pclip_jax.classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or folders (searched recursively)")
-    ap.add_argument("--workdir", required=True, help="a workdir trained by pclip_jax.main (with the GNN stage)")
+    ap.add_argument("--workdir", default=None, help="a workdir trained by pclip_jax.main (with the GNN stage); "
+                                                     "the JAX backend")
+    ap.add_argument("--backend", choices=("jax", "onnx"), default="jax",
+                    help="jax: the workdir's checkpoints (default); onnx: an export (--model) run by onnxruntime, "
+                         "without JAX")
+    ap.add_argument("--model", default=None, metavar="DIR", help="an export of python -m pclip_jax.export "
+                                                                 "(--backend onnx)")
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (--backend onnx; 0 = all cores)")
     ap.add_argument("--mission", default=None, metavar="NAME_OR_STATEMENT",
                     help="a mission of the graph (e.g. vpn_remote_access) or a free-text statement")
     ap.add_argument("--out", default=None, metavar="PATH", help="JSON lines output (default: stdout)")
@@ -272,8 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.top < 0 or args.explain_text < 0 or args.workers < 1:
-        print("error: --top and --explain-text must be >= 0, --workers >= 1", file=sys.stderr)
+    if args.top < 0 or args.explain_text < 0 or args.workers < 1 or args.threads < 0:
+        print("error: --top, --explain-text and --threads must be >= 0, --workers >= 1", file=sys.stderr)
+        return 2
+    if (args.backend == "onnx") != (args.model is not None) or (args.backend == "jax" and args.workdir is None):
+        print("error: --backend jax needs --workdir W; --backend onnx needs --model DIR (python -m "
+              "pclip_jax.export --workdir W --out DIR writes one)", file=sys.stderr)
         return 2
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
@@ -281,7 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
                                     mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,
-                                    progress=not args.quiet, explain_text=args.explain_text, report=report)
+                                    progress=not args.quiet, explain_text=args.explain_text, report=report,
+                                    backend=args.backend, model=args.model, threads=args.threads)
         except IngestError as e:  # every problem capture on its own line: the user needs the whole list
             print(f"error: capture problems (--strict):\n{e}", file=sys.stderr)
             return 1

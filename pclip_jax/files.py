@@ -78,6 +78,15 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of one file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def tree_digest(directory: str | os.PathLike) -> str:
     """SHA-256 over every file of a directory tree (relative names and contents), for checkpoint integrity."""
     root = pathlib.Path(directory)

@@ -241,6 +241,7 @@ class GnnSettings:
     min_flows_level2: int = 5
     eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
     fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
+    seed: int = -1                           # the GNN's initialisation and batch order; -1: train.seed
     model: GnnModelSettings = GnnModelSettings()
 
     def validate(self, prefix: str = "gnn") -> None:
@@ -251,6 +252,7 @@ class GnnSettings:
         _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
         _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
+        _check(self.seed >= -1, f"{prefix}.seed", self.seed, "an integer >= 0, or -1 for train.seed")
         self.model.validate(f"{prefix}.model")
 
 

@@ -2,12 +2,15 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 from configs import test as test_config
-from pclip_jax import classify
+from pclip_jax import classify, export
 from pclip_jax import text as text_lib
 from pclip_jax import inference, job
 from pclip_jax.data.ingest import IngestConfig, ingest
@@ -38,6 +41,7 @@ def workdir(ndpi_dir, minilm_dir, tmp_path_factory):
     # checkpoint writes dominate the fixture's time).
     config.train.num_steps = config.train.checkpoint_every = config.train.log_every = 1
     config.gnn.num_steps = config.gnn.log_every = 1
+    config.gnn.model.factored = True  # the detection stage that exports (the ONNX tests below)
     wd = tmp_path_factory.mktemp("classify_wd")
     results = job.train_and_evaluate(config, str(wd))
     assert "gnn" in results
@@ -206,3 +210,111 @@ def test_workdir_works_from_another_directory_without_re_embedding(workdir, ndpi
     assert len(_lines(out)) > 20
     assert sorted((wd / "cache").glob("text-*.npz")) == cache_files  # no text was embedded again
 
+
+
+@pytest.fixture(scope="module")
+def exported(workdir, tmp_path_factory):
+    wd, _ = workdir
+    out = tmp_path_factory.mktemp("export")
+    return out, export.export_workdir(wd, out, progress=lambda line: None)
+
+
+def _compare(onnx_recs, jax_recs, tolerance=1e-4):
+    """Same flows, decisions, flags and descriptions; every probability and attention within `tolerance`."""
+    assert len(onnx_recs) == len(jax_recs) > 20
+    worst = 0.0
+    for a, b in zip(onnx_recs, jax_recs):
+        assert (a["capture"], a["flow_id"]) == (b["capture"], b["flow_id"])
+        assert a["low_confidence"] == b["low_confidence"] and a["out_of_distribution"] == b["out_of_distribution"]
+        for level in ("level1", "level2"):
+            if b[level] is None:
+                assert a[level] is None
+                continue
+            assert a[level]["id"] == b[level]["id"]
+            for key in ("probability", "calibrated_probability", "conditional_probability"):
+                if b[level].get(key) is not None:
+                    worst = max(worst, abs(a[level][key] - b[level][key]))
+        for level in ("level1", "level2"):
+            assert [x["id"] for x in a["alternatives"][level]] == [x["id"] for x in b["alternatives"][level]]
+            worst = max([worst] + [abs(x["probability"] - y["probability"])
+                                   for x, y in zip(a["alternatives"][level], b["alternatives"][level])])
+        for x, y in zip(a["explanation"]["path"], b["explanation"]["path"]):
+            assert x["winning_description"] == y["winning_description"]
+            worst = max([worst] + [abs(u - v) for u, v in zip(x["attention"], y["attention"])])
+        worst = max([worst] + [abs(u - v) for u, v in zip(a["explanation"]["mission_attention"],
+                                                          b["explanation"]["mission_attention"])])
+    assert worst <= tolerance, worst
+    return worst
+
+
+def test_onnx_export_scores_both_levels_as_jax_does(workdir, exported, ndpi_dir, tmp_path):
+    """The export's manifest lists every file with its digest; onnxruntime on real flows gives the JAX backend's
+    records: same decisions, both levels' probabilities, attention and winning descriptions within 1e-4."""
+    wd, config = workdir
+    out, manifest = exported
+    assert set(manifest["files"]) >= {"packet_tower.onnx", "detection.onnx", "explain.json", "config.json",
+                                      "node_text.npy"}
+    assert all((out / n).stat().st_size == f["bytes"] for n, f in manifest["files"].items())
+    assert max(manifest["parity_max_abs_diff"].values()) <= 1e-4
+    target = str(ndpi_dir / "pcap" / TARGET)
+    jax_out, onnx_out = tmp_path / "jax.jsonl", tmp_path / "onnx.jsonl"
+    assert classify.main(["--workdir", str(wd), target, "--out", str(jax_out), "--quiet"]) == 0
+    assert classify.main(["--backend", "onnx", "--model", str(out), target, "--out", str(onnx_out), "--quiet",
+                          "--threads", "1"]) == 0
+    _compare(_lines(onnx_out), _lines(jax_out))
+
+
+BLOCK_JAX = textwrap.dedent("""
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"jax", "jaxlib", "flax", "jraph", "optax", "orbax", "chex", "jax2onnx"}:
+                raise ImportError(f"{name} is not installed on this device (blocked by the test)")
+    sys.meta_path.insert(0, Block())
+    from pclip_jax import classify
+    rc = classify.main(sys.argv[1:])
+    assert not any(m.split(".")[0] in {"jax", "flax", "jraph"} for m in sys.modules), "JAX was imported"
+    sys.exit(rc)
+""")
+
+
+def test_onnx_classify_runs_where_jax_is_not_installed(workdir, exported, ndpi_dir, tmp_path):
+    """`classify --backend onnx` in a process where importing JAX, Flax, jraph or optax fails: same records."""
+    wd, _ = workdir
+    out, _ = exported
+    target = str(ndpi_dir / "pcap" / TARGET)
+    onnx_out, jax_out = tmp_path / "nojax.jsonl", tmp_path / "jax.jsonl"
+    proc = subprocess.run([sys.executable, "-c", BLOCK_JAX, "--backend", "onnx", "--model", str(out), target,
+                           "--out", str(onnx_out), "--quiet", "--explain-text", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(onnx backend)" in proc.stdout and "because: " in proc.stdout
+    assert classify.main(["--workdir", str(wd), target, "--out", str(jax_out), "--quiet"]) == 0
+    _compare(_lines(onnx_out), _lines(jax_out))
+
+
+def test_onnx_errors_name_the_file(workdir, exported, ndpi_dir, tmp_path, capsys):
+    """A damaged export, a missing one, a mission the export was not made with, and a per-flow GNN workdir."""
+    wd, _ = workdir
+    out, _ = exported
+    target = str(ndpi_dir / "pcap" / TARGET)
+    damaged = tmp_path / "damaged_export"
+    shutil.copytree(out, damaged)
+    data = bytearray((damaged / "detection.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "detection.onnx").write_bytes(bytes(data))
+    assert classify.main(["--backend", "onnx", "--model", str(damaged), target, "--quiet"]) == 1
+    assert "detection.onnx: its contents differ from the SHA-256" in capsys.readouterr().err
+    assert classify.main(["--backend", "onnx", "--model", str(tmp_path / "nowhere"), target, "--quiet"]) == 1
+    assert "nowhere: no such export directory" in capsys.readouterr().err
+    assert classify.main(["--backend", "onnx", "--model", str(out), target, "--mission", MISSION, "--quiet"]) == 1
+    assert "was exported with mission None" in capsys.readouterr().err
+    assert classify.main(["--backend", "onnx", target, "--quiet"]) == 2
+
+    per_flow = tmp_path / "per_flow_wd"
+    shutil.copytree(wd, per_flow)
+    stored = json.loads((per_flow / "config.json").read_text())
+    stored["gnn"]["model"]["factored"] = False
+    (per_flow / "config.json").write_text(json.dumps(stored))
+    assert export.main(["--workdir", str(per_flow), "--out", str(tmp_path / "x")]) == 1
+    assert "per-flow formulation (gnn.model.factored=False)" in capsys.readouterr().err

@@ -1,4 +1,6 @@
 """Hierarchical GNN: fixed-shape padding (one trace), per-level losses, consistency, training, explanations."""
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -274,3 +276,42 @@ def test_factored_formulation_costs_a_fraction_per_flow_and_reads_the_graph_the_
     assert history[-1]["loss_level1"] < history[0]["loss_level1"]
     expl = explain_flows(FACTORED, trained, prepared, xs[:2], flow_facts=["a", "b"])
     assert all(len(e["path"][0]["attention"]) == 2 and 0 < e["path"][0]["attention"][0] <= 1 for e in expl)
+
+
+def test_dense_factored_forward_equals_the_module_on_graphs(prepared, flows):
+    """`dense_forward` (what classify and the ONNX export run: no per-flow graphs, the graph side computed once)
+    gives the factored module's per-level log-probabilities, node scores and attention on `build_batch` graphs,
+    under a mission prior; the description-slot stack of `dense_detection` scores each slot as one pass would."""
+    from pclip_jax.kg.explain import dense_detection, slot_tables
+    from pclip_jax.kg.gnn import dense_forward, dense_structure, per_level_outputs
+
+    xs, _, _ = flows
+    lay = prepared.layout
+    prior = np.where(np.isin(np.arange(lay.num_kg_nodes), lay.level_nodes[1][:2]), np.log(2.0), 0.0)
+    params = _params(prepared, xs.shape[1], FACTORED, seed=3)
+    # Trained-looking parameters (the zero-initialised score query would hide the learned term).
+    params = jax.tree.map(lambda a: a + 0.1 * np.random.default_rng(1).normal(size=a.shape).astype(np.float32),
+                          params)
+    x = xs[:9]
+    graphs = G.build_batch(lay, x, node_prior=prior.astype(np.float32))
+    out = HierarchicalGNN(FACTORED).apply({"params": params}, graphs, prepared.embeddings)
+    ref = per_level_outputs(out, lay)
+    structure = dense_structure(lay, prior)
+    dense = dense_forward(FACTORED, params, x, prepared.embeddings, structure)
+    for key in ("logp1", "logp2", "cond2"):
+        np.testing.assert_allclose(np.asarray(dense[key]), np.asarray(ref[key])[:9], atol=2e-5, err_msg=key)
+    nodes = np.arange(9)[:, None] * lay.nodes_per_graph + 1 + np.arange(lay.num_kg_nodes)[None, :]
+    edges = np.arange(9)[:, None] * lay.edges_per_graph + lay.node_to_flow_edge[None, :]
+    np.testing.assert_allclose(np.asarray(dense["score"]), np.asarray(out["score"])[nodes], atol=2e-5)
+    for a_dense, a_graph in zip(dense["attention"], out["attention"]):
+        np.testing.assert_allclose(np.asarray(a_dense), np.asarray(a_graph)[edges], atol=1e-6)
+    assert np.abs(np.asarray(dense["logp1"]) - np.asarray(dense_forward(FACTORED, params, x, prepared.embeddings,
+                                                                         dense_structure(lay))["logp1"])).max() > 1e-3
+
+    arrays = dense_detection(FACTORED, params, dataclasses.replace(prepared, prior=prior.astype(np.float32)))(x)
+    np.testing.assert_allclose(np.asarray(arrays["prob1"]), np.exp(np.asarray(ref["logp1"])[:9]), atol=2e-5)
+    slots = slot_tables(prepared)
+    for d in range(slots.shape[0]):
+        np.testing.assert_allclose(np.asarray(arrays["slot_scores"])[:, d],
+                                   np.asarray(dense_forward(FACTORED, params, x, slots[d], structure)["score"]),
+                                   atol=2e-5)

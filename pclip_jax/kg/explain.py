@@ -10,94 +10,218 @@ For each flow:
   separate similarity);
 * `alternatives`: the next most likely classes (and applications) with their probabilities;
 * `flow_facts`: the templated facts of the flow that the text side saw, when the caller passes them.
+
+Two steps, so a runtime without JAX explains the same way: `detection_arrays` runs the GNN (JAX) and returns plain
+arrays (`ARRAY_KEYS`); the ONNX detection model returns the same arrays; `explanations` turns them into the dicts
+with numpy only, from an `ExplainInfo` (the graph's names and descriptions, JSON-serialisable).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pclip_jax.kg import graphs as kg_graphs
-from pclip_jax.kg.gnn import GnnConfig, HierarchicalGNN, predict
+# Per flow: prob1 [C1] = P(class), prob2 [C2] = P(app), cond2 [C2] = P(app | class), attention [L, M] (mean over
+# heads of the flow's attention to each KG node per layer), slot_scores [S, M] (each node's score under each of its
+# description slots).
+ARRAY_KEYS = ("prob1", "prob2", "cond2", "attention", "slot_scores")
 
 
-def _forward_fn(model: HierarchicalGNN, layout: kg_graphs.KGLayout):
-    # One compiled function serves both the prediction and the per-description scores (same shapes).
-    return jax.jit(lambda p, g, t: predict(model, p, g, t, layout))
+@dataclasses.dataclass(frozen=True)
+class ExplainInfo:
+    """What explanations need besides the model's arrays: node ids, names and descriptions in KG order, the class
+    slots of both levels and the parent slot of every level-2 slot."""
+    graph: str
+    mission: Optional[str]
+    node_ids: tuple
+    node_names: tuple
+    descriptions: tuple          # per node, a tuple of its descriptions (slot order)
+    level1: tuple                # KG index of each level-1 slot
+    level2: tuple
+    level2_parent_slot: tuple    # level-1 slot of each level-2 slot's parent
+    root: int
+
+    @classmethod
+    def from_prepared(cls, prepared) -> "ExplainInfo":
+        """From a `train_gnn.PreparedKG` (mission applied)."""
+        kg, layout = prepared.kg, prepared.layout
+        return cls(graph=kg.name, mission=prepared.mission.name if prepared.mission is not None else None,
+                   node_ids=tuple(n.id for n in kg.nodes), node_names=tuple(n.name for n in kg.nodes),
+                   descriptions=tuple(tuple(n.descriptions) for n in kg.nodes),
+                   level1=tuple(int(i) for i in layout.level_nodes[1]),
+                   level2=tuple(int(i) for i in layout.level_nodes[2]),
+                   level2_parent_slot=tuple(int(i) for i in layout.level2_parent_slot),
+                   root=int(kg.index(kg.root.id)))
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ExplainInfo":
+        return cls(**{**d, **{k: tuple(tuple(x) if isinstance(x, list) else x for x in d[k])
+                              for k in ("node_ids", "node_names", "descriptions", "level1", "level2",
+                                        "level2_parent_slot")}})
 
 
-def explain_flows(model_config: GnnConfig, params: Any, prepared, flow_embeddings: np.ndarray,
-                  flow_facts: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 64,
-                  calibration: dict | None = None) -> list[dict]:
-    """One explanation dict per flow (see the module docstring). `prepared` is `train_gnn.prepare_kg(...)`.
-    With `calibration` (WORKDIR/gnn/calibration.json) each level also gets `calibrated_probability`."""
+def top_down(prob1: np.ndarray, cond2: np.ndarray, level2_parent_slot: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The level-1 argmax, then the level-2 argmax among that class's children (-1 when it has none): the rule of
+    `gnn.top_down_decisions`, in numpy."""
+    pred1 = np.argmax(prob1, axis=-1)
+    if cond2.shape[1] == 0:
+        return pred1, np.full_like(pred1, -1)
+    allowed = np.asarray(level2_parent_slot)[None, :] == pred1[:, None]
+    pred2 = np.argmax(np.where(allowed, cond2, -np.inf), axis=-1)
+    return pred1, np.where(allowed.any(-1), pred2, -1)
+
+
+def explanations(arrays: dict, info: ExplainInfo, flow_facts: Sequence[str] | None = None, top_k: int = 3,
+                 calibration: dict | None = None) -> list[dict]:
+    """One explanation dict per flow (see the module docstring) from `detection_arrays`-style arrays. With
+    `calibration` (WORKDIR/gnn/calibration.json) each level also gets `calibrated_probability`."""
     from pclip_jax.calibration import scale
 
     t1 = (calibration or {}).get("level1_temperature")
     t2 = (calibration or {}).get("level2_temperature")
-    layout, kg = prepared.layout, prepared.kg
-    model = HierarchicalGNN(model_config)
-    pred_fn = _forward_fn(model, layout)
-    emb = np.asarray(flow_embeddings, np.float32)
-    table = jnp.asarray(prepared.embeddings)
-    desc, desc_mask = prepared.text["descriptions"], prepared.text["description_mask"]
-    per, budget = layout.nodes_per_graph, kg_graphs.padding_budget(layout, batch_size)
-    names1, names2 = layout.class_names(1), layout.class_names(2)
+    prob1, prob2, cond2 = (np.asarray(arrays[k], np.float64) for k in ("prob1", "prob2", "cond2"))
+    attention, slot_scores = np.asarray(arrays["attention"]), np.asarray(arrays["slot_scores"])
+    pred1, pred2 = top_down(prob1, cond2, info.level2_parent_slot)
+    cal1 = scale(prob1, t1) if t1 and len(prob1) else None
+    cal2 = scale(prob2, t2) if t2 and len(prob2) and prob2.shape[1] else None
+    names1 = [info.node_ids[m] for m in info.level1]
+    names2 = [info.node_ids[m] for m in info.level2]
     out: list[dict] = []
+    for i in range(len(prob1)):
+        p1, p2, c2 = prob1[i], prob2[i], cond2[i]
+        k1, k2 = int(pred1[i]), int(pred2[i])
+        chosen = [(1, info.level1[k1], float(p1[k1]), float(p1[k1]))]
+        if k2 >= 0:
+            chosen.append((2, info.level2[k2], float(p2[k2]), float(c2[k2])))
+        path = []
+        for level, m, prob, cond in chosen:
+            descriptions = info.descriptions[m]
+            scores = slot_scores[i, :len(descriptions), m]
+            path.append({
+                "level": level, "id": info.node_ids[m], "name": info.node_names[m], "probability": prob,
+                "conditional_probability": cond,
+                "attention": [float(a) for a in attention[i, :, m]],
+                "winning_description": descriptions[int(np.argmax(scores))] if len(descriptions) else None,
+                "description_scores": {d: float(s) for d, s in zip(descriptions, scores)},
+            })
+        alt1 = [{"id": names1[j], "probability": float(p1[j])} for j in np.argsort(-p1)[:top_k + 1] if j != k1]
+        alt2 = [{"id": names2[j], "probability": float(p2[j])} for j in np.argsort(-p2)[:top_k + 1]
+                if j != k2] if len(p2) else []
+        out.append({
+            "graph": info.graph,
+            "mission": info.mission,
+            "level1": {"id": names1[k1], "probability": float(p1[k1]),
+                       **({"calibrated_probability": float(cal1[i, k1])} if cal1 is not None else {})},
+            "level2": {"id": names2[k2], "probability": float(p2[k2]), "conditional_probability": float(c2[k2]),
+                       **({"calibrated_probability": float(cal2[i, k2])} if cal2 is not None else {})}
+            if k2 >= 0 else None,
+            "path": path,
+            "mission_attention": [float(a) for a in attention[i, :, info.root]],
+            "alternatives": {"level1": alt1[:top_k], "level2": alt2[:top_k]},
+            "flow_facts": None if flow_facts is None else flow_facts[i],
+        })
+    return out
+
+
+def slot_tables(prepared) -> np.ndarray:
+    """[S, M, Dt]: the KG text table with every node's text replaced by its d-th description (a node with fewer
+    descriptions repeats its first one in the empty slots; `explanations` reads only its real ones)."""
+    desc, mask = prepared.text["descriptions"], prepared.text["description_mask"]
+    return np.stack([np.where(mask[:, d:d + 1], desc[:, d], desc[:, 0]) for d in range(desc.shape[1])])
+
+
+def dense_detection(model_config, params, prepared):
+    """A pure function of the flow embeddings [G, Dp] → the `ARRAY_KEYS` arrays as [G, ...] (attention [G, L, M],
+    slot_scores [G, S, M]), for the factored GNN, with its parameters, the graph and the mission as constants: what
+    `detection_fn` compiles and `pclip_jax.export` converts to ONNX."""
+    import jax
+    import jax.numpy as jnp
+
+    from pclip_jax.kg import gnn as gnn_lib
+
+    # The graph side is computed here, once per model, for the node table and every description slot's table
+    # (one stack): the returned function holds it as constants and computes only what depends on the flows.
+    tables = np.concatenate([np.asarray(prepared.embeddings)[None], slot_tables(prepared)])
+    structure = gnn_lib.dense_structure(prepared.layout, prepared.prior)
+    constants = jax.tree.map(np.asarray, jax.jit(
+        lambda t: gnn_lib.graph_constants(model_config, params, t, structure))(jnp.asarray(tables)))
+    l1, l2 = structure.level_nodes
+
+    def run(z):
+        scores, alphas, _ = gnn_lib.dense_scores(model_config, params, z, constants, structure)   # [T, G, M]
+        cond, logp = gnn_lib.dense_hierarchy(scores[0], structure)
+        return {"prob1": jnp.exp(logp[:, l1]), "prob2": jnp.exp(logp[:, l2]), "cond2": jnp.exp(cond[:, l2]),
+                "attention": jnp.stack([a[0].mean(-1) for a in alphas], axis=1),
+                "slot_scores": jnp.swapaxes(scores[1:], 0, 1)}
+
+    return run
+
+
+def detection_fn(model_config, params, prepared):
+    """A compiled function: flow embeddings [G, Dp] (numpy) → the `ARRAY_KEYS` arrays (numpy, [G, ...]). The
+    factored GNN runs densely (`dense_detection`, no per-flow graphs); the per-flow formulation builds its graphs
+    with a padding budget of the call's size."""
+    import jax
+    import jax.numpy as jnp
+
+    from pclip_jax.kg import gnn as gnn_lib
+
+    if model_config.factored:
+        compiled = jax.jit(dense_detection(model_config, params, prepared))
+        return lambda z: jax.device_get(compiled(jnp.asarray(z, jnp.float32)))
+
+    from pclip_jax.kg import graphs as kg_graphs
+
+    layout = prepared.layout
+    table, slots = jnp.asarray(prepared.embeddings), jnp.asarray(slot_tables(prepared))
+    model = gnn_lib.HierarchicalGNN(model_config)
+    pred_fn = jax.jit(lambda p, g, t: gnn_lib.predict(model, p, g, t, layout))
+    per, m, e_per = layout.nodes_per_graph, layout.num_kg_nodes, layout.edges_per_graph
+
+    def run_graphs(z):
+        b = len(z)
+        graphs = kg_graphs.build_batch(layout, z, budget=kg_graphs.padding_budget(layout, b),
+                                       node_prior=prepared.prior)
+        res = jax.device_get(pred_fn(params, graphs, table))
+        nodes = np.arange(b)[:, None] * per + 1 + np.arange(m)[None, :]                 # [b, M]
+        edges = np.arange(b)[:, None] * e_per + layout.node_to_flow_edge[None, :]      # [b, M]
+        scores = [np.asarray(pred_fn(params, graphs, slots[d])["outputs"]["score"])[nodes]
+                  for d in range(slots.shape[0])]
+        return {"prob1": res["prob1"][:b], "prob2": res["prob2"][:b], "cond2": res["cond2"][:b],
+                "attention": np.stack([np.asarray(a).mean(-1)[edges] for a in res["outputs"]["attention"]], axis=1),
+                "slot_scores": np.stack(scores, axis=1)}
+
+    return run_graphs
+
+
+def detection_arrays(model_config, params, prepared, flow_embeddings: np.ndarray, batch_size: int = 64,
+                     fn=None) -> dict:
+    """`ARRAY_KEYS` arrays for all flows, in fixed-size padded batches (one compilation); `fn` from
+    `detection_fn` to reuse a compiled one."""
+    fn = fn or detection_fn(model_config, params, prepared)
+    emb = np.asarray(flow_embeddings, np.float32)
+    parts = []
     for start in range(0, len(emb), batch_size):
         chunk = emb[start:start + batch_size]
-        b = len(chunk)
-        graphs = kg_graphs.build_batch(layout, chunk, budget=budget, node_prior=prepared.prior)
-        res = jax.device_get(pred_fn(params, graphs, table))
-        # Score of every node under each description slot: [slots, N]. A node with fewer descriptions repeats its
-        # first one in the empty slots (masked out below).
-        slot_scores = []
-        for d in range(desc.shape[1]):
-            t = np.where(desc_mask[:, d:d + 1], desc[:, d], desc[:, 0])
-            slot_scores.append(np.asarray(pred_fn(params, graphs, jnp.asarray(t))["outputs"]["score"]))
-        slot_scores = np.stack(slot_scores)
-        attn = [np.asarray(a).mean(-1) for a in res["outputs"]["attention"]]   # per layer [E]
-        e_per = layout.edges_per_graph
-        for i in range(b):
-            p1, p2, c2 = res["prob1"][i], res["prob2"][i], res["cond2"][i]
-            k1, k2 = int(res["pred1"][i]), int(res["pred2"][i])
-            chosen = [(1, layout.level_nodes[1][k1], float(p1[k1]), float(p1[k1]))]
-            if k2 >= 0:
-                chosen.append((2, layout.level_nodes[2][k2], float(p2[k2]), float(c2[k2])))
-            path = []
-            for level, m, prob, cond in chosen:
-                node = kg.nodes[m]
-                edge = i * e_per + layout.node_to_flow_edge[m]
-                valid = np.flatnonzero(desc_mask[m])
-                scores = slot_scores[valid, i * per + 1 + m]
-                best = int(valid[np.argmax(scores)])
-                path.append({
-                    "level": level, "id": node.id, "name": node.name, "probability": prob,
-                    "conditional_probability": cond,
-                    "attention": [float(a[edge]) for a in attn],
-                    "winning_description": node.descriptions[best],
-                    "description_scores": {node.descriptions[int(v)]: float(s) for v, s in zip(valid, scores)},
-                })
-            alt1 = [{"id": names1[j], "probability": float(p1[j])} for j in np.argsort(-p1)[:top_k + 1] if j != k1]
-            alt2 = [{"id": names2[j], "probability": float(p2[j])} for j in np.argsort(-p2)[:top_k + 1]
-                    if j != k2] if len(p2) else []
-            root_edge = i * e_per + layout.node_to_flow_edge[kg.index(kg.root.id)]
-            out.append({
-                "graph": kg.name,
-                "mission": prepared.mission.name if prepared.mission is not None else None,
-                "level1": {"id": names1[k1], "probability": float(p1[k1]),
-                           **({"calibrated_probability": float(scale(p1[None], t1)[0, k1])} if t1 else {})},
-                "level2": {"id": names2[k2], "probability": float(p2[k2]), "conditional_probability": float(c2[k2]),
-                           **({"calibrated_probability": float(scale(p2[None], t2)[0, k2])} if t2 else {})}
-                if k2 >= 0 else None,
-                "path": path,
-                "mission_attention": [float(a[root_edge]) for a in attn],
-                "alternatives": {"level1": alt1[:top_k], "level2": alt2[:top_k]},
-                "flow_facts": None if flow_facts is None else flow_facts[start + i],
-            })
-    return out
+        pad = batch_size - len(chunk)
+        padded = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)]) if pad else chunk
+        parts.append({k: np.asarray(v)[:len(chunk)] for k, v in fn(padded).items()})
+    if not parts:
+        return {k: np.zeros((0,)) for k in ARRAY_KEYS}
+    return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
+
+
+def explain_flows(model_config, params: Any, prepared, flow_embeddings: np.ndarray,
+                  flow_facts: Sequence[str] | None = None, top_k: int = 3, batch_size: int = 64,
+                  calibration: dict | None = None) -> list[dict]:
+    """One explanation dict per flow (see the module docstring). `prepared` is `train_gnn.prepare_kg(...)`.
+    With `calibration` (WORKDIR/gnn/calibration.json) each level also gets `calibrated_probability`."""
+    arrays = detection_arrays(model_config, params, prepared, flow_embeddings, batch_size)
+    return explanations(arrays, ExplainInfo.from_prepared(prepared), flow_facts, top_k, calibration)
 
 
 def explanation_text(expl: dict) -> str:

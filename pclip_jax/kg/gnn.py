@@ -93,17 +93,18 @@ class _AttentionLayer(nn.Module):
         return self._update(h, msg.reshape(n, self.hidden), deterministic), alpha
 
     def read(self, flow_h, node_h, deterministic: bool):
-        """The flow nodes [G, H] attend over all graph nodes [M, H] along node→flow edges (the same parameters and
-        arithmetic as `__call__` on those edges): keys and values are computed once for the M nodes, so a flow
-        costs M dot products per head, not a pass over its own copy of the graph."""
-        g, m = flow_h.shape[0], node_h.shape[0]
+        """The flow nodes [..., G, H] attend over all graph nodes [..., M, H] along node→flow edges (the same
+        parameters and arithmetic as `__call__` on those edges): keys and values are computed once for the M
+        nodes, so a flow costs M dot products per head, not a pass over its own copy of the graph. Leading
+        dimensions batch independent graphs (e.g. one per description slot)."""
         heads, dh = self.num_heads, self.hidden // self.num_heads
-        q = self.query(flow_h).reshape(g, heads, dh)
+        q = self.query(flow_h)
+        q = q.reshape(q.shape[:-1] + (heads, dh))
         kv = self.key_value(node_h) + self.edge_type(jnp.array(EDGE_TYPES.index("node_to_flow")))
-        k, v = (x.reshape(m, heads, dh) for x in jnp.split(kv, 2, axis=-1))
-        alpha = jax.nn.softmax(jnp.einsum("ghd,mhd->gmh", q, k) / np.sqrt(dh), axis=1)     # [G, M, heads]
-        msg = jnp.einsum("gmh,mhd->ghd", alpha, v).reshape(g, self.hidden)
-        return self._update(flow_h, msg, deterministic), alpha
+        k, v = (x.reshape(x.shape[:-1] + (heads, dh)) for x in jnp.split(kv, 2, axis=-1))
+        alpha = jax.nn.softmax(jnp.einsum("...ghd,...mhd->...gmh", q, k) / np.sqrt(dh), axis=-2)  # [..., G, M, h]
+        msg = jnp.einsum("...gmh,...mhd->...ghd", alpha, v)
+        return self._update(flow_h, msg.reshape(msg.shape[:-2] + (self.hidden,)), deterministic), alpha
 
 
 def _segment_log_softmax(x, segments, num_segments):
@@ -200,27 +201,170 @@ class HierarchicalGNN(nn.Module):
         row is the same); a flow graph's edges follow `graphs.kg_layout`'s order: graph edges, M flow→node, then
         M node→flow."""
         nodes = graphs.nodes
-        n, g, m = nodes["kg_index"].shape[0], graphs.n_node.shape[0], text_h.shape[0]
+        n, m = nodes["kg_index"].shape[0], text_h.shape[0]
         e_total = graphs.senders.shape[0]
-        senders, receivers = graphs.globals["kg_senders"][0], graphs.globals["kg_receivers"][0]
-        kg_type = graphs.globals["kg_edge_type"][0]
-        e_per = senders.shape[0] + 2 * m
-        h_kg = norm_in(text_h + level_embed(graphs.globals["kg_level"][0]))                                # [M, H]
-        f = norm_in(flow_h + level_embed(jnp.full((g,), FLOW_LEVEL)))                 # [G, H]
+        gl = graphs.globals
+        per_flow, flow_query, alphas = _factored_core(
+            text_h, flow_h, gl["kg_level"][0], gl["kg_senders"][0], gl["kg_receivers"][0], gl["kg_edge_type"][0],
+            level_embed, norm_in, layers, score_query, score_key, deterministic)
+        e_per = gl["kg_senders"].shape[1] + 2 * m
         flow_index = jnp.cumsum(graphs.n_node) - graphs.n_node
         edge_offset = jnp.cumsum(graphs.n_edge) - graphs.n_edge
         to_flow = edge_offset[:, None] + (e_per - m) + jnp.arange(m)[None, :]          # [G, M] node→flow edges
-        attention = []
-        for layer in layers:
-            f_next, alpha = layer.read(f, h_kg, deterministic)
-            h_kg, _ = layer(h_kg, senders, receivers, kg_type, deterministic)
-            f = f_next
-            attention.append(jnp.zeros((e_total, alpha.shape[-1]), alpha.dtype).at[to_flow].set(alpha, mode="drop"))
-        flow_query = score_query(f)
-        per_flow = flow_query @ score_key(h_kg).T / np.sqrt(flow_query.shape[-1])      # [G, M]
+        attention = tuple(jnp.zeros((e_total, a.shape[-1]), a.dtype).at[to_flow].set(a, mode="drop")
+                          for a in alphas)
         idx = flow_index[:, None] + 1 + jnp.arange(m)[None, :]
         score = nodes["prior"] + jnp.zeros((n,), per_flow.dtype).at[idx].set(per_flow, mode="drop")
-        return score, flow_query, tuple(attention)
+        return score, flow_query, attention
+
+
+def _factored_core(text_h, flow_h, kg_level, kg_senders, kg_receivers, kg_edge_type, level_embed, norm_in, layers,
+                   score_query, score_key, deterministic):
+    """The factored GNN on dense arrays: `_graph_side` then `_flow_side`. Returns the learned score term per
+    (flow, node) [G, M], the flows' final queries [G, H] and each layer's attention of the flows over the nodes
+    [G, M, heads]."""
+    states = _graph_side(text_h, kg_level, kg_senders, kg_receivers, kg_edge_type, level_embed, norm_in, layers,
+                         deterministic)
+    return _flow_side(flow_h, states, level_embed, norm_in, layers, score_query, score_key, deterministic)
+
+
+def _graph_side(text_h, kg_level, kg_senders, kg_receivers, kg_edge_type, level_embed, norm_in, layers,
+                deterministic):
+    """The M graph nodes' message passing along the graph's own edges, independent of the flows: the node states
+    [M, H] that the flows read at each layer, then the final ones (num_layers + 1 arrays)."""
+    h_kg = norm_in(text_h + level_embed(kg_level))                                      # [M, H]
+    states = [h_kg]
+    for layer in layers:
+        h_kg, _ = layer(h_kg, kg_senders, kg_receivers, kg_edge_type, deterministic)
+        states.append(h_kg)
+    return states
+
+
+def _flow_side(flow_h, states, level_embed, norm_in, layers, score_query, score_key, deterministic):
+    """The flows [..., G, H] reading the node states of `_graph_side` ([..., M, H] each) layer by layer: the
+    learned score term [..., G, M], the final queries and each layer's attention [..., G, M, heads]."""
+    f = norm_in(flow_h + level_embed(jnp.asarray(FLOW_LEVEL)))
+    alphas = []
+    for layer, h_kg in zip(layers, states):
+        f, alpha = layer.read(f, h_kg, deterministic)
+        alphas.append(alpha)
+    flow_query = score_query(f)
+    keys = score_key(states[-1])
+    per_flow = jnp.einsum("...gh,...mh->...gm", flow_query, keys) / np.sqrt(flow_query.shape[-1])
+    return per_flow, flow_query, alphas
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseStructure:
+    """One knowledge graph's structure as constants for `dense_forward` (numpy; see `dense_structure`)."""
+    node_level: np.ndarray      # int32 [M]
+    node_parent: np.ndarray     # int32 [M], -1 for the root
+    senders: np.ndarray         # int32 [E_kg], the graph's own edges in KG indices
+    receivers: np.ndarray
+    edge_type: np.ndarray
+    prior: np.ndarray           # float32 [M], the mission's log-prior
+    level_nodes: tuple          # KG indices of the level-1 and level-2 nodes (class slot order)
+
+
+def dense_structure(layout: KGLayout, prior: np.ndarray | None = None) -> DenseStructure:
+    kg_edges = layout.edge_type < EDGE_TYPES.index("flow_to_node")
+    m = layout.num_kg_nodes
+    return DenseStructure(
+        node_level=layout.node_level.astype(np.int32), node_parent=layout.node_parent.astype(np.int32),
+        senders=(layout.senders[kg_edges] - 1).astype(np.int32),
+        receivers=(layout.receivers[kg_edges] - 1).astype(np.int32),
+        edge_type=layout.edge_type[kg_edges].astype(np.int32),
+        prior=np.zeros(m, np.float32) if prior is None else np.asarray(prior, np.float32),
+        level_nodes=(np.asarray(layout.level_nodes[1]), np.asarray(layout.level_nodes[2])))
+
+
+class _Bound:
+    """The GNN's submodules bound to trained parameters, for the dense formulation outside `HierarchicalGNN`."""
+
+    def __init__(self, config: GnnConfig, params: Any):
+        def bound(module, name):
+            return module.bind({"params": params[name]})
+
+        h = config.hidden
+        self.layers = [bound(_AttentionLayer(h, config.num_heads, config.mlp_ratio, config.dropout), f"layer_{i}")
+                       for i in range(config.num_layers)]
+        self.text_in, self.flow_in = bound(nn.Dense(h), "text_in"), bound(nn.Dense(h), "flow_in")
+        self.level = bound(nn.Embed(NUM_LEVEL_EMBEDDINGS, h), "level")
+        self.norm_in = bound(nn.LayerNorm(), "norm_in")
+        self.score_query, self.score_key = bound(nn.Dense(h), "score_query"), bound(nn.Dense(h), "score_key")
+        self.similarity_scale = params.get("similarity_scale")
+
+
+def _normalize(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+def graph_constants(config: GnnConfig, params: Any, kg_embeddings: jnp.ndarray, structure: "DenseStructure"
+                    ) -> dict:
+    """What the factored GNN computes from the graph alone, once per model (not per flow or per call): the node
+    states each layer's flows read, and the normalised node texts of the similarity term. `kg_embeddings` is one
+    text table [M, Dt] or a stack [T, M, Dt] (e.g. the description slots), giving arrays with that leading T."""
+    if not config.factored:
+        raise ValueError("the dense formulation needs the factored GNN (gnn.model.factored=True)")
+    b = _Bound(config, params)
+    tables = jnp.asarray(kg_embeddings, jnp.float32)
+
+    def one(table):
+        return _graph_side(b.text_in(table), jnp.asarray(structure.node_level), jnp.asarray(structure.senders),
+                           jnp.asarray(structure.receivers), jnp.asarray(structure.edge_type), b.level, b.norm_in,
+                           b.layers, True)
+
+    states = one(tables) if tables.ndim == 2 else [jnp.stack(x) for x in zip(*[one(t) for t in tables])]
+    return {"states": states, "text_normalized": _normalize(tables)}
+
+
+def dense_scores(config: GnnConfig, params: Any, flows: jnp.ndarray, constants: dict, structure: "DenseStructure"
+                 ) -> tuple[jnp.ndarray, list, jnp.ndarray]:
+    """The factored GNN's node scores for a batch of flows [G, Dp] as dense arrays, without per-flow graphs: the
+    same parameters and arithmetic as `HierarchicalGNN` with `factored=True` on `graphs.build_batch` graphs
+    (tested). `constants`: `graph_constants` (one table, or a stack of T). Returns score [(T,) G, M] (the logit
+    among siblings, prior and similarity included), each layer's attention [(T,) G, M, heads] and the final
+    queries."""
+    b = _Bound(config, params)
+    flow_raw = jnp.asarray(flows, jnp.float32)
+    per_flow, flow_query, alphas = _flow_side(b.flow_in(flow_raw), constants["states"], b.level, b.norm_in,
+                                              b.layers, b.score_query, b.score_key, True)
+    score = per_flow + jnp.asarray(structure.prior)
+    if b.similarity_scale is not None and flow_raw.shape[-1] == constants["text_normalized"].shape[-1]:
+        score = score + b.similarity_scale * jnp.einsum("gd,...md->...gm", _normalize(flow_raw),
+                                                        constants["text_normalized"])
+    return score, alphas, flow_query
+
+
+def dense_hierarchy(score: jnp.ndarray, structure: DenseStructure) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Node scores [G, M] → (log P(node | parent), log P(node)) [G, M], as the module's `cond_logp` and `logp`: a
+    log-softmax among siblings with a constant [M, M] sibling mask (M is tens to a few hundred nodes), then the
+    chain rule down the two levels below the root (0 for the root)."""
+    parent = structure.node_parent
+    has_parent = parent >= 0
+    siblings = jnp.asarray(has_parent[:, None] & (parent[:, None] == parent[None, :]))
+    masked = jnp.where(siblings[None], score[:, None, :], -jnp.inf)                      # [G, M, M]
+    top = jax.lax.stop_gradient(jnp.max(jnp.where(siblings[None], score[:, None, :], -1e30), axis=-1))
+    lse = jnp.log(jnp.sum(jnp.exp(masked - top[..., None]), axis=-1)) + top
+    cond = jnp.where(jnp.asarray(has_parent)[None], score - lse, 0.0)
+    parent_index = np.maximum(parent, 0)
+    logp = cond
+    for _ in range(2):
+        logp = cond + jnp.where(jnp.asarray(has_parent)[None], logp[:, parent_index], 0.0)
+    return cond, logp
+
+
+def dense_forward(config: GnnConfig, params: Any, flows: jnp.ndarray, kg_embeddings: jnp.ndarray,
+                  structure: DenseStructure) -> dict[str, Any]:
+    """`graph_constants`, `dense_scores` and `dense_hierarchy` for one text table: `score`, `cond_logp`, `logp`
+    [G, M] (per KG node, as the module's per-node outputs), `attention` (per layer [G, M, heads]), `flow_query`
+    [G, H], and per level `logp1` [G, C1], `logp2`, `cond2` [G, C2] (as `per_level_outputs`)."""
+    constants = graph_constants(config, params, kg_embeddings, structure)
+    score, alphas, flow_query = dense_scores(config, params, flows, constants, structure)
+    cond, logp = dense_hierarchy(score, structure)
+    l1, l2 = structure.level_nodes
+    return {"score": score, "cond_logp": cond, "logp": logp, "attention": tuple(alphas), "flow_query": flow_query,
+            "logp1": logp[:, l1], "logp2": logp[:, l2], "cond2": cond[:, l2]}
 
 
 def _level_gather(per_node, flow_index, level_nodes):

@@ -111,7 +111,7 @@ def gnn_train_config(settings: Settings, params=None) -> train_gnn.GnnTrainConfi
         model["similarity_init"] = float(np.exp(min(float(params["logit_scale"]), max_log_scale)))
     return train_gnn.GnnTrainConfig.from_config({
         "model": model, "batch_size": g.batch_size, "num_steps": g.num_steps, "learning_rate": g.learning_rate,
-        "weight_decay": g.weight_decay, "warmup_steps": g.warmup_steps, "seed": settings.train.seed,
+        "weight_decay": g.weight_decay, "warmup_steps": g.warmup_steps, "seed": settings.train.seed if g.seed < 0 else g.seed,
         "log_every": g.log_every, "checkpoint_every": g.checkpoint_every})
 
 
@@ -215,8 +215,7 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
     WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
     reliability blocks, moved into results.json's level reports by the caller). `test_pred`: the GNN's
     predictions (`train_gnn.predict_arrays`) for the flows `test_rows`, already computed by the caller."""
-    node_rows = np.concatenate([pkg.layout.level_nodes[1], pkg.layout.level_nodes[2]])
-    node_text = np.asarray(pkg.embeddings)[node_rows]
+    node_text = calibration_lib.ood_node_text(pkg)
 
     def slots(rows):
         y1, y2, _ = kg_graphs.labels_to_slots(pkg.layout, list(level1[rows]), list(level2[rows]))

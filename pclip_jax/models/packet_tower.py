@@ -49,7 +49,9 @@ def packet_features(sizes, iat, tcp_flags):
     log_size = jnp.log1p(jnp.abs(sizes)) / 8.0
     direction = jnp.sign(sizes)
     log_iat = jnp.log1p(jnp.maximum(iat.astype(jnp.float32), 0.0) * 1e3) / 10.0  # ms scale
-    bits = ((tcp_flags.astype(jnp.int32)[..., None] >> jnp.arange(8)) & 1).astype(jnp.float32)
+    # Flag bits by float arithmetic (exact for 0..255), not shifts or remainders: exporters (ONNX) handle it with no special case.
+    shifted = jnp.floor(tcp_flags.astype(jnp.float32)[..., None] / 2.0 ** jnp.arange(8))
+    bits = shifted - 2.0 * jnp.floor(shifted / 2.0)
     return jnp.concatenate(
         [log_size[..., None], direction[..., None], log_iat[..., None], present[..., None],
          (1.0 - present)[..., None], bits], axis=-1)

@@ -24,16 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pclip_jax.model_files import MODEL_FILES as _MODEL_FILES, resolve_model_dir
 from pclip_jax.models.bert import BertConfig, BertEncoder
 
 __all__ = ["BertConfig", "BertEncoder", "TextTokenizer", "load_text_encoder",
            "resolve_model_dir", "load_bert_params", "init_text_encoder"]
 
-# Files a snapshot download needs; everything else in the hub repo (onnx, openvino,
-# pytorch_model.bin, ...) is skipped.
-_MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json",
-                "modules.json", "1_Pooling/config.json", "special_tokens_map.json",
-                "tokenizer_config.json", "vocab.txt"]
 
 
 class TextTokenizer:
@@ -109,41 +105,6 @@ class TextTokenizer:
         """Untruncated token counts (with [CLS]/[SEP]): to size `max_len` or spot truncation."""
         return np.array([len(e.ids) for e in self._tokenizer(10**9).encode_batch(list(texts))],
                         np.int32)
-
-
-def resolve_model_dir(path_or_repo, offline: Optional[bool] = None,
-                      cache_dir: Optional[str] = None) -> pathlib.Path:
-    """Returns a local model directory: `path_or_repo` itself if it is a directory,
-    else a Hugging Face Hub snapshot of repo id `path_or_repo` (e.g.
-    "sentence-transformers/all-MiniLM-L6-v2").
-
-    offline: True never touches the network (only the local hub cache); None follows
-    `HF_HUB_OFFLINE`. Raises FileNotFoundError with the reason when neither works.
-    """
-    p = pathlib.Path(os.path.expanduser(str(path_or_repo)))
-    if p.is_dir():
-        return p
-    name = str(path_or_repo)
-    # A repo id is "owner/name" (or a bare name); anything that looks like a
-    # filesystem path is a missing local directory.
-    looks_like_repo = bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name))
-    if not looks_like_repo:
-        raise FileNotFoundError(f"{name}: text model directory not found (and it is not a "
-                                "Hugging Face repo id like 'sentence-transformers/all-MiniLM-L6-v2')")
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    try:
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download(repo_id=name, allow_patterns=_MODEL_FILES,
-                                  local_files_only=offline, cache_dir=cache_dir)
-    except Exception as e:  # hub errors, connection errors, offline cache misses
-        how = ("offline: it is not in the local Hugging Face cache" if offline
-               else "download from the Hugging Face Hub failed")
-        raise FileNotFoundError(
-            f"{name}: no local directory of that name, and {how} ({type(e).__name__}: {e}). "
-            "Pass the path of a directory in Hugging Face layout instead.") from e
-    return pathlib.Path(local)
 
 
 def _hf_to_flax_names(config: BertConfig) -> dict[str, tuple[tuple[str, ...], bool]]:

@@ -1,0 +1,206 @@
+"""Export a trained workdir for deployment: ONNX models of the packet tower and the detection stage, a manifest,
+and everything `classify --backend onnx` needs to run without JAX.
+
+    python -m pclip_jax.export --workdir W --out DIR [--mission NAME_OR_STATEMENT] [--opset 21]
+
+DIR holds:
+* `packet_tower.onnx`: `bytes` uint8 [B, K, bytes], `sizes` int32 [B, K], `iat` float32 [B, K], `tcp_flags`
+  uint8 [B, K] (and `name_vec` float16 [B, D] when the towers read server names) → `embedding` float32 [B, Dp], the
+  projected, normalised flow embedding the GNN reads. B is dynamic.
+* `detection.onnx`: `embedding` [B, Dp] → `prob1` [B, C1] = P(class), `prob2` [B, C2] = P(application), `cond2`
+  [B, C2] = P(application | class), `attention` [B, L, M] (the flow's attention to each graph node per layer, mean
+  over heads), `slot_scores` [B, S, M] (each node's score under each of its descriptions; explanations name the
+  winning one). The graph, its text embeddings and the mission are constants of this model: the graph's own
+  message passing is folded in once (factored GNN), so a flow costs a few dot products per node.
+* `config.json` (the workdir's settings: what ingest must reproduce, packets, bytes, masking, min_packets),
+  `explain.json` (node ids, names, descriptions, class slots), `calibration.json` (temperatures and the OOD
+  threshold, when fitted), `node_text.npy` (the class and application text embeddings, for the OOD score),
+  `name_tokenizer.json` + `name_table.npy` (server-name vectors without the Hugging Face model).
+* `manifest.json`: format version, files with sizes and SHA-256, inputs and outputs, parameter counts, the versions
+  that wrote it, and the largest difference between onnxruntime and JAX on a probe batch (checked ≤ 1e-4).
+
+The detection stage must be the factored GNN (`gnn.model.factored=True`, the default); a workdir trained with
+the per-flow formulation gets a one-line error saying how to retrain its GNN stage (minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pclip_jax import __version__, errors, files
+
+from pclip_jax.onnx_runtime import EXPORT_FORMAT, TOWER_INPUTS, OnnxModel
+
+TOWER_FILE, DETECTION_FILE, MANIFEST_FILE = "packet_tower.onnx", "detection.onnx", "manifest.json"
+PARITY_TOLERANCE = 1e-4
+
+
+def probe_batch(settings, n: int = 16, seed: int = 0) -> dict:
+    """A deterministic batch of packet-tower inputs with the shapes and ranges of real flows (padding packets
+    included), to check an export against JAX."""
+    rng = np.random.default_rng(seed)
+    k, b = settings.data.packets, settings.data.bytes
+    packets = rng.integers(1, k + 1, size=n)
+    present = np.arange(k)[None, :] < packets[:, None]
+    sizes = rng.integers(40, 1500, size=(n, k)) * rng.choice([-1, 1], size=(n, k))
+    batch = {"bytes": (rng.integers(0, 256, size=(n, k, b)) * present[..., None]).astype(np.uint8),
+             "sizes": (sizes * present).astype(np.int32),
+             "iat": (rng.exponential(0.05, size=(n, k)) * present).astype(np.float32),
+             "tcp_flags": (rng.integers(0, 256, size=(n, k)) * present).astype(np.uint8)}
+    if settings.data.use_names:
+        v = rng.normal(size=(n, settings.model.name_dim))
+        v[::2] = 0.0  # flows without a name
+        batch["name_vec"] = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)).astype(np.float16)
+    return batch
+
+
+def _to_onnx(fn, specs, names_in, names_out, name, opset, path):
+    from jax2onnx import to_onnx
+
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per intermediate value otherwise
+    model = to_onnx(fn, specs, model_name=name, opset=opset, input_names=list(names_in),
+                    output_names=list(names_out))
+    path.write_bytes(model.SerializeToString())
+
+
+def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission: Optional[str] = None,
+                   opset: int = 21, progress=print) -> dict:
+    """Writes the deployment directory `out` for `workdir` (module docstring) and returns its manifest.
+
+    Raises WorkdirError for a workdir without a GNN stage and ValueError for a per-flow GNN or a parity failure.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from pclip_jax import compat
+    from pclip_jax.calibration import ood_node_text
+    from pclip_jax.inference import load_classifier
+    from pclip_jax.kg.explain import ARRAY_KEYS, ExplainInfo, dense_detection
+    from pclip_jax.models.two_towers import TwoTowers
+    from pclip_jax.name_features import NAME_KEY, NameEncoder
+
+    t0 = time.perf_counter()
+    clf = load_classifier(workdir, mission)
+    if not clf.gnn_config.factored:
+        raise ValueError(f"{workdir}: its GNN is the per-flow formulation (gnn.model.factored=False), which carries "
+                         "a copy of the graph per flow and does not export; retrain its GNN stage (minutes): "
+                         f"python -m pclip_jax.main --config {pathlib.Path(workdir) / 'config.json'} "
+                         f"--workdir {workdir} --config.gnn.model.factored=true")
+    settings, towers = clf.settings, clf.towers
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    k, b = settings.data.packets, settings.data.bytes
+    names_in = TOWER_INPUTS + ((NAME_KEY,) if settings.data.use_names else ())
+
+    def tower(*arrays):
+        batch = dict(zip(names_in, arrays))
+        return towers.model.apply({"params": towers.params}, batch, method=TwoTowers.embed_packets)
+
+    S = jax.ShapeDtypeStruct
+    tower_specs = [S(("B", k, b), jnp.uint8), S(("B", k), jnp.int32), S(("B", k), jnp.float32),
+                   S(("B", k), jnp.uint8)]
+    if settings.data.use_names:
+        tower_specs.append(S(("B", settings.model.name_dim), jnp.float16))
+    progress(f"[export] packet tower → {out / TOWER_FILE}")
+    _to_onnx(tower, tower_specs, names_in, ("embedding",), "pclip_packet_tower", opset, out / TOWER_FILE)
+
+    detect = dense_detection(clf.gnn_config, clf.gnn_params, clf.kg)
+    dim = settings.model.embed_dim
+    progress(f"[export] detection stage → {out / DETECTION_FILE}")
+    _to_onnx(lambda z: tuple(detect(z)[key] for key in ARRAY_KEYS), [S(("B", dim), jnp.float32)],
+             ("embedding",), ARRAY_KEYS, "pclip_detection", opset, out / DETECTION_FILE)
+
+    info = ExplainInfo.from_prepared(clf.kg)
+    files.write_json(out / "explain.json", info.to_json())
+    files.write_json(out / "config.json", files.read_json(towers.workdir.file(towers.workdir.CONFIG)))
+    written = [TOWER_FILE, DETECTION_FILE, "explain.json", "config.json"]
+    if clf.calibration is not None:
+        files.write_json(out / "calibration.json", clf.calibration)
+        written.append("calibration.json")
+    np.save(out / "node_text.npy", ood_node_text(clf.kg).astype(np.float32))
+    written.append("node_text.npy")
+    if settings.data.use_names:
+        written += [p.name for p in NameEncoder(settings.text.encoder).save(out)]
+
+    # Parity on a probe batch: onnxruntime against the JAX path the classify backend uses.
+    probe = probe_batch(settings)
+    runtime = OnnxModel(out, check_manifest=False)
+    z_onnx = runtime.embed_batch(probe)
+    z_jax = np.asarray(jax.jit(tower)(*[probe[n] for n in names_in]))
+    arrays_onnx = runtime.detect_batch(z_jax)
+    arrays_jax = jax.device_get(jax.jit(detect)(jnp.asarray(z_jax)))
+    diffs = {"embedding": float(np.abs(z_onnx - z_jax).max())}
+    diffs.update({key: float(np.abs(np.asarray(arrays_onnx[key]) - np.asarray(arrays_jax[key])).max())
+                  for key in ARRAY_KEYS if key != "slot_scores"})
+    diffs["slot_scores_relative"] = float(np.abs(arrays_onnx["slot_scores"] - arrays_jax["slot_scores"]).max()
+                                          / max(1.0, float(np.abs(arrays_jax["slot_scores"]).max())))
+    worst = max(diffs.values())
+    if worst > PARITY_TOLERANCE:
+        raise ValueError(f"{out}: onnxruntime differs from JAX by {worst:.2e} (> {PARITY_TOLERANCE:g}) on the "
+                         f"probe batch: {diffs}")
+
+    import jax2onnx
+    import onnx
+    import onnxruntime
+
+    layout = clf.kg.layout
+    manifest = {
+        "format": EXPORT_FORMAT, "pclip_jax": __version__, "workdir": str(pathlib.Path(workdir).resolve()),
+        "graph": info.graph, "mission": info.mission, "opset": opset,
+        "versions": {"jax": jax.__version__, "jax2onnx": getattr(jax2onnx, "__version__", "?"),
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "packet_tower": {"file": TOWER_FILE, "inputs": list(names_in), "outputs": ["embedding"],
+                         "packets": k, "bytes": b, "embedding_dim": dim,
+                         "params": compat.count_params(towers.params.get("packet_tower", {}))
+                         + compat.count_params(towers.params.get("packet_head", {}))},
+        "detection": {"file": DETECTION_FILE, "inputs": ["embedding"], "outputs": list(ARRAY_KEYS),
+                      "classes_level1": len(layout.level_nodes[1]), "classes_level2": len(layout.level_nodes[2]),
+                      "graph_nodes": layout.num_kg_nodes, "params": compat.count_params(clf.gnn_params)},
+        "parity_max_abs_diff": diffs,
+        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": files.file_digest(out / name)}
+                  for name in written},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    files.write_json(out / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def format_manifest(m: dict) -> str:
+    size = {n: f"{f['bytes'] / 1e6:.2f} MB" for n, f in m["files"].items()}
+    return (f"exported graph {m['graph']!r}" + (f", mission {m['mission']!r}" if m["mission"] else "")
+            + f" in {m['seconds']} s\n"
+            f"  {TOWER_FILE}: {size[TOWER_FILE]}, {m['packet_tower']['params']:,} parameters\n"
+            f"  {DETECTION_FILE}: {size[DETECTION_FILE]}, {m['detection']['params']:,} parameters, "
+            f"{m['detection']['classes_level1']} classes / {m['detection']['classes_level2']} applications\n"
+            f"  other files: " + ", ".join(f"{n} {s}" for n, s in size.items() if not n.endswith(".onnx")) + "\n"
+            f"  onnxruntime vs JAX on a probe batch, largest difference: "
+            f"{max(m['parity_max_abs_diff'].values()):.1e}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pclip_jax.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True, help="a workdir trained by pclip_jax.main (with the GNN stage)")
+    ap.add_argument("--out", required=True, help="the deployment directory to write")
+    ap.add_argument("--mission", default=None, metavar="NAME_OR_STATEMENT",
+                    help="bake a mission of the graph (or a free-text statement) into the detection model")
+    ap.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21)")
+    ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
+    args = ap.parse_args(argv)
+    with errors.cli_errors(args.verbose) as status:
+        manifest = export_workdir(args.workdir, args.out, args.mission, args.opset,
+                                  progress=lambda s: print(s, file=sys.stderr))
+        print(format_manifest(manifest))
+        print(json.dumps({"out": str(args.out), "files": manifest["files"]}))
+    return status.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
