@@ -6,7 +6,9 @@ and everything `classify --backend onnx` needs to run without JAX.
 DIR holds:
 * `packet_tower.onnx`: `bytes` uint8 [B, K, bytes], `sizes` int32 [B, K], `iat` float32 [B, K], `tcp_flags`
   uint8 [B, K] (and `name_vec` float16 [B, D] when the towers read server names) → `embedding` float32 [B, Dp], the
-  projected, normalised flow embedding the GNN reads. B is dynamic.
+  projected, normalised flow embedding the GNN reads. B is dynamic. `packet_tower_k2.onnx`, `_k4`, `_k8`: the same
+  tower for flows of at most 2, 4, 8 packets (fewer padding slots, the same embeddings: what the runtime uses for
+  short flows, which are most flows of a capture).
 * `detection.onnx`: `embedding` [B, Dp] → `prob1` [B, C1] = P(class), `prob2` [B, C2] = P(application), `cond2`
   [B, C2] = P(application | class), `attention` [B, L, M] (the flow's attention to each graph node per layer, mean
   over heads), `slot_scores` [B, S, M] (each node's score under each of its descriptions; explanations name the
@@ -36,24 +38,25 @@ import numpy as np
 
 from pclip_jax import __version__, errors, files
 
-from pclip_jax.onnx_runtime import EXPORT_FORMAT, TOWER_INPUTS, OnnxModel
+from pclip_jax.onnx_runtime import EXPORT_FORMAT, SLOT_BUCKETS, TOWER_INPUTS, OnnxModel, tower_file
 
 TOWER_FILE, DETECTION_FILE, MANIFEST_FILE = "packet_tower.onnx", "detection.onnx", "manifest.json"
 PARITY_TOLERANCE = 1e-4
 
 
-def probe_batch(settings, n: int = 16, seed: int = 0) -> dict:
+def probe_batch(settings, n: int = 16, seed: int = 0, max_packets: int | None = None) -> dict:
     """A deterministic batch of packet-tower inputs with the shapes and ranges of real flows (padding packets
-    included), to check an export against JAX."""
+    included; flows of at most `max_packets` packets when given), to check an export against JAX."""
     rng = np.random.default_rng(seed)
     k, b = settings.data.packets, settings.data.bytes
-    packets = rng.integers(1, k + 1, size=n)
+    packets = rng.integers(1, (max_packets or k) + 1, size=n)
     present = np.arange(k)[None, :] < packets[:, None]
     sizes = rng.integers(40, 1500, size=(n, k)) * rng.choice([-1, 1], size=(n, k))
     batch = {"bytes": (rng.integers(0, 256, size=(n, k, b)) * present[..., None]).astype(np.uint8),
              "sizes": (sizes * present).astype(np.int32),
              "iat": (rng.exponential(0.05, size=(n, k)) * present).astype(np.float32),
-             "tcp_flags": (rng.integers(0, 256, size=(n, k)) * present).astype(np.uint8)}
+             "tcp_flags": (rng.integers(0, 256, size=(n, k)) * present).astype(np.uint8),
+             "num_packets": packets.astype(np.int32)}
     if settings.data.use_names:
         v = rng.normal(size=(n, settings.model.name_dim))
         v[::2] = 0.0  # flows without a name
@@ -104,12 +107,18 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
         return towers.model.apply({"params": towers.params}, batch, method=TwoTowers.embed_packets)
 
     S = jax.ShapeDtypeStruct
-    tower_specs = [S(("B", k, b), jnp.uint8), S(("B", k), jnp.int32), S(("B", k), jnp.float32),
-                   S(("B", k), jnp.uint8)]
-    if settings.data.use_names:
-        tower_specs.append(S(("B", settings.model.name_dim), jnp.float16))
-    progress(f"[export] packet tower → {out / TOWER_FILE}")
-    _to_onnx(tower, tower_specs, names_in, ("embedding",), "pclip_packet_tower", opset, out / TOWER_FILE)
+    # One tower per packet-slot count: short flows (most flows of a capture have 1-4 packets) run through a tower
+    # with fewer slots, the padding slots they would only mask (the same embeddings, tested).
+    slot_files = {}
+    for slots in [n for n in SLOT_BUCKETS if n < k] + [k]:
+        name = TOWER_FILE if slots == k else tower_file(slots)
+        specs = [S(("B", slots, b), jnp.uint8), S(("B", slots), jnp.int32), S(("B", slots), jnp.float32),
+                 S(("B", slots), jnp.uint8)]
+        if settings.data.use_names:
+            specs.append(S(("B", settings.model.name_dim), jnp.float16))
+        progress(f"[export] packet tower, {slots} packet slots → {out / name}")
+        _to_onnx(tower, specs, names_in, ("embedding",), f"pclip_packet_tower_{slots}", opset, out / name)
+        slot_files[slots] = name
 
     detect = dense_detection(clf.gnn_config, clf.gnn_params, clf.kg)
     dim = settings.model.embed_dim
@@ -120,7 +129,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     info = ExplainInfo.from_prepared(clf.kg)
     files.write_json(out / "explain.json", info.to_json())
     files.write_json(out / "config.json", files.read_json(towers.workdir.file(towers.workdir.CONFIG)))
-    written = [TOWER_FILE, DETECTION_FILE, "explain.json", "config.json"]
+    written = [*slot_files.values(), DETECTION_FILE, "explain.json", "config.json"]
     if clf.calibration is not None:
         files.write_json(out / "calibration.json", clf.calibration)
         written.append("calibration.json")
@@ -131,12 +140,16 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
 
     # Parity on a probe batch: onnxruntime against the JAX path the classify backend uses.
     probe = probe_batch(settings)
-    runtime = OnnxModel(out, check_manifest=False)
+    runtime = OnnxModel(out, check_manifest=False, slot_files=slot_files)
     z_onnx = runtime.embed_batch(probe)
+    short_probe = probe_batch(settings, seed=1, max_packets=3)
+    short = runtime.embed(short_probe, np.arange(len(short_probe["sizes"])))  # through the 4-slot tower
     z_jax = np.asarray(jax.jit(tower)(*[probe[n] for n in names_in]))
     arrays_onnx = runtime.detect_batch(z_jax)
     arrays_jax = jax.device_get(jax.jit(detect)(jnp.asarray(z_jax)))
-    diffs = {"embedding": float(np.abs(z_onnx - z_jax).max())}
+    short_jax = np.asarray(jax.jit(tower)(*[short_probe[n] for n in names_in]))
+    diffs = {"embedding": float(np.abs(z_onnx - z_jax).max()),
+             "embedding_trimmed_slots": float(np.abs(short - short_jax).max())}
     diffs.update({key: float(np.abs(np.asarray(arrays_onnx[key]) - np.asarray(arrays_jax[key])).max())
                   for key in ARRAY_KEYS if key != "slot_scores"})
     diffs["slot_scores_relative"] = float(np.abs(arrays_onnx["slot_scores"] - arrays_jax["slot_scores"]).max()
@@ -156,7 +169,8 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
         "graph": info.graph, "mission": info.mission, "opset": opset,
         "versions": {"jax": jax.__version__, "jax2onnx": getattr(jax2onnx, "__version__", "?"),
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        "packet_tower": {"file": TOWER_FILE, "inputs": list(names_in), "outputs": ["embedding"],
+        "packet_tower": {"file": TOWER_FILE, "slot_files": {str(n): f for n, f in slot_files.items()},
+                         "inputs": list(names_in), "outputs": ["embedding"],
                          "packets": k, "bytes": b, "embedding_dim": dim,
                          "params": compat.count_params(towers.params.get("packet_tower", {}))
                          + compat.count_params(towers.params.get("packet_head", {}))},
@@ -176,7 +190,9 @@ def format_manifest(m: dict) -> str:
     size = {n: f"{f['bytes'] / 1e6:.2f} MB" for n, f in m["files"].items()}
     return (f"exported graph {m['graph']!r}" + (f", mission {m['mission']!r}" if m["mission"] else "")
             + f" in {m['seconds']} s\n"
-            f"  {TOWER_FILE}: {size[TOWER_FILE]}, {m['packet_tower']['params']:,} parameters\n"
+            f"  {TOWER_FILE}: {size[TOWER_FILE]}, {m['packet_tower']['params']:,} parameters; for short flows: "
+            + ", ".join(f"{f} {size[f]}" for n, f in m["packet_tower"]["slot_files"].items() if f != TOWER_FILE)
+            + "\n"
             f"  {DETECTION_FILE}: {size[DETECTION_FILE]}, {m['detection']['params']:,} parameters, "
             f"{m['detection']['classes_level1']} classes / {m['detection']['classes_level2']} applications\n"
             f"  other files: " + ", ".join(f"{n} {s}" for n, s in size.items() if not n.endswith(".onnx")) + "\n"

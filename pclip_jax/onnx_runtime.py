@@ -17,8 +17,13 @@ from pclip_jax.kg.explain import ARRAY_KEYS, ExplainInfo
 from pclip_jax.name_features import NAME_KEY, NameEncoder
 
 EXPORT_FORMAT = 1
+SLOT_BUCKETS = (2, 4, 8)   # packet-slot counts of the extra towers for short flows (below data.packets)
 TOWER_INPUTS = ("bytes", "sizes", "iat", "tcp_flags")
 DTYPES = {"bytes": np.uint8, "sizes": np.int32, "iat": np.float32, "tcp_flags": np.uint8, NAME_KEY: np.float16}
+
+
+def tower_file(slots: int) -> str:
+    return f"packet_tower_k{slots}.onnx"
 
 
 class ExportError(ValueError):
@@ -45,7 +50,8 @@ class OnnxModel:
     SHA-256 against manifest.json (a damaged or edited export fails with the file's name).
     """
 
-    def __init__(self, directory: str | pathlib.Path, threads: int = 0, check_manifest: bool = True):
+    def __init__(self, directory: str | pathlib.Path, threads: int = 0, check_manifest: bool = True,
+                 slot_files: Optional[dict] = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -70,7 +76,12 @@ class OnnxModel:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        self.tower = ort.InferenceSession(str(d / "packet_tower.onnx"), options, providers=providers)
+        if slot_files is None:  # {packet slots: file}, from the manifest (an export is checked before it has one)
+            slot_files = {int(n): f for n, f in (self.manifest or {}).get("packet_tower", {}).get(
+                "slot_files", {}).items()} or {self.settings.data.packets: "packet_tower.onnx"}
+        self.towers = {n: ort.InferenceSession(str(d / f), options, providers=providers)
+                       for n, f in sorted(slot_files.items())}
+        self.tower = self.towers[max(self.towers)]
         self.detector = ort.InferenceSession(str(d / "detection.onnx"), options, providers=providers)
         self.tower_inputs = [i.name for i in self.tower.get_inputs()]
 
@@ -98,8 +109,9 @@ class OnnxModel:
         return self.settings.data.min_packets
 
     def embed_batch(self, batch: dict) -> np.ndarray:
+        """One batch through the tower with its number of packet slots."""
         feeds = {name: np.ascontiguousarray(batch[name], DTYPES[name]) for name in self.tower_inputs}
-        return self.tower.run(None, feeds)[0]
+        return self.towers[feeds["sizes"].shape[1]].run(None, feeds)[0]
 
     def detect_batch(self, z: np.ndarray) -> dict:
         out = self.detector.run(None, {"embedding": np.ascontiguousarray(z, np.float32)})
@@ -107,10 +119,24 @@ class OnnxModel:
 
     def embed(self, tensors: dict, indices: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Flow embeddings [N, Dp] of the flows `indices` of a flow table's tensors (name vectors included when
-        the towers read names)."""
-        parts = [self.embed_batch({name: tensors[name][indices[s:s + batch_size]] for name in self.tower_inputs})
-                 for s in range(0, len(indices), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.manifest_dim()), np.float32)
+        the towers read names). Each flow goes through the tower with the fewest packet slots that hold its
+        packets: slots past a flow's packets are masked in the tower, so this gives the same embeddings for a
+        fraction of the work on short flows."""
+        indices = np.asarray(indices, np.int64)
+        k = tensors["sizes"].shape[1]
+        packets = np.minimum(np.asarray(tensors["num_packets"])[indices], k) if "num_packets" in tensors else \
+            np.full(len(indices), k)
+        buckets = sorted(self.towers)
+        bucket = np.asarray(buckets)[np.searchsorted(buckets, np.maximum(packets, 1))]  # fewest slots that fit
+        out = np.zeros((len(indices), self.manifest_dim()), np.float32)
+        for slots in buckets:
+            rows = np.flatnonzero(bucket == slots)
+            for s in range(0, len(rows), batch_size):
+                part = rows[s:s + batch_size]
+                idx = indices[part]
+                out[part] = self.embed_batch({name: tensors[name][idx][:, :slots] if name in TOWER_INPUTS
+                                              else tensors[name][idx] for name in self.tower_inputs})
+        return out
 
     def detect(self, z: np.ndarray, batch_size: int = 512) -> dict:
         parts = [self.detect_batch(z[s:s + batch_size]) for s in range(0, len(z), batch_size)]

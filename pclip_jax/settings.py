@@ -212,7 +212,8 @@ class GnnModelSettings:
     similarity_prior: bool = True
     similarity_init: float = 1.0
     level_loss_weights: tuple = (1.0, 1.0)
-    factored: bool = False                   # graph message passing once per call, not per flow (kg/gnn.py)
+    factored: bool = True                    # graph message passing once per model, not per flow (kg/gnn.py);
+                                             # False: the per-flow formulation (a copy of the graph per flow)
 
     def validate(self, prefix: str = "gnn.model") -> None:
         for name in ("hidden", "num_layers", "num_heads", "mlp_ratio"):

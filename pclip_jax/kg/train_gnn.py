@@ -8,6 +8,7 @@ resume, NaN guard, logging and the validation-best parameters through the loop p
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from pclip_jax import compat, loop, parallel
+from pclip_jax import compat, files, loop, parallel
 from pclip_jax.compat import count_params
 from pclip_jax.kg import graphs as kg_graphs
 from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, graph_mask, init_params, per_level_outputs,
@@ -32,6 +33,9 @@ AXIS = "batch"
 # Under the stage's directory (the workdir's `gnn/`): the last states, and the validation-best parameters.
 CHECKPOINTS = "gnn_checkpoints"
 BEST_CHECKPOINTS = "checkpoints_best"
+SETTINGS_STAMP = "gnn_settings.json"   # what the checkpoints were trained with
+# Options that change how a run logs or saves, not what it trains: a resume may change them.
+_NOT_STAMPED = ("log_every", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +188,7 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
     if not (y1 >= 0).any():
         raise ValueError(f"no training flow has a level-1 label known to graph {kg.kg.name!r}")
     workdir = pathlib.Path(workdir)
+    _start_over_if_settings_changed(workdir, cfg)
     n_dev = jax.local_device_count()
     per_device = max(1, math.ceil(cfg.batch_size / n_dev))
     layout = kg.layout
@@ -235,6 +240,32 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
                       params_of=lambda s: s["params"], validate=validate, best_dir=workdir / BEST_CHECKPOINTS,
                       progress=progress)
     return result.params, result.history
+
+
+def _start_over_if_settings_changed(workdir: pathlib.Path, cfg: GnnTrainConfig) -> None:
+    """Resume only checkpoints trained with these settings: GNN checkpoints without a stamp (older versions) or with
+    other settings (e.g. `gnn.model.factored` changed, whose parameters have the same shapes) are moved to
+    `previous-N/` and the GNN is trained again (minutes), rather than evaluated under settings they never had."""
+    stamp = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items() if k not in _NOT_STAMPED}
+    path = workdir / SETTINGS_STAMP
+    old = [workdir / n for n in (CHECKPOINTS, BEST_CHECKPOINTS) if (workdir / n).exists()]
+    if old and jax.process_index() == 0:
+        stored = files.read_json(path) if path.is_file() else None
+        if stored != stamp:
+            n = 1
+            while (workdir / f"previous-{n}").exists():
+                n += 1
+            aside = workdir / f"previous-{n}"
+            aside.mkdir()
+            for p in old + ([path] if path.is_file() else []):
+                p.rename(aside / p.name)
+            changed = "no settings stamp (an older version)" if stored is None else "other settings: " + ", ".join(
+                sorted(k for k in stamp if stored.get(k) != stamp[k]))
+            print(f"[gnn] {workdir}: checkpoints trained with {changed}; moved to {aside}, training the GNN again",
+                  file=sys.stderr)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        files.write_json(path, stamp)
 
 
 def predict_arrays(config: Any, params: Any, embeddings: np.ndarray, kg: PreparedKG, batch_size: int = 256,

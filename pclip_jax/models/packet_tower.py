@@ -108,7 +108,11 @@ class PacketTower(nn.Module):
             packet_tokens = nn.Dense(cfg.width, dtype=cfg.dtype, name="pool_proj")(packet_tokens)
         feats = packet_features(sizes, iat, tcp_flags).astype(cfg.dtype)
         packet_tokens = packet_tokens + nn.Dense(cfg.width, dtype=cfg.dtype, name="feature_proj")(feats)
-        position = self.param("packet_index_embed", nn.initializers.normal(0.02), (k, cfg.width))
+        if k > cfg.packets:
+            raise ValueError(f"{k} packets per flow, but the tower was built for {cfg.packets} (data.packets)")
+        # Sized by the config, sliced to the input: a batch of short flows may come with fewer packet slots (the
+        # ONNX export has towers for fewer slots; every slot past a flow's packets is masked: the same outputs).
+        position = self.param("packet_index_embed", nn.initializers.normal(0.02), (cfg.packets, cfg.width))[:k]
         h = packet_tokens + position.astype(cfg.dtype)
         present = jnp.asarray(sizes) != 0
         # A flow always has >= 1 packet; guard anyway so an all-padding row cannot produce NaNs.
