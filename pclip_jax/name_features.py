@@ -14,7 +14,6 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
-from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from pclip_jax.data.ingest import FlowTable
@@ -44,6 +43,8 @@ class NameEncoder:
 
     @staticmethod
     def _read_model_dir(model_path):
+        from safetensors import safe_open  # only here: an export's table is a .npy file
+
         model_dir = resolve_model_dir(model_path)
         for f in ("tokenizer.json", "model.safetensors"):
             if not (model_dir / f).is_file():
