@@ -134,7 +134,7 @@ class OnnxModel:
             for s in range(0, len(rows), batch_size):
                 part = rows[s:s + batch_size]
                 idx = indices[part]
-                out[part] = self.embed_batch({name: tensors[name][idx][:, :slots] if name in TOWER_INPUTS
+                out[part] = self.embed_batch({name: tensors[name][idx, :slots] if name in TOWER_INPUTS
                                               else tensors[name][idx] for name in self.tower_inputs})
         return out
 
