@@ -165,3 +165,26 @@ def test_iot_sentinel_builder_names_type_and_device(tmp_path, ndpi_dir):
         assert set(arrays["level2"]) == {"HueBridge", "D-LinkSiren"}
         assert {(d, t) for d, t in zip(arrays["level2"], arrays["level1_name"])} == \
             {("HueBridge", "Lighting"), ("D-LinkSiren", "Sensor")}
+
+
+def test_beam_build_equals_single_process(tmp_path, ndpi_dir):
+    # `python -m pclip_jax.data.build`: the Apache Beam pipeline (DirectRunner, 2 worker processes) writes the
+    # same examples and metadata as the single-process build of the same captures.
+    pytest.importorskip("apache_beam")
+    import tensorflow_datasets as tfds
+
+    from pclip_jax.data import build
+
+    manual = _manual_dir(tmp_path / "manual", ndpi_dir, "flat")
+    common = ["ndpi_traffic", "--manual_dir", str(manual), "--config", "k16_b128"]
+    single = build.main([*common, "--data_dir", str(tmp_path / "single")])
+    beam = build.main([*common, "--data_dir", str(tmp_path / "beam"), "--beam_runner", "DirectRunner",
+                       "--beam_workers", "2"])
+    assert single["runner"] == "single-process" and beam["runner"] == "DirectRunner"
+    assert single["splits"] == beam["splits"] and min(single["splits"].values()) > 0
+    assert single["digest"] == beam["digest"]
+    meta = [tfds.builder_from_directory(r["data_dir"]).info.metadata for r in (single, beam)]
+    assert meta[0] == meta[1] and meta[0]["split_captures"]["test"]
+    assert meta[0]["flows_ingested"] == sum(meta[0]["dropped"].values())  # every ingested flow kept or counted
+    with pytest.raises(SystemExit):
+        build.main([*common, "--data_dir", str(tmp_path / "x"), "--beam_workers", "2"])  # needs --beam_runner
