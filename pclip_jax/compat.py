@@ -61,6 +61,17 @@ def replicate_local(tree: Any) -> Any:
                         tree)
 
 
+def shard_local(tree: Any) -> Any:
+    """Leaves [local_devices, ...] placed one slice per local device, as `jax.pmap` expects (replaces the
+    deprecated `jax.device_put_sharded`)."""
+    import numpy as np
+
+    devices = jax.local_devices()
+    mesh = jax.sharding.Mesh(np.array(devices), ("local_devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("local_devices"))
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+
+
 def maybe_initialize_distributed() -> bool:
     """Calls `jax.distributed.initialize()` only when the environment asks for a multi-process run.
 

@@ -19,24 +19,16 @@ from pclip_jax.models.bert import BertConfig, BertEncoder
 from pclip_jax.models.packet_tower import PacketTowerConfig
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
+from pclip_jax.data.flow_source import TENSOR_KEYS, tower_inputs  # noqa: F401  (re-exported)
 from pclip_jax.name_features import NAME_KEY
 from pclip_jax.settings import Settings
 from pclip_jax.text_features import TextFeaturizer, cached_text_features, params_tag
 
 AXIS = "batch"
-TENSOR_KEYS = ("bytes", "sizes", "iat", "tcp_flags")  # per-packet inputs of the packet tower [N, K, ...]
 
 
 def compute_dtype(settings: Settings):
     return jnp.bfloat16 if settings.train.dtype == "bfloat16" else jnp.float32
-
-
-def tower_inputs(tensors: dict, idx) -> dict:
-    """The packet tower's inputs for flows `idx`: the per-packet tensors, and server-name vectors when present."""
-    batch = {k: tensors[k][idx] for k in TENSOR_KEYS}
-    if NAME_KEY in tensors:
-        batch[NAME_KEY] = tensors[NAME_KEY][idx]
-    return batch
 
 
 def model_config(settings: Settings) -> TwoTowerConfig:

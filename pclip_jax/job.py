@@ -17,13 +17,14 @@ import numpy as np
 
 from pclip_jax import evaluate, files, train
 from pclip_jax.compat import maybe_initialize_distributed
+from pclip_jax.data.flow_source import prepare_from_dataset
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
 from pclip_jax.embedding import build_model, load_descriptions, text_featurizer
 from pclip_jax.kg import pipeline as detection
 from pclip_jax.kg.from_labels import graph_from_labels
 from pclip_jax.kg.schema import load_kg, save_kg
 from pclip_jax.models.text_tower import resolve_model_dir
-from pclip_jax.name_features import with_name_features
+from pclip_jax.name_features import NameEncoder, with_name_features
 from pclip_jax.settings import Settings, from_config, with_absolute_paths
 from pclip_jax.workdir import Workdir
 
@@ -42,7 +43,11 @@ def check_inputs(settings: Settings):
 
 def prepare_experiment(settings: Settings, cache_dir, kg=None) -> PreparedFlows:
     """The experiment's flows (`data.prepare.prepare_flows`, classes named with the graph `kg` when the taxonomy
-    asks for it) with the server-name vectors the towers read."""
+    asks for it) with the server-name vectors the towers read. With `data.dataset`, a built dataset read on demand
+    (`data.flow_source.prepare_from_dataset`)."""
+    if settings.data.dataset:
+        encoder = NameEncoder(settings.text.encoder) if settings.data.use_names else None
+        return prepare_from_dataset(settings.data, encoder)
     prepared = prepare_flows(settings.data, cache_dir, kg=kg)
     return dataclasses.replace(prepared, table=with_name_features(prepared.table, settings))
 

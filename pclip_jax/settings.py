@@ -51,6 +51,9 @@ class DataSettings:
                                              # are sources with their own label spec (a mixed corpus)
     labels: str = ""                         # label spec; '' = ndpi:<manual_dir>/result
     cache_dir: str = ""                      # '' = <workdir>/cache
+    dataset: str = ""                        # a built dataset dir (python -m pclip_jax.data.build; data_dir/name/
+                                             # config/version): flows, labels and test split from it, packet bytes
+                                             # read per batch; manual_dir/inputs/labels then unused
     packets: int = 16
     bytes: int = 128
     mask: bool = True
@@ -74,6 +77,10 @@ class DataSettings:
         _one_of(f"{prefix}.label_level", self.label_level, LABEL_COLUMNS)
         _one_of(f"{prefix}.taxonomy", self.taxonomy, ("auto", "hierarchy", "graph", "raw"))
         _one_of(f"{prefix}.split", self.split, ("capture", "time"))
+        if self.dataset:
+            _check(self.split == "capture", f"{prefix}.split", self.split,
+                   "'capture' with data.dataset (a built dataset is split by capture when it is built)")
+            _check(not self.inputs, f"{prefix}.inputs", self.inputs, "empty with data.dataset (the dataset holds the flows)")
         _check(self.min_class_flows >= 1, f"{prefix}.min_class_flows", self.min_class_flows, "an integer >= 1")
         _check(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "in (0, 1)")
         _check(0 <= self.validation_fraction < 1, f"{prefix}.validation_fraction", self.validation_fraction,
@@ -176,9 +183,10 @@ class TrainSettings:
     eval_every: int = 250                    # validation zero-shot mAUC, keeps the best parameters
     keep_checkpoints: int = 3
     stop_after: int = 0                      # >0: stop at this step with the full run's schedule (preemption drills)
+    prefetch: int = 2                        # batches read and prepared ahead in a background thread
 
     def validate(self, prefix: str = "train") -> None:
-        for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "prefetch"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         for name in ("warmup_steps", "eval_every", "stop_after"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
@@ -410,7 +418,8 @@ def with_absolute_paths(settings: Settings, base: Optional[pathlib.Path] = None)
         data=dataclasses.replace(d, manual_dir=_absolute(d.manual_dir, base) if d.manual_dir else "",
                                  inputs=tuple(_input_absolute(i, base) for i in d.inputs),
                                  labels=_label_spec_absolute(d.labels, base),
-                                 cache_dir=_absolute(d.cache_dir, base) if d.cache_dir else ""),
+                                 cache_dir=_absolute(d.cache_dir, base) if d.cache_dir else "",
+                                 dataset=_absolute(d.dataset, base) if d.dataset else ""),
         text=dataclasses.replace(t, encoder=encoder,
                                  descriptions=_absolute(t.descriptions, base) if t.descriptions else ""),
         gnn=dataclasses.replace(g, kg=_absolute(g.kg, base) if g.kg.endswith((".yaml", ".yml")) else g.kg))

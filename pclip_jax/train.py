@@ -20,9 +20,10 @@ from flax.training import train_state
 
 from pclip_jax import compat, loop, losses, parallel
 from pclip_jax import text as text_lib
+from pclip_jax.data.flow_source import FlowRows, Prefetcher, TableRows
 from pclip_jax.data.prepare import PreparedFlows
 from pclip_jax.embedding import (AXIS, TENSOR_KEYS, class_text_features, embed_flows, init_params,
-                                 load_descriptions, make_embed_fn, tower_inputs, zero_shot_scores)
+                                 load_descriptions, make_embed_fn, zero_shot_scores)
 from pclip_jax.metrics import classification_report
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowers
@@ -134,7 +135,8 @@ def sample_indices(step: int, n: int, batch: int, class_ids: np.ndarray, seed: i
     return rng.choice(n, size=batch, replace=n < batch, p=weights / weights.sum())
 
 
-def augment_flows(batch: dict, rng: np.random.Generator, augment) -> dict:
+def augment_flows(batch: dict, rng: np.random.Generator, augment, mine: slice = slice(None),
+                  batch_size: Optional[int] = None) -> dict:
     """Capture-invariance augmentations: what changes between two captures of the same application.
 
     * `iat_scale`: multiply each flow's inter-arrival times by a log-uniform factor in [1/s, s] (another network,
@@ -144,17 +146,22 @@ def augment_flows(batch: dict, rng: np.random.Generator, augment) -> dict:
       coalesced segments, another capture point);
     * `name_dropout`: hide the server name of this fraction of flows (Encrypted Client Hello, resumed sessions,
       flows whose handshake was not captured), so the tower does not depend on names alone.
+
+    `batch` holds the rows `mine` of a global batch of `batch_size` rows (default: all of it). The random draws are
+    made for the whole global batch and cut to `mine`, so a process that reads only its own rows augments them
+    exactly as a single process augmenting the whole batch would.
     """
     batch = dict(batch)
     n, k = batch["sizes"].shape
+    total = n if batch_size is None else batch_size
     if augment.iat_scale > 1:
-        factor = np.exp(rng.uniform(-1, 1, size=(n, 1)) * np.log(augment.iat_scale)).astype(np.float32)
+        factor = np.exp(rng.uniform(-1, 1, size=(total, 1))[mine] * np.log(augment.iat_scale)).astype(np.float32)
         batch["iat"] = batch["iat"] * factor
     if augment.byte_dropout > 0:
-        keep = rng.random(batch["bytes"].shape) >= augment.byte_dropout
+        keep = rng.random((total,) + batch["bytes"].shape[1:])[mine] >= augment.byte_dropout
         batch["bytes"] = batch["bytes"] * keep.astype(np.uint8)
     if augment.packet_dropout > 0:
-        drop = (rng.random((n, k)) < augment.packet_dropout) & (batch["sizes"] != 0)
+        drop = (rng.random((total, k))[mine] < augment.packet_dropout) & (batch["sizes"] != 0)
         drop[:, 0] = False
         order = np.argsort(drop, axis=1, kind="stable")  # kept packets first, in their original order
         for key in TENSOR_KEYS:
@@ -163,45 +170,51 @@ def augment_flows(batch: dict, rng: np.random.Generator, augment) -> dict:
             mask = dropped_sorted.reshape(dropped_sorted.shape + (1,) * (arr.ndim - 2))
             batch[key] = np.where(mask, np.zeros_like(arr), arr)
     if augment.name_dropout > 0 and NAME_KEY in batch:
-        hide = rng.random(n) < augment.name_dropout
+        hide = rng.random(total)[mine] < augment.name_dropout
         batch[NAME_KEY] = np.where(hide[:, None], np.zeros_like(batch[NAME_KEY]), batch[NAME_KEY])
     return batch
 
 
 def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarray, step: int, seed: int,
-                     augment=None) -> dict:
-    """rows index into prepared.train_idx."""
+                     augment=None, flows: Optional[FlowRows] = None, mine: slice = slice(None)) -> dict:
+    """This process's part `mine` of the global batch `rows` (indices into prepared.train_idx).
+
+    `flows` reads the tower inputs of training rows (default: prepared.table's tensors). Only the rows `mine` are
+    read; augmentation and text variants are drawn for all of `rows`, so every process count trains on the same
+    global batch."""
     rng = np.random.default_rng([seed, step, 1])
-    flows = prepared.train_idx[rows]
-    tensors = prepared.table.tensors
-    batch = tower_inputs(tensors, flows)
+    flows = flows if flows is not None else TableRows(prepared.table.tensors, prepared.train_idx)
+    own = rows[mine]
+    batch = flows.read(own)
     if augment is not None:
-        batch = augment_flows(batch, rng, augment)
-    variant = rng.integers(0, texts.variants.shape[1], size=len(rows))
-    chosen = texts.variants[rows, variant]
+        batch = augment_flows(batch, rng, augment, mine, len(rows))
+    variant = rng.integers(0, texts.variants.shape[1], size=len(rows))[mine]
+    chosen = texts.variants[own, variant]
     if texts.tokens is not None:
         batch["input_ids"] = texts.tokens["input_ids"][chosen]
         batch["attention_mask"] = texts.tokens["attention_mask"][chosen]
     else:
         batch["text"] = texts.features[chosen].astype(np.float32)
-    batch["valid"] = np.ones(len(rows), bool)
-    batch["class_id"] = prepared.class_ids[flows]
+    batch["valid"] = np.ones(len(own), bool)
+    batch["class_id"] = prepared.class_ids[prepared.train_idx[own]]
     return batch
 
 
 # ----------------------------------------------------------------------------------------------- the stage
 
 def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, texts: TrainTexts, model: TwoTowers,
-             progress: bool = True, validate: Optional[Callable[[Any], float]] = None) -> tuple[Any, int]:
+             progress: bool = True, validate: Optional[Callable[[Any], float]] = None,
+             flows: Optional[FlowRows] = None) -> tuple[Any, int]:
     """Runs (or resumes) pre-training; returns (host params, steps done).
 
     With `validate` (params → score on the validation captures, higher is better), the score is computed every
     `train.eval_every` steps and the best parameters are kept in the workdir's `checkpoints_best`; they are
     returned instead of the last ones (model selection on captures that neither training nor the test split
-    contain). `prepared.table` must carry the name vectors when the settings use names
-    (`name_features.with_name_features`).
+    contain). `flows` reads the training flows' tower inputs (`data.flow_source`: a built dataset's random-access
+    source, default the in-memory `prepared.table`, which must then carry the name vectors when the settings use
+    names: `name_features.with_name_features`).
     """
-    if settings.data.use_names and NAME_KEY not in prepared.table.tensors:
+    if flows is None and settings.data.use_names and NAME_KEY not in prepared.table.tensors:
         raise ValueError("data.use_names is on but the flow table has no name vectors: call "
                          "name_features.with_name_features(table, settings) first")
     train = settings.train
@@ -217,14 +230,19 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
     train_classes = prepared.class_ids[prepared.train_idx]
     known = np.where(train_classes >= 0, train_classes, train_classes.max() + 1)
 
-    def batches_from(start: int):
+    mine = parallel.process_slice(global_batch)
+    prefetchers = []
+
+    def batches(start: int):
         for step in itertools.count(start):
             rows = sample_indices(step, len(prepared.train_idx), global_batch, known, train.seed, train.class_balance)
-            # The global batch (augmentation and text variants drawn for all its rows), then this process's rows:
-            # every process count sees the same batch, so a multi-process run equals the single-process one.
-            batch = make_train_batch(prepared, texts, rows, step, train.seed, train.augment)
-            mine = parallel.process_slice(global_batch)
-            yield parallel.shard({k: v[mine] for k, v in batch.items()})
+            # The global batch's rows, augmentation and text variants, of which this process reads and prepares
+            # only its own: every process count sees the same batch, so a multi-process run equals one process.
+            yield parallel.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment, flows, mine))
+
+    def batches_from(start: int):
+        prefetchers.append(Prefetcher(batches(start), depth=train.prefetch))
+        return prefetchers[-1]
 
     spec = loop.LoopSpec(name="pre-training", num_steps=train.num_steps, log_every=train.log_every,
                          checkpoint_every=train.checkpoint_every, keep_checkpoints=train.keep_checkpoints,
@@ -239,6 +257,8 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
                       checkpoint_dir=workdir.checkpoints, metrics_dir=workdir.path, metrics_name="train",
                       params_of=lambda s: s.params, validate=validate, best_dir=workdir.best_checkpoints,
                       progress=progress)
+    for p in prefetchers:
+        p.close()
     return result.params, result.steps
 
 

@@ -57,7 +57,8 @@ def _stack(examples: Sequence[dict], keys: Optional[Sequence[str]]) -> dict[str,
     return out
 
 
-def _get_many(source, idx: np.ndarray) -> list[dict]:
+def get_many(source, idx: np.ndarray) -> list[dict]:
+    """Examples `idx` of a random-access source, in one call where the source batches reads."""
     if hasattr(source, "__getitems__"):
         return list(source.__getitems__(idx.tolist()))
     return [source[int(i)] for i in idx]
@@ -78,7 +79,7 @@ def as_numpy(source, batch_size: int, shuffle: bool = False, seed: int = 0, drop
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_remainder else n
         for start in range(0, stop, batch_size):
-            yield _stack(_get_many(source, order[start:start + batch_size]), keys)
+            yield _stack(get_many(source, order[start:start + batch_size]), keys)
         epoch += 1
 
 
@@ -86,4 +87,4 @@ def load_split(name: str, split: str, data_dir: str | pathlib.Path, config: Opti
                keys: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     """A whole split as one dict of numpy arrays, in the source's order."""
     source = load_source(name, split, data_dir, config)
-    return _stack(_get_many(source, np.arange(len(source))), keys)
+    return _stack(get_many(source, np.arange(len(source))), keys)

@@ -190,7 +190,7 @@ def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestC
     return table
 
 
-def _keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str):
+def keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str):
     """Validation captures holding a class that no training capture has go back to train (whole captures):
     a class with a single training capture must not lose all its training flows to model selection."""
     labels = np.asarray(table.meta[level]).astype(str)
@@ -224,7 +224,7 @@ def _split(table: FlowTable, data_config: DataSettings, level: str) -> tuple[np.
         inner = splits_lib.split_by_capture(table.select(train_idx), test_fraction=data_config.validation_fraction,
                                             seed=data_config.split_seed, label_column=level)
         train_idx, val_idx = train_idx[np.asarray(inner["train"])], train_idx[np.asarray(inner["test"])]
-        train_idx, val_idx = _keep_every_class_in_train(table, train_idx, val_idx, level)
+        train_idx, val_idx = keep_every_class_in_train(table, train_idx, val_idx, level)
     return train_idx, val_idx, test_idx
 
 
