@@ -12,7 +12,7 @@ reports:
 * steps/s and flows/s of pre-training (after the first, compiling, steps);
 * the same step on one batch kept on the device: how much the input pipeline costs (input-bound when the ratio
   of the two is well below 1);
-* the input pipeline alone (read, decode, augment, shard; one thread): the flows/s it can feed a device;
+* the input pipeline alone (read, decode, augment, shard; `train.prefetch` threads): the flows/s it can feed;
 * peak RSS of the process, and its ratio to scale 1 (flat input memory: close to 1);
 * FLOPs per step from the compiled program (a multiply-add = 2 FLOPs) and MFU where the device's peak is known.
 """
@@ -61,7 +61,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
 
     from pclip_jax import compat, job, parallel, train
     from pclip_jax.config_files import load_config
-    from pclip_jax.data.flow_source import TableRows
+    from pclip_jax.data.flow_source import Prefetcher, TableRows
     from pclip_jax.embedding import build_model, text_featurizer
     from pclip_jax.settings import from_config, with_absolute_paths
     from pclip_jax.workdir import Workdir
@@ -91,17 +91,24 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     steps_per_s = float(np.mean([r["steps_per_sec"] for r in timed]))
     global_batch = parallel.global_batch_size(settings.train.batch_size)
 
-    # The input pipeline alone (read, decode, augment, text variants, shard; one thread): the flows/s it can feed.
+    # The input pipeline alone (read, decode, augment, text variants, shard), through the prefetcher training uses
+    # (train.prefetch threads): the flows/s it can feed a device.
     known = np.maximum(prepared.class_ids[prepared.train_idx], 0)
     mine = parallel.process_slice(global_batch)
-    reads = max(5, min(steps, 20))
-    t1 = time.perf_counter()
-    for step in range(reads):
+
+    def batch_of(step):
         sample = train.sample_indices(step, len(rows), global_batch, known, settings.train.seed,
                                       settings.train.class_balance)
-        parallel.shard(train.make_train_batch(prepared, texts, sample, step, settings.train.seed,
-                                              settings.train.augment, rows, mine))
+        return parallel.shard(train.make_train_batch(prepared, texts, sample, step, settings.train.seed,
+                                                     settings.train.augment, rows, mine))
+
+    reads = max(5, min(steps, 20))
+    t1 = time.perf_counter()
+    feed = Prefetcher(batch_of, 0, depth=settings.train.prefetch)
+    for _ in range(reads):
+        next(feed)
     input_flows_per_s = reads * global_batch / (time.perf_counter() - t1)
+    feed.close()
 
     # The same step on one batch that stays on the device: no reading, no augmenting, no transfer.
     state = train.create_state(settings, model, jax.random.PRNGKey(0), texts.features.shape[1])
@@ -195,8 +202,8 @@ def main(argv=None) -> int:
               f"{r['flops_per_step'] / 1e9:>10.3g} "
               f"{mfu:>6} {r['peak_rss_mb']:>7.0f}MB {r['rss_vs_scale_1']:>6.2f}")
     print(f"device: {rows[0]['device']} x {rows[0]['devices']}; resident = steps/s of the same step on a batch kept "
-          f"on the device; input eff = steps/s over resident steps/s; input flows/s = the input pipeline alone, one "
-          f"thread")
+          f"on the device; input eff = steps/s over resident steps/s; input flows/s = the input pipeline alone "
+          f"(train.prefetch threads)")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -183,7 +183,7 @@ class TrainSettings:
     eval_every: int = 250                    # validation zero-shot mAUC, keeps the best parameters
     keep_checkpoints: int = 3
     stop_after: int = 0                      # >0: stop at this step with the full run's schedule (preemption drills)
-    prefetch: int = 2                        # batches read and prepared ahead in a background thread
+    prefetch: int = 2                        # batches read and prepared ahead, by as many threads
 
     def validate(self, prefix: str = "train") -> None:
         for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "prefetch"):

@@ -8,7 +8,6 @@ function of (seed, step), orbax checkpoints, and the validation-best parameters 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import sys
 from typing import Any, Callable, Optional
 
@@ -233,15 +232,14 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
     mine = parallel.process_slice(global_batch)
     prefetchers = []
 
-    def batches(start: int):
-        for step in itertools.count(start):
-            rows = sample_indices(step, len(prepared.train_idx), global_batch, known, train.seed, train.class_balance)
-            # The global batch's rows, augmentation and text variants, of which this process reads and prepares
-            # only its own: every process count sees the same batch, so a multi-process run equals one process.
-            yield parallel.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment, flows, mine))
+    def batch_of(step: int):
+        rows = sample_indices(step, len(prepared.train_idx), global_batch, known, train.seed, train.class_balance)
+        # The global batch's rows, augmentation and text variants, of which this process reads and prepares only
+        # its own: every process count sees the same batch, so a multi-process run equals one process.
+        return parallel.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment, flows, mine))
 
     def batches_from(start: int):
-        prefetchers.append(Prefetcher(batches(start), depth=train.prefetch))
+        prefetchers.append(Prefetcher(batch_of, start, depth=train.prefetch))
         return prefetchers[-1]
 
     spec = loop.LoopSpec(name="pre-training", num_steps=train.num_steps, log_every=train.log_every,

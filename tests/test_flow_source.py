@@ -127,18 +127,26 @@ def test_dataset_settings_are_checked(dataset, tmp_path):
 
 
 def test_prefetcher_keeps_order_and_raises():
-    assert list(flow_source.Prefetcher(iter(range(50)), depth=3)) == list(range(50))
+    import threading
+    import time
 
-    def broken():
-        yield 1
-        raise ValueError("bad batch")
+    def slow_square(step):
+        time.sleep(0.01 * (step % 3))  # later steps often finish first
+        return step * step, threading.current_thread().name
 
-    it = flow_source.Prefetcher(broken())
-    assert next(it) == 1
+    it = flow_source.Prefetcher(slow_square, start=5, depth=3)
+    got = [next(it) for _ in range(20)]
+    it.close()
+    assert [v for v, _ in got] == [s * s for s in range(5, 25)]
+    assert len({name for _, name in got}) > 1  # made by several threads
+
+    def broken(step):
+        if step == 2:
+            raise ValueError("bad batch")
+        return step
+
+    it = flow_source.Prefetcher(broken, depth=2)
+    assert [next(it), next(it)] == [0, 1]
     with pytest.raises(ValueError, match="bad batch"):
         next(it)
-    endless = flow_source.Prefetcher(iter(int, 1))  # never ends: close() stops the thread
-    next(endless)
-    endless.close()
-    endless._thread.join(timeout=5)
-    assert not endless._thread.is_alive()
+    it.close()

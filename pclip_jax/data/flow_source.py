@@ -7,16 +7,15 @@
 A built dataset (array_record) is read through TFDS's random-access data source (`as_data_source`): its labels and
 small per-flow columns (sizes, inter-arrival times, flags, statistics: about 200 bytes a flow) are read once; the
 packet bytes stay on disk (`DiskColumn`) and each batch reads and decodes its own rows, in the process that trains
-on them. Pre-training prepares batches ahead in a thread (`Prefetcher`). Batches remain a pure function of
+on them. Pre-training prepares batches ahead in threads (`Prefetcher`). Batches remain a pure function of
 (seed, step), so resuming and the process count change nothing.
 """
 from __future__ import annotations
 
+import collections
 import pathlib
-import queue
 import sys
-import threading
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -84,23 +83,52 @@ class DiskColumn:
         part = np.searchsorted(self.offsets, rows, side="right") - 1
         for p in np.unique(part).tolist():
             at = np.flatnonzero(part == p)
-            for j, e in zip(at, get_many(self.sources[p], rows[at] - self.offsets[p])):
-                out[j] = e[self.key]
+            source, local = self.sources[p], rows[at] - self.offsets[p]
+            raw = getattr(source, "data_source", None)  # TFDS's array_record source: serialised tf.Examples
+            if raw is not None:
+                # Parse this one feature, not all 25 of every example (TFDS's decoding is ~0.8 ms an example).
+                for j, record in zip(at, raw.__getitems__(local.tolist())):
+                    out[j] = _feature_from_record(record, self.key, self.dtype, self.shape[1:])
+            else:
+                for j, e in zip(at, get_many(source, local)):
+                    out[j] = e[self.key]
         return out
 
 
+def _feature_from_record(record: bytes, key: str, dtype, shape) -> np.ndarray:
+    """One feature of a serialised tf.Example as TFDS wrote it (raw bytes, or an int64 / float list)."""
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    feature = tf_example_pb2.Example.FromString(record).features.feature[key]
+    kind = feature.WhichOneof("kind")
+    if kind == "bytes_list":
+        return np.frombuffer(feature.bytes_list.value[0], dtype).reshape(shape)
+    return np.asarray(getattr(feature, kind).value, dtype).reshape(shape)
+
+
 class NameColumn:
-    """Server-name vectors computed when rows are asked for (a built dataset keeps the names, not the vectors)."""
+    """Server-name vectors made when rows are asked for (a built dataset keeps the names, not the vectors), each
+    distinct name once: memory grows with the distinct names seen, not with the flows."""
 
     def __init__(self, encoder, names: np.ndarray):
-        self.encoder, self.names = encoder, np.asarray(names).astype(str)
-        self.shape, self.dtype = (len(self.names), int(encoder.dim)), np.dtype(np.float16)
+        self.encoder = encoder
+        self.distinct, self.inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
+        self.inverse = self.inverse.reshape(-1).astype(np.int32)
+        self.shape, self.dtype = (len(self.inverse), int(encoder.dim)), np.dtype(np.float16)
+        self._vectors: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
-        return self.encoder(self.names[np.atleast_1d(np.asarray(rows, np.int64))])
+        which = self.inverse[np.atleast_1d(np.asarray(rows, np.int64))]
+        new = [int(i) for i in np.unique(which) if int(i) not in self._vectors]
+        if new:  # dict updates are atomic: prefetch threads may fill it at once, with the same values
+            self._vectors.update(zip(new, self.encoder(self.distinct[new])))
+        out = np.empty((len(which), self.shape[1]), self.dtype)
+        for j, i in enumerate(which.tolist()):
+            out[j] = self._vectors[i]
+        return out
 
 
 def open_dataset(dataset_dir: str | pathlib.Path):
@@ -199,44 +227,32 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
 
 
 class Prefetcher:
-    """Runs an iterator in a background thread, `depth` items ahead (batch reads overlap the device step).
+    """`make(step)` for step = start, start + 1, ... computed `depth` steps ahead by `depth` threads, returned in
+    step order. Batches are a pure function of the step, so prefetching changes only when they are made (the
+    array_record reads, protobuf parsing and numpy work release the GIL for much of their time)."""
 
-    Order and content are the iterator's own, so prefetching never changes what training sees."""
+    def __init__(self, make: Callable[[int], object], start: int = 0, depth: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
 
-    _DONE = object()
+        self._make, self._next_step, self._depth = make, start, max(1, depth)
+        self._pool = ThreadPoolExecutor(max_workers=self._depth, thread_name_prefix="prefetch")
+        self._pending: collections.deque = collections.deque()
+        self._fill()
 
-    def __init__(self, iterator: Iterator, depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True, name="prefetch")
-        self._thread.start()
-
-    def _fill(self, iterator):
-        try:
-            for item in iterator:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._queue.put((self._DONE, None))
-        except BaseException as e:  # re-raised in the consumer, with its traceback
-            self._queue.put((self._DONE, e))
+    def _fill(self) -> None:
+        while len(self._pending) < self._depth:
+            self._pending.append(self._pool.submit(self._make, self._next_step))
+            self._next_step += 1
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        item, error = self._queue.get()
-        if error is not None:
-            raise error
-        if item is self._DONE:
-            raise StopIteration
-        return item
+        batch = self._pending.popleft().result()  # re-raises what `make` raised, with its traceback
+        self._fill()
+        return batch
 
     def close(self) -> None:
-        self._stop.set()
-
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

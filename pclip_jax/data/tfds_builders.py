@@ -97,7 +97,7 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     RELEASE_NOTES = {"1.0.0": "First release: masked packet tensors, statistics, level-1/level-2 labels.",
                      "1.1.0": "server_name feature (TLS SNI, HTTP Host, DNS question); per-session random values "
                               "(TCP timestamps, TLS hello random/session id, QUIC connection ids) masked.",
-                     "1.2.0": "first_ts/last_ts features; built one capture at a time, so the single-process and "
+                     "1.2.0": "first_ts/last_ts features (float64); packet bytes stored as one raw value; built one capture at a time, so the single-process and "
                               "the Apache Beam build (pclip_jax.data.build) write the same examples."}
     BUILDER_CONFIGS = _default_configs()
     DEFAULT_LABELS = ""
@@ -112,7 +112,8 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         k, b, s = self.builder_config.packets, self.builder_config.bytes, len(STATS_NAMES)
         i64, i32 = np.int64, np.int32
         features = tfds.features.FeaturesDict({
-            "bytes": tfds.features.Tensor(shape=(k, b), dtype=np.uint8),
+            # Raw bytes in one value, not 2,048 int64s: a training batch reads this feature alone (data/flow_source.py).
+            "bytes": tfds.features.Tensor(shape=(k, b), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
             "sizes": tfds.features.Tensor(shape=(k,), dtype=i32),
             "iat": tfds.features.Tensor(shape=(k,), dtype=np.float32),
             "tcp_flags": tfds.features.Tensor(shape=(k,), dtype=np.uint8),
@@ -129,8 +130,9 @@ class _TrafficBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             "encrypted": tfds.features.Scalar(dtype=i32),
             "capture": tfds.features.Text(),
             "server_name": tfds.features.Text(),            # '' when the flow announced none
-            "first_ts": tfds.features.Scalar(dtype=np.float64),  # capture time of the first / last packet
-            "last_ts": tfds.features.Scalar(dtype=np.float64),
+            # Capture time of the first / last packet, as 8 raw bytes (a tf.Example float is float32: ~2 min steps).
+            "first_ts": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
+            "last_ts": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
             "flow_id": tfds.features.Scalar(dtype=i64),
             "proto": tfds.features.Scalar(dtype=i32),
             "c2s_packets": tfds.features.Scalar(dtype=i64),
