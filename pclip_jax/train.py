@@ -251,12 +251,14 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
                                   f"train.dtype='float32'",
                          postfix=(("loss", "loss"), ("acc", "p2t_accuracy"), ("steps_s", "steps_per_sec"),
                                   ("flows_s", "flows_per_sec")))
-    result = loop.run(spec, state, lambda s, batch: p_step(s, batch, step_rngs), batches_from,
-                      checkpoint_dir=workdir.checkpoints, metrics_dir=workdir.path, metrics_name="train",
-                      params_of=lambda s: s.params, validate=validate, best_dir=workdir.best_checkpoints,
-                      progress=progress)
-    for p in prefetchers:
-        p.close()
+    try:
+        result = loop.run(spec, state, lambda s, batch: p_step(s, batch, step_rngs), batches_from,
+                          checkpoint_dir=workdir.checkpoints, metrics_dir=workdir.path, metrics_name="train",
+                          params_of=lambda s: s.params, validate=validate, best_dir=workdir.best_checkpoints,
+                          progress=progress)
+    finally:  # also when a step fails (NaN loss): no batch threads left behind
+        for p in prefetchers:
+            p.close()
     return result.params, result.steps
 
 
