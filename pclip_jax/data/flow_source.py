@@ -97,13 +97,24 @@ class DiskColumn:
 
 def _feature_from_record(record: bytes, key: str, dtype, shape) -> np.ndarray:
     """One feature of a serialised tf.Example as TFDS wrote it (raw bytes, or an int64 / float list)."""
+    return _feature_value(_parse(record)[key], dtype, shape)
+
+
+def _parse(record: bytes):
     from tensorflow_datasets.proto import tf_example_pb2
 
-    feature = tf_example_pb2.Example.FromString(record).features.feature[key]
+    return tf_example_pb2.Example.FromString(record).features.feature
+
+
+def _feature_value(feature, dtype, shape):
+    """A parsed tf.Example feature as TFDS wrote it: text, raw bytes, or an int64 / float list."""
     kind = feature.WhichOneof("kind")
     if kind == "bytes_list":
+        if dtype is str:
+            return _text(feature.bytes_list.value[0]) if feature.bytes_list.value else ""
         return np.frombuffer(feature.bytes_list.value[0], dtype).reshape(shape)
-    return np.asarray(getattr(feature, kind).value, dtype).reshape(shape)
+    values = getattr(feature, kind).value
+    return np.asarray(values, dtype).reshape(shape) if shape else dtype(values[0])
 
 
 class NameColumn:
@@ -153,9 +164,25 @@ def _small_columns(source, chunk: int, desc: str, progress: bool) -> tuple[dict,
 
     n = len(source)
     columns: dict[str, list] = {k: [] for k in (*_META, *_SMALL_TENSORS)}
+    raw = getattr(source, "data_source", None)  # TFDS's array_record source: parse only these features
+    spec = {}
+    if raw is not None and n:
+        first = source[0]  # dtypes and shapes as TFDS decodes them
+        spec = {k: (str, ()) if isinstance(first[k], bytes) else (np.asarray(first[k]).dtype.type,
+                                                                   np.shape(first[k]))
+                for k in (*_META.values(), *_SMALL_TENSORS)}
     for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=not progress, file=sys.stderr,
                       dynamic_ncols=True):
-        for e in get_many(source, np.arange(start, min(start + chunk, n))):
+        rows = np.arange(start, min(start + chunk, n))
+        if raw is not None:
+            for record in raw.__getitems__(rows.tolist()):
+                f = _parse(record)
+                for ours, theirs in _META.items():
+                    columns[ours].append(_feature_value(f[theirs], *spec[theirs]))
+                for k in _SMALL_TENSORS:
+                    columns[k].append(_feature_value(f[k], *spec[k]))
+            continue
+        for e in get_many(source, rows):
             for ours, theirs in _META.items():
                 columns[ours].append(_text(e[theirs]) if isinstance(e[theirs], bytes) else e[theirs])
             for k in _SMALL_TENSORS:
