@@ -92,3 +92,29 @@ def test_multi_positive_targets_use_classes(real_batch):
     a = losses.clip_loss(zp, zt, real_batch["valid"], real_batch["class_id"], scale, None, True)[0]
     b = losses.clip_loss(zp, zt, real_batch["valid"], real_batch["class_id"], scale, None, False)[0]
     assert abs(float(a) - float(b)) > 1e-4
+
+
+def test_bf16_gradient_scatters_in_float32(real_batch):
+    """The byte-embedding gradient (a scatter-add of every byte position onto 256 rows) is summed in float32 also
+    when the tower computes in bfloat16: a bf16 scatter runs on emulated bf16 atomics on GPUs, which made the bf16
+    training step 8x slower than float32 on an H200 (benchmarks/model_speed.py)."""
+    import re
+
+    import jax.numpy as jnp
+
+    cfg = dict(packets=4, bytes=32, patch_size=8, byte_dim=4, width=16, depth=1, heads=2)
+    bf16 = TwoTowers(TwoTowerConfig(packet=PacketTowerConfig(**cfg, dtype=jnp.bfloat16), embed_dim=8))
+    batch = {k: v[:PER_DEV] for k, v in real_batch.items()}
+    params = bf16.init(jax.random.PRNGKey(0), batch, text_features=batch["text"])["params"]
+    grad = jax.jit(jax.grad(lambda p: _loss(bf16, p, batch, "clip", None)))
+    # The lowered program, before a backend rewrites it (XLA:CPU widens bf16 scatters itself, XLA:GPU does not).
+    lines = grad.lower(params).as_text().splitlines()
+    scatter_types = []
+    for i, line in enumerate(lines):
+        if "stablehlo.scatter" in line:
+            end = next(ln for ln in lines[i:] if ") -> tensor<" in ln)
+            scatter_types.append(re.search(r"\) -> tensor<[\dx]*(\w+)>", end).group(1))
+    assert "f32" in scatter_types, f"expected the byte-embedding gradient to be a float32 scatter: {scatter_types}"
+    assert "bf16" not in scatter_types, scatter_types
+    assert jax.tree.leaves(grad(params)) and all(np.isfinite(np.asarray(g, np.float32)).all()
+                                                 for g in jax.tree.leaves(grad(params)))

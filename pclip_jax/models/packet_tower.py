@@ -92,7 +92,11 @@ class PacketTower(nn.Module):
         n, k, b = byte_rows.shape
         if b % cfg.patch_size:
             raise ValueError(f"bytes per packet ({b}) must be a multiple of patch_size ({cfg.patch_size})")
-        x = nn.Embed(256, cfg.byte_dim, dtype=cfg.dtype, name="byte_embed")(byte_rows.astype(jnp.int32))
+        # The lookup stays float32 and its result is cast: its gradient is a scatter-add of every byte position onto
+        # 256 rows, and in bfloat16 that scatter runs on emulated bf16 atomics on GPUs (measured on an H200: the
+        # bf16 training step took 8x the float32 one). Same values forward; the gradient is summed in float32.
+        x = nn.Embed(256, cfg.byte_dim, dtype=jnp.float32, name="byte_embed")(
+            byte_rows.astype(jnp.int32)).astype(cfg.dtype)
         offset = self.param("byte_offset_embed", nn.initializers.normal(0.02), (b, cfg.byte_dim))
         x = x + offset.astype(cfg.dtype)
         patches = x.reshape(n, k, b // cfg.patch_size, cfg.patch_size * cfg.byte_dim)
