@@ -29,16 +29,6 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Dense peak FLOP/s per chip, bf16 (float32 runs on these use the same peak: MFU is then a lower bound).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-              "TPU v5p": 459e12, "TPU v6 lite": 918e12}
-
-
-def _peak_flops(device) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
-
-
 def build_corpus(data_dir: pathlib.Path, manual_dir: str, scale: int, packets: int, nbytes: int) -> pathlib.Path:
     """The nDPI dataset `scale` times over (built once, reused); returns its dataset directory."""
     from pclip_jax.data import tfds_builders
@@ -60,6 +50,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     import numpy as np
 
     from pclip_jax import compat, job, parallel, train
+    from pclip_jax.costs import peak_flops
     from pclip_jax.config_files import load_config
     from pclip_jax.data.flow_source import Prefetcher, TableRows
     from pclip_jax.embedding import build_model, text_featurizer
@@ -130,7 +121,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
         rstate, metrics = p_step(rstate, on_device, rngs)
     jax.block_until_ready(metrics)
     resident_steps_per_s = reps / (time.perf_counter() - t1)
-    peak = _peak_flops(jax.devices()[0])
+    peak = peak_flops(jax.devices()[0])
     mfu = flops_per_step * steps_per_s / (peak * jax.device_count()) if peak else None
     return {"flows": len(prepared.class_ids), "train_flows": len(rows),
             "captures": sum(len(v) for v in prepared.split_captures.values()), "steps": steps,

@@ -10,6 +10,16 @@ from pclip_jax.compat import compiled_flops, count_params
 
 BATCH = 64
 
+# Dense bf16 peak FLOP/s per chip, by device kind (float32 runs use the same peak: their MFU is a lower bound).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+              "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops(device) -> float | None:
+    """The dense bf16 peak of `device` (a jax Device) where its kind is known, else None."""
+    kind = getattr(device, "device_kind", "")
+    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
+
 
 def packet_tower_cost(settings) -> dict:
     """{'params', 'flops_per_flow'} of the packet tower of `settings` (Settings)."""

@@ -49,6 +49,14 @@ def create_state(settings: Settings, model: TwoTowers, rng, text_dim: int = 384,
 
 
 def make_train_step(model: TwoTowers, settings: Settings):
+    """The pre-training step, pmap-sharded over the local devices (`compat.pmap`, axis `AXIS`)."""
+    return compat.pmap(train_step_fn(model, settings), axis_name=AXIS, donate_argnums=(0,))
+
+
+def train_step_fn(model: TwoTowers, settings: Settings):
+    """The pre-training step (state, batch, rng) → (state, metrics) before it is mapped over devices: it reduces
+    over the axis `AXIS` (gradients, metrics, the global contrastive loss), bound by `make_train_step`'s pmap, or
+    by `jax.vmap(..., axis_name=AXIS)` to compile it for one device (benchmarks/model_speed.py counts its FLOPs so)."""
     loss_name, multi_positive = settings.train.loss, settings.train.multi_positive
     _, schedule = make_optimizer(settings.train)
 
@@ -75,7 +83,7 @@ def make_train_step(model: TwoTowers, settings: Settings):
         metrics["learning_rate"] = schedule(state.step)
         return state.apply_gradients(grads=grads), metrics
 
-    return compat.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,))
+    return step_fn
 
 
 # ----------------------------------------------------------------------------------------------- texts

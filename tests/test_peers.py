@@ -100,3 +100,32 @@ def test_cells_shard_and_resume(ndpi_dir, tmp_path):
     assert again.returncode == 0 and "=== cell" not in again.stderr
     assert cell.stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
+def test_model_speed_counts_flops_on_the_cpu_program_and_runs_every_kind():
+    """benchmarks/model_speed.py: a peer's FLOPs per flow are those of the suite's own count (the program compiled
+    for the CPU, whatever device runs it), a training step costs more than a forward pass, PacketCLIP's pmap step is
+    counted through vmap (once, on one device), and a bf16 ET-BERT computes in bf16 (its layers' own dtype, not a parameter cast)."""
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import model_speed
+
+    row = model_speed.peer_speed("fsnet", "cpu", 8, "float32", 1)
+    spec = models.PEERS["fsnet"]
+    module = spec.build(model_speed.NUM_CLASSES, "cpu")
+    x = spec.features(model_speed._random_tensors(8, 16, 320), np.arange(8))
+    params = module.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x,
+                         jax.random.PRNGKey(0), method=module.init_all)["params"]
+    assert row["infer_flops_per_flow"] == pytest.approx(peer_train.flops_per_flow(module, params, x), rel=0.01)
+    assert row["train_flops_per_step"] > 2 * 8 * row["infer_flops_per_flow"]
+    assert row["infer_flows_per_s"] > 0 and row["train_flows_per_s"] > 0 and row["params"] == count_params(params)
+
+    pclip = model_speed.pclip_speed(str(REPO / "configs" / "test.py"), [], 8, "float32", 1)
+    assert pclip["train_flops_per_step"] > 0 and pclip["infer_flops_per_flow"] > 0 and pclip["train_flows_per_s"] > 0
+
+    bert = models.PEERS["etbert"].build(4, "cpu").clone(dtype=jnp.bfloat16)
+    tokens = inputs.bigram_tokens(model_speed._random_tensors(2, 16, 320), np.arange(2))
+    bert_params = bert.init(jax.random.PRNGKey(0), tokens)["params"]
+    hidden = bert.apply({"params": bert_params}, *tokens, method=bert.encode)
+    assert hidden.dtype == jnp.bfloat16

@@ -54,14 +54,15 @@ class ETBert(nn.Module):
     ffn: int = 3072
     length: int = 128
     dropout: float = 0.1
+    dtype: Any = jnp.float32  # compute dtype of the encoder (parameters stay float32; softmax and norms in float32)
 
     def setup(self):
         self.config = BertConfig(vocab_size=inputs.BIGRAM_VOCAB, hidden_size=self.width,
                                  num_hidden_layers=self.depth, num_attention_heads=self.heads,
                                  intermediate_size=self.ffn, max_position_embeddings=self.length,
                                  hidden_dropout_prob=self.dropout, attention_probs_dropout_prob=self.dropout)
-        self.embeddings = BertEmbeddings(self.config)
-        self.layers = [BertLayer(self.config) for _ in range(self.depth)]
+        self.embeddings = BertEmbeddings(self.config, self.dtype)
+        self.layers = [BertLayer(self.config, self.dtype) for _ in range(self.depth)]
         self.head = nn.Dense(self.num_classes)
         self.mlm_transform = nn.Dense(self.width)
         self.mlm_norm = nn.LayerNorm(epsilon=1e-12)

@@ -77,6 +77,40 @@ def flops_per_flow(module, params, x_one) -> float:
     return compiled_flops(lambda p, xx: module.apply({"params": p}, xx), params, xb) / 8
 
 
+def make_finetune_step(module, spec: PeerSpec, tx, class_weights, compute_dtype=None):
+    """One fine-tuning step (params, opt_state, x, y, key) → (params, opt_state, loss), not jitted: class-weighted
+    cross-entropy, plus the peer's pre-training loss where it has an auxiliary weight (FS-Net). `compute_dtype`
+    (e.g. bfloat16) runs the model in that precision on float32 master weights (the suite trains in float32;
+    `benchmarks/model_speed.py` times both)."""
+    def step_fn(p, s, xb, yb, key):
+        k_drop, k_mask = jax.random.split(key)
+        xc = cast_floating(xb, compute_dtype)
+
+        def loss_fn(q):
+            q = cast_floating(q, compute_dtype)
+            logits = module.apply({"params": q}, xc, deterministic=False, rngs={"dropout": k_drop})
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), yb)
+            loss = (ce * class_weights[yb]).sum() / jnp.maximum(class_weights[yb].sum(), 1e-6)
+            if spec.aux_weight:
+                loss = loss + spec.aux_weight * module.apply({"params": q}, xc, k_mask, method=module.pretrain_loss,
+                                                             rngs={"dropout": k_drop}).astype(jnp.float32)
+            return loss
+
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    return step_fn
+
+
+def cast_floating(tree, dtype):
+    """`tree` with its floating-point leaves in `dtype` (integer and boolean leaves unchanged); None: unchanged."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a,
+                        tree)
+
+
 def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
              config: PeerTrainConfig, progress: bool = True) -> FittedPeer:
     """Pre-trains (if the peer has it) and fine-tunes `spec` at `size` on (x_train, y_train); selects the step
@@ -117,24 +151,7 @@ def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.n
     weights = jnp.asarray(np.where(counts > 0, len(y_train) / np.maximum(num_classes * counts, 1.0), 0.0))
     tx = _optimizer(config.learning_rate, config.steps, config)
     state = tx.init(params)
-
-    @jax.jit
-    def step_fn(p, s, xb, yb, key):
-        k_drop, k_mask = jax.random.split(key)
-
-        def loss_fn(q):
-            logits = module.apply({"params": q}, xb, deterministic=False, rngs={"dropout": k_drop})
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            loss = (ce * weights[yb]).sum() / jnp.maximum(weights[yb].sum(), 1e-6)
-            if spec.aux_weight:
-                loss = loss + spec.aux_weight * module.apply({"params": q}, xb, k_mask,
-                                                             method=module.pretrain_loss,
-                                                             rngs={"dropout": k_drop})
-            return loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(p)
-        updates, s = tx.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, loss
+    step_fn = jax.jit(make_finetune_step(module, spec, tx, weights))
 
     validate = _count(x_val) > 0 and len(np.unique(y_val)) >= 2
     best = (-np.inf, params, 0)
