@@ -102,7 +102,7 @@ def peer_speed(name: str, size: str, batch: int, dtype: str, reps: int) -> dict:
 
     from pclip_jax.compat import count_params
     from pclip_jax.peers import models as peer_models
-    from pclip_jax.peers.train import PeerTrainConfig, _optimizer, cast_floating, make_finetune_step
+    from pclip_jax.peers.train import PeerTrainConfig, cast_floating, make_finetune_step, peer_optimizer
 
     spec = peer_models.PEERS[name]
     module = spec.build(NUM_CLASSES, size)
@@ -125,7 +125,7 @@ def peer_speed(name: str, size: str, batch: int, dtype: str, reps: int) -> dict:
     infer_flops = _cpu_flops(apply, params, x) / batch
 
     config = PeerTrainConfig()
-    tx = _optimizer(config.learning_rate, 1000, config)
+    tx = peer_optimizer(config.learning_rate, 1000, config)
     state = [params, tx.init(params)]
     step_fn = make_finetune_step(module, spec, tx, jnp.ones(NUM_CLASSES), compute)
     step_flops = _cpu_flops(step_fn, state[0], state[1], x, y, rng)
@@ -251,8 +251,8 @@ def main(argv=None) -> int:
             print(f"[model_speed] {name} ({dtype}) ...", file=sys.stderr, flush=True)
             row = (pclip_speed(args.config, args.overrides, args.batch, dtype, args.reps) if name == "pclip"
                    else peer_speed(name, args.size, args.batch, dtype, args.reps))
-            row["mfu"] = (row["train_flops_per_step"] * row["train_flows_per_s"] / row["batch"]
-                          / (peak * jax.local_device_count()) if peak else None)
+            row["mfu"] = (row["train_flops_per_step"] / (row["train_step_ms"] / 1e3) / (peak * jax.local_device_count())
+                          if peak else None)
             row["device"], row["devices"] = device.device_kind, jax.local_device_count()
             rows.append(row)
             print("RESULT " + json.dumps(row), file=sys.stderr, flush=True)

@@ -48,7 +48,8 @@ def _count(x) -> int:
     return len(jax.tree.leaves(x)[0])
 
 
-def _optimizer(lr: float, steps: int, config: PeerTrainConfig):
+def peer_optimizer(lr: float, steps: int, config: PeerTrainConfig):
+    """AdamW with warm-up and cosine decay to `steps`, global-norm clipping at 1: every peer's (pre-)training."""
     warmup = min(config.warmup_steps, max(steps // 10, 1))
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay))
@@ -127,7 +128,7 @@ def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.n
     n = _count(x_train)
 
     if spec.pretrain and config.pretrain_steps > 0:
-        tx = _optimizer(config.pretrain_learning_rate, config.pretrain_steps, config)
+        tx = peer_optimizer(config.pretrain_learning_rate, config.pretrain_steps, config)
         state = tx.init(params)
 
         @jax.jit
@@ -149,7 +150,7 @@ def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.n
 
     counts = np.bincount(y_train, minlength=num_classes).astype(np.float32)
     weights = jnp.asarray(np.where(counts > 0, len(y_train) / np.maximum(num_classes * counts, 1.0), 0.0))
-    tx = _optimizer(config.learning_rate, config.steps, config)
+    tx = peer_optimizer(config.learning_rate, config.steps, config)
     state = tx.init(params)
     step_fn = jax.jit(make_finetune_step(module, spec, tx, weights))
 
