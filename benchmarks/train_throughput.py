@@ -174,12 +174,14 @@ def main(argv=None) -> int:
             spec = {"dataset_dir": str(dataset_dir), "config_path": str(pathlib.Path(args.config).resolve()),
                     "overrides": [*args.overrides, f"train.dtype={dtype}"], "steps": args.steps, "workdir": str(run)}
             print(f"[train_throughput] scale {scale}, {dtype}: training {args.steps} steps ...", file=sys.stderr)
+            # The child's progress (ingest, text embeddings, steps) streams to stderr as it runs; stdout carries
+            # only its RESULT line.
             proc = subprocess.run([sys.executable, __file__, "--workdir", str(workdir), "--child", json.dumps(spec)],
-                                  capture_output=True, text=True)
+                                  stdout=subprocess.PIPE, text=True)
             found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not found:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"train_throughput: the run at scale {scale} ({dtype}) failed (exit {proc.returncode})")
+                raise SystemExit(f"train_throughput: the run at scale {scale} ({dtype}) failed (exit {proc.returncode}; "
+                                 f"its output is above)")
             rows.append({"corpus_scale": scale, **json.loads(found[-1][len("RESULT "):])})
     base = {r["dtype"]: r["peak_rss_mb"] for r in rows if r["corpus_scale"] == 1}
     for r in rows:
