@@ -249,8 +249,15 @@ def main(argv=None) -> int:
     for name in models:
         for dtype in dtypes:
             print(f"[model_speed] {name} ({dtype}) ...", file=sys.stderr, flush=True)
-            row = (pclip_speed(args.config, args.overrides, args.batch, dtype, args.reps) if name == "pclip"
-                   else peer_speed(name, args.size, args.batch, dtype, args.reps))
+            try:
+                row = (pclip_speed(args.config, args.overrides, args.batch, dtype, args.reps) if name == "pclip"
+                       else peer_speed(name, args.size, args.batch, dtype, args.reps))
+            except Exception as e:  # noqa: BLE001 — one model out of memory must not cost the others' rows
+                if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                    raise
+                print(f"[model_speed] {name} ({dtype}) at batch {args.batch}: out of device memory, skipped "
+                      f"(run it alone with a smaller --batch)", file=sys.stderr, flush=True)
+                continue
             row["mfu"] = (row["train_flops_per_step"] / (row["train_step_ms"] / 1e3) / (peak * jax.local_device_count())
                           if peak else None)
             row["device"], row["devices"] = device.device_kind, jax.local_device_count()
