@@ -56,23 +56,6 @@ def _timed(fn, reps: int) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def _flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float((analysis or {}).get("flops", 0.0))
-
-
-def _cpu_flops(fn, *args) -> float:
-    """FLOPs of `fn(*args)` compiled for the CPU, whatever device runs it: XLA:GPU's cost analysis leaves out the
-    matrix products it hands to cuBLAS (on an H200 it gave ET-BERT-base 0.66 GFLOPs a flow, against 22.7 from the
-    same program compiled for the CPU, and per-flow counts that changed with the batch), so FLOPs and MFU are
-    always counted on the CPU program."""
-    import jax
-
-    cpu = jax.devices("cpu")[0]
-    return _flops(jax.jit(fn).lower(*jax.device_put(args, cpu)).compile())
-
-
 def _memory_mb(compiled) -> float | None:
     """Device memory one call of a compiled program needs (arguments + outputs + temporaries, aliased buffers
     counted once), from XLA's memory analysis; None where the backend reports none."""
@@ -100,7 +83,7 @@ def peer_speed(name: str, size: str, batch: int, dtype: str, reps: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from pclip_jax.compat import count_params
+    from pclip_jax.compat import compiled_flops, count_params
     from pclip_jax.peers import models as peer_models
     from pclip_jax.peers.train import PeerTrainConfig, cast_floating, make_finetune_step, peer_optimizer
 
@@ -122,13 +105,13 @@ def peer_speed(name: str, size: str, batch: int, dtype: str, reps: int) -> dict:
 
     forward = jax.jit(apply).lower(params, x).compile()
     infer_s = _timed(lambda: forward(params, x), reps)
-    infer_flops = _cpu_flops(apply, params, x) / batch
+    infer_flops = compiled_flops(apply, params, x, on_cpu=True) / batch
 
     config = PeerTrainConfig()
     tx = peer_optimizer(config.learning_rate, 1000, config)
     state = [params, tx.init(params)]
     step_fn = make_finetune_step(module, spec, tx, jnp.ones(NUM_CLASSES), compute)
-    step_flops = _cpu_flops(step_fn, state[0], state[1], x, y, rng)
+    step_flops = compiled_flops(step_fn, state[0], state[1], x, y, rng, on_cpu=True)
     step = jax.jit(step_fn, donate_argnums=(0, 1)).lower(state[0], state[1], x, y, rng).compile()
     memory = _memory_mb(step)
 
@@ -149,7 +132,7 @@ def pclip_speed(config_path: str, overrides: list[str], batch: int, dtype: str, 
     import jax.numpy as jnp
 
     from pclip_jax import compat, embedding, parallel, train
-    from pclip_jax.compat import count_params
+    from pclip_jax.compat import compiled_flops, count_params
     from pclip_jax.config_files import load_config
     from pclip_jax.kg import graphs as kg_graphs
     from pclip_jax.kg.gnn import dense_scores, dense_structure, graph_constants, init_params
@@ -188,20 +171,20 @@ def pclip_speed(config_path: str, overrides: list[str], batch: int, dtype: str, 
 
     detect = jax.jit(detect_fn).lower(state.params, gnn_params, constants, tower_inputs).compile()
     infer_s = _timed(lambda: detect(state.params, gnn_params, constants, tower_inputs), reps)
-    infer_flops = _cpu_flops(detect_fn, state.params, gnn_params, constants, tower_inputs) / batch
+    infer_flops = compiled_flops(detect_fn, state.params, gnn_params, constants, tower_inputs, on_cpu=True) / batch
 
     # Training: the job's own pmap-sharded step over every local device, global batch `batch`.
     global_batch = parallel.global_batch_size(batch)
-    train_batch = parallel.shard({k: v[:global_batch] for k, v in inputs.items()})
-    on_device = compat.shard_local(train_batch)
+    train_inputs = {k: v[:global_batch] for k, v in inputs.items()}
+    on_device = compat.shard_local(parallel.shard(train_inputs))
     p_step = train.make_train_step(model, settings)
     rstate, rngs = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
-    compiled = p_step.lower(rstate, on_device, rngs).compile()
-    memory = _memory_mb(compiled)
+    memory = _memory_mb(p_step.lower(rstate, on_device, rngs).compile())
     # FLOPs of the whole global batch on one (CPU) device: the same step, its device axis bound by vmap.
-    whole = jax.tree.map(lambda a: np.asarray(a)[None], {k: v[:global_batch] for k, v in inputs.items()})
-    step_flops = _cpu_flops(jax.vmap(train.train_step_fn(model, settings), axis_name=embedding.AXIS),
-                            jax.tree.map(lambda a: jnp.asarray(a)[None], state), whole, jax.random.PRNGKey(1)[None])
+    step_flops = compiled_flops(jax.vmap(train.train_step_fn(model, settings), axis_name=embedding.AXIS),
+                                jax.tree.map(lambda a: jnp.asarray(a)[None], state),
+                                jax.tree.map(lambda a: a[None], train_inputs), jax.random.PRNGKey(1)[None],
+                                on_cpu=True)
     holder = [rstate]
 
     def one_step():

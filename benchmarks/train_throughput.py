@@ -14,7 +14,8 @@ reports:
   of the two is well below 1);
 * the input pipeline alone (read, decode, augment, shard; `train.prefetch` threads): the flows/s it can feed;
 * peak RSS of the process, and its ratio to scale 1 (flat input memory: close to 1);
-* FLOPs per step from the compiled program (a multiply-add = 2 FLOPs) and MFU where the device's peak is known.
+* FLOPs per step from the program compiled for the CPU (a multiply-add = 2 FLOPs; XLA:GPU's own count leaves out
+  the cuBLAS matrix products) and MFU where the device's peak is known.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     import jax
     import numpy as np
 
-    from pclip_jax import compat, job, parallel, train
+    from pclip_jax import compat, embedding, job, parallel, train
     from pclip_jax.costs import peak_flops
     from pclip_jax.config_files import load_config
     from pclip_jax.data.flow_source import Prefetcher, TableRows
@@ -108,10 +109,13 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     batch = parallel.shard(train.make_train_batch(prepared, texts, sample, 0, 0, settings.train.augment, rows, mine))
     on_device = compat.shard_local(batch)
     rstate, rngs = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
-    compiled = p_step.lower(rstate, on_device, rngs).compile()
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    flops_per_step = float((analysis or {}).get("flops", 0.0)) * jax.local_device_count() * jax.process_count()
+    # FLOPs of this process's step, counted on the program compiled for the CPU (compat.compiled_flops): the pmap
+    # step with its device axis bound by vmap, so the per-device work (the optimizer update too) counts once a device.
+    per_device, key = jax.local_device_count(), jax.random.PRNGKey(1)
+    flops_per_step = compat.compiled_flops(
+        jax.vmap(train.train_step_fn(model, settings), axis_name=embedding.AXIS),
+        jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (per_device,) + np.shape(a)), state), batch,
+        np.broadcast_to(np.asarray(key), (per_device,) + np.shape(key)), on_cpu=True) * jax.process_count()
     for _ in range(2):  # the second call may compile again: its state comes back with pmap's own sharding
         rstate, metrics = p_step(rstate, on_device, rngs)
     jax.block_until_ready(metrics)

@@ -116,5 +116,5 @@ def test_bf16_gradient_scatters_in_float32(real_batch):
             scatter_types.append(re.search(r"\) -> tensor<[\dx]*(\w+)>", end).group(1))
     assert "f32" in scatter_types, f"expected the byte-embedding gradient to be a float32 scatter: {scatter_types}"
     assert "bf16" not in scatter_types, scatter_types
-    assert jax.tree.leaves(grad(params)) and all(np.isfinite(np.asarray(g, np.float32)).all()
-                                                 for g in jax.tree.leaves(grad(params)))
+    leaves = jax.tree.leaves(grad(params))
+    assert leaves and all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves)

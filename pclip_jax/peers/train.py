@@ -108,8 +108,7 @@ def cast_floating(tree, dtype):
     """`tree` with its floating-point leaves in `dtype` (integer and boolean leaves unchanged); None: unchanged."""
     if dtype is None:
         return tree
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a,
-                        tree)
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
 
 
 def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
