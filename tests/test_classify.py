@@ -79,6 +79,13 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     # fitted on the validation captures) or out of distribution (OOD threshold from the same captures).
     calibration = json.loads((wd / "gnn" / "calibration.json").read_text())
     assert calibration["level1_temperature"] > 0 and "ood_threshold" in calibration
+    # results.json says why a validation temperature may not hold on the test captures: the share of flows of
+    # applications the GNN never saw in each split, and the test-fitted temperature's ECE (a bound over the grid).
+    gnn = json.loads((wd / "results.json").read_text())["gnn"]
+    fit, halves = gnn["calibration_fit"], gnn["level1"]["by_application_novelty"]
+    assert 0.0 <= fit["validation_novel_share"] <= 1.0
+    assert np.isclose(fit["test_novel_share"], halves["novel_applications"]["num_flows"] / gnn["level1"]["num_flows"])
+    assert fit["test_ece_level1_best_temperature"] <= gnn["level1"]["calibrated"]["ece"] + 1e-9
     low = np.array([r["low_confidence"] for r in recs])
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])
