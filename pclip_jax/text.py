@@ -311,22 +311,125 @@ def flow_facts(sizes, iat, num_packets: int, proto: int,
 
 def flow_facts_batch(sizes, iat, num_packets, proto, duration=None) -> list[str]:
     """`flow_facts` for every row of flow-table columns: sizes/iat [N, K], num_packets/proto [N],
-    optional duration [N] (e.g. meta `last_ts - first_ts`)."""
+    optional duration [N] (e.g. meta `last_ts - first_ts`).
+
+    The same sentences as calling `flow_facts` row by row (tested on every flow of the real captures), computed
+    over the whole batch: rows are grouped by their number of packets (and, for the per-direction gaps, by the
+    number of gaps), so each statistic is numpy's own reduction over a contiguous row — the same arithmetic as on
+    one flow — at a small fraction of the per-flow cost (classify builds a sentence for every flow it reports)."""
     sizes, iat = np.asarray(sizes), np.asarray(iat)
     num_packets, proto = np.asarray(num_packets), np.asarray(proto)
-    n = sizes.shape[0]
-    if iat.shape != sizes.shape or num_packets.shape != (n,) or proto.shape != (n,):
+    n_rows = sizes.shape[0]
+    if sizes.ndim != 2 or iat.shape != sizes.shape or num_packets.shape != (n_rows,) or proto.shape != (n_rows,):
         raise ValueError(f"flow_facts_batch: shapes sizes {sizes.shape}, iat {iat.shape}, "
                          f"num_packets {num_packets.shape}, proto {proto.shape} do not agree")
+    K = sizes.shape[1]
+    n = num_packets.astype(np.int64)
+    iat64 = iat.astype(np.float64)
     dur = None if duration is None else np.asarray(duration, np.float64)
+    valid = np.arange(K)[None, :] < n[:, None]
+    # The first bad row fails with the message flow_facts gives for it.
+    bad_n = (n < 0) | (n > K)
+    bad_iat = (~np.isfinite(iat64) & valid).any(1) & ~bad_n
+    # (a flow without packets returns before its duration is read)
+    bad_dur = np.zeros(n_rows, bool) if dur is None else ~(np.isfinite(dur) & (dur >= 0)) & (n != 0) & ~bad_n
+    bad = np.nonzero(bad_n | bad_iat | bad_dur)[0]
+    if len(bad):
+        i = int(bad[0])
+        reason = (f"num_packets {int(n[i])} outside [0, {K}]" if bad_n[i] else
+                  "iat has non-finite values" if bad_iat[i] else
+                  f"duration must be finite and >= 0, got {float(dur[i])}")
+        raise ValueError(f"flow_facts_batch: row {i}: flow_facts: {reason}")
+
+    s = np.where(valid, sizes.astype(np.int64), 0)
+    gaps = np.where(valid, np.maximum(iat64, 0.0), 0.0)
+    up = np.where(s > 0, s, 0).sum(1)
+    down = -np.where(s < 0, s, 0).sum(1)
+    total = up + down
+    mag = np.abs(s)
+    count = np.maximum(n, 1)
+    small = ((mag < 200) & valid).sum(1) / count
+    large = ((mag >= 1000) & valid).sum(1) / count
+
+    timing = np.full(n_rows, "", dtype=object)
+    span = np.zeros(n_rows)
+    for k in np.unique(n).tolist():
+        rows = np.nonzero(n == k)[0]
+        g = np.ascontiguousarray(gaps[rows, 1:k])
+        span[rows] = g.sum(1) if k >= 2 else 0.0
+        if k >= 3:
+            timing[rows] = _timing_phrases(s[rows, :k], gaps[rows, :k])
+
     out = []
-    for i in range(n):
-        try:
-            out.append(flow_facts(sizes[i], iat[i], int(num_packets[i]), int(proto[i]),
-                                  None if dur is None else float(dur[i])))
-        except ValueError as e:
-            raise ValueError(f"flow_facts_batch: row {i}: {e}") from None
+    for i, (pr, k, u, d, t, sm, lg, m0, tm, sp) in enumerate(zip(
+            proto.tolist(), n.tolist(), up.tolist(), down.tolist(), total.tolist(), small.tolist(),
+            large.tolist(), mag[:, 0].tolist(), timing.tolist(), span.tolist())):
+        transport = _transport(pr)
+        head = f"{'An' if transport[0] in 'AEFHILMNORSX' else 'A'} {transport} flow"
+        if k == 0:
+            out.append(head + " with no packets.")
+            continue
+        parts = [head]
+        if d == 0:
+            parts.append("one-way, no reply")
+        elif u == 0:
+            parts.append("one-way from the server")
+        elif d >= 0.7 * t:
+            parts.append("mostly download")
+        elif u >= 0.7 * t:
+            parts.append("mostly upload")
+        else:
+            parts.append("balanced both ways")
+        if k == 1:
+            parts.append(f"a single {'small' if m0 < 200 else 'large' if m0 >= 1000 else 'medium'} packet")
+        elif sm >= 0.8:
+            parts.append("small packets")
+        elif lg >= 0.5:
+            parts.append("large packets")
+        elif sm >= 0.3 and lg >= 0.2:
+            parts.append("mixed small and large packets")
+        else:
+            parts.append("medium-sized packets")
+        parts.append("too few packets to judge timing" if k < 3 else tm)
+        if dur is not None:
+            parts.append(_duration_phrase(max(float(dur[i]), 0.0)))
+        elif k >= 2:
+            parts.append(_duration_phrase(max(sp, 0.0)))
+        out.append(", ".join(parts) + ".")
     return out
+
+
+def _cv_rows(g: np.ndarray) -> np.ndarray:
+    """`_cv` of every row of a contiguous [R, m] array (m >= 1)."""
+    mean = g.mean(1)
+    std = g.std(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, std / np.where(mean > 0, mean, 1.0), np.inf)
+
+
+def _timing_phrases(s: np.ndarray, iat: np.ndarray) -> np.ndarray:
+    """`_timing_phrase` of every row of [R, n] signed sizes and gaps (n >= 3, the same n for all rows)."""
+    R, n = s.shape
+    t = np.cumsum(iat, axis=1)
+    # Per direction: gaps between consecutive packets of that direction, rows grouped by how many there are.
+    all_steady = np.ones(R, bool)
+    any_dir = np.zeros(R, bool)
+    for mask in (s > 0, s < 0):
+        m = mask.sum(1)
+        order = np.argsort(~mask, axis=1, kind="stable")  # the direction's packets first, in time order
+        td = np.take_along_axis(t, order, axis=1)
+        for c in np.unique(m[m >= 3]).tolist():
+            rows = np.nonzero(m == c)[0]
+            g = np.diff(td[rows, :c], axis=1)
+            any_dir[rows] = True
+            all_steady[rows] &= _cv_rows(np.ascontiguousarray(g)) < 0.5
+    steady = any_dir & all_steady
+    alternating = (np.sign(s[:, 1:]) != np.sign(s[:, :-1])).mean(1) >= 0.5
+    later = np.ascontiguousarray(iat[:, 1:])
+    interactive = alternating & (np.median(later, axis=1) >= 0.005)
+    bursty = _cv_rows(later) >= 1.0
+    return np.where(steady, "steady timing", np.where(interactive, "interactive timing", np.where(
+        bursty, "bursty timing", "irregular timing"))).astype(object)
 
 
 # --------------------------------------------------------------------------- per-step sampling

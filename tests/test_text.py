@@ -143,6 +143,32 @@ def test_flow_facts_on_real_flows(real_flows):
     assert got == [_facts(f) for f in batch]
 
 
+def test_flow_facts_batch_equals_flow_facts_on_every_ndpi_flow(ndpi_dir):
+    """The vectorised batch gives, flow for flow, the sentence of `flow_facts` (its reference definition): every
+    flow of the nDPI corpus, with the capture's durations and with the span of the first packets."""
+    from pclip_jax.data.ingest import IngestConfig, ingest
+
+    table = ingest([str(ndpi_dir / "pcap")], IngestConfig(packets=16, bytes=16), progress=False)
+    t = table.tensors
+    sizes, iat, n, proto = t["sizes"], t["iat"], t["num_packets"], table.meta["proto"]
+    duration = table.meta["last_ts"] - table.meta["first_ts"]
+    assert len(table) > 5000 and len(set(n.tolist())) == 16  # every packet count from 1 to K
+    for dur in (None, duration):
+        got = text.flow_facts_batch(sizes, iat, n, proto, duration=dur)
+        want = [text.flow_facts(sizes[i], iat[i], int(n[i]), int(proto[i]), None if dur is None else float(dur[i]))
+                for i in range(len(table))]
+        assert got == want
+        kinds = collections.Counter(p.split(", ")[3].rstrip(".") for p in got if p.count(", ") >= 3)
+        assert {"steady timing", "interactive timing", "bursty timing", "irregular timing"} <= set(kinds)
+    # A bad row fails with its index and flow_facts' reason.
+    bad = iat[:50].copy()
+    bad[7, 0] = np.nan
+    with pytest.raises(ValueError, match="row 7: flow_facts: iat has non-finite values"):
+        text.flow_facts_batch(sizes[:50], bad, n[:50], proto[:50])
+    with pytest.raises(ValueError, match=r"row 3: flow_facts: duration must be finite"):
+        text.flow_facts_batch(sizes[:50], iat[:50], n[:50], proto[:50], duration=np.where(np.arange(50) == 3, -1.0, 0.0))
+
+
 def test_flow_facts_bad_input():
     with pytest.raises(ValueError, match="num_packets 5 outside"):
         text.flow_facts(np.zeros(4, np.int32), np.zeros(4, np.float32), 5, 6)
