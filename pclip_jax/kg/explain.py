@@ -85,42 +85,68 @@ def explanations(arrays: dict, info: ExplainInfo, flow_facts: Sequence[str] | No
     t2 = (calibration or {}).get("level2_temperature")
     prob1, prob2, cond2 = (np.asarray(arrays[k], np.float64) for k in ("prob1", "prob2", "cond2"))
     attention, slot_scores = np.asarray(arrays["attention"]), np.asarray(arrays["slot_scores"])
+    n = len(prob1)
+    if not n:
+        return []
     pred1, pred2 = top_down(prob1, cond2, info.level2_parent_slot)
-    cal1 = scale(prob1, t1) if t1 and len(prob1) else None
-    cal2 = scale(prob2, t2) if t2 and len(prob2) and prob2.shape[1] else None
+    cal1 = scale(prob1, t1) if t1 else None
+    cal2 = scale(prob2, t2) if t2 and prob2.shape[1] else None
     names1 = [info.node_ids[m] for m in info.level1]
     names2 = [info.node_ids[m] for m in info.level2]
+    rows = np.arange(n)
+    has2 = pred2 >= 0
+    k2c = np.maximum(pred2, 0)  # clipped for gathers; rows without a level-2 choice are not read
+    # Everything per flow is gathered for all flows at once and turned into Python values in one call each.
+    node1 = np.asarray(info.level1)[pred1]
+    node2 = np.asarray(info.level2)[k2c] if prob2.shape[1] else np.zeros(n, np.int64)
+    p1_chosen = prob1[rows, pred1].tolist()
+    p2_chosen = prob2[rows, k2c].tolist() if prob2.shape[1] else [0.0] * n
+    c2_chosen = cond2[rows, k2c].tolist() if prob2.shape[1] else [0.0] * n
+    cal1_chosen = cal1[rows, pred1].tolist() if cal1 is not None else None
+    cal2_chosen = cal2[rows, k2c].tolist() if cal2 is not None else None
+    att1 = attention[rows, :, node1].tolist()
+    att2 = attention[rows, :, node2].tolist()
+    att_root = attention[:, :, info.root].tolist()
+    scores1 = slot_scores[rows, :, node1].tolist()
+    scores2 = slot_scores[rows, :, node2].tolist()
+    alt1_idx = np.argsort(-prob1, axis=1)[:, :top_k + 1]
+    alt1_p = np.take_along_axis(prob1, alt1_idx, 1).tolist()
+    alt1_idx = alt1_idx.tolist()
+    if prob2.shape[1]:
+        alt2_idx = np.argsort(-prob2, axis=1)[:, :top_k + 1]
+        alt2_p = np.take_along_axis(prob2, alt2_idx, 1).tolist()
+        alt2_idx = alt2_idx.tolist()
+
+    def step(level, m, prob, cond, att, scores):
+        descriptions = info.descriptions[m]
+        scores = scores[:len(descriptions)]
+        return {
+            "level": level, "id": info.node_ids[m], "name": info.node_names[m], "probability": prob,
+            "conditional_probability": cond,
+            "attention": att,
+            "winning_description": descriptions[scores.index(max(scores))] if len(descriptions) else None,
+            "description_scores": dict(zip(descriptions, scores)),
+        }
+
     out: list[dict] = []
-    for i in range(len(prob1)):
-        p1, p2, c2 = prob1[i], prob2[i], cond2[i]
-        k1, k2 = int(pred1[i]), int(pred2[i])
-        chosen = [(1, info.level1[k1], float(p1[k1]), float(p1[k1]))]
-        if k2 >= 0:
-            chosen.append((2, info.level2[k2], float(p2[k2]), float(c2[k2])))
-        path = []
-        for level, m, prob, cond in chosen:
-            descriptions = info.descriptions[m]
-            scores = slot_scores[i, :len(descriptions), m]
-            path.append({
-                "level": level, "id": info.node_ids[m], "name": info.node_names[m], "probability": prob,
-                "conditional_probability": cond,
-                "attention": [float(a) for a in attention[i, :, m]],
-                "winning_description": descriptions[int(np.argmax(scores))] if len(descriptions) else None,
-                "description_scores": {d: float(s) for d, s in zip(descriptions, scores)},
-            })
-        alt1 = [{"id": names1[j], "probability": float(p1[j])} for j in np.argsort(-p1)[:top_k + 1] if j != k1]
-        alt2 = [{"id": names2[j], "probability": float(p2[j])} for j in np.argsort(-p2)[:top_k + 1]
-                if j != k2] if len(p2) else []
+    for i, (k1, k2, m1, m2, ok2) in enumerate(zip(pred1.tolist(), pred2.tolist(), node1.tolist(), node2.tolist(),
+                                                  has2.tolist())):
+        path = [step(1, m1, p1_chosen[i], p1_chosen[i], att1[i], scores1[i])]
+        if ok2:
+            path.append(step(2, m2, p2_chosen[i], c2_chosen[i], att2[i], scores2[i]))
+        alt1 = [{"id": names1[j], "probability": p} for j, p in zip(alt1_idx[i], alt1_p[i]) if j != k1]
+        alt2 = [{"id": names2[j], "probability": p} for j, p in zip(alt2_idx[i], alt2_p[i])
+                if j != k2] if prob2.shape[1] else []
         out.append({
             "graph": info.graph,
             "mission": info.mission,
-            "level1": {"id": names1[k1], "probability": float(p1[k1]),
-                       **({"calibrated_probability": float(cal1[i, k1])} if cal1 is not None else {})},
-            "level2": {"id": names2[k2], "probability": float(p2[k2]), "conditional_probability": float(c2[k2]),
-                       **({"calibrated_probability": float(cal2[i, k2])} if cal2 is not None else {})}
-            if k2 >= 0 else None,
+            "level1": {"id": names1[k1], "probability": p1_chosen[i],
+                       **({"calibrated_probability": cal1_chosen[i]} if cal1 is not None else {})},
+            "level2": {"id": names2[k2], "probability": p2_chosen[i], "conditional_probability": c2_chosen[i],
+                       **({"calibrated_probability": cal2_chosen[i]} if cal2 is not None else {})}
+            if ok2 else None,
             "path": path,
-            "mission_attention": [float(a) for a in attention[i, :, info.root]],
+            "mission_attention": att_root[i],
             "alternatives": {"level1": alt1[:top_k], "level2": alt2[:top_k]},
             "flow_facts": None if flow_facts is None else flow_facts[i],
         })
