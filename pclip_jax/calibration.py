@@ -34,14 +34,17 @@ def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
-    """The grid temperature with the lowest NLL of the true classes `y` (rows of `proba` renormalised first)."""
+def fit_temperature(proba: np.ndarray, y: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
+    """The grid temperature with the lowest NLL of the true classes `y` (rows of `proba` renormalised first;
+    `weights`: per-flow weights of the NLL, default equal)."""
     proba = np.asarray(proba, np.float64)
     proba = proba / np.maximum(proba.sum(1, keepdims=True), 1e-12)
     y = np.asarray(y)
     if not len(y):
         return 1.0
-    nll = [float(-np.log(np.clip(scale(proba, t)[np.arange(len(y)), y], 1e-12, None)).mean()) for t in TEMPERATURES]
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    nll = [float((w * -np.log(np.clip(scale(proba, t)[np.arange(len(y)), y], 1e-12, None))).sum() / w.sum())
+           for t in TEMPERATURES]
     return float(TEMPERATURES[int(np.argmin(nll))])
 
 
@@ -80,4 +83,59 @@ def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
             out["ood_threshold"] = float(np.quantile(scores, OOD_QUANTILE))
             out["ood_quantile"] = OOD_QUANTILE
     out["low_probability"] = LOW_PROBABILITY
+    return out
+
+
+def compare_methods(flows: dict) -> dict:
+    """A calibration study on one workdir's `gnn/calibration_flows.npz` (validation and test level-1
+    probabilities, true slots, unseen-application flags, captures, OOD scores): the test ECE of temperatures fitted
+    on the validation flows in several ways, two bounds fitted on the test flows themselves (never usable in
+    practice), and how well the OOD score and the top probability separate flows of unseen applications."""
+    from sklearn.metrics import roc_auc_score
+
+    from pclip_jax import metrics as metrics_lib
+
+    def split(name):
+        p = np.asarray(flows[f"{name}_prob1"], np.float64)
+        return (p / np.maximum(p.sum(1, keepdims=True), 1e-12), np.asarray(flows[f"{name}_y1"]),
+                np.asarray(flows[f"{name}_unseen_application"], bool), np.asarray(flows[f"{name}_capture"]).astype(str),
+                np.asarray(flows[f"{name}_ood_score"], np.float64))
+
+    pv, yv, uv, cv, _ = split("validation")
+    pt, yt, ut, _, ood = split("test")
+
+    def ece(p, y):
+        return metrics_lib.calibration(y, p)["ece"]
+
+    def acc(p, y, m):
+        return float((p.argmax(1) == y)[m].mean()) if m.any() else None
+
+    _, inverse, per_capture = np.unique(cv, return_inverse=True, return_counts=True)
+    share_v, share_t = float(uv.mean()), float(ut.mean())
+    to_test_share = np.where(uv, share_t / max(share_v, 1e-12), (1 - share_t) / max(1 - share_v, 1e-12))
+    methods = {}
+    for name, w in (("validation NLL (the job's)", None), ("per-capture weights", 1.0 / per_capture[inverse]),
+                    ("sqrt per-capture weights", 1.0 / np.sqrt(per_capture[inverse])),
+                    ("unseen share set to the test split's (bound)", to_test_share)):
+        t = fit_temperature(pv, yv, w)
+        methods[name] = {"temperature": t, "test_ece": ece(scale(pt, t), yt)}
+    k = pv.shape[1]
+    mixes = np.linspace(0.0, 0.9, 19)
+    best = min(((float(-np.log(np.clip(((1 - a) * scale(pv, t) + a / k)[np.arange(len(yv)), yv], 1e-12, None)).mean()),
+                 t, a) for t in TEMPERATURES[::3] for a in mixes))
+    methods["temperature + uniform mix, validation NLL"] = {
+        "temperature": float(best[1]), "mix": float(best[2]),
+        "test_ece": ece((1 - best[2]) * scale(pt, best[1]) + best[2] / k, yt)}
+    eces = [ece(scale(pt, t), yt) for t in TEMPERATURES]
+    methods["best temperature on the test flows (bound)"] = {"temperature": float(TEMPERATURES[int(np.argmin(eces))]),
+                                                             "test_ece": float(min(eces))}
+    out = {"validation_flows": int(len(yv)), "validation_captures": int(len(per_capture)), "test_flows": int(len(yt)),
+           "uncalibrated_test_ece": ece(pt, yt), "unseen_share": {"validation": share_v, "test": share_t},
+           "accuracy": {"validation": acc(pv, yv, np.ones(len(yv), bool)), "test": acc(pt, yt, np.ones(len(yt), bool)),
+                        "test_seen": acc(pt, yt, ~ut), "test_unseen": acc(pt, yt, ut)},
+           "methods": methods}
+    if ut.any() and (~ut).any():
+        out["unseen_detection_auroc"] = {"ood_score": None if np.isnan(ood).any() else
+                                         float(roc_auc_score(ut, -ood)),
+                                         "top_probability": float(roc_auc_score(ut, -pt.max(1)))}
     return out

@@ -86,6 +86,17 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     assert 0.0 <= fit["validation_novel_share"] <= 1.0
     assert np.isclose(fit["test_novel_share"], halves["novel_applications"]["num_flows"] / gnn["level1"]["num_flows"])
     assert fit["test_ece_level1_best_temperature"] <= gnn["level1"]["calibrated"]["ece"] + 1e-9
+    # The calibration study (benchmarks/calibration_study.py) reads the flows the job saved and refits the job's
+    # temperature from them: the same temperature, the same test ECE, the same bound.
+    from pclip_jax import calibration as calibration_lib
+    study = calibration_lib.compare_methods(dict(np.load(wd / "gnn" / "calibration_flows.npz")))
+    job_fit = study["methods"]["validation NLL (the job's)"]
+    assert np.isclose(job_fit["temperature"], calibration["level1_temperature"])
+    assert np.isclose(job_fit["test_ece"], gnn["level1"]["calibrated"]["ece"], atol=1e-6)
+    assert np.isclose(study["methods"]["best temperature on the test flows (bound)"]["test_ece"],
+                      fit["test_ece_level1_best_temperature"], atol=1e-6)
+    assert study["test_flows"] == gnn["level1"]["num_flows"] and np.isclose(study["unseen_share"]["test"],
+                                                                             fit["test_novel_share"])
     low = np.array([r["low_confidence"] for r in recs])
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])

@@ -190,7 +190,8 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
           file=sys.stderr)
     if embeddings.get("validation") is not None and "validation" not in fit_on:
         block["calibration_fit"] = calibrate(gcfg, gnn_params, pkg, prepared, level1, level2,
-                                             embeddings["validation"], workdir, te[keep], test_pred)
+                                             embeddings["validation"], workdir, te[keep], test_pred,
+                                             embeddings["test"][keep])
         for level in ("level1", "level2"):
             if block["calibration_fit"].get(f"test_ece_{level}_calibrated") is not None:
                 block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")
@@ -210,11 +211,13 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
 
 
 def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: Workdir, test_rows,
-              test_pred) -> dict:
+              test_pred, z_test=None) -> dict:
     """Temperatures and the OOD threshold fitted on the validation captures (`pclip_jax.calibration`), written to
     WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
     reliability blocks, moved into results.json's level reports by the caller). `test_pred`: the GNN's
-    predictions (`train_gnn.predict_arrays`) for the flows `test_rows`, already computed by the caller."""
+    predictions (`train_gnn.predict_arrays`) for the flows `test_rows` (embeddings `z_test`), already computed by
+    the caller. The level-1 probabilities of both splits are kept in WORKDIR/gnn/calibration_flows.npz
+    (`CALIBRATION_FLOWS`) for calibration studies (`benchmarks/calibration_study.py`)."""
     node_text = calibration_lib.ood_node_text(pkg)
 
     def slots(rows):
@@ -229,6 +232,10 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
     t1, t2 = slots(test_rows)
     out = dict(fitted)
     out.update(calibration_shift(prepared, level2, prepared.val_idx[k1], test_rows, test_pred["prob1"], t1))
+    _save_calibration_flows(workdir, prepared, level2, node_text, {
+        "validation": (prepared.val_idx[k1], val_pred["prob1"][k1], v1[k1], np.asarray(z_val)[k1]),
+        "test": (np.asarray(test_rows)[t1 >= 0], test_pred["prob1"][t1 >= 0], t1[t1 >= 0],
+                 None if z_test is None else np.asarray(z_test)[t1 >= 0])})
     for level, prob, y, key in (("level1", test_pred["prob1"], t1, "level1_temperature"),
                                 ("level2", test_pred["prob2"], t2, "level2_temperature")):
         ok = y >= 0
@@ -243,6 +250,25 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
           f"the GNN never saw: validation {_share(out['validation_novel_share'])}, test "
           f"{_share(out['test_novel_share'])}", file=sys.stderr)
     return out
+
+
+CALIBRATION_FLOWS = "calibration_flows.npz"
+
+
+def _save_calibration_flows(workdir: Workdir, prepared, level2, node_text, parts: dict) -> None:
+    """Per split (`validation`, `test`): the level-1 probabilities, true slots, whether the flow's application
+    was unseen in training, its capture and its OOD score (NaN when not computed)."""
+    seen = set(prepared.applications(prepared.train_idx))
+    apps = np.asarray(level2).astype(str)
+    captures = np.asarray(prepared.table.meta["capture"]).astype(str)
+    arrays = {}
+    for name, (rows, prob1, y1, z) in parts.items():
+        scores = None if z is None else calibration_lib.ood_scores(z, node_text)
+        arrays.update({f"{name}_prob1": np.asarray(prob1, np.float64), f"{name}_y1": np.asarray(y1, np.int32),
+                       f"{name}_unseen_application": np.array([a not in seen for a in apps[rows]], bool),
+                       f"{name}_capture": captures[rows],
+                       f"{name}_ood_score": np.full(len(rows), np.nan) if scores is None else scores})
+    files.savez(workdir.gnn_dir / CALIBRATION_FLOWS, **arrays)
 
 
 def _share(x) -> str:

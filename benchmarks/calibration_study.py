@@ -1,0 +1,56 @@
+"""How well the detection stage's calibration carries from the validation captures to the test captures.
+
+    python benchmarks/calibration_study.py W [W ...] [--json OUT]
+
+W: workdirs of the main job (e.g. the peer sweep's `W/pclip/ndpi/pclip-f1-s0`), each with the
+`gnn/calibration_flows.npz` the job writes. Per workdir: the test ECE (level 1, 10 bins) before scaling, with the
+temperature the job fits on the validation flows, with temperatures fitted on them in other ways, and two bounds
+fitted on the test flows themselves; the share of flows of applications unseen in training in both splits, the
+accuracy on seen and unseen ones, and the AUROC of the OOD score and of the top probability as detectors of unseen
+applications (`pclip_jax.calibration.compare_methods`). docs/model.md, "Calibration", has the nDPI figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pclip_jax import calibration, files
+from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workdirs", nargs="+", metavar="W")
+    ap.add_argument("--json", metavar="OUT")
+    args = ap.parse_args(argv)
+    results = {}
+    for w in args.workdirs:
+        path = Path(w) / "gnn" / CALIBRATION_FLOWS
+        if not path.is_file():
+            print(f"error: {path}: missing (train or resume the workdir with the GNN stage and a validation split)",
+                  file=sys.stderr)
+            return 2
+        r = results[w] = calibration.compare_methods(files.load_npz(path))
+        print(f"{w}: {r['validation_flows']} validation flows ({r['validation_captures']} captures), "
+              f"{r['test_flows']} test flows; unseen applications {r['unseen_share']['validation']:.0%} / "
+              f"{r['unseen_share']['test']:.0%}; accuracy validation {r['accuracy']['validation']:.3f}, test "
+              f"{r['accuracy']['test']:.3f} (seen {r['accuracy']['test_seen'] or float('nan'):.3f}, unseen "
+              f"{r['accuracy']['test_unseen'] or float('nan'):.3f})")
+        print(f"  test ECE uncalibrated {r['uncalibrated_test_ece']:.3f}")
+        for name, m in r["methods"].items():
+            extra = f", mix {m['mix']:.2f}" if "mix" in m else ""
+            print(f"  {name:<48} T {m['temperature']:5.2f}{extra}: test ECE {m['test_ece']:.3f}")
+        if "unseen_detection_auroc" in r:
+            a = r["unseen_detection_auroc"]
+            ood = "-" if a["ood_score"] is None else f"{a['ood_score']:.3f}"
+            print(f"  unseen-application flows found by: OOD score AUROC {ood}, top probability "
+                  f"{a['top_probability']:.3f}")
+    if args.json:
+        files.write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
