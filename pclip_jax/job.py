@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -68,9 +68,11 @@ def graph_for_labels(settings: Settings, wd: Workdir, prepared: PreparedFlows) -
     return settings.replace(gnn={"kg": str(path)})
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
+def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None) -> dict:
     """The whole job; `config` is an ml_collections ConfigDict, a dict or `Settings`. Returns results.json's
-    content."""
+    content. `outputs`, when given, also receives `prepared` (the flows and splits) and `embeddings` (the packet
+    tower's shared-space embeddings of the train / validation / test flows, `evaluate.evaluate_pretrained`), for
+    callers that build on the towers (the peer suite's `pclip_trees`)."""
     settings = with_absolute_paths(from_config(config))
     kg = check_inputs(settings)
     maybe_initialize_distributed()
@@ -110,4 +112,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     })
     if jax.process_index() == 0:
         wd.write_results(results)
+    if outputs is not None:
+        outputs.update(prepared=prepared, embeddings=embeddings)
     return results

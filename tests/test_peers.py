@@ -1,5 +1,6 @@
 """The peer suite on real captures: each peer's input view, output shapes, published parameter counts, training
 steps that reduce the loss, and `benchmarks/peers.py` resuming (a finished cell is not recomputed)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -129,3 +130,25 @@ def test_model_speed_counts_flops_on_the_cpu_program_and_runs_every_kind():
     bert_params = bert.init(jax.random.PRNGKey(0), tokens)["params"]
     hidden = bert.apply({"params": bert_params}, *tokens, method=bert.encode)
     assert hidden.dtype == jnp.bfloat16
+
+
+TINY = ["data.packets=4", "data.bytes=32", "model.width=16", "model.depth=1", "model.heads=2", "model.byte_dim=4",
+        "model.embed_dim=16", "text.max_len=32", "text.variants_per_flow=1", "train.batch_size=16",
+        "train.num_steps=2", "train.checkpoint_every=2", "train.eval_every=2", "train.warmup_steps=1",
+        "gnn.num_steps=1", "gnn.batch_size=16", "gnn.model.hidden=16", "gnn.model.num_heads=2", "eval.batch_size=64"]
+
+
+def test_hybrid_cell_adds_the_tower_embedding_to_the_tree_features(ndpi_dir, minilm_dir, tmp_path):
+    """pclip_trees: ExtraTrees on the tree features plus the embedding of the pclip cell's towers (trained in that
+    cell's workdir). With the same seed and features, plain extra_trees must give other predictions: the
+    embedding is really there."""
+    overrides = [*TINY, f"data.manual_dir={ndpi_dir}", f"text.encoder={minilm_dir}"]
+    cell = suite.Cell("ndpi", "pclip_trees", 0.3, 0)
+    [row] = suite.run_cell(cell, tmp_path, overrides, progress=False)
+    assert row["model"] == "pclip_trees" and 0.5 < row["mauc"] <= 1 and row["tree_nodes"] > 0
+    tower = json.loads((tmp_path / "pclip" / "ndpi" / "pclip-f0.3-s0" / "results.json").read_text())
+    assert row["trainable_params"] == tower["num_params"]["trainable_total"] and row["flops_per_flow"] > 0
+    assert row["num_flows"] == tower["test"]["num_flows"]
+    [plain] = suite.run_cell(dataclasses.replace(cell, model="extra_trees"), tmp_path, overrides, progress=False)
+    assert plain["num_flows"] == row["num_flows"]
+    assert (plain["mauc"], plain["per_class_recall"]) != (row["mauc"], row["per_class_recall"])

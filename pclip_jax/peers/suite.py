@@ -29,7 +29,10 @@ from pclip_jax import metrics as metrics_lib
 DATASETS = {"ndpi": "quickstart", "iot_sentinel": "iot_sentinel"}
 TREES = ("extra_trees", "lightgbm")
 NEURAL = ("cnn1d", "fsnet", "yatc", "netmamba", "etbert")
-MODELS = ("pclip",) + TREES + NEURAL
+# ExtraTrees on the trees' features plus PacketCLIP's flow embedding (the pclip cell's towers, resumed): whether the
+# contrastive tower adds what the hand-made features lack. A hybrid, reported beside PacketCLIP's own evaluations.
+HYBRID = ("pclip_trees",)
+MODELS = ("pclip",) + HYBRID + TREES + NEURAL
 PCLIP_ROWS = ("pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1")
 PEER_BYTES = 320
 
@@ -175,6 +178,40 @@ def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepa
                       flops_per_flow=comparisons(x_test), cost_unit="node tests", **info)]
 
 
+def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
+    """`pclip_trees`: ExtraTrees (as `extra_trees`) on the tree features and the packet tower's shared-space
+    embedding of each flow, from the pclip cell's workdir (trained there if that cell has not run)."""
+    from pclip_jax import costs, job
+    from pclip_jax.peers import trees
+
+    pclip_cell = dataclasses.replace(cell, model="pclip")
+    config, settings = dataset_settings(pclip_cell, workdir, overrides)
+    out: dict = {}
+    results = job.train_and_evaluate(config, str(pathlib.Path(workdir) / "pclip" / cell.dataset / pclip_cell.name),
+                                     outputs=out)
+    prepared, embeddings = out["prepared"], out["embeddings"]
+    t = prepared.table.tensors
+
+    def feats(split, rows):
+        keep = prepared.class_ids[rows] >= 0
+        x = np.concatenate([trees.tree_features(t, rows[keep], settings.data.bytes, settings.data.use_names),
+                            np.asarray(embeddings[split], np.float32)[keep]], 1)
+        return x, rows[keep], prepared.class_ids[rows[keep]]
+
+    x_train, _, y_train = feats("train", prepared.train_idx)
+    x_test, test_idx, y_test = feats("test", prepared.test_idx)
+    predict, info, comparisons = trees.fit_extra_trees(x_train, y_train, len(prepared.class_names), seed=cell.seed)
+    started = time.perf_counter()
+    proba = predict(x_test)
+    embed_rate = results["test"].get("embed_flows_per_s")
+    per_flow = (time.perf_counter() - started) / max(len(x_test), 1) + (1.0 / embed_rate if embed_rate else 0.0)
+    tower = costs.packet_tower_cost(settings)
+    return [_evaluate(cell, "pclip_trees", prepared, test_idx, y_test, proba, per_flow,
+                      trainable_params=results["num_params"]["trainable_total"], tree_nodes=info["trainable_params"],
+                      flops_per_flow=tower["flops_per_flow"], tree_node_tests=comparisons(x_test),
+                      train_seconds=results["train_seconds"] + info["train_seconds"])]
+
+
 def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], size: str = "cpu",
                 train_config=None, prepared=None, progress: bool = True) -> list[dict]:
     from pclip_jax.peers import train as peer_train
@@ -211,6 +248,8 @@ def run_cell(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = (), s
     """The rows of one cell, computed now (no resume; see `run_cells`)."""
     if cell.model == "pclip":
         return pclip_rows(cell, workdir, overrides)
+    if cell.model in HYBRID:
+        return hybrid_rows(cell, workdir, overrides)
     if cell.model in TREES:
         return tree_rows(cell, workdir, overrides)
     return neural_rows(cell, workdir, overrides, size, train_config, progress=progress)
@@ -284,7 +323,8 @@ def format_tables(aggregated: Sequence[dict]) -> str:
                          + f"{(a['trainable_params'] or 0):>12,.0f}{flops:>12}"
                          + f"{(a['infer_flows_per_s'] or 0):>10,.0f}")
     lines.append("(trees: params = tree nodes, cost = node tests per flow ('t'); pclip_gnn params = the detection "
-                 "stage, FLOPs = tower + detection)")
+                 "stage, FLOPs = tower + detection; pclip_trees: params and FLOPs of the tower, plus `tree_nodes` "
+                 "and `tree_node_tests` in its rows)")
     return "\n".join(lines)
 
 
