@@ -192,6 +192,39 @@ def _transport(proto: int) -> str:
     return name if name else f"IP protocol {int(proto)}"
 
 
+def _flow_head(proto: int) -> str:
+    transport = _transport(proto)
+    # "an ICMP flow", "a UDP flow": the article follows how the acronym is spoken.
+    return f"{'An' if transport[0] in 'AEFHILMNORSX' else 'A'} {transport} flow"
+
+
+def _direction_phrase(up: int, down: int) -> str:
+    """From the bytes each way: ≥ 70 % one way is mostly that way."""
+    total = up + down
+    if down == 0:
+        return "one-way, no reply"
+    if up == 0:
+        return "one-way from the server"
+    if down >= 0.7 * total:
+        return "mostly download"
+    if up >= 0.7 * total:
+        return "mostly upload"
+    return "balanced both ways"
+
+
+def _size_phrase(n: int, first: int, small: float, large: float) -> str:
+    """From the share of small (< 200 bytes) and large (≥ 1000) packets, or the first packet's size when alone."""
+    if n == 1:
+        return f"a single {'small' if first < 200 else 'large' if first >= 1000 else 'medium'} packet"
+    if small >= 0.8:
+        return "small packets"
+    if large >= 0.5:
+        return "large packets"
+    if small >= 0.3 and large >= 0.2:
+        return "mixed small and large packets"
+    return "medium-sized packets"
+
+
 def _duration_phrase(seconds: float) -> str:
     if seconds < 0.001:
         return "lasting under 1 ms"
@@ -263,38 +296,14 @@ def flow_facts(sizes, iat, num_packets: int, proto: int,
         raise ValueError("flow_facts: iat has non-finite values")
     # Captures can hold packets slightly out of time order: a negative gap counts as 0.
     iat = np.maximum(iat, 0.0)
-    transport = _transport(proto)
-    # "an ICMP flow", "a UDP flow": the article follows how the acronym is spoken.
-    parts = [f"{'An' if transport[0] in 'AEFHILMNORSX' else 'A'} {transport} flow"]
+    parts = [_flow_head(proto)]
     if n == 0:
         return parts[0] + " with no packets."
 
     up, down = int(s[s > 0].sum()), int(-s[s < 0].sum())
-    total = up + down
-    if down == 0:
-        parts.append("one-way, no reply")
-    elif up == 0:
-        parts.append("one-way from the server")
-    elif down >= 0.7 * total:
-        parts.append("mostly download")
-    elif up >= 0.7 * total:
-        parts.append("mostly upload")
-    else:
-        parts.append("balanced both ways")
-
+    parts.append(_direction_phrase(up, down))
     mag = np.abs(s)
-    small, large = np.mean(mag < 200), np.mean(mag >= 1000)
-    if n == 1:
-        parts.append(f"a single {'small' if mag[0] < 200 else 'large' if mag[0] >= 1000 else 'medium'}"
-                     " packet")
-    elif small >= 0.8:
-        parts.append("small packets")
-    elif large >= 0.5:
-        parts.append("large packets")
-    elif small >= 0.3 and large >= 0.2:
-        parts.append("mixed small and large packets")
-    else:
-        parts.append("medium-sized packets")
+    parts.append(_size_phrase(n, int(mag[0]), float(np.mean(mag < 200)), float(np.mean(mag >= 1000))))
 
     if n < 3:
         parts.append("too few packets to judge timing")
@@ -345,7 +354,6 @@ def flow_facts_batch(sizes, iat, num_packets, proto, duration=None) -> list[str]
     gaps = np.where(valid, np.maximum(iat64, 0.0), 0.0)
     up = np.where(s > 0, s, 0).sum(1)
     down = -np.where(s < 0, s, 0).sum(1)
-    total = up + down
     mag = np.abs(s)
     count = np.maximum(n, 1)
     small = ((mag < 200) & valid).sum(1) / count
@@ -361,35 +369,14 @@ def flow_facts_batch(sizes, iat, num_packets, proto, duration=None) -> list[str]
             timing[rows] = _timing_phrases(s[rows, :k], gaps[rows, :k])
 
     out = []
-    for i, (pr, k, u, d, t, sm, lg, m0, tm, sp) in enumerate(zip(
-            proto.tolist(), n.tolist(), up.tolist(), down.tolist(), total.tolist(), small.tolist(),
+    for i, (pr, k, u, d, sm, lg, m0, tm, sp) in enumerate(zip(
+            proto.tolist(), n.tolist(), up.tolist(), down.tolist(), small.tolist(),
             large.tolist(), mag[:, 0].tolist(), timing.tolist(), span.tolist())):
-        transport = _transport(pr)
-        head = f"{'An' if transport[0] in 'AEFHILMNORSX' else 'A'} {transport} flow"
+        head = _flow_head(pr)
         if k == 0:
             out.append(head + " with no packets.")
             continue
-        parts = [head]
-        if d == 0:
-            parts.append("one-way, no reply")
-        elif u == 0:
-            parts.append("one-way from the server")
-        elif d >= 0.7 * t:
-            parts.append("mostly download")
-        elif u >= 0.7 * t:
-            parts.append("mostly upload")
-        else:
-            parts.append("balanced both ways")
-        if k == 1:
-            parts.append(f"a single {'small' if m0 < 200 else 'large' if m0 >= 1000 else 'medium'} packet")
-        elif sm >= 0.8:
-            parts.append("small packets")
-        elif lg >= 0.5:
-            parts.append("large packets")
-        elif sm >= 0.3 and lg >= 0.2:
-            parts.append("mixed small and large packets")
-        else:
-            parts.append("medium-sized packets")
+        parts = [head, _direction_phrase(u, d), _size_phrase(k, m0, sm, lg)]
         parts.append("too few packets to judge timing" if k < 3 else tm)
         if dur is not None:
             parts.append(_duration_phrase(max(float(dur[i]), 0.0)))
