@@ -206,10 +206,14 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     embed_rate = results["test"].get("embed_flows_per_s")
     per_flow = (time.perf_counter() - started) / max(len(x_test), 1) + (1.0 / embed_rate if embed_rate else 0.0)
     tower = costs.packet_tower_cost(settings)
+    # A resumed job reports the seconds it trained now (~0): the tower's pre-training time is the pclip cell's.
+    tower_seconds = results["train_seconds"]
+    if cell_file(workdir, pclip_cell).is_file():
+        tower_seconds = max(tower_seconds, files.read_json(cell_file(workdir, pclip_cell))["rows"][0]["train_seconds"])
     return [_evaluate(cell, "pclip_trees", prepared, test_idx, y_test, proba, per_flow,
                       trainable_params=results["num_params"]["trainable_total"], tree_nodes=info["trainable_params"],
                       flops_per_flow=tower["flops_per_flow"], tree_node_tests=comparisons(x_test),
-                      train_seconds=results["train_seconds"] + info["train_seconds"])]
+                      train_seconds=tower_seconds + info["train_seconds"], tree_train_seconds=info["train_seconds"])]
 
 
 def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], size: str = "cpu",
