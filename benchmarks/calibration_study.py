@@ -32,7 +32,11 @@ def main(argv=None) -> int:
             print(f"error: {path}: missing (train or resume the workdir with the GNN stage and a validation split)",
                   file=sys.stderr)
             return 2
-        r = results[w] = calibration.compare_methods(files.load_npz(path))
+        try:
+            r = results[w] = calibration.compare_methods(files.load_npz(path))
+        except ValueError as e:
+            print(f"error: {path}: {e}", file=sys.stderr)
+            return 2
         print(f"{w}: {r['validation_flows']} validation flows ({r['validation_captures']} captures), "
               f"{r['test_flows']} test flows; unseen applications {r['unseen_share']['validation']:.0%} / "
               f"{r['unseen_share']['test']:.0%}; accuracy validation {r['accuracy']['validation']:.3f}, test "

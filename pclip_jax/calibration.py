@@ -103,6 +103,9 @@ def compare_methods(flows: dict) -> dict:
 
     pv, yv, uv, cv, _ = split("validation")
     pt, yt, ut, _, ood = split("test")
+    if not len(yv) or not len(yt):
+        raise ValueError(f"calibration study: {len(yv)} validation and {len(yt)} test flows with a known class; "
+                         "both are needed")
 
     def ece(p, y):
         return metrics_lib.calibration(y, p)["ece"]
