@@ -231,11 +231,16 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
     files.write_json(workdir.gnn_dir / "calibration.json", fitted)
     t1, t2 = slots(test_rows)
     out = dict(fitted)
-    out.update(calibration_shift(prepared, level2, prepared.val_idx[k1], test_rows, test_pred["prob1"], t1))
-    _save_calibration_flows(workdir, prepared, level2, node_text, {
-        "validation": (prepared.val_idx[k1], val_pred["prob1"][k1], v1[k1], np.asarray(z_val)[k1]),
-        "test": (np.asarray(test_rows)[t1 >= 0], test_pred["prob1"][t1 >= 0], t1[t1 >= 0],
-                 None if z_test is None else np.asarray(z_test)[t1 >= 0])})
+    seen = set(prepared.applications(prepared.train_idx))
+    apps = np.asarray(level2).astype(str)
+    k_test = t1 >= 0
+    parts = {"validation": (prepared.val_idx[k1], val_pred["prob1"][k1], v1[k1], np.asarray(z_val)[k1]),
+             "test": (np.asarray(test_rows)[k_test], test_pred["prob1"][k_test], t1[k_test],
+                      None if z_test is None else np.asarray(z_test)[k_test])}
+    unseen = {name: np.array([a not in seen for a in apps[rows]], bool) for name, (rows, *_) in parts.items()}
+    out.update(calibration_shift(unseen["validation"], unseen["test"], *parts["test"][1:3]))
+    _save_calibration_flows(workdir, np.asarray(prepared.table.meta["capture"]).astype(str), node_text, parts,
+                            unseen)
     for level, prob, y, key in (("level1", test_pred["prob1"], t1, "level1_temperature"),
                                 ("level2", test_pred["prob2"], t2, "level2_temperature")):
         ok = y >= 0
@@ -255,18 +260,14 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
 CALIBRATION_FLOWS = "calibration_flows.npz"
 
 
-def _save_calibration_flows(workdir: Workdir, prepared, level2, node_text, parts: dict) -> None:
+def _save_calibration_flows(workdir: Workdir, captures, node_text, parts: dict, unseen: dict) -> None:
     """Per split (`validation`, `test`): the level-1 probabilities, true slots, whether the flow's application
     was unseen in training, its capture and its OOD score (NaN when not computed)."""
-    seen = set(prepared.applications(prepared.train_idx))
-    apps = np.asarray(level2).astype(str)
-    captures = np.asarray(prepared.table.meta["capture"]).astype(str)
     arrays = {}
     for name, (rows, prob1, y1, z) in parts.items():
         scores = None if z is None else calibration_lib.ood_scores(z, node_text)
         arrays.update({f"{name}_prob1": np.asarray(prob1, np.float64), f"{name}_y1": np.asarray(y1, np.int32),
-                       f"{name}_unseen_application": np.array([a not in seen for a in apps[rows]], bool),
-                       f"{name}_capture": captures[rows],
+                       f"{name}_unseen_application": unseen[name], f"{name}_capture": captures[rows],
                        f"{name}_ood_score": np.full(len(rows), np.nan) if scores is None else scores})
     files.savez(workdir.gnn_dir / CALIBRATION_FLOWS, **arrays)
 
@@ -275,23 +276,17 @@ def _share(x) -> str:
     return "-" if x is None else f"{x:.0%}"
 
 
-def calibration_shift(prepared, level2, val_rows, test_rows, test_prob1, test_y1) -> dict:
+def calibration_shift(val_unseen, test_unseen, test_prob1, test_y1) -> dict:
     """Why a temperature fitted on the validation captures may not hold on the test captures: the share of flows
     whose application the GNN never saw (it has to generalise from the class, and is right far less often) in
     each split, and, as a bound, the test ECE of the best temperature *on the test flows themselves*
-    (`test_ece_level1_best_temperature`: a diagnostic, never used for a prediction)."""
-    seen = set(prepared.applications(prepared.train_idx))
-    apps = np.asarray(level2).astype(str)
-
-    def novel_share(rows):
-        return float(np.mean([a not in seen for a in apps[rows]])) if len(rows) else None
-
-    ok = test_y1 >= 0
-    out = {"validation_novel_share": novel_share(np.asarray(val_rows)),
-           "test_novel_share": novel_share(np.asarray(test_rows)[ok])}
-    if ok.any() and test_prob1.shape[1]:
-        p = test_prob1[ok] / np.maximum(test_prob1[ok].sum(1, keepdims=True), 1e-12)
-        eces = [metrics_lib.calibration(test_y1[ok], calibration_lib.scale(p, t))["ece"]
+    (`test_ece_level1_best_temperature`: a diagnostic, never used for a prediction). Flows with a known class
+    only."""
+    out = {"validation_novel_share": float(np.mean(val_unseen)) if len(val_unseen) else None,
+           "test_novel_share": float(np.mean(test_unseen)) if len(test_unseen) else None}
+    if len(test_y1) and test_prob1.shape[1]:
+        p = test_prob1 / np.maximum(test_prob1.sum(1, keepdims=True), 1e-12)
+        eces = [metrics_lib.calibration(test_y1, calibration_lib.scale(p, t))["ece"]
                 for t in calibration_lib.TEMPERATURES]
         best = int(np.argmin(eces))
         out["test_best_temperature_level1"] = float(calibration_lib.TEMPERATURES[best])
