@@ -380,6 +380,12 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
         plt.close(fig)
         return str(path)
 
+    # More models than one colour cycle holds: each model its own colour, PacketCLIP's rows solid, the others dashed.
+    all_models = sorted({a["model"] for a in aggregated})
+    palette = plt.get_cmap("tab20")
+    style = {m: {"color": palette(i % 20), "linestyle": "-" if m.startswith("pclip") else "--"}
+             for i, m in enumerate(all_models)}
+
     for dataset in sorted({a["dataset"] for a in aggregated}):
         mine = [a for a in aggregated if a["dataset"] == dataset]
         models = sorted({a["model"] for a in mine})
@@ -391,8 +397,8 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
                 if not pts:
                     continue
                 f, v, sd = (np.array(x, np.float64) for x in zip(*pts))
-                ax.plot(f, v, marker="o", label=m)
-                ax.fill_between(f, v - sd, v + sd, alpha=0.15)
+                ax.plot(f, v, marker="o", label=m, **style[m])
+                ax.fill_between(f, v - sd, v + sd, alpha=0.12, color=style[m]["color"])
             ax.set_xscale("log")
             ax.set_xlabel("fraction of training data")
             ax.set_ylabel(key)
@@ -427,7 +433,7 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
                     acc += np.array(r["reliability"]["accuracy"]) * c
                     count += c
                 ok = count > 0
-                ax.plot(conf[ok] / count[ok], acc[ok] / count[ok], marker=".", label=m)
+                ax.plot(conf[ok] / count[ok], acc[ok] / count[ok], marker=".", label=m, **style[m])
             ax.set_xlabel("confidence (top-class probability)")
             ax.set_ylabel("accuracy")
             ax.set_title(f"{dataset}: reliability (test captures)")
