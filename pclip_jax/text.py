@@ -363,8 +363,8 @@ def flow_facts_batch(sizes, iat, num_packets, proto, duration=None) -> list[str]
     span = np.zeros(n_rows)
     for k in np.unique(n).tolist():
         rows = np.nonzero(n == k)[0]
-        g = np.ascontiguousarray(gaps[rows, 1:k])
-        span[rows] = g.sum(1) if k >= 2 else 0.0
+        if dur is None and k >= 2:  # the span of the packets seen stands in for a duration not given
+            span[rows] = np.ascontiguousarray(gaps[rows, 1:k]).sum(1)
         if k >= 3:
             timing[rows] = _timing_phrases(s[rows, :k], gaps[rows, :k])
 
