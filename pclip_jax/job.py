@@ -68,6 +68,49 @@ def graph_for_labels(settings: Settings, wd: Workdir, prepared: PreparedFlows) -
     return settings.replace(gnn={"kg": str(path)})
 
 
+_SPLIT_ROWS = (("train", "train_idx"), ("validation", "val_idx"), ("test", "test_idx"))
+
+
+def save_embeddings(wd: Workdir, prepared: PreparedFlows, embeddings: dict) -> None:
+    """WORKDIR/embeddings.npz: per split the packet tower's shared-space embeddings (`evaluate.evaluate_pretrained`)
+    and the flow-table rows they belong to, so that later stages (the peer suite's `pclip_trees`, calibration
+    studies) read them instead of running the towers again."""
+    arrays = {}
+    for split, attr in _SPLIT_ROWS:
+        if embeddings.get(split) is not None:
+            arrays[split] = np.asarray(embeddings[split], np.float32)
+            arrays[f"{split}_rows"] = np.asarray(getattr(prepared, attr), np.int64)
+    files.savez(wd.file(Workdir.EMBEDDINGS), **arrays)
+
+
+def load_finished(config: Any, workdir: str) -> Optional[tuple[dict, PreparedFlows, dict]]:
+    """(results, prepared flows, embeddings) of a finished run in `workdir` without running the towers again, or
+    None when the run has not finished, predates embeddings.npz or its rows are not those of today's split of the
+    flows (then `train_and_evaluate` is the way to get them)."""
+    settings = with_absolute_paths(from_config(config))
+    wd = Workdir(workdir)
+    if not (wd.file(Workdir.RESULTS).is_file() and wd.file(Workdir.EMBEDDINGS).is_file()):
+        return None
+    kg = check_inputs(settings)
+    generated = wd.file(Workdir.GENERATED_KG)
+    if kg is None and generated.is_file():
+        kg = load_kg(generated)
+    prepared = prepare_experiment(settings, wd.cache_dir(settings), kg)
+    stored = files.load_npz(wd.file(Workdir.EMBEDDINGS))
+    embeddings = {}
+    for split, attr in _SPLIT_ROWS:
+        rows = np.asarray(getattr(prepared, attr))
+        if split not in stored:
+            embeddings[split] = None
+            if len(rows) and split != "validation":
+                return None
+            continue
+        if not np.array_equal(stored[f"{split}_rows"], rows):
+            return None
+        embeddings[split] = stored[split]
+    return files.read_json(wd.file(Workdir.RESULTS)), prepared, embeddings
+
+
 def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None) -> dict:
     """The whole job; `config` is an ml_collections ConfigDict, a dict or `Settings`. Returns results.json's
     content. `outputs`, when given, also receives `prepared` (the flows and splits) and `embeddings` (the packet
@@ -99,6 +142,8 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
     if model.text_encoder is not None:  # prompts and graph descriptions through the tuned text tower
         featurizer = text_featurizer(settings, params)
     results, embeddings = evaluate.evaluate_pretrained(settings, wd, prepared, model, params, featurizer)
+    if jax.process_index() == 0:
+        save_embeddings(wd, prepared, embeddings)
     if settings.gnn.enabled:
         results["gnn"] = detection.train_and_evaluate_gnn(settings, wd, prepared, model, params, featurizer,
                                                           embeddings, cache_dir)

@@ -40,6 +40,7 @@ class Workdir:
     CLASS_TEXT = "class_text_features.npz"
     GENERATED_KG = "kg.yaml"      # the graph built from the labels when gnn.kg = '' (editable)
     SPLIT = "split.json"          # the captures of each split (train / validation / test)
+    EMBEDDINGS = "embeddings.npz"  # the packet tower's embeddings of each split's flows, with their table rows
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path).absolute()

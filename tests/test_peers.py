@@ -152,3 +152,9 @@ def test_hybrid_cell_adds_the_tower_embedding_to_the_tree_features(ndpi_dir, min
     [plain] = suite.run_cell(dataclasses.replace(cell, model="extra_trees"), tmp_path, overrides, progress=False)
     assert plain["num_flows"] == row["num_flows"]
     assert (plain["mauc"], plain["per_class_recall"]) != (row["mauc"], row["per_class_recall"])
+    # Run again, it reads the finished tower run's embeddings.npz instead of running the towers: same predictions.
+    pclip_dir = tmp_path / "pclip" / "ndpi" / "pclip-f0.3-s0"
+    results_mtime = (pclip_dir / "results.json").stat().st_mtime_ns
+    [again] = suite.run_cell(cell, tmp_path, overrides, progress=False)
+    assert (pclip_dir / "results.json").stat().st_mtime_ns == results_mtime  # the job did not run again
+    assert (again["mauc"], again["per_class_recall"]) == (row["mauc"], row["per_class_recall"])

@@ -186,10 +186,14 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
 
     pclip_cell = dataclasses.replace(cell, model="pclip")
     config, settings = dataset_settings(pclip_cell, workdir, overrides)
-    out: dict = {}
-    results = job.train_and_evaluate(config, str(pathlib.Path(workdir) / "pclip" / cell.dataset / pclip_cell.name),
-                                     outputs=out)
-    prepared, embeddings = out["prepared"], out["embeddings"]
+    pclip_workdir = str(pathlib.Path(workdir) / "pclip" / cell.dataset / pclip_cell.name)
+    finished = job.load_finished(config, pclip_workdir)  # the pclip cell's towers and embeddings, when it ran
+    if finished is None:
+        out: dict = {}
+        results = job.train_and_evaluate(config, pclip_workdir, outputs=out)
+        prepared, embeddings = out["prepared"], out["embeddings"]
+    else:
+        results, prepared, embeddings = finished
     t = prepared.table.tensors
 
     def feats(split, rows):
