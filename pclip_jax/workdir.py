@@ -8,6 +8,7 @@
       class_text_features.npz     frozen text features of the class prompts (zero-shot)
       kg.yaml                     the graph built from the labels (gnn.kg = ''), edited by the user if they like
       split.json                  the captures of each split, so anyone can check or reuse the split
+      embeddings.npz              the packet tower's embeddings of the train/validation/test flows and their rows
       checkpoints/                pre-training (orbax, with digests) ; checkpoints_best/ the validation-best
       gnn/checkpoints/ ...        the GNN stage (gnn/gnn_checkpoints, gnn/checkpoints_best, metrics_gnn.jsonl)
       cache/                      ingested flow tables and text features (unless data.cache_dir is set)
