@@ -7,7 +7,12 @@ W: workdirs of the main job (e.g. the peer sweep's `W/pclip/ndpi/pclip-f1-s0`), 
 temperature the job fits on the validation flows, with temperatures fitted on them in other ways, and two bounds
 fitted on the test flows themselves; the share of flows of applications unseen in training in both splits, the
 accuracy on seen and unseen ones, and the AUROC of the OOD score and of the top probability as detectors of unseen
-applications (`pclip_jax.calibration.compare_methods`). docs/model.md, "Calibration", has the nDPI figures.
+applications (`pclip_jax.calibration.compare_methods`). Where the workdir also has `embeddings.npz` (runs since
+2026-12-05), two more things that were tried: the nearest-neighbour score (similarity to the 5 closest training flows
+in the tower's space) as a detector of unseen applications and as the input of a per-flow temperature, and whether
+the tower has fitted its training flows (a probe's accuracy on held-out training captures against the test
+captures), which decides whether out-of-fold predictions on training flows could calibrate.
+docs/model.md, "Calibration", has the nDPI figures.
 """
 from __future__ import annotations
 
@@ -18,6 +23,23 @@ from pathlib import Path
 
 from pclip_jax import calibration, files
 from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
+from pclip_jax.workdir import Workdir
+
+
+def fitted_check(workdir: str, embeddings: dict) -> dict:
+    """`calibration.fitted_embedding_check` on the run's training and test flows (reads its flow table)."""
+    from pclip_jax import job
+
+    finished = job.load_finished(Workdir(workdir).read_settings(), workdir)
+    if finished is None:
+        raise ValueError("embeddings.npz does not match the run's flows (rerun the job)")
+    _, prepared, _ = finished
+    ids = prepared.class_ids
+    tr, te = prepared.train_idx, prepared.test_idx
+    ktr, kte = ids[tr] >= 0, ids[te] >= 0
+    captures = prepared.table.meta["capture"]
+    return calibration.fitted_embedding_check(
+        embeddings["train"][ktr], ids[tr][ktr], captures[tr][ktr], embeddings["test"][kte], ids[te][kte])
 
 
 def main(argv=None) -> int:
@@ -32,8 +54,12 @@ def main(argv=None) -> int:
             print(f"error: {path}: missing (train or resume the workdir with the GNN stage and a validation split)",
                   file=sys.stderr)
             return 2
+        emb_path = Path(w) / Workdir.EMBEDDINGS
+        embeddings = files.load_npz(emb_path) if emb_path.is_file() else None
         try:
-            r = results[w] = calibration.compare_methods(files.load_npz(path))
+            r = results[w] = calibration.compare_methods(files.load_npz(path), embeddings)
+            if embeddings is not None:
+                r["fitted_embeddings"] = fitted_check(w, embeddings)
         except ValueError as e:
             print(f"error: {path}: {e}", file=sys.stderr)
             return 2
@@ -45,12 +71,20 @@ def main(argv=None) -> int:
         print(f"  test ECE uncalibrated {r['uncalibrated_test_ece']:.3f}")
         for name, m in r["methods"].items():
             extra = f", mix {m['mix']:.2f}" if "mix" in m else ""
+            extra += f" (median; a {m['a']:.2f}, b {m['b']:.2f})" if "a" in m else ""
             print(f"  {name:<48} T {m['temperature']:5.2f}{extra}: test ECE {m['test_ece']:.3f}")
         if "unseen_detection_auroc" in r:
             a = r["unseen_detection_auroc"]
             ood = "-" if a["ood_score"] is None else f"{a['ood_score']:.3f}"
+            k = calibration.KNN_K
+            knn = f", {k}-NN similarity {a[f'knn{k}_similarity']:.3f}" if f"knn{k}_similarity" in a else ""
             print(f"  unseen-application flows found by: OOD score AUROC {ood}, top probability "
-                  f"{a['top_probability']:.3f}")
+                  f"{a['top_probability']:.3f}{knn}")
+        if "fitted_embeddings" in r:
+            f = r["fitted_embeddings"]
+            print(f"  probe on the tower's embeddings: accuracy on held-out training captures "
+                  f"{f['out_of_fold_training_accuracy']:.3f} ({f['folds']} capture folds), on the test captures "
+                  f"{f['test_accuracy']:.3f}")
     if args.json:
         files.write_json(args.json, results)
     return 0

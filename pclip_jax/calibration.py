@@ -24,6 +24,7 @@ import numpy as np
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 90))
 OOD_QUANTILE = 0.05
 LOW_PROBABILITY = 0.5
+KNN_K = 5  # neighbours of the nearest-neighbour score in calibration studies
 
 
 def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -86,7 +87,71 @@ def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
     return out
 
 
-def compare_methods(flows: dict) -> dict:
+def knn_similarity(query: np.ndarray, bank: np.ndarray, k: int = 5, chunk: int = 256) -> np.ndarray:
+    """[N] mean cosine similarity of each `query` row to its `k` most similar rows of `bank` (the nearest-neighbour
+    out-of-distribution score of Sun et al. 2022), computed `chunk` queries at a time."""
+    def unit(x):
+        x = np.asarray(x, np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    q, b = unit(query), unit(bank)
+    k = max(1, min(k, len(b)))
+    out = np.empty(len(q), np.float64)
+    for i in range(0, len(q), chunk):
+        sims = q[i:i + chunk] @ b.T
+        out[i:i + chunk] = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(1)
+    return out
+
+
+def fit_adaptive_temperature(proba: np.ndarray, y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """(a, b) of a per-flow temperature T = exp(a + b·(1 − score)) with the lowest NLL of the true classes: flows
+    less similar to anything seen in training (lower `score`) may get a higher temperature."""
+    proba = np.asarray(proba, np.float64)
+    proba = proba / np.maximum(proba.sum(1, keepdims=True), 1e-12)
+    logp = np.log(np.clip(proba, 1e-12, None))
+    far = 1.0 - np.asarray(score, np.float64)
+    rows = np.arange(len(y))
+    best = (np.inf, 0.0, 0.0)
+    for a in np.linspace(-1.5, 3.0, 46):
+        for b in np.linspace(-2.0, 6.0, 41):
+            lt = logp / np.exp(a + b * far)[:, None]
+            lt = lt - lt.max(1, keepdims=True)
+            nll = float((np.log(np.exp(lt).sum(1)) - lt[rows, y]).mean())
+            if nll < best[0]:
+                best = (nll, float(a), float(b))
+    return best[1], best[2]
+
+
+def scale_rows(proba: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """`scale` with one temperature per row."""
+    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) / np.asarray(temperatures)[:, None]
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(1, keepdims=True)
+
+
+def fitted_embedding_check(z_train, y_train, captures_train, z_test, y_test, folds: int = 5, seed: int = 0) -> dict:
+    """Whether the packet tower has fitted its training flows' labels (which rules out calibrating on
+    out-of-fold predictions for training flows): the accuracy of a logistic-regression probe on held-out training
+    captures (capture folds) against its accuracy on the test captures when trained on all training flows."""
+    from sklearn.linear_model import LogisticRegression
+
+    captures = np.asarray(captures_train).astype(str)
+    names = np.unique(captures)
+    fold_of = dict(zip(names, np.random.default_rng(seed).integers(0, folds, len(names))))
+    fold = np.array([fold_of[c] for c in captures])
+    right = np.zeros(len(y_train), bool)
+    for f in range(folds):
+        held = fold == f
+        if held.any() and len(np.unique(y_train[~held])) >= 2:
+            probe = LogisticRegression(max_iter=2000).fit(z_train[~held], y_train[~held])
+            right[held] = probe.predict(z_train[held]) == y_train[held]
+    probe = LogisticRegression(max_iter=2000).fit(z_train, y_train)
+    return {"out_of_fold_training_accuracy": float(right.mean()),
+            "test_accuracy": float((probe.predict(z_test) == y_test).mean()), "folds": folds}
+
+
+def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
     """A calibration study on one workdir's `gnn/calibration_flows.npz` (validation and test level-1
     probabilities, true slots, unseen-application flags, captures, OOD scores): the test ECE of temperatures fitted
     on the validation flows in several ways, two bounds fitted on the test flows themselves (never usable in
@@ -137,8 +202,23 @@ def compare_methods(flows: dict) -> dict:
            "accuracy": {"validation": acc(pv, yv, np.ones(len(yv), bool)), "test": acc(pt, yt, np.ones(len(yt), bool)),
                         "test_seen": acc(pt, yt, ~ut), "test_unseen": acc(pt, yt, ut)},
            "methods": methods}
+    knn_t = None
+    if embeddings is not None and "validation_rows" in flows and "validation" in embeddings:
+        # The nearest-neighbour score: similarity to the k closest training flows in the tower's space.
+        def knn_of(name):
+            where = {int(r): i for i, r in enumerate(embeddings[f"{name}_rows"])}
+            z = np.asarray(embeddings[name])[[where[int(r)] for r in flows[f"{name}_rows"]]]
+            return knn_similarity(z, embeddings["train"], KNN_K)
+
+        knn_v, knn_t = knn_of("validation"), knn_of("test")
+        a, b = fit_adaptive_temperature(pv, yv, knn_v)
+        methods[f"temperature from the {KNN_K}-NN score, validation NLL"] = {
+            "temperature": float(np.exp(a + b * (1 - np.median(knn_t)))), "a": a, "b": b,
+            "test_ece": ece(scale_rows(pt, np.exp(a + b * (1 - knn_t))), yt)}
     if ut.any() and (~ut).any():
         out["unseen_detection_auroc"] = {"ood_score": None if np.isnan(ood).any() else
                                          float(roc_auc_score(ut, -ood)),
                                          "top_probability": float(roc_auc_score(ut, -pt.max(1)))}
+        if knn_t is not None:
+            out["unseen_detection_auroc"][f"knn{KNN_K}_similarity"] = float(roc_auc_score(ut, -knn_t))
     return out

@@ -97,6 +97,19 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
                       fit["test_ece_level1_best_temperature"], atol=1e-6)
     assert study["test_flows"] == gnn["level1"]["num_flows"] and np.isclose(study["unseen_share"]["test"],
                                                                              fit["test_novel_share"])
+    # With the job's embeddings.npz the study adds the nearest-neighbour score (similarity to the closest training
+    # flows): each training flow's closest is itself; a per-flow temperature from it is fitted and scored.
+    embeddings = dict(np.load(wd / "embeddings.npz"))
+    np.testing.assert_allclose(calibration_lib.knn_similarity(embeddings["train"][:40], embeddings["train"], k=1), 1.0,
+                               atol=1e-5)
+    z, bank = embeddings["validation"][:5], embeddings["train"]
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(calibration_lib.knn_similarity(z, bank, k=3),
+                               np.sort(unit(z) @ unit(bank).T, 1)[:, -3:].mean(1), rtol=1e-5)
+    with_knn = calibration_lib.compare_methods(dict(np.load(wd / "gnn" / "calibration_flows.npz")), embeddings)
+    knn_fit = with_knn["methods"][f"temperature from the {calibration_lib.KNN_K}-NN score, validation NLL"]
+    assert 0 <= knn_fit["test_ece"] <= 1 and knn_fit["temperature"] > 0
+    assert with_knn["methods"]["validation NLL (the job's)"] == job_fit
     low = np.array([r["low_confidence"] for r in recs])
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])

@@ -261,12 +261,14 @@ CALIBRATION_FLOWS = "calibration_flows.npz"
 
 
 def _save_calibration_flows(workdir: Workdir, captures, node_text, parts: dict, unseen: dict) -> None:
-    """Per split (`validation`, `test`): the level-1 probabilities, true slots, whether the flow's application
-    was unseen in training, its capture and its OOD score (NaN when not computed)."""
+    """Per split (`validation`, `test`): the flows' rows in the flow table, the level-1 probabilities, true slots,
+    whether the flow's application was unseen in training, its capture and its OOD score (NaN when not
+    computed)."""
     arrays = {}
     for name, (rows, prob1, y1, z) in parts.items():
         scores = None if z is None else calibration_lib.ood_scores(z, node_text)
-        arrays.update({f"{name}_prob1": np.asarray(prob1, np.float64), f"{name}_y1": np.asarray(y1, np.int32),
+        arrays.update({f"{name}_rows": np.asarray(rows, np.int64),
+                       f"{name}_prob1": np.asarray(prob1, np.float64), f"{name}_y1": np.asarray(y1, np.int32),
                        f"{name}_unseen_application": unseen[name], f"{name}_capture": captures[rows],
                        f"{name}_ood_score": np.full(len(rows), np.nan) if scores is None else scores})
     files.savez(workdir.gnn_dir / CALIBRATION_FLOWS, **arrays)
