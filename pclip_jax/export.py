@@ -1,7 +1,7 @@
 """Export a trained workdir for deployment: ONNX models of the packet tower and the detection stage, a manifest,
 and everything `classify --backend onnx` needs to run without JAX.
 
-    python -m pclip_jax.export --workdir W --out DIR [--mission NAME_OR_STATEMENT] [--opset 21]
+    python -m pclip_jax.export --workdir W --out DIR [--mission NAME_OR_STATEMENT] [--opset 21] [--quantize int8]
 
 DIR holds:
 * `packet_tower.onnx`: `bytes` uint8 [B, K, bytes], `sizes` int32 [B, K], `iat` float32 [B, K], `tcp_flags`
@@ -20,6 +20,13 @@ DIR holds:
   `name_tokenizer.json` + `name_table.npy` (server-name vectors without the Hugging Face model).
 * `manifest.json`: format version, files with sizes and SHA-256, inputs and outputs, parameter counts, the versions
   that wrote it, and the largest difference between onnxruntime and JAX on a probe batch (checked ≤ 1e-4).
+
+`--quantize int8`: the packet towers' weights stored as int8 (onnxruntime dynamic quantization: matrix
+multiplications in int8 with activations quantized per batch), for devices where size and speed matter more than
+the last digit. The float towers are written and checked against JAX first; the quantized ones are then compared
+with them on the workdir's own test flows (level-1 and level-2 agreement of the top prediction, the largest
+probability difference, the embeddings' lowest cosine similarity), recorded in the manifest's `quantization`. The
+detection stage stays float32 (it is small and its probabilities are the output).
 
 The detection stage must be the factored GNN (`gnn.model.factored=True`, the default); a workdir trained with
 the per-flow formulation gets a one-line error saying how to retrain its GNN stage (minutes).
@@ -42,6 +49,8 @@ from pclip_jax.onnx_runtime import EXPORT_FORMAT, SLOT_BUCKETS, TOWER_INPUTS, On
 
 TOWER_FILE, DETECTION_FILE, MANIFEST_FILE = "packet_tower.onnx", "detection.onnx", "manifest.json"
 PARITY_TOLERANCE = 1e-4
+QUANTIZE_CHOICES = ("int8",)
+QUANTIZE_CHECK_FLOWS = 4096  # test flows the quantized towers are compared on (the first ones, in table order)
 
 
 def probe_batch(settings, n: int = 16, seed: int = 0, max_packets: int | None = None) -> dict:
@@ -73,12 +82,59 @@ def _to_onnx(fn, specs, names_in, names_out, name, opset, path):
     path.write_bytes(model.SerializeToString())
 
 
+def quantize_towers(out: pathlib.Path, tower_files: Sequence[str]) -> None:
+    """Rewrites each tower file in `out` with int8 weights (onnxruntime dynamic quantization), atomically."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice on every call
+    for name in tower_files:
+        with files.atomic_path(out / name) as tmp:
+            quantize_dynamic(str(out / name), str(tmp), weight_type=QuantType.QInt8)
+
+
+def quantization_check(workdir, settings, layout, float_model: OnnxModel, quantized_model: OnnxModel,
+                       max_flows: int = QUANTIZE_CHECK_FLOWS) -> dict:
+    """The quantized towers against the float ones on the workdir's test flows (module docstring); with labels,
+    also both level-1 mAUC / accuracy / macro-F1 on them (`layout`: the detection graph's)."""
+    from pclip_jax import job, metrics
+    from pclip_jax.kg.graphs import labels_to_slots
+    from pclip_jax.workdir import Workdir
+
+    prepared = job.workdir_flows(settings, Workdir(workdir))
+    rows = np.asarray(prepared.test_idx)[:max_flows]
+    tensors = prepared.table.tensors
+    z_f, z_q = float_model.embed(tensors, rows), quantized_model.embed(tensors, rows)
+    d_f, d_q = float_model.detect(z_f), quantized_model.detect(z_q)
+    cos = (z_f * z_q).sum(1) / np.maximum(np.linalg.norm(z_f, axis=1) * np.linalg.norm(z_q, axis=1), 1e-12)
+    out = {"weights": "int8", "method": "onnxruntime dynamic quantization (QInt8 weights)",
+           "check_flows": int(len(rows)), "check_split": "test",
+           "level1_top_agreement": float((d_f["prob1"].argmax(1) == d_q["prob1"].argmax(1)).mean()),
+           "level2_top_agreement": float((d_f["prob2"].argmax(1) == d_q["prob2"].argmax(1)).mean()),
+           "prob1_max_abs_diff": float(np.abs(d_f["prob1"] - d_q["prob1"]).max()),
+           "embedding_min_cosine": float(cos.min())}
+    meta = prepared.table.meta
+    if "level1" in meta:
+        y1, _, _ = labels_to_slots(layout, list(np.asarray(meta["level1"]).astype(str)[rows]),
+                                   list(np.asarray(meta["level2"]).astype(str)[rows]) if "level2" in meta else None)
+        known = y1 >= 0
+        if known.any():
+            names = layout.class_names(1)
+            for tag, d in (("float32", d_f), ("int8", d_q)):
+                p1 = d["prob1"][known] / np.maximum(d["prob1"][known].sum(1, keepdims=True), 1e-12)
+                r = metrics.classification_report(y1[known], p1, names)
+                out[f"level1_{tag}"] = {k: r[k] for k in ("mauc", "accuracy", "macro_f1", "num_flows")}
+    return out
+
+
 def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission: Optional[str] = None,
-                   opset: int = 21, progress=print) -> dict:
+                   opset: int = 21, progress=print, quantize: Optional[str] = None) -> dict:
     """Writes the deployment directory `out` for `workdir` (module docstring) and returns its manifest.
 
     Raises WorkdirError for a workdir without a GNN stage and ValueError for a per-flow GNN or a parity failure.
+    `quantize`: None (float32) or "int8" (module docstring).
     """
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"--quantize {quantize!r}: not one of {', '.join(QUANTIZE_CHOICES)}")
     import jax
     import jax.numpy as jnp
 
@@ -159,6 +215,13 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
         raise ValueError(f"{out}: onnxruntime differs from JAX by {worst:.2e} (> {PARITY_TOLERANCE:g}) on the "
                          f"probe batch: {diffs}")
 
+    quantization = None
+    if quantize is not None:
+        progress(f"[export] packet towers: weights to {quantize}; compared with the float ones on the test flows")
+        quantize_towers(out, list(slot_files.values()))
+        quantization = quantization_check(workdir, settings, clf.kg.layout, runtime,
+                                          OnnxModel(out, check_manifest=False, slot_files=slot_files))
+
     import jax2onnx
     import onnx
     import onnxruntime
@@ -178,6 +241,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
                       "classes_level1": len(layout.level_nodes[1]), "classes_level2": len(layout.level_nodes[2]),
                       "graph_nodes": layout.num_kg_nodes, "params": compat.count_params(clf.gnn_params)},
         "parity_max_abs_diff": diffs,
+        "quantization": quantization,
         "files": {name: {"bytes": (out / name).stat().st_size, "sha256": files.file_digest(out / name)}
                   for name in written},
         "seconds": round(time.perf_counter() - t0, 1),
@@ -197,7 +261,19 @@ def format_manifest(m: dict) -> str:
             f"{m['detection']['classes_level1']} classes / {m['detection']['classes_level2']} applications\n"
             f"  other files: " + ", ".join(f"{n} {s}" for n, s in size.items() if not n.endswith(".onnx")) + "\n"
             f"  onnxruntime vs JAX on a probe batch, largest difference: "
-            f"{max(m['parity_max_abs_diff'].values()):.1e}")
+            f"{max(m['parity_max_abs_diff'].values()):.1e} (float towers)" + _format_quantization(m.get("quantization")))
+
+
+def _format_quantization(q: Optional[dict]) -> str:
+    if not q:
+        return ""
+    return (f"\n  towers quantized to {q['weights']}: on {q['check_flows']:,} {q['check_split']} flows the top class "
+            f"agrees with the float towers on {q['level1_top_agreement']:.1%} (applications "
+            f"{q['level2_top_agreement']:.1%}), probabilities differ by at most {q['prob1_max_abs_diff']:.3f}, "
+            f"embeddings' cosine similarity >= {q['embedding_min_cosine']:.3f}"
+            + "".join(f"\n    level 1, {tag}: mAUC {q[f'level1_{tag}']['mauc']:.3f}, accuracy "
+                      f"{q[f'level1_{tag}']['accuracy']:.3f}, macro-F1 {q[f'level1_{tag}']['macro_f1']:.3f}"
+                      for tag in ("float32", "int8") if f"level1_{tag}" in q))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -208,11 +284,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--mission", default=None, metavar="NAME_OR_STATEMENT",
                     help="bake a mission of the graph (or a free-text statement) into the detection model")
     ap.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21)")
+    ap.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                    help="store the packet towers' weights as int8 (smaller, faster on CPUs; checked on the test "
+                         "flows, see the manifest's `quantization`)")
     ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = ap.parse_args(argv)
     with errors.cli_errors(args.verbose) as status:
         manifest = export_workdir(args.workdir, args.out, args.mission, args.opset,
-                                  progress=lambda s: print(s, file=sys.stderr))
+                                  progress=lambda s: print(s, file=sys.stderr), quantize=args.quantize)
         print(format_manifest(manifest))
         print(json.dumps({"out": str(args.out), "files": manifest["files"]}))
     return status.code

@@ -83,6 +83,16 @@ def save_embeddings(wd: Workdir, prepared: PreparedFlows, embeddings: dict) -> N
     files.savez(wd.file(Workdir.EMBEDDINGS), **arrays)
 
 
+def workdir_flows(settings: Settings, wd: Workdir) -> PreparedFlows:
+    """The flows and splits a run in `wd` with `settings` trained and evaluated on (its graph: the settings' or
+    the one built from the labels in the workdir)."""
+    kg = check_inputs(settings)
+    generated = wd.file(Workdir.GENERATED_KG)
+    if kg is None and generated.is_file():
+        kg = load_kg(generated)
+    return prepare_experiment(settings, wd.cache_dir(settings), kg)
+
+
 def load_finished(config: Any, workdir: str) -> Optional[tuple[dict, PreparedFlows, dict]]:
     """(results, prepared flows, embeddings) of a finished run in `workdir` without running the towers again, or
     None when the run has not finished, predates embeddings.npz or its rows are not those of today's split of the
@@ -91,11 +101,7 @@ def load_finished(config: Any, workdir: str) -> Optional[tuple[dict, PreparedFlo
     wd = Workdir(workdir)
     if not (wd.file(Workdir.RESULTS).is_file() and wd.file(Workdir.EMBEDDINGS).is_file()):
         return None
-    kg = check_inputs(settings)
-    generated = wd.file(Workdir.GENERATED_KG)
-    if kg is None and generated.is_file():
-        kg = load_kg(generated)
-    prepared = prepare_experiment(settings, wd.cache_dir(settings), kg)
+    prepared = workdir_flows(settings, wd)
     stored = files.load_npz(wd.file(Workdir.EMBEDDINGS))
     embeddings = {}
     for split, attr in _SPLIT_ROWS:

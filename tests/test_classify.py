@@ -295,6 +295,34 @@ def test_onnx_export_scores_both_levels_as_jax_does(workdir, exported, ndpi_dir,
     _compare(_lines(onnx_out), _lines(jax_out))
 
 
+def test_int8_export_is_smaller_and_decides_as_the_float_one(workdir, exported, ndpi_dir, tmp_path):
+    """`--quantize int8`: smaller towers (the test config's are mostly embedding tables, which stay float; the
+    shipped configs' shrink to 39 %); the manifest's check on the workdir's test flows, and
+    classify on a held-out capture, agree with the float export on nearly every flow."""
+    wd, _ = workdir
+    out, manifest = exported
+    q_out = tmp_path / "int8"
+    assert export.main(["--workdir", str(wd), "--out", str(q_out), "--quantize", "int8"]) == 0
+    q_manifest = json.loads((q_out / "manifest.json").read_text())
+    for name in q_manifest["packet_tower"]["slot_files"].values():
+        assert q_manifest["files"][name]["bytes"] < 0.9 * manifest["files"][name]["bytes"]
+    assert q_manifest["files"]["detection.onnx"] == manifest["files"]["detection.onnx"]  # stays float32
+    check = q_manifest["quantization"]
+    assert check["check_flows"] > 20 and check["level1_top_agreement"] >= 0.9 and check["embedding_min_cosine"] > 0.9
+    assert abs(check["level1_int8"]["mauc"] - check["level1_float32"]["mauc"]) < 0.03
+    target = str(ndpi_dir / "pcap" / TARGET)
+    float_out, int8_out = tmp_path / "float.jsonl", tmp_path / "int8.jsonl"
+    for model, dest in ((out, float_out), (q_out, int8_out)):
+        assert classify.main(["--backend", "onnx", "--model", str(model), target, "--out", str(dest), "--quiet",
+                              "--threads", "1"]) == 0
+    a, b = _lines(float_out), _lines(int8_out)
+    assert len(a) == len(b) > 20
+    same = np.mean([x["level1"]["id"] == y["level1"]["id"] for x, y in zip(a, b) if x["level1"]])
+    assert same >= 0.9, same
+    with pytest.raises(ValueError, match="--quantize 'int4'"):
+        export.export_workdir(wd, tmp_path / "x", quantize="int4", progress=lambda line: None)
+
+
 BLOCK_JAX = textwrap.dedent("""
     import importlib.abc, sys
     class Block(importlib.abc.MetaPathFinder):
