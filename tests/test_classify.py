@@ -1,6 +1,7 @@
 """`python -m pclip_jax.classify` end to end on real captures, with a tiny workdir trained by the test config."""
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,15 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     knn_fit = with_knn["methods"][f"temperature from the {calibration_lib.KNN_K}-NN score, validation NLL"]
     assert 0 <= knn_fit["test_ece"] <= 1 and knn_fit["temperature"] > 0
     assert with_knn["methods"]["validation NLL (the job's)"] == job_fit
+    # The study as a user runs it: it also checks whether the tower fitted its training flows (a probe on held-out
+    # training captures against the test captures).
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import calibration_study
+
+    assert calibration_study.main([str(wd), "--json", str(tmp_path / "study.json")]) == 0
+    fitted = json.loads((tmp_path / "study.json").read_text())[str(wd)]["fitted_embeddings"]
+    assert 0 <= fitted["out_of_fold_training_accuracy"] <= 1 and 0 <= fitted["test_accuracy"] <= 1
+    assert "probe on the tower's embeddings" in capsys.readouterr().out
     low = np.array([r["low_confidence"] for r in recs])
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])
