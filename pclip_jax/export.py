@@ -86,10 +86,15 @@ def quantize_towers(out: pathlib.Path, tower_files: Sequence[str]) -> None:
     """Rewrites each tower file in `out` with int8 weights (onnxruntime dynamic quantization), atomically."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice on every call
-    for name in tower_files:
-        with files.atomic_path(out / name) as tmp:
-            quantize_dynamic(str(out / name), str(tmp), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs "consider pre-processing" advice on every call
+    try:
+        for name in tower_files:
+            with files.atomic_path(out / name) as tmp:
+                quantize_dynamic(str(out / name), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def quantization_check(workdir, settings, layout, float_model: OnnxModel, quantized_model: OnnxModel,

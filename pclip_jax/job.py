@@ -95,12 +95,15 @@ def workdir_flows(settings: Settings, wd: Workdir) -> PreparedFlows:
 
 def load_finished(config: Any, workdir: str) -> Optional[tuple[dict, PreparedFlows, dict]]:
     """(results, prepared flows, embeddings) of a finished run in `workdir` without running the towers again, or
-    None when the run has not finished, predates embeddings.npz or its rows are not those of today's split of the
-    flows (then `train_and_evaluate` is the way to get them)."""
+    None when the run has not finished, predates embeddings.npz, a later run in it did not finish, or the rows are
+    not those of today's split of the flows (then `train_and_evaluate` is the way to get them)."""
     settings = with_absolute_paths(from_config(config))
     wd = Workdir(workdir)
-    if not (wd.file(Workdir.RESULTS).is_file() and wd.file(Workdir.EMBEDDINGS).is_file()):
+    results_file, embeddings_file = wd.file(Workdir.RESULTS), wd.file(Workdir.EMBEDDINGS)
+    if not (results_file.is_file() and embeddings_file.is_file()):
         return None
+    if embeddings_file.stat().st_mtime_ns > results_file.stat().st_mtime_ns:
+        return None  # a later run wrote embeddings and did not finish: they may not be the finished run's
     prepared = workdir_flows(settings, wd)
     stored = files.load_npz(wd.file(Workdir.EMBEDDINGS))
     embeddings = {}
