@@ -331,6 +331,18 @@ def test_int8_export_is_smaller_and_decides_as_the_float_one(workdir, exported, 
     assert same >= 0.9, same
     with pytest.raises(ValueError, match="--quantize 'int4'"):
         export.export_workdir(wd, tmp_path / "x", quantize="int4", progress=lambda line: None)
+    # Exported where the workdir's captures are not: the int8 towers are written, the check says why it is missing.
+    moved = tmp_path / "moved_wd"
+    shutil.copytree(wd, moved, ignore=shutil.ignore_patterns("cache"))
+    stored = json.loads((moved / "config.json").read_text())
+    gone = tmp_path / "no_captures_here"
+    stored["data"].update(manual_dir=str(gone), cache_dir="",
+                          inputs=[str(gone / pathlib.Path(p).name) for p in stored["data"]["inputs"]])
+    (moved / "config.json").write_text(json.dumps(stored))
+    lines = []
+    skipped = export.export_workdir(moved, tmp_path / "moved_export", quantize="int8", progress=lines.append)
+    assert "no_captures_here" in skipped["quantization"]["check_skipped"]
+    assert any("not checked on the test flows" in line for line in lines)
 
 
 BLOCK_JAX = textwrap.dedent("""
