@@ -25,7 +25,8 @@ DIR holds:
 multiplications in int8 with activations quantized per batch), for devices where size and speed matter more than
 the last digit. The float towers are written and checked against JAX first; the quantized ones are then compared
 with them on the workdir's own test flows (level-1 and level-2 agreement of the top prediction, the largest
-probability difference, the embeddings' lowest cosine similarity), recorded in the manifest's `quantization`. The
+probability difference, the embeddings' lowest cosine similarity, level-1 mAUC / accuracy / macro-F1 of both),
+recorded in the manifest's `quantization` (where the workdir's captures are not at hand, it says why it is missing). The
 detection stage stays float32 (it is small and its probabilities are the output).
 
 The detection stage must be the factored GNN (`gnn.model.factored=True`, the default); a workdir trained with
