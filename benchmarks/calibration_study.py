@@ -26,14 +26,15 @@ from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
 from pclip_jax.workdir import Workdir
 
 
-def fitted_check(workdir: str, embeddings: dict) -> dict:
-    """`calibration.fitted_embedding_check` on the run's training and test flows (reads its flow table)."""
+def fitted_check(workdir: str) -> dict:
+    """`calibration.fitted_embedding_check` on the run's training and test flows (its flow table and
+    embeddings.npz, checked against each other by `job.load_finished`)."""
     from pclip_jax import job
 
     finished = job.load_finished(Workdir(workdir).read_settings(), workdir)
     if finished is None:
         raise ValueError("embeddings.npz does not match the run's flows (rerun the job)")
-    _, prepared, _ = finished
+    _, prepared, embeddings = finished
     ids = prepared.class_ids
     tr, te = prepared.train_idx, prepared.test_idx
     ktr, kte = ids[tr] >= 0, ids[te] >= 0
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         try:
             r = results[w] = calibration.compare_methods(files.load_npz(path), embeddings)
             if embeddings is not None:
-                r["fitted_embeddings"] = fitted_check(w, embeddings)
+                r["fitted_embeddings"] = fitted_check(w)
         except ValueError as e:
             print(f"error: {path}: {e}", file=sys.stderr)
             return 2

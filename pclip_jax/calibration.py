@@ -27,9 +27,10 @@ LOW_PROBABILITY = 0.5
 KNN_K = 5  # neighbours of the nearest-neighbour score in calibration studies
 
 
-def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
-    """Rows of `proba` tempered: ∝ proba^(1/T), renormalised."""
-    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) / temperature
+def scale(proba: np.ndarray, temperature) -> np.ndarray:
+    """Rows of `proba` tempered: ∝ proba^(1/T), renormalised. `temperature`: one for all rows, or one per row."""
+    t = np.asarray(temperature, np.float64)
+    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) / (t[:, None] if t.ndim else t)
     logp -= logp.max(1, keepdims=True)
     p = np.exp(logp)
     return p / p.sum(1, keepdims=True)
@@ -122,14 +123,6 @@ def fit_adaptive_temperature(proba: np.ndarray, y: np.ndarray, score: np.ndarray
     return best[1], best[2]
 
 
-def scale_rows(proba: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
-    """`scale` with one temperature per row."""
-    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, None)) / np.asarray(temperatures)[:, None]
-    logp -= logp.max(1, keepdims=True)
-    p = np.exp(logp)
-    return p / p.sum(1, keepdims=True)
-
-
 def fitted_embedding_check(z_train, y_train, captures_train, z_test, y_test, folds: int = 5, seed: int = 0) -> dict:
     """Whether the packet tower has fitted its training flows' labels (which rules out calibrating on
     out-of-fold predictions for training flows): the accuracy of a logistic-regression probe on held-out training
@@ -214,7 +207,7 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
         a, b = fit_adaptive_temperature(pv, yv, knn_v)
         methods[f"temperature from the {KNN_K}-NN score, validation NLL"] = {
             "temperature": float(np.exp(a + b * (1 - np.median(knn_t)))), "a": a, "b": b,
-            "test_ece": ece(scale_rows(pt, np.exp(a + b * (1 - knn_t))), yt)}
+            "test_ece": ece(scale(pt, np.exp(a + b * (1 - knn_t))), yt)}
     if ut.any() and (~ut).any():
         out["unseen_detection_auroc"] = {"ood_score": None if np.isnan(ood).any() else
                                          float(roc_auc_score(ut, -ood)),
