@@ -224,7 +224,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     quantization = None
     if quantize is not None:
         progress(f"[export] packet towers: weights to {quantize}; compared with the float ones on the test flows")
-        quantize_towers(out, list(slot_files.values()))
+        quantize_towers(out, list(slot_files.values()))  # `runtime` keeps the float towers it loaded
         try:
             quantization = quantization_check(workdir, settings, clf.kg.layout, runtime,
                                               OnnxModel(out, check_manifest=False, slot_files=slot_files))
