@@ -7,7 +7,9 @@
 Every (dataset, model, fraction, seed) cell is its own file under W/cells/ (a rerun resumes; `--shard I/N` runs
 every N-th cell, so N processes or hosts — `launch/peers_array.sh` — share one sweep). After the cells it prints,
 from every finished cell, a table per dataset (mean ± sd over seeds), the paper's four claims, and writes plots
-(data-scarcity curves, mAUC against FLOPs, reliability diagrams) to W/plots/ and everything to W/peers.json.
+(data-scarcity curves, mAUC against FLOPs, reliability diagrams) to W/plots/, everything to W/peers.json and the
+Markdown report (tables per dataset and fraction, the issue's quality bar, the claims, the cells still to run) to
+W/summary.md.
 Models: pclip (rows pclip_probe, pclip_zero_shot, pclip_gnn[, pclip_gnn_level1]), extra_trees, lightgbm, cnn1d,
 fsnet, yatc, netmamba, etbert (pclip_jax/peers/). `--size published` trains the papers' sizes (accelerators).
 """
@@ -49,7 +51,11 @@ def main(argv=None) -> int:
                                  [int(s) for s in args.seeds.split(",")])
         if not args.summary_only:
             suite.run_cells(suite.shard(cells, args.shard), workdir, args.overrides, args.size)
-        suite.summarize(workdir, args.json)
+        # The command that regenerates the summary, as the report names it (the sweep's own options, no workdir).
+        chosen = [f"--{name} {getattr(args, name)}" for name in ("datasets", "models", "fractions", "seeds")
+                  if getattr(args, name) != parser.get_default(name)]
+        suite.summarize(workdir, args.json, cells,
+                        " ".join(["python benchmarks/peers.py --workdir W", *chosen, "--summary-only"]))
     return status.code
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from pclip_jax import evaluate, files, train
+from pclip_jax import evaluate, files, loop, train
 from pclip_jax.compat import maybe_initialize_distributed
 from pclip_jax.data.flow_source import prepare_from_dataset
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
@@ -161,7 +161,9 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
         "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
                     "platform": jax.devices()[0].platform, "processes": jax.process_count()},
         "train_steps": steps,
-        "train_seconds": round(t_train, 1),
+        # The pre-training loop's time summed over the runs that trained this model (a resumed or re-invoked run
+        # is not reported as a fast one); this invocation's own time where no steps were logged.
+        "train_seconds": round(loop.logged_seconds(wd.path / "metrics_train.jsonl") or t_train, 1),
         "wall_seconds": round(time.time() - started, 1),
     })
     if jax.process_index() == 0:

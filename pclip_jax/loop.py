@@ -14,6 +14,7 @@ batches from a given step on; the loop does the rest the same way for both stage
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import sys
@@ -183,3 +184,26 @@ def run(spec: LoopSpec, state: Any, p_step: Callable, batches_from: Callable[[in
 def params_step(state: Any) -> int:
     """The step counter of a state: a flax TrainState (`.step`) or a dict with a `step` entry."""
     return int(state["step"] if isinstance(state, dict) else state.step)
+
+
+def logged_seconds(metrics_file: str | pathlib.Path) -> Optional[float]:
+    """Seconds the loop spent on the steps logged in `metrics_file` (the JSON lines `run` writes), over every run
+    that wrote to it: Σ window steps / steps_per_sec. A resumed run adds its own windows (a step logged twice — run
+    again after a restart — counts once, as last logged), and a finished run that is re-invoked adds nothing, so
+    this is the training time of the model, unlike the wall time of one invocation. None without logged steps."""
+    path = pathlib.Path(metrics_file)
+    if not path.is_file():
+        return None
+    rate_at: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a kill mid-write
+            continue
+        if row.get("steps_per_sec"):
+            rate_at[int(row["step"])] = float(row["steps_per_sec"])
+    seconds, previous = 0.0, 0
+    for step in sorted(rate_at):
+        seconds += (step - previous) / rate_at[step]
+        previous = step
+    return seconds if rate_at else None

@@ -3,6 +3,7 @@ steps that reduce the loss, and `benchmarks/peers.py` resuming (a finished cell 
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -158,3 +159,33 @@ def test_hybrid_cell_adds_the_tower_embedding_to_the_tree_features(ndpi_dir, min
     [again] = suite.run_cell(cell, tmp_path, overrides, progress=False)
     assert (pclip_dir / "results.json").stat().st_mtime_ns == results_mtime  # the job did not run again
     assert (again["mauc"], again["per_class_recall"]) == (row["mauc"], row["per_class_recall"])
+
+
+def test_summary_report_from_the_committed_cells(tmp_path):
+    """The Markdown report from the sweep's real cells: every table, the quality bar recomputed here from the
+    aggregated rows, and the cells still to run of the default sweep."""
+    shutil.copytree(REPO / "benchmarks" / "results" / "peers" / "cells", tmp_path / "cells")
+    cells = suite.make_cells(list(suite.DATASETS), suite.MODELS, [1.0, 0.3, 0.1], [0, 1, 2])
+    (tmp_path / "cells" / "ndpi" / "lightgbm-f1-s2.json").unlink()  # one cell certainly missing
+    report = suite.summarize(tmp_path, cells=cells, command="peers.py --summary-only")
+    text = (tmp_path / "summary.md").read_text()
+    status = report["status"]
+    assert status["expected"] == len(cells) == 162
+    assert ("ndpi", "lightgbm-f1-s2") in status["missing"] and "lightgbm-f1-s2" in text
+    assert status["finished"] == len(cells) - len(status["missing"]) < 162
+    assert "`peers.py --summary-only`" in text
+    agg = {(a["dataset"], a["model"], a["fraction"]): a for a in report["aggregated"]}
+    for dataset in suite.DATASETS:
+        assert f"## {dataset}" in text and "### 100% of the training data" in text
+    assert report["quality_bar"]
+    for q in report["quality_bar"]:
+        for key in ("mauc", "macro_f1"):
+            own = max(agg[q["dataset"], m, q["fraction"]][key] for m in suite.PCLIP_ROWS[:3]
+                      if (q["dataset"], m, q["fraction"]) in agg)
+            peer = max(agg[q["dataset"], m, q["fraction"]][key] for m in suite.PEERS
+                       if (q["dataset"], m, q["fraction"]) in agg)
+            assert q[key]["margin"] == pytest.approx(own - peer)
+            assert f"{q[key]['margin']:+.3f}" in text
+    ndpi_gnn = agg["ndpi", "pclip_gnn", 1.0]
+    assert f"{ndpi_gnn['mauc']:.3f}±{ndpi_gnn['mauc_sd']:.3f}" in text
+    assert (tmp_path / "plots" / "scarcity_ndpi.png").is_file()

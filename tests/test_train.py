@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from pclip_jax import embedding, job
+from pclip_jax import embedding, job, loop
 from pclip_jax import train as train_lib
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.settings import from_config
@@ -71,6 +71,19 @@ def test_resume_equals_straight_run(setup, tmp_path):
     assert min(moved) >= 0 and np.median(moved) > 1e-4
     lines = (tmp_path / "a" / "metrics_train.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 20 and np.isfinite(json.loads(lines[-1])["loss"])
+    # Training time counts both runs' logged windows (steps 1-10 and 11-20), each step once; a finished run
+    # invoked again adds no time (results.json's train_seconds for a resumed job).
+    rates = {}
+    for line in (tmp_path / "b" / "metrics_train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "steps_per_sec" in row:
+            rates[row["step"]] = row["steps_per_sec"]
+    assert sorted(rates) == [5, 10, 15, 20]
+    seconds = loop.logged_seconds(tmp_path / "b" / "metrics_train.jsonl")
+    assert seconds == pytest.approx(sum(5 / r for r in rates.values()))
+    train_lib.pretrain(settings, Workdir(tmp_path / "b"), prepared, texts, model, progress=False)
+    assert loop.logged_seconds(tmp_path / "b" / "metrics_train.jsonl") == seconds
+    assert loop.logged_seconds(tmp_path / "no_such_file.jsonl") is None
 
 
 @pytest.mark.parametrize("trainable,from_scratch,dtype",

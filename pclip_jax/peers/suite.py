@@ -181,7 +181,7 @@ def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepa
 def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
     """`pclip_trees`: ExtraTrees (as `extra_trees`) on the tree features and the packet tower's shared-space
     embedding of each flow, from the pclip cell's workdir (trained there if that cell has not run)."""
-    from pclip_jax import costs, job
+    from pclip_jax import costs, job, loop
     from pclip_jax.peers import trees
 
     pclip_cell = dataclasses.replace(cell, model="pclip")
@@ -210,10 +210,9 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     embed_rate = results["test"].get("embed_flows_per_s")
     per_flow = (time.perf_counter() - started) / max(len(x_test), 1) + (1.0 / embed_rate if embed_rate else 0.0)
     tower = costs.packet_tower_cost(settings)
-    # A resumed job reports the seconds it trained now (~0): the tower's pre-training time is the pclip cell's.
-    tower_seconds = results["train_seconds"]
-    if cell_file(workdir, pclip_cell).is_file():
-        tower_seconds = max(tower_seconds, files.read_json(cell_file(workdir, pclip_cell))["rows"][0]["train_seconds"])
+    # The towers' pre-training time from the run's own log (results.json of runs from before 2026-12-05 holds the
+    # time of the invocation that wrote it, ~0 for a resumed run).
+    tower_seconds = loop.logged_seconds(pathlib.Path(pclip_workdir) / "metrics_train.jsonl") or results["train_seconds"]
     return [_evaluate(cell, "pclip_trees", prepared, test_idx, y_test, proba, per_flow,
                       trainable_params=results["num_params"]["trainable_total"], tree_nodes=info["trainable_params"],
                       flops_per_flow=tower["flops_per_flow"], tree_node_tests=comparisons(x_test),
@@ -446,17 +445,148 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
     return written
 
 
-def summarize(workdir: pathlib.Path, json_out: Optional[str] = None) -> dict:
+# ----------------------------------------------------------------------------------------------- report
+
+PEERS = TREES + NEURAL
+_LABELS = {"pclip_probe": "PacketCLIP linear probe", "pclip_zero_shot": "PacketCLIP zero-shot",
+           "pclip_gnn": "PacketCLIP GNN", "pclip_gnn_level1": "PacketCLIP GNN, level 1 (coarser task)",
+           "pclip_trees": "hybrid: ExtraTrees + PacketCLIP embedding", "extra_trees": "ExtraTrees",
+           "lightgbm": "LightGBM", "cnn1d": "1D-CNN", "fsnet": "FS-Net", "yatc": "YaTC", "netmamba": "NetMamba",
+           "etbert": "ET-BERT"}
+_REPORT_COLUMNS = (("mauc", "mAUC"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+                   ("capture_accuracy", "per capture"), ("ece", "ECE"))
+
+
+def quality_bar(aggregated: Sequence[dict]) -> list[dict]:
+    """Per dataset and fraction: PacketCLIP's best own evaluation (probe, zero-shot, GNN) against the best peer
+    (trees and neural peers), on mAUC and macro-F1; the hybrid is reported beside it, not counted as PacketCLIP."""
+    out = []
+    for dataset, fraction in sorted({(a["dataset"], a["fraction"]) for a in aggregated}, key=lambda k: (k[0], -k[1])):
+        mine = {a["model"]: a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction}
+        entry = {"dataset": dataset, "fraction": fraction}
+        for key in ("mauc", "macro_f1"):
+            own = [mine[m] for m in PCLIP_ROWS[:3] if m in mine and mine[m][key] is not None]
+            peers = [mine[m] for m in PEERS if m in mine and mine[m][key] is not None]
+            if not own or not peers:
+                continue
+            best_own = max(own, key=lambda a: a[key])
+            best_peer = max(peers, key=lambda a: a[key])
+            entry[key] = {"pclip": best_own["model"], "pclip_value": best_own[key], "peer": best_peer["model"],
+                          "peer_value": best_peer[key], "margin": best_own[key] - best_peer[key]}
+            if "pclip_trees" in mine and mine["pclip_trees"][key] is not None:
+                entry[key]["hybrid_value"] = mine["pclip_trees"][key]
+        out.append(entry)
+    return out
+
+
+def _cost(a: dict) -> str:
+    if a["flops_per_flow"] is None:
+        return "-"
+    if a["cost_unit"] == "FLOPs":
+        return f"{a['flops_per_flow'] / 1e6:.1f} MFLOPs"
+    return f"{a['flops_per_flow']:,.0f} node tests"
+
+
+def _params(n: Optional[float]) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
+
+
+def markdown_report(aggregated: Sequence[dict], claim: dict, status: dict, command: str) -> str:
+    """The sweep's results as one Markdown document: per dataset and fraction a table sorted by mAUC (the best
+    value of each metric column in bold), the issue's quality bar, the paper's four claims, and what remains."""
+    lines = ["# Peer sweep: PacketCLIP against its peers", "",
+             f"Generated from the finished cells by `{command}` (`pclip_jax/peers/suite.py`, `markdown_report`); "
+             "do not edit by hand. Level-1 service classes on nDPI, devices on IoT Sentinel; per flow on the test "
+             "captures of capture-disjoint splits (split = seed), mean ± sd over the seeds that have run (`n`).",
+             "",
+             f"Cells: {status['finished']}"
+             + ("" if status["expected"] is None else f" of {status['expected']} of the sweep")
+             + " finished; compute time of the "
+             f"finished cells {status['seconds'] / 3600:.1f} h (sum of the cells' own times; two cells at a time "
+             "shared the 2-core machine, so a cell's train seconds and flows/s are from a loaded machine)."]
+    for dataset in sorted({d for d, _ in status["missing"]}):
+        names = [c for d, c in status["missing"] if d == dataset]
+        lines += ["", f"Still to run on {dataset} ({len(names)}): " + ", ".join(names) + "."]
+    lines += ["", "Cost per flow: inference FLOPs from the compiled program (a multiply-add = 2); trees: node tests. "
+              "Params: trainable parameters (PacketCLIP GNN: the detection stage; trees: nodes; the hybrid: the "
+              "tower's). ECE: 10 bins, uncalibrated top-class probability."]
+    for dataset in sorted({a["dataset"] for a in aggregated}):
+        lines += ["", f"## {dataset}"]
+        for fraction in sorted({a["fraction"] for a in aggregated if a["dataset"] == dataset}, reverse=True):
+            mine = sorted((a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction),
+                          key=lambda a: -(a["mauc"] or 0))
+            comparable = [a for a in mine if a["model"] != "pclip_gnn_level1"]
+            best = {k: (min if k == "ece" else max)(a[k] for a in comparable if a[k] is not None)
+                    for k, _ in _REPORT_COLUMNS if any(a[k] is not None for a in comparable)}
+            lines += ["", f"### {fraction:.0%} of the training data", "",
+                      "| model | n | " + " | ".join(t for _, t in _REPORT_COLUMNS) + " | params | cost per flow "
+                      "| train s | flows/s |", "| --- " * (len(_REPORT_COLUMNS) + 6) + "|"]
+            for a in mine:
+                cells = []
+                for k, _ in _REPORT_COLUMNS:
+                    v = _fmt(a[k], a[k + "_sd"])
+                    bold = a["model"] != "pclip_gnn_level1" and a[k] is not None and a[k] == best.get(k)
+                    cells.append(f"**{v}**" if bold else v)
+                lines.append(f"| {_LABELS.get(a['model'], a['model'])} | {len(a['seeds'])} | " + " | ".join(cells)
+                             + f" | {_params(a['trainable_params'])} | {_cost(a)} | "
+                             f"{(a['train_seconds'] or 0):,.0f} | {(a['infer_flows_per_s'] or 0):,.0f} |")
+    lines += ["", "## The issue's quality bar: PacketCLIP's best own evaluation against the best peer", "",
+              "| dataset | fraction | mAUC: PacketCLIP | best peer | margin | macro-F1: PacketCLIP | best peer | "
+              "margin | hybrid mAUC / macro-F1 |", "| --- " * 9 + "|"]
+    for q in quality_bar(aggregated):
+        if "mauc" not in q or "macro_f1" not in q:
+            continue
+        m, f = q["mauc"], q["macro_f1"]
+        hybrid = (f"{m['hybrid_value']:.3f} / {f['hybrid_value']:.3f}"
+                  if "hybrid_value" in m and "hybrid_value" in f else "-")
+        lines.append(f"| {q['dataset']} | {q['fraction']:.0%} | {m['pclip_value']:.3f} ({_LABELS[m['pclip']]}) | "
+                     f"{m['peer_value']:.3f} ({_LABELS[m['peer']]}) | {m['margin']:+.3f} | "
+                     f"{f['pclip_value']:.3f} ({_LABELS[f['pclip']]}) | {f['peer_value']:.3f} "
+                     f"({_LABELS[f['peer']]}) | {f['margin']:+.3f} | {hybrid} |")
+    lines += ["", "## The paper's four claims on these cells", "",
+              "| dataset | ΔmAUC, PacketCLIP's best − ET-BERT (paper +0.116) | detection params / ET-BERT's "
+              "(paper 8 %) | FLOPs per flow / ET-BERT's (paper 2 %) | mAUC kept at 30 %: GNN / probe / ET-BERT "
+              "(paper ~95 % / - / ~70 %) |", "| --- " * 5 + "|"]
+    pct = lambda c, k: "-" if k not in c else f"{100 * c[k]:.1f} %"  # noqa: E731
+    for dataset, c in sorted(claim.items()):
+        delta = "-" if "delta_mauc_vs_etbert" not in c else \
+            f"{c['delta_mauc_vs_etbert']:+.3f} ({_LABELS[c['pclip_best']]})"
+        lines.append(f"| {dataset} | {delta} | {pct(c, 'detection_params_ratio')} | {pct(c, 'flops_ratio')} | "
+                     f"{pct(c, 'mauc_kept_at_30pct_pclip_gnn')} / {pct(c, 'mauc_kept_at_30pct_pclip_probe')} / "
+                     f"{pct(c, 'mauc_kept_at_30pct_etbert')} |")
+    lines += ["", "Plots: `plots/scarcity_<dataset>.png` (mAUC and macro-F1 against the fraction, sd bands), "
+              "`plots/mauc_vs_flops_<dataset>.png`, `plots/reliability_<dataset>.png`.", ""]
+    return "\n".join(lines)
+
+
+def sweep_status(workdir: pathlib.Path, cells: Sequence[Cell]) -> dict:
+    """How far the sweep of `cells` is: finished and expected counts, the (dataset, cell name) pairs still to run
+    and the summed compute seconds of every finished cell file under `workdir`."""
+    present = sorted((pathlib.Path(workdir) / "cells").glob("*/*.json"))
+    missing = [(c.dataset, c.name) for c in cells if not cell_file(workdir, c).is_file()]
+    seconds = sum(files.read_json(p).get("seconds", 0.0) for p in present)
+    return {"expected": len(cells) if cells else None,
+            "finished": len(cells) - len(missing) if cells else len(present), "missing": missing,
+            "seconds": seconds}
+
+
+def summarize(workdir: pathlib.Path, json_out: Optional[str] = None, cells: Sequence[Cell] = (),
+              command: str = "python benchmarks/peers.py --workdir W --summary-only") -> dict:
     """Tables, claims and plots from every finished cell under `workdir`; printed, and written to
-    WORKDIR/peers.json (and `json_out`)."""
+    WORKDIR/peers.json, WORKDIR/summary.md (the Markdown report, with what is left of `cells`) and `json_out`."""
     rows = load_rows(workdir)
     aggregated = aggregate(rows)
-    report = {"rows": rows, "aggregated": aggregated, "claims": claims(aggregated)}
+    report = {"rows": rows, "aggregated": aggregated, "claims": claims(aggregated),
+              "quality_bar": quality_bar(aggregated), "status": sweep_status(workdir, cells)}
     if rows:
         report["plots"] = plot(aggregated, rows, pathlib.Path(workdir) / "plots")
     print(format_tables(aggregated))
     print("\nThe paper's claims on these cells:\n" + json.dumps(report["claims"], indent=2))
     files.write_json(pathlib.Path(workdir) / "peers.json", report)
+    files.write_text(pathlib.Path(workdir) / "summary.md",
+                     markdown_report(aggregated, report["claims"], report["status"], command))
     if json_out:
         files.write_json(pathlib.Path(json_out), [{k: v for k, v in r.items() if k != "reliability"}
                                                   for r in rows])
