@@ -2,14 +2,15 @@
 
     python benchmarks/peers.py --workdir W [--datasets ndpi,iot_sentinel] [--models all]
         [--fractions 0.1,0.3,1.0] [--seeds 0,1,2] [--size cpu|published] [--shard I/N] [--json OUT]
-        [--set KEY=VALUE ...] [--summary-only]
+        [--set KEY=VALUE ...] [--summary-only] [--readme README.md]
 
 Every (dataset, model, fraction, seed) cell is its own file under W/cells/ (a rerun resumes; `--shard I/N` runs
 every N-th cell, so N processes or hosts — `launch/peers_array.sh` — share one sweep). After the cells it prints,
 from every finished cell, a table per dataset (mean ± sd over seeds), the paper's four claims, and writes plots
 (data-scarcity curves, mAUC against FLOPs, reliability diagrams) to W/plots/, everything to W/peers.json and the
 Markdown report (tables per dataset and fraction, the issue's quality bar, the claims, the cells still to run) to
-W/summary.md.
+W/summary.md; `--readme FILE` also rewrites FILE's generated block (the quality bar, the claims, the full-data
+tables) between its two marker lines (`pclip_jax.peers.suite.README_BEGIN` / `README_END`).
 Models: pclip (rows pclip_probe, pclip_zero_shot, pclip_gnn[, pclip_gnn_level1]), extra_trees, lightgbm, cnn1d,
 fsnet, yatc, netmamba, etbert (pclip_jax/peers/). `--size published` trains the papers' sizes (accelerators).
 """
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
                         help="dataset config override for every cell, e.g. --set train.num_steps=200")
     parser.add_argument("--json", default=None, help="also write the rows (a list) here")
     parser.add_argument("--summary-only", action="store_true", help="summarise the finished cells, run nothing")
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="also rewrite the generated peers summary block of FILE (e.g. README.md)")
     args = parser.parse_args(argv)
 
     from absl import logging
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
         chosen = [f"--{name} {getattr(args, name)}" for name in ("datasets", "models", "fractions", "seeds")
                   if getattr(args, name) != parser.get_default(name)]
         suite.summarize(workdir, args.json, cells,
-                        " ".join(["python benchmarks/peers.py --workdir W", *chosen, "--summary-only"]))
+                        " ".join(["python benchmarks/peers.py --workdir W", *chosen, "--summary-only"]),
+                        readme=None if args.readme is None else pathlib.Path(args.readme))
     return status.code
 
 

@@ -177,15 +177,36 @@ def test_summary_report_from_the_committed_cells(tmp_path):
     agg = {(a["dataset"], a["model"], a["fraction"]): a for a in report["aggregated"]}
     for dataset in suite.DATASETS:
         assert f"## {dataset}" in text and "### 100% of the training data" in text
+    # The quality bar compares means over the seeds every compared model has run; recomputed here from the rows.
+    value = {(r["dataset"], r["model"], r["fraction"], r["seed"]): r for r in report["rows"]}
     assert report["quality_bar"]
     for q in report["quality_bar"]:
+        d, f = q["dataset"], q["fraction"]
+        models = [m for m in suite.PCLIP_ROWS[:3] + suite.PEERS if (d, m, f) in agg]
+        seeds = sorted(set.intersection(*({s for s in range(3) if (d, m, f, s) in value} for m in models)))
+        assert q["seeds"] == seeds and seeds
         for key in ("mauc", "macro_f1"):
-            own = max(agg[q["dataset"], m, q["fraction"]][key] for m in suite.PCLIP_ROWS[:3]
-                      if (q["dataset"], m, q["fraction"]) in agg)
-            peer = max(agg[q["dataset"], m, q["fraction"]][key] for m in suite.PEERS
-                       if (q["dataset"], m, q["fraction"]) in agg)
+            mean = {m: np.mean([value[d, m, f, s][key] for s in seeds]) for m in models}
+            own = max(mean[m] for m in suite.PCLIP_ROWS[:3] if m in mean)
+            peer = max(mean[m] for m in suite.PEERS if m in mean)
             assert q[key]["margin"] == pytest.approx(own - peer)
             assert f"{q[key]['margin']:+.3f}" in text
+    ndpi = report["claims"]["ndpi"]
+    gnn = [value["ndpi", "pclip_gnn", frac, s]["mauc"] for frac in (1.0, 0.3) for s in
+           ndpi["mauc_kept_at_30pct_pclip_gnn_seeds"]]
+    half = len(gnn) // 2
+    assert ndpi["mauc_kept_at_30pct_pclip_gnn"] == pytest.approx(np.mean(gnn[half:]) / np.mean(gnn[:half]))
     ndpi_gnn = agg["ndpi", "pclip_gnn", 1.0]
     assert f"{ndpi_gnn['mauc']:.3f}±{ndpi_gnn['mauc_sd']:.3f}" in text
     assert (tmp_path / "plots" / "scarcity_ndpi.png").is_file()
+
+
+def test_readme_block_is_replaced_between_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{suite.README_BEGIN}\nold table\n{suite.README_END}\nafter\n")
+    suite.replace_readme_block(readme, f"{suite.README_BEGIN}\nnew table\n{suite.README_END}")
+    assert readme.read_text() == f"# title\n\nbefore\n{suite.README_BEGIN}\nnew table\n{suite.README_END}\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="README.md: needs one line"):
+        suite.replace_readme_block(readme, "x")
+    assert readme.read_text() == "no markers\n"

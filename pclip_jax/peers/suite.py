@@ -335,32 +335,48 @@ def format_tables(aggregated: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def best_pclip(aggregated: Sequence[dict], dataset: str, fraction: float, key: str = "mauc") -> Optional[dict]:
-    cands = [a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction
-             and a["model"] in PCLIP_ROWS[:3] and a[key] is not None]
-    return max(cands, key=lambda a: a[key]) if cands else None
+def paired(rows: Sequence[dict], dataset: str, groups: Sequence[tuple]) -> Optional[tuple[dict, list]]:
+    """Each (model, fraction) group of `dataset` aggregated over the seeds that every group has run (a comparison
+    of means over different splits would mix the splits' difficulty into it): ({group: aggregated}, seeds), or
+    None when a group is missing or the groups share no seed."""
+    by: dict = {}
+    for r in rows:
+        if r["dataset"] == dataset:
+            by.setdefault((r["model"], r["fraction"]), {})[r["seed"]] = r
+    if not groups or any(g not in by for g in groups):
+        return None
+    seeds = sorted(set.intersection(*(set(by[g]) for g in groups)))
+    if not seeds:
+        return None
+    return {g: aggregate([by[g][s] for s in seeds])[0] for g in groups}, seeds
 
 
-def claims(aggregated: Sequence[dict]) -> dict:
-    """The paper's four claims, evaluated on the cells that exist: PacketCLIP (its best evaluation) vs ET-BERT's
-    ΔmAUC, the detection stage's parameters and the inference FLOPs per flow as ratios to ET-BERT's, and mAUC kept
-    at 30 % of the training data (relative to 100 %), both models."""
+def claims(rows: Sequence[dict]) -> dict:
+    """The paper's four claims, evaluated on the cells that exist, each on the seeds its models share: PacketCLIP
+    (its best evaluation: probe, zero-shot or GNN) vs ET-BERT's ΔmAUC, the detection stage's parameters and the
+    inference FLOPs per flow as ratios to ET-BERT's, and the mAUC kept at 30 % of the training data (relative to
+    100 %) of the GNN, the probe and ET-BERT."""
     out = {}
-    for dataset in sorted({a["dataset"] for a in aggregated}):
-        get = {(a["model"], a["fraction"]): a for a in aggregated if a["dataset"] == dataset}
-        etbert, best = get.get(("etbert", 1.0)), best_pclip(aggregated, dataset, 1.0)
-        gnn = get.get(("pclip_gnn", 1.0))
+    for dataset in sorted({r["dataset"] for r in rows}):
         c: dict = {}
-        if etbert and best:
-            c["delta_mauc_vs_etbert"] = best["mauc"] - etbert["mauc"]
-            c["pclip_best"] = best["model"]
-        if etbert and gnn:
+        deltas = []
+        for model in PCLIP_ROWS[:3]:
+            pair = paired(rows, dataset, [(model, 1.0), ("etbert", 1.0)])
+            if pair:
+                (mine, etbert), seeds = pair[0].values(), pair[1]
+                deltas.append((mine["mauc"] - etbert["mauc"], model, seeds))
+        if deltas:
+            c["delta_mauc_vs_etbert"], c["pclip_best"], c["delta_seeds"] = max(deltas)
+        pair = paired(rows, dataset, [("pclip_gnn", 1.0), ("etbert", 1.0)])
+        if pair:
+            gnn, etbert = pair[0].values()
             c["detection_params_ratio"] = gnn["trainable_params"] / etbert["trainable_params"]
             c["flops_ratio"] = gnn["flops_per_flow"] / etbert["flops_per_flow"]
         for model in ("pclip_gnn", "pclip_probe", "etbert"):
-            full, low = get.get((model, 1.0)), get.get((model, 0.3))
-            if full and low and full["mauc"]:
-                c[f"mauc_kept_at_30pct_{model}"] = low["mauc"] / full["mauc"]
+            pair = paired(rows, dataset, [(model, 1.0), (model, 0.3)])
+            if pair and pair[0][model, 1.0]["mauc"]:
+                c[f"mauc_kept_at_30pct_{model}"] = pair[0][model, 0.3]["mauc"] / pair[0][model, 1.0]["mauc"]
+                c[f"mauc_kept_at_30pct_{model}_seeds"] = pair[1]
         out[dataset] = c
     return out
 
@@ -457,24 +473,30 @@ _REPORT_COLUMNS = (("mauc", "mAUC"), ("accuracy", "accuracy"), ("macro_f1", "mac
                    ("capture_accuracy", "per capture"), ("ece", "ECE"))
 
 
-def quality_bar(aggregated: Sequence[dict]) -> list[dict]:
+def quality_bar(rows: Sequence[dict]) -> list[dict]:
     """Per dataset and fraction: PacketCLIP's best own evaluation (probe, zero-shot, GNN) against the best peer
-    (trees and neural peers), on mAUC and macro-F1; the hybrid is reported beside it, not counted as PacketCLIP."""
+    (trees and neural peers), on mAUC and macro-F1, over the seeds every one of those models has run; the hybrid is
+    reported beside it (on the same seeds when it has them), not counted as PacketCLIP."""
     out = []
-    for dataset, fraction in sorted({(a["dataset"], a["fraction"]) for a in aggregated}, key=lambda k: (k[0], -k[1])):
-        mine = {a["model"]: a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction}
-        entry = {"dataset": dataset, "fraction": fraction}
+    for dataset, fraction in sorted({(r["dataset"], r["fraction"]) for r in rows}, key=lambda k: (k[0], -k[1])):
+        present = {r["model"] for r in rows if r["dataset"] == dataset and r["fraction"] == fraction}
+        own = [m for m in PCLIP_ROWS[:3] if m in present]
+        peers = [m for m in PEERS if m in present]
+        pair = paired(rows, dataset, [(m, fraction) for m in own + peers]) if own and peers else None
+        if pair is None:
+            continue
+        agg, seeds = pair
+        hybrid = paired(rows, dataset, [(m, fraction) for m in own + peers + list(HYBRID)]) \
+            if set(HYBRID) <= present else None
+        entry = {"dataset": dataset, "fraction": fraction, "seeds": seeds}
         for key in ("mauc", "macro_f1"):
-            own = [mine[m] for m in PCLIP_ROWS[:3] if m in mine and mine[m][key] is not None]
-            peers = [mine[m] for m in PEERS if m in mine and mine[m][key] is not None]
-            if not own or not peers:
-                continue
-            best_own = max(own, key=lambda a: a[key])
-            best_peer = max(peers, key=lambda a: a[key])
-            entry[key] = {"pclip": best_own["model"], "pclip_value": best_own[key], "peer": best_peer["model"],
-                          "peer_value": best_peer[key], "margin": best_own[key] - best_peer[key]}
-            if "pclip_trees" in mine and mine["pclip_trees"][key] is not None:
-                entry[key]["hybrid_value"] = mine["pclip_trees"][key]
+            best_own = max(own, key=lambda m: agg[m, fraction][key])
+            best_peer = max(peers, key=lambda m: agg[m, fraction][key])
+            entry[key] = {"pclip": best_own, "pclip_value": agg[best_own, fraction][key], "peer": best_peer,
+                          "peer_value": agg[best_peer, fraction][key],
+                          "margin": agg[best_own, fraction][key] - agg[best_peer, fraction][key]}
+            if hybrid is not None and hybrid[1] == seeds:
+                entry[key]["hybrid_value"] = hybrid[0][HYBRID[0], fraction][key]
         out.append(entry)
     return out
 
@@ -493,19 +515,85 @@ def _params(n: Optional[float]) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
 
-def markdown_report(aggregated: Sequence[dict], claim: dict, status: dict, command: str) -> str:
+def fraction_table(aggregated: Sequence[dict], dataset: str, fraction: float, costs: bool = True) -> list[str]:
+    """Markdown lines: one dataset and fraction, models sorted by mAUC, the best value of each metric in bold
+    (`pclip_gnn_level1`, a coarser task, is never bold); `costs` adds params, cost per flow, train s and flows/s."""
+    mine = sorted((a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction),
+                  key=lambda a: -(a["mauc"] or 0))
+    comparable = [a for a in mine if a["model"] != "pclip_gnn_level1"]
+    best = {k: (min if k == "ece" else max)(a[k] for a in comparable if a[k] is not None)
+            for k, _ in _REPORT_COLUMNS if any(a[k] is not None for a in comparable)}
+    extra = ["params", "cost per flow", "train s", "flows/s"] if costs else []
+    header = ["model", "n", *(t for _, t in _REPORT_COLUMNS), *extra]
+    lines = ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
+    for a in mine:
+        cells = [_LABELS.get(a["model"], a["model"]), str(len(a["seeds"]))]
+        for k, _ in _REPORT_COLUMNS:
+            v = _fmt(a[k], a[k + "_sd"])
+            bold = a["model"] != "pclip_gnn_level1" and a[k] is not None and a[k] == best.get(k)
+            cells.append(f"**{v}**" if bold else v)
+        if costs:
+            cells += [_params(a["trainable_params"]), _cost(a),
+                      "-" if a["train_seconds"] is None else f"{a['train_seconds']:,.0f}",
+                      f"{(a['infer_flows_per_s'] or 0):,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def quality_table(rows: Sequence[dict]) -> list[str]:
+    """Markdown lines of `quality_bar`: per dataset and fraction, PacketCLIP's best own evaluation, the best peer
+    and the margin on mAUC and macro-F1, and the hybrid's values."""
+    lines = ["| dataset | fraction | seeds | mAUC: PacketCLIP | best peer | margin | macro-F1: PacketCLIP | best peer "
+             "| margin | hybrid mAUC / macro-F1 |", "| --- " * 10 + "|"]
+    for q in quality_bar(rows):
+        m, f = q["mauc"], q["macro_f1"]
+        hybrid = (f"{m['hybrid_value']:.3f} / {f['hybrid_value']:.3f}"
+                  if "hybrid_value" in m and "hybrid_value" in f else "-")
+        lines.append(f"| {q['dataset']} | {q['fraction']:.0%} | {', '.join(map(str, q['seeds']))} | {m['pclip_value']:.3f} ({_LABELS[m['pclip']]}) | "
+                     f"{m['peer_value']:.3f} ({_LABELS[m['peer']]}) | {m['margin']:+.3f} | "
+                     f"{f['pclip_value']:.3f} ({_LABELS[f['pclip']]}) | {f['peer_value']:.3f} "
+                     f"({_LABELS[f['peer']]}) | {f['margin']:+.3f} | {hybrid} |")
+    return lines
+
+
+def claims_table(claim: dict) -> list[str]:
+    """Markdown lines of `claims`, beside the paper's figures."""
+    lines = ["| dataset | ΔmAUC, PacketCLIP's best − ET-BERT (paper +0.116) | detection params / ET-BERT's "
+             "(paper 8 %) | FLOPs per flow / ET-BERT's (paper 2 %) | mAUC kept at 30 %: GNN / probe / ET-BERT "
+             "(paper ~95 % / - / ~70 %) |", "| --- " * 5 + "|"]
+    def pct(c, k):
+        if k not in c:
+            return "-"
+        return f"{100 * c[k]:.1f} %" + ("" if len(c[k + "_seeds"]) == 3 else
+                                         f" (seeds {', '.join(map(str, c[k + '_seeds']))})")
+
+    for dataset, c in sorted(claim.items()):
+        delta = "-" if "delta_mauc_vs_etbert" not in c else \
+            f"{c['delta_mauc_vs_etbert']:+.3f} ({_LABELS[c['pclip_best']]}; seeds {', '.join(map(str, c['delta_seeds']))})"
+        ratio = lambda k: "-" if k not in c else f"{100 * c[k]:.1f} %"  # noqa: E731
+        lines.append(f"| {dataset} | {delta} | {ratio('detection_params_ratio')} | {ratio('flops_ratio')} | "
+                     f"{pct(c, 'mauc_kept_at_30pct_pclip_gnn')} / {pct(c, 'mauc_kept_at_30pct_pclip_probe')} / "
+                     f"{pct(c, 'mauc_kept_at_30pct_etbert')} |")
+    return lines
+
+
+def _status_line(status: dict) -> str:
+    return (f"Cells: {status['finished']}"
+            + ("" if status["expected"] is None else f" of {status['expected']} of the sweep")
+            + f" finished; their compute time {status['seconds'] / 3600:.1f} h (the sum of the cells' times, each "
+            "at least its towers' logged training time; two cells at a time shared the 2-core machine, so a "
+            "cell's train seconds and flows/s are from a loaded machine).")
+
+
+def markdown_report(rows: Sequence[dict], aggregated: Sequence[dict], claim: dict, status: dict,
+                    command: str) -> str:
     """The sweep's results as one Markdown document: per dataset and fraction a table sorted by mAUC (the best
     value of each metric column in bold), the issue's quality bar, the paper's four claims, and what remains."""
     lines = ["# Peer sweep: PacketCLIP against its peers", "",
              f"Generated from the finished cells by `{command}` (`pclip_jax/peers/suite.py`, `markdown_report`); "
              "do not edit by hand. Level-1 service classes on nDPI, devices on IoT Sentinel; per flow on the test "
              "captures of capture-disjoint splits (split = seed), mean ± sd over the seeds that have run (`n`).",
-             "",
-             f"Cells: {status['finished']}"
-             + ("" if status["expected"] is None else f" of {status['expected']} of the sweep")
-             + " finished; compute time of the "
-             f"finished cells {status['seconds'] / 3600:.1f} h (sum of the cells' own times; two cells at a time "
-             "shared the 2-core machine, so a cell's train seconds and flows/s are from a loaded machine)."]
+             "", _status_line(status)]
     for dataset in sorted({d for d, _ in status["missing"]}):
         names = [c for d, c in status["missing"] if d == dataset]
         lines += ["", f"Still to run on {dataset} ({len(names)}): " + ", ".join(names) + "."]
@@ -515,78 +603,87 @@ def markdown_report(aggregated: Sequence[dict], claim: dict, status: dict, comma
     for dataset in sorted({a["dataset"] for a in aggregated}):
         lines += ["", f"## {dataset}"]
         for fraction in sorted({a["fraction"] for a in aggregated if a["dataset"] == dataset}, reverse=True):
-            mine = sorted((a for a in aggregated if a["dataset"] == dataset and a["fraction"] == fraction),
-                          key=lambda a: -(a["mauc"] or 0))
-            comparable = [a for a in mine if a["model"] != "pclip_gnn_level1"]
-            best = {k: (min if k == "ece" else max)(a[k] for a in comparable if a[k] is not None)
-                    for k, _ in _REPORT_COLUMNS if any(a[k] is not None for a in comparable)}
             lines += ["", f"### {fraction:.0%} of the training data", "",
-                      "| model | n | " + " | ".join(t for _, t in _REPORT_COLUMNS) + " | params | cost per flow "
-                      "| train s | flows/s |", "| --- " * (len(_REPORT_COLUMNS) + 6) + "|"]
-            for a in mine:
-                cells = []
-                for k, _ in _REPORT_COLUMNS:
-                    v = _fmt(a[k], a[k + "_sd"])
-                    bold = a["model"] != "pclip_gnn_level1" and a[k] is not None and a[k] == best.get(k)
-                    cells.append(f"**{v}**" if bold else v)
-                lines.append(f"| {_LABELS.get(a['model'], a['model'])} | {len(a['seeds'])} | " + " | ".join(cells)
-                             + f" | {_params(a['trainable_params'])} | {_cost(a)} | "
-                             f"{(a['train_seconds'] or 0):,.0f} | {(a['infer_flows_per_s'] or 0):,.0f} |")
+                      *fraction_table(aggregated, dataset, fraction)]
     lines += ["", "## The issue's quality bar: PacketCLIP's best own evaluation against the best peer", "",
-              "| dataset | fraction | mAUC: PacketCLIP | best peer | margin | macro-F1: PacketCLIP | best peer | "
-              "margin | hybrid mAUC / macro-F1 |", "| --- " * 9 + "|"]
-    for q in quality_bar(aggregated):
-        if "mauc" not in q or "macro_f1" not in q:
-            continue
-        m, f = q["mauc"], q["macro_f1"]
-        hybrid = (f"{m['hybrid_value']:.3f} / {f['hybrid_value']:.3f}"
-                  if "hybrid_value" in m and "hybrid_value" in f else "-")
-        lines.append(f"| {q['dataset']} | {q['fraction']:.0%} | {m['pclip_value']:.3f} ({_LABELS[m['pclip']]}) | "
-                     f"{m['peer_value']:.3f} ({_LABELS[m['peer']]}) | {m['margin']:+.3f} | "
-                     f"{f['pclip_value']:.3f} ({_LABELS[f['pclip']]}) | {f['peer_value']:.3f} "
-                     f"({_LABELS[f['peer']]}) | {f['margin']:+.3f} | {hybrid} |")
-    lines += ["", "## The paper's four claims on these cells", "",
-              "| dataset | ΔmAUC, PacketCLIP's best − ET-BERT (paper +0.116) | detection params / ET-BERT's "
-              "(paper 8 %) | FLOPs per flow / ET-BERT's (paper 2 %) | mAUC kept at 30 %: GNN / probe / ET-BERT "
-              "(paper ~95 % / - / ~70 %) |", "| --- " * 5 + "|"]
-    pct = lambda c, k: "-" if k not in c else f"{100 * c[k]:.1f} %"  # noqa: E731
-    for dataset, c in sorted(claim.items()):
-        delta = "-" if "delta_mauc_vs_etbert" not in c else \
-            f"{c['delta_mauc_vs_etbert']:+.3f} ({_LABELS[c['pclip_best']]})"
-        lines.append(f"| {dataset} | {delta} | {pct(c, 'detection_params_ratio')} | {pct(c, 'flops_ratio')} | "
-                     f"{pct(c, 'mauc_kept_at_30pct_pclip_gnn')} / {pct(c, 'mauc_kept_at_30pct_pclip_probe')} / "
-                     f"{pct(c, 'mauc_kept_at_30pct_etbert')} |")
-    lines += ["", "Plots: `plots/scarcity_<dataset>.png` (mAUC and macro-F1 against the fraction, sd bands), "
+              *quality_table(rows),
+              "", "## The paper's four claims on these cells", "", *claims_table(claim),
+              "", "Plots: `plots/scarcity_<dataset>.png` (mAUC and macro-F1 against the fraction, sd bands), "
               "`plots/mauc_vs_flops_<dataset>.png`, `plots/reliability_<dataset>.png`.", ""]
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- peers summary: generated by benchmarks/peers.py --readme; do not edit by hand -->"
+README_END = "<!-- end of peers summary -->"
+
+
+def readme_block(rows: Sequence[dict], aggregated: Sequence[dict], claim: dict, status: dict, command: str) -> str:
+    """What the README shows of the sweep (between README_BEGIN and README_END): the quality bar, the four claims
+    and the full-data table of each dataset, with the command that regenerates it."""
+    lines = [README_BEGIN, "", f"{_status_line(status)} Regenerate with `{command}`.", "",
+             "**PacketCLIP's best own evaluation (probe, zero-shot or GNN) against the best peer**, per flow on the "
+             "test captures, mean over the capture splits (seeds) that all of them have run:", "",
+             *quality_table(rows),
+             "", "**The paper's four claims**, PacketCLIP against the CPU-size ET-BERT trained on the same flows:", "",
+             *claims_table(claim)]
+    for dataset in sorted({a["dataset"] for a in aggregated}):
+        if any(a["dataset"] == dataset and a["fraction"] == 1.0 for a in aggregated):
+            lines += ["", f"**{dataset}, all the training data** (mean ± sd over `n` capture splits; costs and the "
+                      "other fractions in the report):", "", *fraction_table(aggregated, dataset, 1.0, costs=False)]
+    lines += ["", README_END]
+    return "\n".join(lines)
+
+
+def replace_readme_block(path: pathlib.Path, block: str) -> None:
+    """Replace the text from README_BEGIN to README_END in `path` (both must be there, once) by `block`."""
+    path = pathlib.Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(
+            README_END):
+        raise ValueError(f"{path}: needs one line {README_BEGIN!r} and, after it, one line {README_END!r} "
+                         "around the generated peers summary")
+    head, rest = text.split(README_BEGIN, 1)
+    files.write_text(path, head + block + rest.split(README_END, 1)[1])
+
+
 def sweep_status(workdir: pathlib.Path, cells: Sequence[Cell]) -> dict:
     """How far the sweep of `cells` is: finished and expected counts, the (dataset, cell name) pairs still to run
-    and the summed compute seconds of every finished cell file under `workdir`."""
+    and the summed compute seconds of every finished cell file under `workdir` (a pclip cell that resumed towers
+    trained by an earlier invocation counts their logged training time)."""
     present = sorted((pathlib.Path(workdir) / "cells").glob("*/*.json"))
     missing = [(c.dataset, c.name) for c in cells if not cell_file(workdir, c).is_file()]
-    seconds = sum(files.read_json(p).get("seconds", 0.0) for p in present)
+    seconds = 0.0
+    for path in present:
+        done = files.read_json(path)
+        own = done.get("seconds", 0.0)
+        if done["cell"]["model"] == "pclip":
+            own = max([own] + [r["train_seconds"] for r in done["rows"] if r.get("train_seconds")])
+        seconds += own
     return {"expected": len(cells) if cells else None,
             "finished": len(cells) - len(missing) if cells else len(present), "missing": missing,
             "seconds": seconds}
 
 
 def summarize(workdir: pathlib.Path, json_out: Optional[str] = None, cells: Sequence[Cell] = (),
-              command: str = "python benchmarks/peers.py --workdir W --summary-only") -> dict:
+              command: str = "python benchmarks/peers.py --workdir W --summary-only",
+              readme: Optional[pathlib.Path] = None) -> dict:
     """Tables, claims and plots from every finished cell under `workdir`; printed, and written to
-    WORKDIR/peers.json, WORKDIR/summary.md (the Markdown report, with what is left of `cells`) and `json_out`."""
+    WORKDIR/peers.json, WORKDIR/summary.md (the Markdown report, with what is left of `cells`), `json_out` and,
+    when given, the generated block of the `readme` file (`readme_block`)."""
     rows = load_rows(workdir)
     aggregated = aggregate(rows)
-    report = {"rows": rows, "aggregated": aggregated, "claims": claims(aggregated),
-              "quality_bar": quality_bar(aggregated), "status": sweep_status(workdir, cells)}
+    report = {"rows": rows, "aggregated": aggregated, "claims": claims(rows),
+              "quality_bar": quality_bar(rows), "status": sweep_status(workdir, cells)}
     if rows:
         report["plots"] = plot(aggregated, rows, pathlib.Path(workdir) / "plots")
     print(format_tables(aggregated))
     print("\nThe paper's claims on these cells:\n" + json.dumps(report["claims"], indent=2))
     files.write_json(pathlib.Path(workdir) / "peers.json", report)
     files.write_text(pathlib.Path(workdir) / "summary.md",
-                     markdown_report(aggregated, report["claims"], report["status"], command))
+                     markdown_report(rows, aggregated, report["claims"], report["status"], command))
+    if readme is not None:
+        replace_readme_block(readme, readme_block(rows, aggregated, report["claims"], report["status"],
+                                                  f"{command} --readme {pathlib.Path(readme).name}"))
     if json_out:
         files.write_json(pathlib.Path(json_out), [{k: v for k, v in r.items() if k != "reliability"}
                                                   for r in rows])
