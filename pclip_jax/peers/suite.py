@@ -408,34 +408,43 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
     for dataset in sorted({a["dataset"] for a in aggregated}):
         mine = [a for a in aggregated if a["dataset"] == dataset]
         models = sorted({a["model"] for a in mine})
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+        fractions = sorted({a["fraction"] for a in mine})
         for ax, key in zip(axes, ("mauc", "macro_f1")):
-            for m in models:
+            for i, m in enumerate(models):
                 pts = sorted((a["fraction"], a[key], a[key + "_sd"]) for a in mine if a["model"] == m
                              and a[key] is not None)
                 if not pts:
                     continue
                 f, v, sd = (np.array(x, np.float64) for x in zip(*pts))
-                ax.plot(f, v, marker="o", label=m, **style[m])
-                ax.fill_between(f, v - sd, v + sd, alpha=0.12, color=style[m]["color"])
+                # sd as error bars, each model a little apart on the (log) x axis: bands of a dozen models hide
+                # one another.
+                shift = 1.0 + 0.018 * (i - (len(models) - 1) / 2)
+                ax.errorbar(f * shift, v, yerr=sd, marker="o", markersize=4, capsize=2, elinewidth=0.8,
+                            label=_LABELS.get(m, m), lw=2.2 if m.startswith("pclip") else 1.2, **style[m])
             ax.set_xscale("log")
-            ax.set_xlabel("fraction of training data")
-            ax.set_ylabel(key)
+            ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+            ax.minorticks_off()
+            ax.set_xlabel("share of the training flows")
+            ax.set_ylabel({"mauc": "mAUC", "macro_f1": "macro-F1"}[key])
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7)
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.suptitle(f"{dataset}: data scarcity (capture-disjoint test, mean ± sd over seeds)")
         written.append(save(fig, out_dir / f"scarcity_{dataset}.png"))
 
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(8.5, 4.3))
         for a in mine:
-            if a["fraction"] == 1.0 and a["cost_unit"] == "FLOPs" and a["flops_per_flow"]:
-                ax.errorbar(a["flops_per_flow"], a["mauc"], yerr=a["mauc_sd"], fmt="o")
-                ax.annotate(a["model"], (a["flops_per_flow"], a["mauc"]), fontsize=7)
+            if a["fraction"] == 1.0 and a["cost_unit"] == "FLOPs" and a["flops_per_flow"] \
+                    and a["model"] != "pclip_gnn_level1":
+                ax.errorbar(a["flops_per_flow"], a["mauc"], yerr=a["mauc_sd"], fmt="o", capsize=2,
+                            color=style[a["model"]]["color"], label=_LABELS.get(a["model"], a["model"]))
         ax.set_xscale("log")
-        ax.set_xlabel("inference FLOPs per flow")
+        ax.set_xlabel("inference FLOPs per flow (log)")
         ax.set_ylabel("mAUC")
-        ax.set_title(f"{dataset}: accuracy against cost (fraction 1)")
+        ax.set_title(f"{dataset}: accuracy against cost, all the training data (trees: node tests, not shown)",
+                     fontsize=9)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         written.append(save(fig, out_dir / f"mauc_vs_flops_{dataset}.png"))
 
         full = [r for r in rows if r["dataset"] == dataset and r["fraction"] == 1.0 and r.get("reliability")]
@@ -452,10 +461,10 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
                     acc += np.array(r["reliability"]["accuracy"]) * c
                     count += c
                 ok = count > 0
-                ax.plot(conf[ok] / count[ok], acc[ok] / count[ok], marker=".", label=m, **style[m])
+                ax.plot(conf[ok] / count[ok], acc[ok] / count[ok], marker=".", label=_LABELS.get(m, m), **style[m])
             ax.set_xlabel("confidence (top-class probability)")
             ax.set_ylabel("accuracy")
-            ax.set_title(f"{dataset}: reliability (test captures)")
+            ax.set_title(f"{dataset}: reliability on the test captures (uncalibrated)", fontsize=9)
             ax.legend(fontsize=7)
             written.append(save(fig, out_dir / f"reliability_{dataset}.png"))
     return written
@@ -499,6 +508,10 @@ def quality_bar(rows: Sequence[dict]) -> list[dict]:
                 entry[key]["hybrid_value"] = hybrid[0][HYBRID[0], fraction][key]
         out.append(entry)
     return out
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def _cost(a: dict) -> str:
@@ -549,8 +562,9 @@ def quality_table(rows: Sequence[dict]) -> list[str]:
         m, f = q["mauc"], q["macro_f1"]
         hybrid = (f"{m['hybrid_value']:.3f} / {f['hybrid_value']:.3f}"
                   if "hybrid_value" in m and "hybrid_value" in f else "-")
-        lines.append(f"| {q['dataset']} | {q['fraction']:.0%} | {', '.join(map(str, q['seeds']))} | {m['pclip_value']:.3f} ({_LABELS[m['pclip']]}) | "
-                     f"{m['peer_value']:.3f} ({_LABELS[m['peer']]}) | {m['margin']:+.3f} | "
+        lines.append(f"| {q['dataset']} | {q['fraction']:.0%} | {_seeds(q['seeds'])} | "
+                     f"{m['pclip_value']:.3f} ({_LABELS[m['pclip']]}) | {m['peer_value']:.3f} "
+                     f"({_LABELS[m['peer']]}) | {m['margin']:+.3f} | "
                      f"{f['pclip_value']:.3f} ({_LABELS[f['pclip']]}) | {f['peer_value']:.3f} "
                      f"({_LABELS[f['peer']]}) | {f['margin']:+.3f} | {hybrid} |")
     return lines
@@ -561,19 +575,17 @@ def claims_table(claim: dict) -> list[str]:
     lines = ["| dataset | ΔmAUC, PacketCLIP's best − ET-BERT (paper +0.116) | detection params / ET-BERT's "
              "(paper 8 %) | FLOPs per flow / ET-BERT's (paper 2 %) | mAUC kept at 30 %: GNN / probe / ET-BERT "
              "(paper ~95 % / - / ~70 %) |", "| --- " * 5 + "|"]
-    def pct(c, k):
-        if k not in c:
-            return "-"
-        return f"{100 * c[k]:.1f} %" + ("" if len(c[k + "_seeds"]) == 3 else
-                                         f" (seeds {', '.join(map(str, c[k + '_seeds']))})")
+
+    def kept(c, k):
+        return "-" if k not in c else f"{100 * c[k]:.1f} % (seeds {_seeds(c[k + '_seeds'])})"
 
     for dataset, c in sorted(claim.items()):
         delta = "-" if "delta_mauc_vs_etbert" not in c else \
-            f"{c['delta_mauc_vs_etbert']:+.3f} ({_LABELS[c['pclip_best']]}; seeds {', '.join(map(str, c['delta_seeds']))})"
+            f"{c['delta_mauc_vs_etbert']:+.3f} ({_LABELS[c['pclip_best']]}; seeds {_seeds(c['delta_seeds'])})"
         ratio = lambda k: "-" if k not in c else f"{100 * c[k]:.1f} %"  # noqa: E731
         lines.append(f"| {dataset} | {delta} | {ratio('detection_params_ratio')} | {ratio('flops_ratio')} | "
-                     f"{pct(c, 'mauc_kept_at_30pct_pclip_gnn')} / {pct(c, 'mauc_kept_at_30pct_pclip_probe')} / "
-                     f"{pct(c, 'mauc_kept_at_30pct_etbert')} |")
+                     f"{kept(c, 'mauc_kept_at_30pct_pclip_gnn')} / {kept(c, 'mauc_kept_at_30pct_pclip_probe')} / "
+                     f"{kept(c, 'mauc_kept_at_30pct_etbert')} |")
     return lines
 
 
