@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The peer sweep as a job array: every task runs its shard of the (dataset, model, fraction, seed) cells into one
-# shared workdir (each cell its own file, so tasks never write the same file and a rerun resumes).
+# shared workdir (each cell its own file, so tasks never write the same file and a rerun resumes; a pclip cell and
+# its hybrid share a shard, and a lock keeps two tasks from training one PacketCLIP run at once).
 #   SLURM:  sbatch --array=0-7 launch/peers_array.sh W [peers.py args...]     (shard = task id / task count)
 #   local:  launch/peers_array.sh --local 2 W [peers.py args...]              (N background processes here)
 # When all tasks are done: python benchmarks/peers.py --workdir W --summary-only

@@ -1,4 +1,5 @@
-"""Atomic writes: a file or directory appears complete under its name or not at all.
+"""Atomic writes: a file or directory appears complete under its name or not at all (and a lock for work that
+two processes must not do at once).
 
 Everything a later run reads back (caches, results, probe, model info, config) is written to a temporary name in
 the same directory and renamed, so a kill mid-write leaves the previous version or nothing, never half a file.
@@ -11,6 +12,8 @@ import json
 import os
 import pathlib
 import shutil
+import socket
+import sys
 import tempfile
 from typing import Any, Iterator
 
@@ -38,6 +41,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
+    """Holds an exclusive advisory lock on `path` (created if missing) for the block. Another process asking for
+    the same lock waits until this one leaves the block or dies (the OS drops the lock of a killed process, so no
+    stale lock is left); `waiting` is printed to stderr when it has to wait. The file names the holder
+    (pid@host). Where `fcntl` is missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            if waiting:
+                print(f"{waiting} (held by {holder}; lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}@{socket.gethostname()}\n")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -70,6 +71,33 @@ def test_killed_write_leaves_the_previous_file(tmp_path):
             raise KeyboardInterrupt
     assert json.loads(target.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_lock_makes_the_second_process_wait_and_dies_with_its_holder(tmp_path):
+    """`files.exclusive_lock` (the peer suite holds it while a cell trains a PacketCLIP workdir): a second process
+    waits, says for what and who holds it, and gets the lock as soon as the holder is killed."""
+    lock = tmp_path / "run.lock"
+    hold = ("import sys, time; from pclip_jax import files\n"
+            "with files.exclusive_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        wait = ("import sys, time; from pclip_jax import files\nt = time.time()\n"
+                "with files.exclusive_lock(sys.argv[1], waiting='training W'):\n    print(f'{time.time() - t:.1f}')")
+        waiter = subprocess.Popen([sys.executable, "-c", wait, str(lock)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=REPO)
+        line = waiter.stderr.readline()
+        assert line.startswith("training W (held by ") and f"{holder.pid}@" in line and str(lock) in line
+        time.sleep(1.0)
+        assert waiter.poll() is None  # still waiting
+        holder.kill()  # the OS releases a dead holder's lock: nothing stale is left
+        out, _ = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0 and float(out) >= 1.0
+    finally:
+        holder.kill()
+        holder.wait()
+    with files.exclusive_lock(lock):  # free again, in this process
+        assert lock.read_text().startswith(f"{os.getpid()}@")
 
 
 def test_damaged_text_feature_cache_is_recomputed(settings, tmp_path, capsys):

@@ -84,6 +84,15 @@ def test_cells_shard_and_resume(ndpi_dir, tmp_path):
     assert sorted(sum(parts, []), key=cells.index) == cells
     with pytest.raises(ValueError, match="--shard '3/3'"):
         suite.shard(cells, "3/3")
+    # A pclip cell and its hybrid share a PacketCLIP workdir, so they always fall in one shard.
+    with_hybrid = suite.make_cells(["ndpi"], ["pclip", "pclip_trees", "extra_trees"], [0.1, 1.0], [0, 1])
+    for n in (2, 3, 5):
+        parts = [suite.shard(with_hybrid, f"{i}/{n}") for i in range(n)]
+        assert sorted(sum(parts, []), key=with_hybrid.index) == with_hybrid
+        for part in parts:
+            for c in part:
+                if c.model == "pclip":
+                    assert dataclasses.replace(c, model="pclip_trees") in part
     workdir = tmp_path / "w"
     command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), "--workdir", str(workdir), "--datasets", "ndpi",
                "--models", "extra_trees", "--fractions", "0.1", "--seeds", "0", "--json", str(tmp_path / "rows.json"),

@@ -64,14 +64,34 @@ def make_cells(datasets: Sequence[str], models: Sequence[str], fractions: Sequen
 
 
 def shard(cells: Sequence[Cell], spec: str) -> list[Cell]:
-    """`I/N`: every N-th cell starting at I (0 ≤ I < N)."""
+    """`I/N`: every N-th unit of work starting at I (0 ≤ I < N), in the cells' order. A unit is one cell, except
+    that a `pclip` cell and the hybrid cells of the same dataset, fraction and seed are one unit: they train and
+    read the same PacketCLIP workdir, so one shard runs them one after the other (`pclip_workdir_lock` also guards
+    processes that were not sharded together)."""
     try:
         i, n = (int(x) for x in spec.split("/"))
         if not 0 <= i < n:
             raise ValueError
     except ValueError:
         raise ValueError(f"--shard {spec!r}: must be I/N with 0 <= I < N, e.g. 0/4") from None
-    return list(cells)[i::n]
+    units: dict = {}
+    for cell in cells:
+        key = (cell.dataset, cell.fraction, cell.seed) if cell.model in ("pclip",) + HYBRID else cell
+        units.setdefault(key, []).append(cell)
+    return [cell for k, unit in enumerate(units.values()) if k % n == i for cell in unit]
+
+
+def pclip_workdir(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
+    """The PacketCLIP run of a pclip cell and of the hybrid cells of its dataset, fraction and seed."""
+    return pathlib.Path(workdir) / "pclip" / cell.dataset / dataclasses.replace(cell, model="pclip").name
+
+
+def pclip_workdir_lock(workdir: pathlib.Path, cell: Cell):
+    """Held while a cell trains or reads its PacketCLIP run, so two processes never train one workdir at once: the
+    second waits, then finds the run finished."""
+    run = pclip_workdir(workdir, cell)
+    return files.exclusive_lock(run.parent / f"{run.name}.lock",
+                                waiting=f"{cell.dataset} {cell.name}: waiting for {run} to be free")
 
 
 def cell_file(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
@@ -117,7 +137,8 @@ def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> l
     from pclip_jax import costs, job
 
     config, settings = dataset_settings(cell, workdir, overrides)
-    results = job.train_and_evaluate(config, str(pathlib.Path(workdir) / "pclip" / cell.dataset / cell.name))
+    with pclip_workdir_lock(workdir, cell):
+        results = job.train_and_evaluate(config, str(pclip_workdir(workdir, cell)))
     tower = costs.packet_tower_cost(settings)
     tower_params = results["num_params"]["trainable_total"]
     embed_rate = results["test"].get("embed_flows_per_s")
@@ -186,14 +207,15 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
 
     pclip_cell = dataclasses.replace(cell, model="pclip")
     config, settings = dataset_settings(pclip_cell, workdir, overrides)
-    pclip_workdir = str(pathlib.Path(workdir) / "pclip" / cell.dataset / pclip_cell.name)
-    finished = job.load_finished(config, pclip_workdir)  # the pclip cell's towers and embeddings, when it ran
-    if finished is None:
-        out: dict = {}
-        results = job.train_and_evaluate(config, pclip_workdir, outputs=out)
-        prepared, embeddings = out["prepared"], out["embeddings"]
-    else:
-        results, prepared, embeddings = finished
+    run = str(pclip_workdir(workdir, cell))
+    with pclip_workdir_lock(workdir, cell):
+        finished = job.load_finished(config, run)  # the pclip cell's towers and embeddings, when it ran
+        if finished is None:
+            out: dict = {}
+            results = job.train_and_evaluate(config, run, outputs=out)
+            prepared, embeddings = out["prepared"], out["embeddings"]
+        else:
+            results, prepared, embeddings = finished
     t = prepared.table.tensors
 
     def feats(split, rows):
@@ -212,7 +234,7 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     tower = costs.packet_tower_cost(settings)
     # The towers' pre-training time from the run's own log (results.json of runs from before 2026-12-05 holds the
     # time of the invocation that wrote it, ~0 for a resumed run).
-    tower_seconds = loop.logged_seconds(pathlib.Path(pclip_workdir) / "metrics_train.jsonl") or results["train_seconds"]
+    tower_seconds = loop.logged_seconds(pathlib.Path(run) / "metrics_train.jsonl") or results["train_seconds"]
     return [_evaluate(cell, "pclip_trees", prepared, test_idx, y_test, proba, per_flow,
                       trainable_params=results["num_params"]["trainable_total"], tree_nodes=info["trainable_params"],
                       flops_per_flow=tower["flops_per_flow"], tree_node_tests=comparisons(x_test),
