@@ -50,7 +50,8 @@ def main(argv=None) -> int:
                 get = {a["fraction"]: a for a in aggregated if a["dataset"] == dataset and a["model"] == model}
                 cells_txt = "".join(f"{suite._fmt(get[f]['mauc'], get[f]['mauc_sd']) if f in get else '-':>14}"
                                     for f in fractions)
-                kept = (f"{get[0.3]['mauc'] / get[1.0]['mauc']:>12.1%}" if 0.3 in get and 1.0 in get else
+                pair = suite.paired(rows, dataset, [(model, 1.0), (model, 0.3)])  # on the seeds both have
+                kept = (f"{pair[0][model, 0.3]['mauc'] / pair[0][model, 1.0]['mauc']:>13.1%}" if pair else
                         f"{'-':>13}")
                 print(f"{dataset:<14}{model:<18}{cells_txt}{kept}")
         if args.json:
