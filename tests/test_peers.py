@@ -107,6 +107,15 @@ def test_cells_shard_and_resume(ndpi_dir, tmp_path):
     assert {"accuracy", "macro_f1", "trainable_params", "flops_per_flow", "train_seconds", "infer_flows_per_s",
             "ece"} <= set(rows[0])
     assert "extra_trees" in first.stdout and "=== cell 1/1" in first.stderr
+    # The next cells of a model are announced with the time its finished cells took.
+    typical = suite.typical_seconds(workdir)
+    took = json.loads(cell.read_text())["seconds"]
+    assert typical == {("ndpi", "extra_trees"): took}
+    later = [suite.Cell("ndpi", "extra_trees", 1.0, 0), suite.Cell("ndpi", "etbert", 1.0, 0)]
+    assert suite._eta(later[0], later, typical) == (
+        f" (typically {took / 60:.0f} min; the cells left ~{took / 3600:.1f} h + 1 never timed here, by earlier "
+        "cells' times)")
+    assert suite._eta(later[1], later, typical) == ""
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0 and "=== cell" not in again.stderr
     assert cell.stat().st_mtime_ns == stamp

@@ -290,18 +290,42 @@ def run_cells(cells: Iterable[Cell], workdir: pathlib.Path, overrides: Sequence[
     given cell's rows. A cell's file is written atomically when it finishes."""
     cells = list(cells)
     rows = []
+    typical = typical_seconds(workdir)
+    pending = [c for c in cells if not cell_file(workdir, c).is_file()]
     for i, cell in enumerate(cells):
         path = cell_file(workdir, cell)
         if path.is_file():
             rows += files.read_json(path)["rows"]
             continue
-        print(f"=== cell {i + 1}/{len(cells)}: {cell.dataset} {cell.name} ===", file=sys.stderr, flush=True)
+        print(f"=== cell {i + 1}/{len(cells)}: {cell.dataset} {cell.name} ==={_eta(cell, pending, typical)}",
+              file=sys.stderr, flush=True)
+        pending = pending[pending.index(cell) + 1:] if cell in pending else pending
         started = time.time()
         cell_rows = run_cell(cell, workdir, overrides, size, train_config, progress)
         files.write_json(path, {"cell": dataclasses.asdict(cell), "size": size, "overrides": list(overrides),
                                 "seconds": round(time.time() - started, 1), "rows": cell_rows})
         rows += cell_rows
     return rows
+
+
+def typical_seconds(workdir: pathlib.Path) -> dict:
+    """Median seconds of the finished cells of each (dataset, model) under `workdir`: what the next one will take
+    on this machine, roughly."""
+    seen: dict = {}
+    for path in (pathlib.Path(workdir) / "cells").glob("*/*.json"):
+        done = files.read_json(path)
+        seen.setdefault((done["cell"]["dataset"], done["cell"]["model"]), []).append(done.get("seconds", 0.0))
+    return {k: float(np.median(v)) for k, v in seen.items()}
+
+
+def _eta(cell: Cell, pending: Sequence[Cell], typical: dict) -> str:
+    """' (typically 12 min; the sweep's cells left ~3.4 h)' from earlier cells' times, '' without any."""
+    if (cell.dataset, cell.model) not in typical:
+        return ""
+    known = [typical[c.dataset, c.model] for c in pending if (c.dataset, c.model) in typical]
+    unknown = sum((c.dataset, c.model) not in typical for c in pending)
+    return (f" (typically {typical[cell.dataset, cell.model] / 60:.0f} min; the cells left ~{sum(known) / 3600:.1f} h"
+            + (f" + {unknown} never timed here" if unknown else "") + ", by earlier cells' times)")
 
 
 def load_rows(workdir: pathlib.Path) -> list[dict]:
