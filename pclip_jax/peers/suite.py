@@ -428,7 +428,7 @@ def claims(rows: Sequence[dict]) -> dict:
 
 
 def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path) -> list[str]:
-    """Per dataset: data-scarcity curves (mAUC and macro-F1 against the fraction, sd bands), mAUC against FLOPs
+    """Per dataset: data-scarcity curves (mAUC and macro-F1 against the fraction, sd as error bars), mAUC against FLOPs
     per flow (neural models; log scale), and reliability diagrams at fraction 1. Returns the files written."""
     import matplotlib
 
@@ -666,7 +666,7 @@ def markdown_report(rows: Sequence[dict], aggregated: Sequence[dict], claim: dic
     lines += ["", "## The issue's quality bar: PacketCLIP's best own evaluation against the best peer", "",
               *quality_table(rows),
               "", "## The paper's four claims on these cells", "", *claims_table(claim),
-              "", "Plots: `plots/scarcity_<dataset>.png` (mAUC and macro-F1 against the fraction, sd bands), "
+              "", "Plots: `plots/scarcity_<dataset>.png` (mAUC and macro-F1 against the fraction, sd as error bars), "
               "`plots/mauc_vs_flops_<dataset>.png`, `plots/reliability_<dataset>.png`.", ""]
     return "\n".join(lines)
 
