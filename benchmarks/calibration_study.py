@@ -4,7 +4,8 @@
 
 W: workdirs of the main job (e.g. the peer sweep's `W/pclip/ndpi/pclip-f1-s0`), each with the
 `gnn/calibration_flows.npz` the job writes. Per workdir: the test ECE (level 1, 10 bins) before scaling, with the
-temperature the job fits on the validation flows, with temperatures fitted on them in other ways, and two bounds
+temperature the job fits on the validation flows, with temperatures fitted on them in other ways, with a label-free
+temperature fitted on the unlabelled test flows to an accuracy estimate (ATC, Garg et al. 2022), and two bounds
 fitted on the test flows themselves; the share of flows of applications unseen in training in both splits, the
 accuracy on seen and unseen ones, and the AUROC of the OOD score and of the top probability as detectors of unseen
 applications (`pclip_jax.calibration.compare_methods`). Where the workdir also has `embeddings.npz` (runs since
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
         for name, m in r["methods"].items():
             extra = f", mix {m['mix']:.2f}" if "mix" in m else ""
             extra += f" (median; a {m['a']:.2f}, b {m['b']:.2f})" if "a" in m else ""
+            extra += f", estimated accuracy {m['estimated_accuracy']:.3f}" if "estimated_accuracy" in m else ""
             print(f"  {name:<48} T {m['temperature']:5.2f}{extra}: test ECE {m['test_ece']:.3f}")
         if "unseen_detection_auroc" in r:
             a = r["unseen_detection_auroc"]

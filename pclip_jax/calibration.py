@@ -123,6 +123,20 @@ def fit_adaptive_temperature(proba: np.ndarray, y: np.ndarray, score: np.ndarray
     return best[1], best[2]
 
 
+def atc_temperature(proba_val: np.ndarray, y_val: np.ndarray, proba_test: np.ndarray,
+                    temperature_val: float) -> tuple[float, float]:
+    """A label-free test-time temperature (ATC, Garg et al. 2022): the confidence threshold above which the share
+    of validation flows equals their accuracy estimates the accuracy on the unlabelled test flows (the share of them
+    above it); the temperature whose mean top probability on the test flows is closest to that estimate is returned
+    with the estimate. Confidences are taken after the validation temperature."""
+    qv = scale(proba_val, temperature_val)
+    accuracy = float((qv.argmax(1) == np.asarray(y_val)).mean())
+    threshold = np.quantile(qv.max(1), 1.0 - accuracy)
+    estimate = float((scale(proba_test, temperature_val).max(1) > threshold).mean())
+    mean_top = np.array([scale(proba_test, t).max(1).mean() for t in TEMPERATURES])
+    return float(TEMPERATURES[int(np.argmin(np.abs(mean_top - estimate)))]), estimate
+
+
 def fitted_embedding_check(z_train, y_train, captures_train, z_test, y_test, folds: int = 5, seed: int = 0) -> dict:
     """Whether the packet tower has fitted its training flows' labels (which rules out calibrating on
     out-of-fold predictions for training flows): the accuracy of a logistic-regression probe on held-out training
@@ -187,6 +201,9 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
     methods["temperature + uniform mix, validation NLL"] = {
         "temperature": float(best[1]), "mix": float(best[2]),
         "test_ece": ece((1 - best[2]) * scale(pt, best[1]) + best[2] / k, yt)}
+    t_atc, estimate = atc_temperature(pv, yv, pt, methods["validation NLL (the job's)"]["temperature"])
+    methods["label-free test temperature (ATC accuracy estimate)"] = {
+        "temperature": t_atc, "estimated_accuracy": estimate, "test_ece": ece(scale(pt, t_atc), yt)}
     eces = [ece(scale(pt, t), yt) for t in TEMPERATURES]
     methods["best temperature on the test flows (bound)"] = {"temperature": float(TEMPERATURES[int(np.argmin(eces))]),
                                                              "test_ece": float(min(eces))}

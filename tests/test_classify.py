@@ -96,6 +96,18 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     assert np.isclose(job_fit["test_ece"], gnn["level1"]["calibrated"]["ece"], atol=1e-6)
     assert np.isclose(study["methods"]["best temperature on the test flows (bound)"]["test_ece"],
                       fit["test_ece_level1_best_temperature"], atol=1e-6)
+    # The label-free ATC temperature: its accuracy estimate is the share of test flows above the validation
+    # threshold, recomputed here; its temperature is the grid one whose mean test confidence is closest to it.
+    atc = study["methods"]["label-free test temperature (ATC accuracy estimate)"]
+    flows = dict(np.load(wd / "gnn" / "calibration_flows.npz"))
+    pv, pt = (flows[f"{n}_prob1"] / flows[f"{n}_prob1"].sum(1, keepdims=True) for n in ("validation", "test"))
+    qv = calibration_lib.scale(pv, job_fit["temperature"])
+    threshold = np.quantile(qv.max(1), 1 - (qv.argmax(1) == flows["validation_y1"]).mean())
+    assert np.isclose(atc["estimated_accuracy"],
+                      (calibration_lib.scale(pt, job_fit["temperature"]).max(1) > threshold).mean())
+    gaps = [abs(calibration_lib.scale(pt, t).max(1).mean() - atc["estimated_accuracy"])
+            for t in calibration_lib.TEMPERATURES]
+    assert np.isclose(gaps[list(calibration_lib.TEMPERATURES).index(atc["temperature"])], min(gaps))
     assert study["test_flows"] == gnn["level1"]["num_flows"] and np.isclose(study["unseen_share"]["test"],
                                                                              fit["test_novel_share"])
     # With the job's embeddings.npz the study adds the nearest-neighbour score (similarity to the closest training
