@@ -202,7 +202,7 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
         "temperature": float(best[1]), "mix": float(best[2]),
         "test_ece": ece((1 - best[2]) * scale(pt, best[1]) + best[2] / k, yt)}
     t_atc, estimate = atc_temperature(pv, yv, pt, methods["validation NLL (the job's)"]["temperature"])
-    methods["label-free test temperature (ATC accuracy estimate)"] = {
+    methods["label-free test temperature (ATC estimate)"] = {
         "temperature": t_atc, "estimated_accuracy": estimate, "test_ece": ece(scale(pt, t_atc), yt)}
     eces = [ece(scale(pt, t), yt) for t in TEMPERATURES]
     methods["best temperature on the test flows (bound)"] = {"temperature": float(TEMPERATURES[int(np.argmin(eces))]),

@@ -98,7 +98,7 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
                       fit["test_ece_level1_best_temperature"], atol=1e-6)
     # The label-free ATC temperature: its accuracy estimate is the share of test flows above the validation
     # threshold, recomputed here; its temperature is the grid one whose mean test confidence is closest to it.
-    atc = study["methods"]["label-free test temperature (ATC accuracy estimate)"]
+    atc = study["methods"]["label-free test temperature (ATC estimate)"]
     flows = dict(np.load(wd / "gnn" / "calibration_flows.npz"))
     pv, pt = (flows[f"{n}_prob1"] / flows[f"{n}_prob1"].sum(1, keepdims=True) for n in ("validation", "test"))
     qv = calibration_lib.scale(pv, job_fit["temperature"])
