@@ -76,14 +76,19 @@ def shard(cells: Sequence[Cell], spec: str) -> list[Cell]:
         raise ValueError(f"--shard {spec!r}: must be I/N with 0 <= I < N, e.g. 0/4") from None
     units: dict = {}
     for cell in cells:
-        key = (cell.dataset, cell.fraction, cell.seed) if cell.model in ("pclip",) + HYBRID else cell
+        key = pclip_cell(cell) if cell.model in HYBRID else cell
         units.setdefault(key, []).append(cell)
     return [cell for k, unit in enumerate(units.values()) if k % n == i for cell in unit]
 
 
+def pclip_cell(cell: Cell) -> Cell:
+    """The pclip cell whose PacketCLIP run a pclip or hybrid cell trains or reads (same dataset, fraction, seed)."""
+    return dataclasses.replace(cell, model="pclip")
+
+
 def pclip_workdir(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
     """The PacketCLIP run of a pclip cell and of the hybrid cells of its dataset, fraction and seed."""
-    return pathlib.Path(workdir) / "pclip" / cell.dataset / dataclasses.replace(cell, model="pclip").name
+    return pathlib.Path(workdir) / "pclip" / cell.dataset / pclip_cell(cell).name
 
 
 def pclip_workdir_lock(workdir: pathlib.Path, cell: Cell):
@@ -205,8 +210,7 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     from pclip_jax import costs, job, loop
     from pclip_jax.peers import trees
 
-    pclip_cell = dataclasses.replace(cell, model="pclip")
-    config, settings = dataset_settings(pclip_cell, workdir, overrides)
+    config, settings = dataset_settings(pclip_cell(cell), workdir, overrides)
     run = str(pclip_workdir(workdir, cell))
     with pclip_workdir_lock(workdir, cell):
         finished = job.load_finished(config, run)  # the pclip cell's towers and embeddings, when it ran
