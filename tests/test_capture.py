@@ -50,6 +50,39 @@ def test_all_ndpi_captures_read_without_exception(ndpi_dir):
     assert with_errors["someip_sd_sample.pcap"][0].reason == "unknown link type 192"
 
 
+
+def test_compiled_record_walk_equals_python_loop(ndpi_dir):
+    """The compiled pcap record walk (setup.py builds it wherever a C compiler is) finds the same records as the
+    Python loop: every classic pcap of the corpus, whole and cut mid-record, random bytes, both byte orders."""
+    import shutil
+    if capture._record_offsets_c is None:
+        if shutil.which("cc") or shutil.which("gcc"):
+            pytest.fail("a C compiler is installed but pclip_jax.data._pcapwalk was not built (pip install -e .)")
+        pytest.skip("no C compiler: ingest uses the Python record walk")
+    rng = np.random.default_rng(0)
+    files = [p for p, _ in capture.find_captures([ndpi_dir / "pcap"]) if capture.sniff(p) == "pcap"]
+    assert len(files) > 250
+    checked = 0
+    for path in files:
+        data = path.read_bytes()[24:]
+        big = data and path.read_bytes()[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")
+        for n in {len(data), int(rng.integers(0, len(data) + 1))}:
+            chunk = bytearray(data[:n]) + bytes(capture._PAD)
+            want, want_stop = capture.record_offsets_py(chunk, n, big)
+            got, got_stop = capture.record_offsets(chunk, n, big)
+            np.testing.assert_array_equal(got, want, err_msg=path.name)
+            assert got_stop == want_stop, path.name
+            checked += len(want)
+    for big in (False, True):  # lengths from random bytes: mostly huge, a few land inside
+        noise = bytearray(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        noise[8:12] = (20).to_bytes(4, "big" if big else "little")
+        chunk = noise + bytes(capture._PAD)
+        want, want_stop = capture.record_offsets_py(chunk, len(noise), big)
+        got, got_stop = capture.record_offsets(chunk, len(noise), big)
+        np.testing.assert_array_equal(got, want)
+        assert got_stop == want_stop and len(want) >= 1
+    assert checked > 90_000
+
 @pytest.mark.parametrize("byteorder,nano", [("<", False), (">", False), ("<", True), (">", True)])
 def test_pcap_byte_orders_and_resolutions(ndpi_dir, tmp_path, byteorder, nano):
     src = ndpi_dir / "pcap" / BASE

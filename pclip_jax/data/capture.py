@@ -1,8 +1,9 @@
 """Capture files -> packets: pcap / pcapng records and their link-layer, IP and L4 headers.
 
-Speed comes from doing as little as possible per packet in Python: one tight ``struct`` loop finds
-the record boundaries of a chunk of the file, then every header field of every packet of the chunk is
-read at once with numpy gathers at computed offsets. Only rare packets (IPv6 extension headers,
+Speed comes from doing as little as possible per packet in Python: one tight loop finds the record
+boundaries of a chunk of the file (compiled, ``_pcapwalk.c``, where the install had a C compiler; the same
+loop in Python otherwise), then every header field of every packet of the chunk is read at once with numpy
+gathers at computed offsets. Only rare packets (IPv6 extension headers,
 IP-in-IP tunnels, MPLS, PPPoE) go through a per-packet Python path.
 
 Bad input never raises: the reader stops at the damage and records a ``CaptureError`` (file, byte
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+try:  # the compiled record walk (setup.py builds it when a C compiler is at hand)
+    from pclip_jax.data._pcapwalk import record_offsets as _record_offsets_c
+except ImportError:  # pragma: no cover - depends on the install
+    _record_offsets_c = None
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
@@ -121,9 +127,32 @@ def _windows(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(buf, width)[pos]
 
 
-def _batch(buf: np.ndarray, recs: list, bo: str, ts_mult: int, linktype: int, base: int) -> PacketBatch:
-    """Build a PacketBatch for pcap records starting at the offsets in ``recs`` (all complete in ``buf``)."""
-    pos = np.asarray(recs, dtype=np.int64)
+def record_offsets_py(chunk, n: int, big_endian: bool) -> tuple[np.ndarray, int]:
+    """Offsets (int64) of the pcap records that lie wholly within ``chunk[:n]``, walking from offset 0, and the
+    offset of the first record not taken. ``chunk`` must have at least 16 zero bytes after ``n``.
+    The compiled ``_pcapwalk.record_offsets`` does the same (tested equal)."""
+    incl_of = struct.Struct((">" if big_endian else "<") + "8xI").unpack_from
+    pos, recs = 0, []
+    append = recs.append
+    while True:  # zero padding after the data makes a read past the end see length 0: one test ends it
+        nxt = pos + 16 + incl_of(chunk, pos)[0]
+        if nxt > n:
+            break
+        append(pos)
+        pos = nxt
+    return np.asarray(recs, dtype=np.int64), pos
+
+
+def record_offsets(chunk, n: int, big_endian: bool) -> tuple[np.ndarray, int]:
+    """``record_offsets_py``, compiled where the extension was built."""
+    if _record_offsets_c is None:
+        return record_offsets_py(chunk, n, big_endian)
+    raw, pos = _record_offsets_c(chunk, n, big_endian)
+    return np.frombuffer(raw, dtype=np.int64), pos
+
+
+def _batch(buf: np.ndarray, pos: np.ndarray, bo: str, ts_mult: int, linktype: int, base: int) -> PacketBatch:
+    """Build a PacketBatch for pcap records starting at the offsets ``pos`` (all complete in ``buf``)."""
     # Gather the 16-byte record headers of all packets at once and view them as 4 uint32 each.
     hdr = _windows(buf, pos, 16).view(bo + "u4").astype(np.int64)
     return PacketBatch(
@@ -162,22 +191,15 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[Packet
         n = n_rest + got
         # Zero padding after the data makes the loop's read past the end see length 0: one test ends it.
         chunk[n:n + _PAD] = bytes(_PAD)
-        pos, recs = 0, []
-        append = recs.append
-        while True:  # the only per-packet Python loop: find record boundaries
-            nxt = pos + 16 + incl_of(chunk, pos)[0]
-            if nxt > n:
-                break
-            append(pos)
-            pos = nxt
+        recs, pos = record_offsets(chunk, n, bo == ">")
         err = None
-        if recs:
+        if len(recs):
             buf = np.frombuffer(chunk, dtype=np.uint8, count=n + _PAD)
             b = _batch(buf, recs, bo, ts_mult, linktype, base)
             bad = np.nonzero(b.caplen > limit)[0]
             if len(bad):  # a corrupt length that still pointed inside the chunk
                 k = int(bad[0])
-                pos = recs[k]
+                pos = int(recs[k])
                 err = f"corrupt record length {int(b.caplen[k])} (limit {limit})"
                 b = PacketBatch(buf, *(a[:k] for a in (b.off, b.caplen, b.wirelen, b.ts, b.linktype, b.rec_off)))
             if len(b):
