@@ -230,12 +230,13 @@ class FlowTracker:
         tcp = proto == 6
         syn = tcp & ((fl & 0x12) == 0x02)
         cont = ex.copy()
+        ended = np.zeros(u, bool)  # the key's current flow has ended (RST, or a FIN from each side)
         if ex.any():
             sl = slot_u[ex]
             t0 = ts[gpos[ex]]
-            ended = s["rst"][sl] | s["fin"][sl].all(1)
+            ended[ex] = s["rst"][sl] | s["fin"][sl].all(1)
             cont[ex] = ((t0 - s["last_ts"][sl] <= self.idle) & (t0 - s["first_ts"][sl] <= self.active)
-                        & ~(ended & syn[gpos[ex]]))
+                        & ~(ended[ex] & syn[gpos[ex]]))
         boundary = gstart.copy()
         boundary[1:] |= ts[1:] - ts[:-1] > self.idle
         # Keys that need the packet-by-packet walk: a later SYN, or a flow that outlives the active timeout.
@@ -244,7 +245,11 @@ class FlowTracker:
         special = g_last - flow_start > self.active
         later_syn = syn & ~gstart
         if later_syn.any():
-            special[g[later_syn]] = True
+            # A later SYN can only start a new flow once the flow has ended: keys whose chunk has no FIN or RST
+            # and whose continued flow has not ended (SYN retransmissions, the usual case) need no walk.
+            fin_or_rst = np.logical_or.reduceat(tcp & ((fl & 0x05) > 0), gpos)
+            g_syn = g[later_syn]
+            special[g_syn[(fin_or_rst | (cont & ended))[g_syn]]] = True
         for gi in np.nonzero(special)[0].tolist():
             self._walk(gi, int(gpos[gi]), int(gend[gi]), bool(cont[gi]), int(slot_u[gi]), ts, lo, fl, tcp,
                        boundary)
@@ -403,15 +408,18 @@ class FlowTracker:
         at = start[idx]  # only these packets' first payload bytes are read (the packet is >= 6 bytes past them)
         b = [buf[at + j] for j in range(6)]
         tls = (b[0] == 0x16) & (((b[1] == 0x03) & (b[5] == 0x01)) | (b[1] == 0xFE))
-        http = np.isin(b[0], names.HTTP_FIRST_BYTES) & (b[1] >= 0x41) & (b[1] <= 0x5A)  # two capital letters
+        word = (b[0].astype(np.int64) << 24) | (b[1].astype(np.int64) << 16) | (b[2].astype(np.int64) << 8) | b[3]
+        http = np.isin(word, names.HTTP_PREFIX_WORDS)  # a request method
         dns = (proto[idx] == 17) & (((b[2] >> 3) & 0x0F) == 0) & (b[4] == 0) & (b[5] >= 1)  # QUERY, 1+ question
-        for i in idx[tls | http | dns].tolist():
-            f = int(fid[i])
-            if f in self.names:
+        cand = idx[tls | http | dns]
+        view = memoryview(buf)  # slices of it are cheaper than numpy slices turned into bytes
+        found = self.names
+        for f, a, e, pr in zip(fid[cand].tolist(), start[cand].tolist(), end[cand].tolist(), proto[cand].tolist()):
+            if f in found:
                 continue
-            name = names.server_name(bytes(buf[start[i]:min(end[i], start[i] + 2048)]), int(proto[i]))
+            name = names.server_name(bytes(view[a:min(e, a + 2048)]), pr)
             if name:
-                self.names[f] = name
+                found[f] = name
 
     def _walk(self, gi, a, b, cont, slot, ts, lo, fl, tcp, boundary) -> None:
         """Packet-by-packet flow boundaries for one key (rare: see the module docstring)."""

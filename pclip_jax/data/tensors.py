@@ -167,20 +167,22 @@ def scrub_addresses(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, ipver: n
     if not n or width < 4:
         return
     for addr in (src, dst):
-        key = addr[:, :4].copy().view(">u4").ravel()
+        # 4-byte words compared in the machine's byte order on both sides: equal bytes, equal words, no swap.
+        key = np.ascontiguousarray(addr[:, :4]).view(np.uint32).ravel()
         # 0.0.0.0 and 255.255.255.255 identify nothing (and zero/0xff runs are common): left alone.
         ok = (key != 0) & (key != 0xFFFFFFFF)
         hits = []
-        for a in range(4):  # each byte alignment: the row seen as big-endian 32-bit words
+        for a in range(4):  # each byte alignment: the row seen as 32-bit words
             a += _SCRUB_FROM  # the address fields before this are zeroed already
             q = (width - a) // 4
             if q <= 0:
                 continue
-            eq = (rows[:, a:a + 4 * q].view(">u4") == key[:, None]) & ok[:, None]
-            hr = np.nonzero(eq.any(1))[0]
-            if len(hr):
-                rr, cc = np.nonzero(eq[hr])
-                hits.append((hr[rr], a + 4 * cc))
+            eq = rows[:, a:a + 4 * q].view(np.uint32) == key[:, None]
+            eq &= ok[:, None]
+            flat = np.flatnonzero(eq)  # row-major: hits ordered by row, then position
+            if len(flat):
+                rr, cc = np.divmod(flat, q)
+                hits.append((rr, a + 4 * cc))
         for hr, hc in hits:
             v4 = ipver[hr] == 4
             for k in range(4):
