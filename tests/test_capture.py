@@ -1,5 +1,7 @@
 """Reading captures: formats, byte orders, link types, malformed input (all on real nDPI captures)."""
+import dataclasses
 import os
+import shutil
 import struct
 
 import dpkt
@@ -51,14 +53,25 @@ def test_all_ndpi_captures_read_without_exception(ndpi_dir):
 
 
 
+def _need_compiled():
+    if capture._capture_c is None:
+        if shutil.which("cc") or shutil.which("gcc"):
+            pytest.fail("a C compiler is installed but pclip_jax.data._capture_c was not built (pip install -e .)")
+        pytest.skip("no C compiler: ingest uses the Python/numpy reader")
+
+
+def _same_headers(batch, where):
+    compiled, reference = capture.parse_headers(batch), capture.parse_headers_py(batch)
+    for f in dataclasses.fields(capture.Headers):
+        a, b = getattr(compiled, f.name), getattr(reference, f.name)
+        assert a.dtype == b.dtype, (where, f.name)
+        np.testing.assert_array_equal(a, b, err_msg=f"{where}: {f.name}")
+
+
 def test_compiled_record_walk_equals_python_loop(ndpi_dir):
     """The compiled pcap record walk (setup.py builds it wherever a C compiler is) finds the same records as the
     Python loop: every classic pcap of the corpus, whole and cut mid-record, random bytes, both byte orders."""
-    import shutil
-    if capture._record_offsets_c is None:
-        if shutil.which("cc") or shutil.which("gcc"):
-            pytest.fail("a C compiler is installed but pclip_jax.data._pcapwalk was not built (pip install -e .)")
-        pytest.skip("no C compiler: ingest uses the Python record walk")
+    _need_compiled()
     rng = np.random.default_rng(0)
     files = [p for p, _ in capture.find_captures([ndpi_dir / "pcap"]) if capture.sniff(p) == "pcap"]
     assert len(files) > 250
@@ -82,6 +95,21 @@ def test_compiled_record_walk_equals_python_loop(ndpi_dir):
         np.testing.assert_array_equal(got, want)
         assert got_stop == want_stop and len(want) >= 1
     assert checked > 90_000
+
+
+def test_compiled_headers_equal_numpy_on_every_real_capture(ndpi_dir):
+    """Every header field from the compiled parser equals the numpy reference on all captures in ../shared: nDPI,
+    IoT Sentinel, and the 2,304 Zeek and Suricata test captures (every link type and encapsulation they hold)."""
+    _need_compiled()
+    data = ndpi_dir.parent
+    roots = [data / d for d in ("ndpi/pcap", "iot_sentinel", "zeek", "suricata-verify") if (data / d).is_dir()]
+    packets, kinds = 0, np.zeros(4, np.int64)
+    for path, _ in capture.find_captures(roots):
+        for b in capture.read_batches(path, [], 1 << 20):
+            _same_headers(b, path.name)
+            packets += len(b)
+            kinds += np.bincount(capture.parse_headers(b).kind, minlength=4)
+    assert packets > 200_000 and (kinds > 0).all()  # flows, later fragments, non-IP and malformed all seen
 
 @pytest.mark.parametrize("byteorder,nano", [("<", False), (">", False), ("<", True), (">", True)])
 def test_pcap_byte_orders_and_resolutions(ndpi_dir, tmp_path, byteorder, nano):
@@ -251,6 +279,9 @@ def test_random_mutations_never_raise(ndpi_dir, tmp_path, which, flips, head_fli
         del data[int(cut * len(data)):]
     p = tmp_path / which
     p.write_bytes(bytes(data))
+    if capture._capture_c is not None:  # damaged headers: the compiled parser still equals the reference
+        for b in capture.read_batches(p, []):
+            _same_headers(b, which)
     t = _flows(p)  # must not raise
     assert len(t) == len(t.tensors["bytes"]) and t.summary["packets"] >= 0
     for e in t.summary["errors"]:

@@ -1,10 +1,11 @@
 """Capture files -> packets: pcap / pcapng records and their link-layer, IP and L4 headers.
 
 Speed comes from doing as little as possible per packet in Python: one tight loop finds the record
-boundaries of a chunk of the file (compiled, ``_pcapwalk.c``, where the install had a C compiler; the same
-loop in Python otherwise), then every header field of every packet of the chunk is read at once with numpy
-gathers at computed offsets. Only rare packets (IPv6 extension headers,
-IP-in-IP tunnels, MPLS, PPPoE) go through a per-packet Python path.
+boundaries of a chunk of the file, then every header field of every packet of the chunk is read at once with
+numpy gathers at computed offsets. Only rare packets (IPv6 extension headers, IP-in-IP tunnels, MPLS, PPPoE) go
+through a per-packet Python path. Where the install had a C compiler, ``_capture_c.c`` does the record walk and
+the header fields in compiled code, step for step as the Python/numpy code here (the reference, used without
+it; tested equal on real and mutated captures): 0.45 s and 0.2 s less per million packets.
 
 Bad input never raises: the reader stops at the damage and records a ``CaptureError`` (file, byte
 offset, reason); everything read before it is kept.
@@ -19,10 +20,10 @@ from typing import Iterator
 
 import numpy as np
 
-try:  # the compiled record walk (setup.py builds it when a C compiler is at hand)
-    from pclip_jax.data._pcapwalk import record_offsets as _record_offsets_c
+try:  # the compiled record walk and header parser (setup.py builds them when a C compiler is at hand)
+    from pclip_jax.data import _capture_c
 except ImportError:  # pragma: no cover - depends on the install
-    _record_offsets_c = None
+    _capture_c = None
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1000),  # little-endian, microseconds
@@ -130,7 +131,7 @@ def _windows(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
 def record_offsets_py(chunk, n: int, big_endian: bool) -> tuple[np.ndarray, int]:
     """Offsets (int64) of the pcap records that lie wholly within ``chunk[:n]``, walking from offset 0, and the
     offset of the first record not taken. ``chunk`` must have at least 16 zero bytes after ``n``.
-    The compiled ``_pcapwalk.record_offsets`` does the same (tested equal)."""
+    The compiled ``_capture_c.record_offsets`` does the same (tested equal)."""
     incl_of = struct.Struct((">" if big_endian else "<") + "8xI").unpack_from
     pos, recs = 0, []
     append = recs.append
@@ -145,9 +146,9 @@ def record_offsets_py(chunk, n: int, big_endian: bool) -> tuple[np.ndarray, int]
 
 def record_offsets(chunk, n: int, big_endian: bool) -> tuple[np.ndarray, int]:
     """``record_offsets_py``, compiled where the extension was built."""
-    if _record_offsets_c is None:
+    if _capture_c is None:
         return record_offsets_py(chunk, n, big_endian)
-    raw, pos = _record_offsets_c(chunk, n, big_endian)
+    raw, pos = _capture_c.record_offsets(chunk, n, big_endian)
     return np.frombuffer(raw, dtype=np.int64), pos
 
 
@@ -426,7 +427,27 @@ def _be32(buf, pos):
 
 
 def parse_headers(b: PacketBatch) -> Headers:
-    """Find the IP header of every packet through its link layer and read IP and transport fields."""
+    """Find the IP header of every packet through its link layer and read IP and transport fields
+    (``parse_headers_py``, compiled where the extension was built)."""
+    if _capture_c is None:
+        return parse_headers_py(b)
+    n = len(b)
+    h = _ip_fields(b.buf, n)
+    l3, etype = np.empty(n, np.int64), np.empty(n, np.int64)
+    as_c = np.ascontiguousarray
+    _capture_c.parse_headers(as_c(b.buf), as_c(b.off, np.int64), as_c(b.caplen, np.int64),
+                             as_c(b.wirelen, np.int64), as_c(b.linktype, np.int32), h.kind, h.ip_off, h.ip_end,
+                             h.ipver, h.ip_size, h.proto, h.l4, h.src, h.dst, h.sport, h.dport, h.vlan, h.flags,
+                             h.payload, l3, etype)
+    kind = h.kind
+    for i in np.nonzero(kind == 255)[0].tolist():  # MPLS, PPPoE, IPv6 extension headers, IP-in-IP
+        _parse_slow(b, i, int(l3[i]), int(etype[i]), h, kind)
+    kind[kind == 255] = MALFORMED
+    return h
+
+
+def parse_headers_py(b: PacketBatch) -> Headers:
+    """``parse_headers`` in numpy: the reference the compiled version is tested against."""
     buf, n = b.buf, len(b)
     off, end = b.off, b.off + b.caplen
     lt = b.linktype

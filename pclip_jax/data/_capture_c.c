@@ -1,0 +1,285 @@
+/* The per-packet work of reading a capture, compiled: pcap record boundaries and link/IP/L4 header fields.
+ *
+ * pclip_jax/data/capture.py holds the reference implementation of both (a Python loop for the records, numpy for
+ * the headers) and uses it when this module was not built (no C compiler at install time). This file follows it
+ * step for step and tests/test_capture.py checks that both give identical results on every real capture of
+ * ../shared and on mutated ones. Rare encapsulations (MPLS, PPPoE, IPv6 extension headers, IP-in-IP) are marked
+ * with kind 255 and left to capture.py's per-packet Python path, exactly as in the numpy version.
+ *
+ * Reads past a packet's captured bytes are allowed here as in the numpy version (the chunk carries zero padding,
+ * capture._PAD bytes); reads past the whole buffer return 0 instead of crashing.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Record boundaries */
+
+static uint32_t read_u32(const unsigned char *p, int big_endian) {
+    if (big_endian)
+        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+    return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | (uint32_t)p[0];
+}
+
+/* record_offsets(buffer, n, big_endian) -> (bytes of int64 offsets, stop)
+ *
+ * Walks 16-byte pcap record headers from offset 0 of buffer[:n]: a record is taken when all of it lies within n
+ * bytes; stop is the offset of the first record not taken (a partial record the next chunk completes, or n).
+ */
+static PyObject *record_offsets(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t n;
+    int big_endian;
+    if (!PyArg_ParseTuple(args, "y*np", &view, &n, &big_endian))
+        return NULL;
+    if (n < 0 || n > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "record_offsets: n outside the buffer");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t cap = n / 16 + 1; /* a record is at least 16 bytes */
+    int64_t *out = (int64_t *)PyMem_Malloc((size_t)cap * sizeof(int64_t));
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    int64_t pos = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (pos + 16 <= (int64_t)n) {
+        int64_t next = pos + 16 + (int64_t)read_u32(data + pos + 8, big_endian);
+        if (next > (int64_t)n)
+            break;
+        out[count++] = pos;
+        pos = next;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *offsets = PyBytes_FromStringAndSize((const char *)out, count * (Py_ssize_t)sizeof(int64_t));
+    PyMem_Free(out);
+    if (offsets == NULL)
+        return NULL;
+    return Py_BuildValue("(NL)", offsets, (long long)pos);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Headers */
+
+enum { FLOW = 0, LATER_FRAGMENT = 1, NON_IP = 2, MALFORMED = 3, SLOW = 255 };
+
+typedef struct {
+    const unsigned char *buf;
+    int64_t len;
+} Bytes;
+
+static inline int64_t u8(Bytes b, int64_t i) { return (i >= 0 && i < b.len) ? b.buf[i] : 0; }
+static inline int64_t be16(Bytes b, int64_t i) { return (u8(b, i) << 8) | u8(b, i + 1); }
+static inline int is_tpid(int64_t et) { return et == 0x8100 || et == 0x88A8 || et == 0x9100; }
+static inline int is_ipv6_ext(int64_t p) {
+    return p == 0 || p == 43 || p == 44 || p == 60 || p == 51 || p == 135 || p == 139 || p == 140;
+}
+
+/* The output arrays of one batch (capture.Headers), plus the link-layer results the Python slow path needs. */
+typedef struct {
+    uint8_t *kind, *ipver, *proto, *flags, *src, *dst;
+    int64_t *ip_off, *ip_end, *ip_size, *l4, *sport, *dport, *vlan, *payload, *l3, *etype;
+} Out;
+
+/* capture.parse_headers' link-layer step for packet i: IP header offset (-1: none) and ethertype-like value. */
+static void link_layer(Bytes b, int64_t off, int32_t lt, int64_t *l3, int64_t *etype, int64_t *vlan, int *slow) {
+    *l3 = -1;
+    *etype = 0;
+    *vlan = 0;
+    *slow = 0;
+    switch (lt) {
+    case 1: { /* Ethernet, VLAN tags (outer id kept), up to 4 more stacked tags skipped */
+        int64_t p = off + 12, et = be16(b, p);
+        if (is_tpid(et)) {
+            *vlan = be16(b, p + 2) & 0x0FFF;
+            for (int i = 0; i < 4; i++) {
+                p += 4;
+                et = be16(b, p);
+                if (!is_tpid(et))
+                    break;
+            }
+        }
+        *l3 = p + 2;
+        *etype = et;
+        *slow = (et == 0x8847 || et == 0x8848 || et == 0x8864);
+        break;
+    }
+    case 101: case 12: case 14: case 228: case 229: /* raw IP */
+        *l3 = off;
+        break;
+    case 113: /* Linux cooked v1 */
+        *l3 = off + 16;
+        *etype = be16(b, off + 14);
+        break;
+    case 276: /* Linux cooked v2 */
+        *l3 = off + 20;
+        *etype = be16(b, off);
+        break;
+    case 0: case 108: { /* BSD loopback: address family, host order (NULL) or network order (LOOP) */
+        int64_t le = u8(b, off) | (u8(b, off + 1) << 8), be = be16(b, off + 2);
+        int64_t fam = lt == 108 ? be : (le != 0 ? le : be);
+        *l3 = off + 4;
+        *etype = fam == 2 ? 0x0800 : ((fam == 10 || fam == 24 || fam == 28 || fam == 30) ? 0x86DD : -1);
+        break;
+    }
+    case 9: case 50: case 104: { /* PPP, PPP in HDLC framing, Cisco HDLC */
+        int64_t p = off;
+        int hdlc = u8(b, p) == 0xFF && u8(b, p + 1) == 0x03;
+        int chdlc = lt == 104;
+        p += (chdlc || hdlc) ? 2 : 0;
+        int64_t pr = be16(b, p);
+        *l3 = p + 2;
+        *etype = chdlc ? pr : (pr == 0x21 ? 0x0800 : (pr == 0x57 ? 0x86DD : -1));
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* capture._parse_ip + capture._parse_l4 for packet i whose IP header starts at p. */
+static void ip_and_l4(Bytes b, Py_ssize_t i, int64_t p, int64_t end, int64_t wire_ip, Out *o) {
+    int64_t ver = u8(b, p) >> 4, avail = end - p;
+    int v4 = ver == 4;
+    int64_t ihl = v4 ? (u8(b, p) & 15) * 4 : 40;
+    int64_t tot = v4 ? be16(b, p + 2) : be16(b, p + 4) + 40;
+    if (tot < ihl || (v4 && tot == 0) || (!v4 && tot == 40 && wire_ip > 40)) /* TSO / jumbo: wire length */
+        tot = wire_ip;
+    int64_t proto = v4 ? u8(b, p + 9) : u8(b, p + 6);
+    int64_t frag_off = (v4 ? be16(b, p + 6) : 0) & 0x1FFF;
+    int bad = avail < (v4 ? 20 : 40) || (v4 && ihl < 20);
+    int k = bad ? MALFORMED : FLOW;
+    if (!bad && v4 && frag_off > 0)
+        k = LATER_FRAGMENT;
+    if (!bad && ((!v4 && is_ipv6_ext(proto)) || proto == 4 || proto == 41))
+        k = SLOW;
+    o->kind[i] = (uint8_t)k;
+    o->ip_off[i] = p;
+    int64_t span = avail < tot ? avail : tot;
+    o->ip_end[i] = p + (span > 0 ? span : 0);
+    o->ipver[i] = (uint8_t)ver;
+    o->ip_size[i] = tot;
+    o->proto[i] = (uint8_t)proto;
+    uint8_t *src = o->src + 16 * i, *dst = o->dst + 16 * i;
+    if (v4) {
+        for (int j = 0; j < 4; j++) {
+            src[j] = (uint8_t)u8(b, p + 12 + j);
+            dst[j] = (uint8_t)u8(b, p + 16 + j);
+        }
+    } else {
+        for (int j = 0; j < 16; j++) {
+            src[j] = (uint8_t)u8(b, p + 8 + j);
+            dst[j] = (uint8_t)u8(b, p + 24 + j);
+        }
+    }
+    int ok = k == FLOW;
+    int64_t l4 = p + ihl;
+    int tcp = ok && proto == 6 && avail >= ihl + 14;
+    int udp = ok && (proto == 17 || proto == 132 || proto == 136) && avail >= ihl + 4;
+    o->sport[i] = (tcp || udp) ? be16(b, l4) : 0;
+    o->dport[i] = (tcp || udp) ? be16(b, l4 + 2) : 0;
+    o->flags[i] = tcp ? (uint8_t)u8(b, l4 + 13) : 0;
+    int64_t hl = proto == 6 ? (tcp ? (u8(b, l4 + 12) >> 4) * 4 : 20) : (proto == 17 ? 8 : 0);
+    o->l4[i] = ok ? ihl : -1;
+    int64_t pay = tot - ihl - hl;
+    o->payload[i] = pay > 0 ? pay : 0;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t want_len, const char *name) {
+    if (PyObject_GetBuffer(obj, view, writable ? (PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) : PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (want_len >= 0 && view->len != want_len) {
+        PyErr_Format(PyExc_ValueError, "parse_headers: %s has %zd bytes, expected %zd", name, view->len, want_len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* parse_headers(buf, off, caplen, wirelen, linktype, kind, ip_off, ip_end, ipver, ip_size, proto, l4, src, dst,
+ *               sport, dport, vlan, flags, payload, l3, etype)
+ *
+ * Inputs: buf (uint8), off/caplen/wirelen (int64 [n]), linktype (int32 [n]). Outputs (C-contiguous, written in
+ * place; the caller initialises them as capture._ip_fields does): the capture.Headers arrays, and l3/etype
+ * (int64 [n]) for the packets marked kind 255 (capture._parse_slow's arguments).
+ */
+static PyObject *parse_headers(PyObject *self, PyObject *args) {
+    static const char *names[] = {"buf", "off", "caplen", "wirelen", "linktype", "kind", "ip_off", "ip_end",
+                                  "ipver", "ip_size", "proto", "l4", "src", "dst", "sport", "dport", "vlan",
+                                  "flags", "payload", "l3", "etype"};
+    enum { NARGS = 21 };
+    /* element sizes; 0 = any length (buf), 16 = 16 bytes per packet (addresses) */
+    static const int esize[NARGS] = {0, 8, 8, 8, 4, 1, 8, 8, 1, 8, 1, 8, 16, 16, 8, 8, 8, 1, 8, 8, 8};
+    if (PyTuple_GET_SIZE(args) != NARGS) {
+        PyErr_Format(PyExc_TypeError, "parse_headers takes %d arguments", NARGS);
+        return NULL;
+    }
+    Py_buffer v[NARGS];
+    int got = 0;
+    PyObject *off_obj = PyTuple_GET_ITEM(args, 1);
+    Py_buffer probe;
+    if (get_buffer(off_obj, &probe, 0, -1, "off") < 0)
+        return NULL;
+    Py_ssize_t n = probe.len / 8;
+    PyBuffer_Release(&probe);
+    for (; got < NARGS; got++) {
+        Py_ssize_t want = esize[got] ? (Py_ssize_t)esize[got] * n : -1;
+        if (get_buffer(PyTuple_GET_ITEM(args, got), &v[got], got >= 5, want, names[got]) < 0)
+            goto fail;
+    }
+    Bytes b = {(const unsigned char *)v[0].buf, (int64_t)v[0].len};
+    const int64_t *off = v[1].buf, *caplen = v[2].buf, *wirelen = v[3].buf;
+    const int32_t *lt = v[4].buf;
+    Out o = {.kind = v[5].buf, .ip_off = v[6].buf, .ip_end = v[7].buf, .ipver = v[8].buf, .ip_size = v[9].buf,
+             .proto = v[10].buf, .l4 = v[11].buf, .src = v[12].buf, .dst = v[13].buf, .sport = v[14].buf,
+             .dport = v[15].buf, .vlan = v[16].buf, .flags = v[17].buf, .payload = v[18].buf, .l3 = v[19].buf,
+             .etype = v[20].buf};
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t l3, etype, vlan, end = off[i] + caplen[i];
+        int slow;
+        link_layer(b, off[i], lt[i], &l3, &etype, &vlan, &slow);
+        o.vlan[i] = vlan;
+        o.l3[i] = l3;
+        o.etype[i] = etype;
+        o.kind[i] = NON_IP;
+        if (slow) { /* MPLS / PPPoE: the Python path */
+            o.kind[i] = SLOW;
+            continue;
+        }
+        if (l3 < 0 || l3 >= end)
+            continue;
+        int64_t ver = u8(b, l3) >> 4;
+        int is_ip = (etype == 0x0800 && ver == 4) || (etype == 0x86DD && ver == 6) ||
+                    (etype == 0 && (ver == 4 || ver == 6));
+        if (is_ip)
+            ip_and_l4(b, i, l3, end, wirelen[i] - (l3 - off[i]), &o);
+    }
+    Py_END_ALLOW_THREADS
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    Py_RETURN_NONE;
+fail:
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"record_offsets", record_offsets, METH_VARARGS,
+     "record_offsets(buffer, n, big_endian) -> (int64 offsets as bytes, stop offset)"},
+    {"parse_headers", parse_headers, METH_VARARGS,
+     "parse_headers(buf, off, caplen, wirelen, linktype, <16 output arrays>): capture.Headers fields in place"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_capture_c", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__capture_c(void) { return PyModule_Create(&module); }
