@@ -12,6 +12,7 @@ offset, reason); everything read before it is kept.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import struct
@@ -180,9 +181,9 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[Packet
     chunk_bytes = max(1, min(chunk_bytes, os.fstat(fh.fileno()).st_size))
     # Two buffers used in turn: a batch's bytes stay valid while the next chunk is read into the other one.
     bufs = [bytearray(), bytearray()]
-    turn, pos = 0, 0
-    while True:
-        prev = bufs[1 - turn]
+
+    def fill(turn: int, prev: bytearray, pos: int, n_rest: int) -> tuple[bytearray, int, int]:
+        """Next chunk into bufs[turn]: the partial record left at prev[pos:], then up to chunk_bytes from the file."""
         need = n_rest + chunk_bytes + _PAD
         if len(bufs[turn]) < need:  # a new buffer (the old one may still be viewed by a batch)
             bufs[turn] = bytearray(max(need, 2 * len(bufs[turn])))
@@ -190,35 +191,52 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[Packet
         chunk[:n_rest] = prev[pos:pos + n_rest] if n_rest else b""
         got = fh.readinto(memoryview(chunk)[n_rest:n_rest + chunk_bytes])
         n = n_rest + got
-        # Zero padding after the data makes the loop's read past the end see length 0: one test ends it.
+        # Zero padding after the data makes the walk's read past the end see length 0: one test ends it.
         chunk[n:n + _PAD] = bytes(_PAD)
-        recs, pos = record_offsets(chunk, n, bo == ">")
-        err = None
-        if len(recs):
-            buf = np.frombuffer(chunk, dtype=np.uint8, count=n + _PAD)
-            b = _batch(buf, recs, bo, ts_mult, linktype, base)
-            bad = np.nonzero(b.caplen > limit)[0]
-            if len(bad):  # a corrupt length that still pointed inside the chunk
-                k = int(bad[0])
-                pos = int(recs[k])
-                err = f"corrupt record length {int(b.caplen[k])} (limit {limit})"
-                b = PacketBatch(buf, *(a[:k] for a in (b.off, b.caplen, b.wirelen, b.ts, b.linktype, b.rec_off)))
-            if len(b):
+        return chunk, got, n
+
+    # A file of several chunks reads the next chunk on a helper thread (file reads release the GIL) while the
+    # consumer works on this one.
+    pool = None
+    turn, ahead = 0, None
+    chunk, got, n = fill(0, bufs[1], 0, 0)
+    try:
+        while True:
+            recs, pos = record_offsets(chunk, n, bo == ">")
+            err = None
+            b = None
+            if len(recs):
+                buf = np.frombuffer(chunk, dtype=np.uint8, count=n + _PAD)
+                b = _batch(buf, recs, bo, ts_mult, linktype, base)
+                bad = np.nonzero(b.caplen > limit)[0]
+                if len(bad):  # a corrupt length that still pointed inside the chunk
+                    k = int(bad[0])
+                    pos = int(recs[k])
+                    err = f"corrupt record length {int(b.caplen[k])} (limit {limit})"
+                    b = PacketBatch(buf, *(a[:k] for a in (b.off, b.caplen, b.wirelen, b.ts, b.linktype, b.rec_off)))
+            if err is None and n - pos >= 16 and incl_of(chunk, pos)[0] > limit:
+                err = f"corrupt record length {incl_of(chunk, pos)[0]} (limit {limit})"
+            if err is None and got:  # the batch before this one is done with the other buffer: read ahead
+                if pool is None:
+                    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pclip-read")
+                ahead = pool.submit(fill, 1 - turn, chunk, pos, n - pos)
+            if b is not None and len(b):
                 yield b
-        if err is None and n - pos >= 16 and incl_of(chunk, pos)[0] > limit:
-            err = f"corrupt record length {incl_of(chunk, pos)[0]} (limit {limit})"
-        if err is not None:
-            errors.append(CaptureError(name, base + pos, err))
-            return
-        if not got:  # end of file
-            if pos < n:
-                need = 16 + incl_of(chunk, pos)[0] if n - pos >= 16 else 16
-                errors.append(CaptureError(
-                    name, base + pos, f"truncated record: needs {need} bytes, file ends after {n - pos}"))
-            return
-        n_rest = n - pos
-        base += pos
-        turn = 1 - turn
+            if err is not None:
+                errors.append(CaptureError(name, base + pos, err))
+                return
+            if not got:  # end of file
+                if pos < n:
+                    need = 16 + incl_of(chunk, pos)[0] if n - pos >= 16 else 16
+                    errors.append(CaptureError(
+                        name, base + pos, f"truncated record: needs {need} bytes, file ends after {n - pos}"))
+                return
+            base += pos
+            turn = 1 - turn
+            chunk, got, n = ahead.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def _tsres_ns(opts: bytes, bo: str) -> tuple[int, int, int]:
@@ -371,7 +389,8 @@ def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 
 
     Problems are appended to ``errors`` as CaptureError; reading stops at the first damage and
     everything before it is yielded. Never raises for bad content (only for programming errors).
-    A batch's ``buf`` may be reused for the batch after next: copy what must outlive that.
+    A batch's ``buf`` is valid until the next batch is yielded (the chunk after that is then read into it, on
+    a helper thread, while the consumer works on the next batch): copy what must outlive that.
     """
     name = str(path) if name is None else name
     try:
