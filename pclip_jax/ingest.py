@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
+from pclip_jax.data.ingest import IngestConfig, IngestError, ingest, keep_freed_memory
 from pclip_jax.data.labels import attach_labels
 
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         config = IngestConfig(packets=args.packets, bytes=args.bytes, idle_timeout=args.idle_timeout,
                               active_timeout=args.active_timeout, mask=not args.no_mask, strict=args.strict,

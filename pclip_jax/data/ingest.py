@@ -335,6 +335,25 @@ def ingest_file(path: str | os.PathLike, name: str, config: IngestConfig,
     return FlowTable(meta, tens, list(tensors.STATS_NAMES), summary)
 
 
+def keep_freed_memory() -> bool:
+    """Process-wide glibc malloc tuning for a process that streams captures (the CLIs call it first; a library
+    never changes it for its caller). Every chunk allocates and frees the same few megabytes of temporaries; by
+    default glibc hands freed memory back to the kernel and page-faults it in again on the next chunk, which costs
+    about 0.15-0.2 s of kernel time per million packets. Keeping up to 1 GB of freed memory (M_TRIM_THRESHOLD) and
+    serving blocks below 32 MB from the heap (M_MMAP_THRESHOLD, glibc's own dynamic ceiling) removes that for
+    ~16 MB more peak memory. Returns whether it applied (glibc only; elsewhere nothing changes)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
+
+
 def _worker(args):
     path, name, config = args
     return ingest_file(path, name, config)
