@@ -5,7 +5,7 @@ import ipaddress
 import numpy as np
 import pytest
 
-from pclip_jax.data import capture, tensors
+from pclip_jax.data import capture, flows, tensors
 from pclip_jax.data.ingest import IngestConfig, ingest, ingest_file
 from pclip_jax.data.labels import parse_ndpi_out
 
@@ -341,3 +341,28 @@ def test_a_timestamp_jump_does_not_make_flows_depend_on_chunk_size(ndpi_dir, tmp
     assert len(whole) == len(small) > 0
     for k in whole.meta:
         np.testing.assert_array_equal(whole.meta[k], small.meta[k], err_msg=k)
+
+
+def test_compiled_walk_equals_python_walk(ndpi_dir):
+    """The keys the numpy tracker settles packet by packet (a SYN after a FIN/RST, flows past the active timeout)
+    give the same flows with the compiled walk as with the Python one: the whole corpus in small chunks, with
+    timeouts short enough that most long flows are cut (so the walk runs thousands of times)."""
+    if capture._capture_c is None:
+        pytest.skip("the compiled helpers were not built (tests/test_capture.py says whether they should be)")
+    short = dict(idle_timeout=5.0, active_timeout=10.0)
+    flows_short = 0
+    for path, _ in capture.find_captures([ndpi_dir / "pcap"]):
+        trackers = [flows.FlowTracker(16, 64, compiled=c, **short) for c in (True, False)]
+        for b in capture.read_batches(path, [], 64 << 10):
+            h = capture.parse_headers(b)
+            for t in trackers:
+                t.add(b, h, 0)
+                t.expire()
+        got, want = (t.finish() for t in trackers)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path.name}: {k}")
+        flows_short += len(want["key"])
+    # Only the walk cuts flows at the active timeout: without it there are fewer flows.
+    no_active = len(ingest([ndpi_dir / "pcap"], IngestConfig(bytes=64, idle_timeout=5.0, active_timeout=1e9),
+                           progress=False))
+    assert flows_short > no_active + 100, (flows_short, no_active)

@@ -1,8 +1,9 @@
-/* The per-packet work of reading a capture, compiled: pcap record boundaries and link/IP/L4 header fields.
+/* The per-packet loops of reading a capture, compiled: pcap record boundaries, link/IP/L4 header fields, and the
+ * flow-boundary walk of the few keys the numpy flow tracker cannot settle in bulk.
  *
- * pclip_jax/data/capture.py holds the reference implementation of both (a Python loop for the records, numpy for
- * the headers) and uses it when this module was not built (no C compiler at install time). This file follows it
- * step for step and tests/test_capture.py checks that both give identical results on every real capture of
+ * pclip_jax/data/capture.py and flows.py hold the reference implementations (Python loops, numpy) and use them
+ * when this module was not built (no C compiler at install time). This file follows them step for step;
+ * tests/test_capture.py and tests/test_flows.py check that both give identical results on every real capture of
  * ../shared and on mutated ones. Rare encapsulations (MPLS, PPPoE, IPv6 extension headers, IP-in-IP) are marked
  * with kind 255 and left to capture.py's per-packet Python path, exactly as in the numpy version.
  *
@@ -272,11 +273,96 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Flow boundaries of the keys flows.FlowTracker cannot settle with numpy (FlowTracker._walk, step for step) */
+
+/* walk_keys(ts, lo, fl, tcp, boundary, a, b, cont, start, last, fin, rst, client_lo, idle, active)
+ *
+ * Packets grouped by key in time order: ts (int64), lo (bool: the sender is the key's low side), fl (uint8 TCP
+ * flags), tcp (bool); boundary (bool, written) marks packets that start a new flow. One entry per key to walk:
+ * its packets a[k]..b[k]-1 (int64), whether its first packet continues the key's current flow (cont, bool), and
+ * that flow's state: start/last timestamps (int64), fin (bool [k, 2]), rst (bool), client_lo (bool).
+ */
+static PyObject *walk_keys(PyObject *self, PyObject *args) {
+    enum { NB = 13 };
+    static const char *names[NB] = {"ts", "lo", "fl", "tcp", "boundary", "a", "b", "cont", "start", "last",
+                                    "fin", "rst", "client_lo"};
+    long long idle, active;
+    PyObject *objs[NB];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOLL", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5],
+                          &objs[6], &objs[7], &objs[8], &objs[9], &objs[10], &objs[11], &objs[12], &idle, &active))
+        return NULL;
+    Py_buffer v[NB];
+    int got = 0;
+    for (; got < NB; got++)
+        if (get_buffer(objs[got], &v[got], got == 4, -1, names[got]) < 0)
+            goto fail;
+    Py_ssize_t m = v[0].len / 8, keys = v[5].len / 8;
+    if (v[1].len != m || v[2].len != m || v[3].len != m || v[4].len != m || v[6].len != keys * 8 ||
+        v[7].len != keys || v[8].len != keys * 8 || v[9].len != keys * 8 || v[10].len != keys * 2 ||
+        v[11].len != keys || v[12].len != keys) {
+        PyErr_SetString(PyExc_ValueError, "walk_keys: arrays of inconsistent lengths");
+        goto fail;
+    }
+    const int64_t *ts = v[0].buf, *ka = v[5].buf, *kb = v[6].buf, *kstart = v[8].buf, *klast = v[9].buf;
+    const uint8_t *lo = v[1].buf, *fl = v[2].buf, *tcp = v[3].buf, *kcont = v[7].buf, *kfin = v[10].buf,
+                  *krst = v[11].buf, *kclient = v[12].buf;
+    uint8_t *boundary = v[4].buf;
+    for (Py_ssize_t k = 0; k < keys; k++) {
+        if (ka[k] < 0 || kb[k] > m || ka[k] > kb[k]) {
+            PyErr_SetString(PyExc_ValueError, "walk_keys: packet range outside the arrays");
+            goto fail;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < keys; k++) {
+        int64_t start = kstart[k], last = klast[k];
+        int fin0 = kfin[2 * k] != 0, fin1 = kfin[2 * k + 1] != 0, rst = krst[k] != 0, client_lo = kclient[k] != 0;
+        for (int64_t i = ka[k]; i < kb[k]; i++) {
+            int64_t t = ts[i];
+            int li = lo[i] != 0, f = fl[i], is_tcp = tcp[i] != 0, newf;
+            if (i == ka[k])
+                newf = !kcont[k];
+            else {
+                int syn = is_tcp && (f & 0x12) == 0x02;
+                newf = t - last > idle || t - start > active || (syn && (rst || (fin0 && fin1)));
+                boundary[i] = (uint8_t)newf;
+            }
+            if (newf) {
+                start = t;
+                fin0 = fin1 = rst = 0;
+                client_lo = li;
+            }
+            last = t;
+            if (is_tcp) {
+                if (f & 1) {
+                    if (li != client_lo)
+                        fin1 = 1;
+                    else
+                        fin0 = 1;
+                }
+                if (f & 4)
+                    rst = 1;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    Py_RETURN_NONE;
+fail:
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"record_offsets", record_offsets, METH_VARARGS,
      "record_offsets(buffer, n, big_endian) -> (int64 offsets as bytes, stop offset)"},
     {"parse_headers", parse_headers, METH_VARARGS,
      "parse_headers(buf, off, caplen, wirelen, linktype, <16 output arrays>): capture.Headers fields in place"},
+    {"walk_keys", walk_keys, METH_VARARGS,
+     "walk_keys(ts, lo, fl, tcp, boundary, a, b, cont, start, last, fin, rst, client_lo, idle, active)"},
     {NULL, NULL, 0, NULL},
 };
 

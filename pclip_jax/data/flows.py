@@ -96,8 +96,9 @@ class FlowTracker:
 
     def __init__(self, packets: int = 16, nbytes: int = 128, idle_timeout: float = 120.0,
                  active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024,
-                 payload_rows: bool = False):
+                 payload_rows: bool = False, compiled: bool = True):
         self.K, self.B, self.mask = packets, nbytes, mask
+        self.compiled = compiled  # False: the Python walk even where the extension was built (its tests' reference)
         self.payload_rows = payload_rows  # rows from packets that carry transport payload only (no bare ACKs)
         self.idle = int(idle_timeout * 1e9)
         self.active = int(active_timeout * 1e9)
@@ -250,9 +251,7 @@ class FlowTracker:
             fin_or_rst = np.logical_or.reduceat(tcp & ((fl & 0x05) > 0), gpos)
             g_syn = g[later_syn]
             special[g_syn[(fin_or_rst | (cont & ended))[g_syn]]] = True
-        for gi in np.nonzero(special)[0].tolist():
-            self._walk(gi, int(gpos[gi]), int(gend[gi]), bool(cont[gi]), int(slot_u[gi]), ts, lo, fl, tcp,
-                       boundary)
+        self._walk_keys(np.nonzero(special)[0], gpos, gend, cont, slot_u, ts, lo, fl, tcp, boundary)
 
         # Segments = flows touched by this chunk.
         seg_start = np.nonzero(boundary)[0]
@@ -421,7 +420,26 @@ class FlowTracker:
             if name:
                 found[f] = name
 
-    def _walk(self, gi, a, b, cont, slot, ts, lo, fl, tcp, boundary) -> None:
+    def _walk_keys(self, walk, gpos, gend, cont, slot_u, ts, lo, fl, tcp, boundary) -> None:
+        """Mark the flow boundaries of the key groups ``walk`` packet by packet (``_walk``; compiled where the
+        extension was built, one call for all of them)."""
+        if not len(walk):
+            return
+        if capture._capture_c is None or not self.compiled:
+            for gi in walk.tolist():
+                self._walk(int(gpos[gi]), int(gend[gi]), bool(cont[gi]), int(slot_u[gi]), ts, lo, fl, tcp, boundary)
+            return
+        s = self.s
+        c = cont[walk]
+        slot = np.where(c, slot_u[walk], 0)  # state of the key's current flow (unused where it does not continue)
+        as_c = np.ascontiguousarray
+        capture._capture_c.walk_keys(
+            as_c(ts, np.int64), as_c(lo, bool), as_c(fl, np.uint8), as_c(tcp, bool), boundary,
+            as_c(gpos[walk], np.int64), as_c(gend[walk], np.int64), as_c(c, bool), as_c(s["first_ts"][slot]),
+            as_c(s["last_ts"][slot]), as_c(s["fin"][slot], bool), as_c(s["rst"][slot], bool),
+            as_c(s["client_lo"][slot], bool), self.idle, self.active)
+
+    def _walk(self, a, b, cont, slot, ts, lo, fl, tcp, boundary) -> None:
         """Packet-by-packet flow boundaries for one key (rare: see the module docstring)."""
         s = self.s
         if cont:
