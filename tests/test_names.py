@@ -107,3 +107,67 @@ def test_name_features(minilm_dir, ndpi_table):
     # Same name, same vector; related services are closer than unrelated ones.
     v = enc(["www.youtube.com", "m.youtube.com", "ntp.ubuntu.com"]).astype(np.float32)
     assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def _payloads(roots):
+    """(payload as in the flow tracker: at most 2,048 bytes, protocol) of every TCP/UDP packet with payload."""
+    from pclip_jax.data import capture
+
+    for path, _ in capture.find_captures(roots):
+        for b in capture.read_batches(path, [], 1 << 20):
+            h = capture.parse_headers(b)
+            start = h.ip_off + h.ip_size - h.payload
+            sel = np.nonzero((h.kind == capture.FLOW) & ((h.proto == 6) | (h.proto == 17)) & (h.ip_end > start))[0]
+            for i in sel.tolist():
+                yield bytes(b.buf[start[i]:min(h.ip_end[i], start[i] + 2048)]), int(h.proto[i])
+
+
+def _compiled_names(payloads):
+    from pclip_jax.data import capture
+
+    buf = np.frombuffer(b"".join(p for p, _ in payloads) + bytes(16), np.uint8)
+    ends = np.cumsum([len(p) for p, _ in payloads]).astype(np.int64)
+    starts = ends - np.array([len(p) for p, _ in payloads], np.int64)
+    found = dict(capture._capture_c.server_names(buf, starts, ends, np.array([pr for _, pr in payloads], np.uint8)))
+    return [found.get(k, "") for k in range(len(payloads))]
+
+
+def test_compiled_names_equal_python_parsers(ndpi_dir):
+    """The compiled name parsers (used by the flow tracker where they were built) give what names.server_name gives:
+    every TCP/UDP payload of the captures in ../shared, then 20,000 mutations of the ones that hold or look like a
+    name (cut short, bytes changed, blanks, dots, NULs and Host headers inserted)."""
+    from pclip_jax.data import capture
+
+    if capture._capture_c is None:
+        pytest.skip("the compiled helpers were not built (tests/test_capture.py says whether they should be)")
+    data = ndpi_dir.parent
+    payloads = list(_payloads([data / d for d in ("ndpi/pcap", "iot_sentinel", "zeek", "suricata-verify")
+                               if (data / d).is_dir()]))
+    want = [names.server_name(p, pr) for p, pr in payloads]
+    assert _compiled_names(payloads) == want
+    assert len(payloads) > 200_000 and sum(map(bool, want)) > 15_000
+    rng = np.random.default_rng(0)
+    seeds = [(p, pr) for (p, pr), w in zip(payloads, want) if w or p[:1] == b"\x16" or p[:4] in (b"GET ", b"M-SE")]
+    inserts = [b"\r\nHost:", b"\r\nhost: \t", b"\r\nHOST:\r\n", b" ", b"\n.", b"\x00", b"."]
+    mutated = []
+    for _ in range(20_000):
+        p, pr = seeds[rng.integers(len(seeds))]
+        q = bytearray(p)
+        r = rng.random()
+        if r < 0.3:
+            del q[rng.integers(0, len(q) + 1):]
+        elif r < 0.8:
+            for _ in range(rng.integers(1, 4)):
+                q[rng.integers(len(q))] = int(rng.choice([0, 1, 9, 10, 13, 32, 46, 58, 65, 97, 255, rng.integers(256)]))
+        else:
+            k = rng.integers(0, len(q) + 1)
+            q[k:k] = inserts[rng.integers(len(inserts))]
+        mutated.append((bytes(q), pr))
+    assert _compiled_names(mutated) == [names.server_name(p, pr) for p, pr in mutated]
+
+
+def test_a_name_never_keeps_a_newline():
+    """A newline hidden by trailing dots is not a host character (re's `$` would have let "host.ex\n" through)."""
+    question = b"\x00\x00\x00\x00\x00\x01" + bytes(6) + b"\x04host\x03ex\n\x01.\x00\x00\x01\x00\x01"
+    assert names.dns_question(question) == ""
+    assert names.dns_question(question.replace(b"\x03ex\n\x01.", b"\x02ex")) == "host.ex"

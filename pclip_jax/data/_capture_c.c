@@ -356,11 +356,251 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Cleartext server names (names.server_name, step for step) */
+
+static int is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == 11 || c == 12; }
+static int is_host_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+}
+
+/* names._clean: strip ASCII whitespace, then trailing dots; 1-253 host characters and not all digits and dots.
+ * Writes the lower-cased name to out (>= 253 bytes) and returns its length, 0 when it is not a name. */
+static Py_ssize_t clean_name(const unsigned char *p, Py_ssize_t n, char *out) {
+    Py_ssize_t a = 0, b = n;
+    while (a < b && is_space(p[a]))
+        a++;
+    while (b > a && is_space(p[b - 1]))
+        b--;
+    while (b > a && p[b - 1] == '.')
+        b--;
+    Py_ssize_t len = b - a;
+    if (len < 1 || len > 253)
+        return 0;
+    int literal = 1;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = p[a + i];
+        if (!is_host_char(c))
+            return 0;
+        if (!((c >= '0' && c <= '9') || c == '.'))
+            literal = 0;
+        out[i] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+    }
+    return literal ? 0 : len;
+}
+
+/* int.from_bytes(p[i:i + 2], "big") where the slice may run past the end (shorter, or empty: 0) */
+static Py_ssize_t be16_part(const unsigned char *p, Py_ssize_t n, Py_ssize_t i) {
+    if (i >= n)
+        return 0;
+    if (i == n - 1)
+        return p[i];
+    return ((Py_ssize_t)p[i] << 8) | p[i + 1];
+}
+
+static Py_ssize_t tls_server_name(const unsigned char *p, Py_ssize_t n, char *out) {
+    if (n < 48 || p[0] != 0x16)
+        return 0;
+    Py_ssize_t i;
+    int dtls;
+    if (p[1] == 0x03) {
+        if (p[5] != 0x01)
+            return 0;
+        i = 9 + 2 + 32;
+        dtls = 0;
+    } else if (p[1] == 0xFE) {
+        if (n < 60 || p[13] != 0x01)
+            return 0;
+        i = 25 + 2 + 32;
+        dtls = 1;
+    } else
+        return 0;
+    if (i >= n) return 0;
+    i += 1 + p[i]; /* session id */
+    if (dtls) {
+        if (i >= n) return 0;
+        i += 1 + p[i]; /* cookie */
+    }
+    i += 2 + be16_part(p, n, i); /* cipher suites */
+    if (i >= n) return 0;
+    i += 1 + p[i]; /* compression methods */
+    Py_ssize_t end = i + 2 + be16_part(p, n, i);
+    if (end > n)
+        end = n;
+    i += 2;
+    while (i + 4 <= end) {
+        Py_ssize_t etype = ((Py_ssize_t)p[i] << 8) | p[i + 1], elen = ((Py_ssize_t)p[i + 2] << 8) | p[i + 3];
+        if (etype == 0) { /* server_name: list length(2), name type(1), name length(2), name */
+            Py_ssize_t j = i + 4 + 2;
+            if (j + 3 <= n && p[j] == 0) {
+                Py_ssize_t ln = ((Py_ssize_t)p[j + 1] << 8) | p[j + 2];
+                if (j + 3 + ln <= n)
+                    return clean_name(p + j + 3, ln, out);
+            }
+            return 0;
+        }
+        i += 4 + elen;
+    }
+    return 0;
+}
+
+static const char *HTTP_METHODS[] = {"GET ", "POST ", "HEAD ", "PUT ", "OPTIONS ", "CONNECT ", "DELETE ", "PATCH ",
+                                     "NOTIFY ", "M-SEARCH ", "SUBSCRIBE ", NULL};
+
+static Py_ssize_t http_host(const unsigned char *p, Py_ssize_t n, char *out) {
+    int method = 0;
+    for (int k = 0; HTTP_METHODS[k] && !method; k++) {
+        size_t len = strlen(HTTP_METHODS[k]);
+        method = (size_t)n >= len && memcmp(p, HTTP_METHODS[k], len) == 0;
+    }
+    if (!method)
+        return 0;
+    /* re.search(rb"\r\nhost:[ \t]*([^\r\n:]{1,253})", p, 0, 2048), ignoring case */
+    Py_ssize_t w = n < 2048 ? n : 2048;
+    for (Py_ssize_t k = 0; k + 7 <= w; k++) {
+        if (p[k] != '\r' || p[k + 1] != '\n' || (p[k + 2] | 32) != 'h' || (p[k + 3] | 32) != 'o' ||
+            (p[k + 4] | 32) != 's' || (p[k + 5] | 32) != 't' || p[k + 6] != ':')
+            continue;
+        Py_ssize_t j = k + 7, t = j;
+        while (t < w && (p[t] == ' ' || p[t] == '\t'))
+            t++;
+        if (t < w && p[t] != '\r' && p[t] != '\n' && p[t] != ':') {
+            Py_ssize_t e = t;
+            while (e < w && e - t < 253 && p[e] != '\r' && p[e] != '\n' && p[e] != ':')
+                e++;
+            return clean_name(p + t, e - t, out);
+        }
+        if (t > j) /* the regex backtracks: the group is the last blank, which cleans to nothing */
+            return 0;
+        /* no match at this position: the search goes on */
+    }
+    return 0;
+}
+
+static Py_ssize_t dns_question(const unsigned char *p, Py_ssize_t n, char *out) {
+    if (n < 17)
+        return 0;
+    if (((p[2] >> 3) & 0x0F) != 0 || (((Py_ssize_t)p[4] << 8) | p[5]) < 1) /* opcode QUERY, 1+ question */
+        return 0;
+    unsigned char name[2048];
+    Py_ssize_t len = 0, i = 12, first_at = 0, first_len = -1;
+    while (1) {
+        if (i >= n)
+            return 0;
+        Py_ssize_t ln = p[i];
+        if (ln == 0)
+            break;
+        if (ln > 63 || i + 1 + ln > n)
+            return 0;
+        if (first_len >= 0)
+            name[len++] = '.';
+        else
+            first_len = ln;
+        memcpy(name + len, p + i + 1, (size_t)ln);
+        len += ln;
+        i += 1 + ln;
+    }
+    if (first_len < 0 || i + 5 > n)
+        return 0;
+    Py_ssize_t qclass = (((Py_ssize_t)p[i + 3] << 8) | p[i + 4]) & 0x7FFF; /* top bit: mDNS unicast response */
+    if (qclass != 1 && qclass != 255)
+        return 0;
+    if (first_len == 32) { /* NetBIOS first-level encoding: 32 letters A-P, two per byte */
+        int netbios = 1;
+        for (int k = 0; k < 32 && netbios; k++) {
+            unsigned char c = name[first_at + k];
+            netbios = (c >= 'A' && c <= 'P') || (c >= 'a' && c <= 'p');
+        }
+        if (netbios) {
+            unsigned char raw[16];
+            for (int k = 0; k < 16; k++) {
+                unsigned char a = name[2 * k], b = name[2 * k + 1];
+                a = (a >= 'a') ? a - 32 : a;
+                b = (b >= 'a') ? b - 32 : b;
+                raw[k] = (unsigned char)(((a - 65) << 4) | (b - 65));
+            }
+            Py_ssize_t rl = 15; /* suffix byte dropped, then padding */
+            while (rl > 0 && (raw[rl - 1] == ' ' || raw[rl - 1] == 0))
+                rl--;
+            memmove(name + rl, name + 32, (size_t)(len - 32));
+            memcpy(name, raw, (size_t)rl);
+            len = len - 32 + rl;
+        }
+    }
+    return clean_name(name, len, out);
+}
+
+/* server_names(buf, start, end, proto) -> [(k, name), ...]
+ *
+ * names.server_name(bytes(buf[start[k]:min(end[k], start[k] + 2048)]), proto[k]) for every k (start, end: int64;
+ * proto: uint8), listing only the packets that announce a name.
+ */
+static PyObject *server_names(PyObject *self, PyObject *args) {
+    PyObject *objs[4];
+    if (!PyArg_ParseTuple(args, "OOOO", &objs[0], &objs[1], &objs[2], &objs[3]))
+        return NULL;
+    static const char *names[4] = {"buf", "start", "end", "proto"};
+    Py_buffer v[4];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 4; got++)
+        if (get_buffer(objs[got], &v[got], 0, -1, names[got]) < 0)
+            goto done;
+    Py_ssize_t m = v[1].len / 8;
+    if (v[2].len != m * 8 || v[3].len != m) {
+        PyErr_SetString(PyExc_ValueError, "server_names: arrays of inconsistent lengths");
+        goto done;
+    }
+    const unsigned char *buf = v[0].buf;
+    const int64_t *start = v[1].buf, *end = v[2].buf;
+    const uint8_t *proto = v[3].buf;
+    result = PyList_New(0);
+    if (result == NULL)
+        goto done;
+    char out[256];
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t a = start[k], e = end[k];
+        if (e > a + 2048)
+            e = a + 2048;
+        if (a < 0 || e > (int64_t)v[0].len || e <= a)
+            continue;
+        const unsigned char *p = buf + a;
+        Py_ssize_t n = (Py_ssize_t)(e - a), len = 0;
+        if (proto[k] == 6)
+            len = p[0] == 0x16 ? tls_server_name(p, n, out) : http_host(p, n, out);
+        else if (proto[k] == 17) {
+            if (p[0] == 0x16)
+                len = tls_server_name(p, n, out);
+            else {
+                len = dns_question(p, n, out);
+                if (!len)
+                    len = http_host(p, n, out);
+            }
+        }
+        if (len) {
+            PyObject *item = Py_BuildValue("(ns#)", k, out, len);
+            if (item == NULL || PyList_Append(result, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(result);
+                goto done;
+            }
+            Py_DECREF(item);
+        }
+    }
+done:
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"record_offsets", record_offsets, METH_VARARGS,
      "record_offsets(buffer, n, big_endian) -> (int64 offsets as bytes, stop offset)"},
     {"parse_headers", parse_headers, METH_VARARGS,
      "parse_headers(buf, off, caplen, wirelen, linktype, <16 output arrays>): capture.Headers fields in place"},
+    {"server_names", server_names, METH_VARARGS,
+     "server_names(buf, start, end, proto) -> [(k, name)]: names.server_name of every packet that has one"},
     {"walk_keys", walk_keys, METH_VARARGS,
      "walk_keys(ts, lo, fl, tcp, boundary, a, b, cont, start, last, fin, rst, client_lo, idle, active)"},
     {NULL, NULL, 0, NULL},

@@ -411,8 +411,15 @@ class FlowTracker:
         http = np.isin(word, names.HTTP_PREFIX_WORDS)  # a request method
         dns = (proto[idx] == 17) & (((b[2] >> 3) & 0x0F) == 0) & (b[4] == 0) & (b[5] >= 1)  # QUERY, 1+ question
         cand = idx[tls | http | dns]
-        view = memoryview(buf)  # slices of it are cheaper than numpy slices turned into bytes
         found = self.names
+        if capture._capture_c is not None and self.compiled:  # every candidate parsed; the first name counts
+            fids = fid[cand].tolist()
+            as_c = np.ascontiguousarray
+            for k, name in capture._capture_c.server_names(buf, as_c(start[cand], np.int64), as_c(end[cand], np.int64),
+                                                           as_c(proto[cand], np.uint8)):
+                found.setdefault(fids[k], name)
+            return
+        view = memoryview(buf)  # slices of it are cheaper than numpy slices turned into bytes
         for f, a, e, pr in zip(fid[cand].tolist(), start[cand].tolist(), end[cand].tolist(), proto[cand].tolist()):
             if f in found:
                 continue

@@ -7,6 +7,8 @@ profit from a name across captures when the same service appears in both. They a
 
 Each parser takes the transport payload of one packet (possibly truncated by the capture's snap length) and
 returns the name in lower case, or "" when the packet is not of that kind or the name is not complete.
+``_capture_c.server_names`` (compiled, used by the flow tracker where it was built) follows these step for step;
+tests/test_names.py checks both on every packet of the captures in ../shared and on mutated payloads.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ HTTP_PREFIX_WORDS = sorted(set(int.from_bytes(m[:4], "big") for m in _HTTP_METHO
 
 def _clean(name: bytes) -> str:
     name = name.strip().rstrip(b".")
-    if not _HOST_CHARS.match(name) or _IPV4_LITERAL.match(name):
+    if not _HOST_CHARS.fullmatch(name) or _IPV4_LITERAL.fullmatch(name):  # fullmatch: no trailing newline either
         return ""
     return name.decode("ascii").lower()
 
