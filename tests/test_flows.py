@@ -343,10 +343,11 @@ def test_a_timestamp_jump_does_not_make_flows_depend_on_chunk_size(ndpi_dir, tmp
         np.testing.assert_array_equal(whole.meta[k], small.meta[k], err_msg=k)
 
 
-def test_compiled_walk_equals_python_walk(ndpi_dir):
-    """The keys the numpy tracker settles packet by packet (a SYN after a FIN/RST, flows past the active timeout)
-    give the same flows with the compiled walk as with the Python one: the whole corpus in small chunks, with
-    timeouts short enough that most long flows are cut (so the walk runs thousands of times)."""
+def test_compiled_tracker_equals_python_tracker(ndpi_dir):
+    """FlowTracker's compiled steps (keys and their groups, the packet-by-packet walk of keys numpy cannot settle
+    -- a SYN after a FIN/RST, flows past the active timeout --, server names) give exactly the flows of the
+    Python/numpy reference (compiled=False): the whole corpus in small chunks, with timeouts short enough that
+    long flows are cut (so the walk runs thousands of times)."""
     if capture._capture_c is None:
         pytest.skip("the compiled helpers were not built (tests/test_capture.py says whether they should be)")
     short = dict(idle_timeout=5.0, active_timeout=10.0)

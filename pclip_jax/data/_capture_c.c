@@ -274,6 +274,126 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
+/* Flow keys and their groups (flows.build_keys + flows._group_keys) */
+
+#define KEY_WIDTH 40 /* flows.KEY_WIDTH: proto(1) vlan(2) lo_addr(16) lo_port(2) hi_addr(16) hi_port(2) ipver(1) */
+
+static uint64_t key_hash(const uint8_t *k) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL, w;
+    for (int i = 0; i < KEY_WIDTH; i += 8) {
+        memcpy(&w, k + i, 8);
+        h ^= w;
+        h *= 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    return h;
+}
+
+/* flow_keys(sel, src, dst, sport, dport, proto, vlan, ipver, keys, src_lo, inv, order) -> first_of (int64 bytes)
+ *
+ * For the packets sel (int64 indices into the capture.Headers arrays src/dst (uint8 [n, 16]), sport/dport/vlan
+ * (int64), proto/ipver (uint8)): the canonical bidirectional key of each (keys, uint8 [m, 40], written) and
+ * whether its sender is the key's low side (src_lo, bool [m]), exactly as flows.build_keys; then the distinct keys
+ * numbered in order of first appearance: inv (int64 [m], each packet's group), order (int64 [m], packets grouped
+ * by key, in their order within a key) and, returned, each group's first packet. flows._group_keys numbers groups
+ * in another order; the flow table does not depend on it (flow ids follow first packets).
+ */
+static PyObject *flow_keys(PyObject *self, PyObject *args) {
+    enum { NB = 12 };
+    static const char *names[NB] = {"sel", "src", "dst", "sport", "dport", "proto", "vlan", "ipver", "keys",
+                                    "src_lo", "inv", "order"};
+    PyObject *objs[NB];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5],
+                          &objs[6], &objs[7], &objs[8], &objs[9], &objs[10], &objs[11]))
+        return NULL;
+    Py_buffer v[NB];
+    int got = 0;
+    PyObject *result = NULL;
+    int64_t *first = NULL, *table = NULL, *count = NULL;
+    for (; got < NB; got++)
+        if (get_buffer(objs[got], &v[got], got >= 8, -1, names[got]) < 0)
+            goto done;
+    Py_ssize_t m = v[0].len / 8, n = v[3].len / 8;
+    if (v[1].len != 16 * n || v[2].len != 16 * n || v[4].len != 8 * n || v[5].len != n || v[6].len != 8 * n ||
+        v[7].len != n || v[8].len != KEY_WIDTH * m || v[9].len != m || v[10].len != 8 * m || v[11].len != 8 * m) {
+        PyErr_SetString(PyExc_ValueError, "flow_keys: arrays of inconsistent lengths");
+        goto done;
+    }
+    const int64_t *sel = v[0].buf, *sport = v[3].buf, *dport = v[4].buf, *vlan = v[6].buf;
+    const uint8_t *src = v[1].buf, *dst = v[2].buf, *proto = v[5].buf, *ipver = v[7].buf;
+    uint8_t *keys = v[8].buf, *src_lo = v[9].buf;
+    int64_t *inv = v[10].buf, *order = v[11].buf;
+    for (Py_ssize_t r = 0; r < m; r++)
+        if (sel[r] < 0 || sel[r] >= n) {
+            PyErr_SetString(PyExc_ValueError, "flow_keys: packet index outside the arrays");
+            goto done;
+        }
+    Py_ssize_t size = 16;
+    while (size < 2 * m)
+        size *= 2;
+    first = PyMem_Malloc((size_t)(m > 0 ? m : 1) * sizeof(int64_t));
+    table = PyMem_Malloc((size_t)size * sizeof(int64_t));
+    count = PyMem_Calloc((size_t)(m > 0 ? m : 1) + 1, sizeof(int64_t));
+    if (first == NULL || table == NULL || count == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t groups = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < size; i++)
+        table[i] = -1;
+    for (Py_ssize_t r = 0; r < m; r++) {
+        int64_t i = sel[r];
+        const uint8_t *s = src + 16 * i, *d = dst + 16 * i;
+        int c = memcmp(s, d, 16);
+        int lo_is_src = c == 0 ? sport[i] <= dport[i] : c < 0;
+        const uint8_t *lo_a = lo_is_src ? s : d, *hi_a = lo_is_src ? d : s;
+        int64_t lo_p = lo_is_src ? sport[i] : dport[i], hi_p = lo_is_src ? dport[i] : sport[i];
+        uint8_t *k = keys + (Py_ssize_t)KEY_WIDTH * r;
+        k[0] = proto[i];
+        k[1] = (uint8_t)(vlan[i] >> 8);
+        k[2] = (uint8_t)(vlan[i] & 0xFF);
+        memcpy(k + 3, lo_a, 16);
+        k[19] = (uint8_t)(lo_p >> 8);
+        k[20] = (uint8_t)(lo_p & 0xFF);
+        memcpy(k + 21, hi_a, 16);
+        k[37] = (uint8_t)(hi_p >> 8);
+        k[38] = (uint8_t)(hi_p & 0xFF);
+        k[39] = ipver[i];
+        src_lo[r] = (uint8_t)lo_is_src;
+        Py_ssize_t slot = (Py_ssize_t)(key_hash(k) & (uint64_t)(size - 1));
+        while (1) {
+            int64_t g = table[slot];
+            if (g < 0) {
+                table[slot] = groups;
+                first[groups] = r;
+                inv[r] = groups++;
+                break;
+            }
+            if (memcmp(keys + (Py_ssize_t)KEY_WIDTH * first[g], k, KEY_WIDTH) == 0) {
+                inv[r] = g;
+                break;
+            }
+            slot = (slot + 1) & (size - 1);
+        }
+        count[inv[r] + 1]++;
+    }
+    for (Py_ssize_t g = 0; g < groups; g++) /* counting sort by group: stable */
+        count[g + 1] += count[g];
+    for (Py_ssize_t r = 0; r < m; r++)
+        order[count[inv[r]]++] = r;
+    Py_END_ALLOW_THREADS
+    result = PyBytes_FromStringAndSize((const char *)first, groups * (Py_ssize_t)sizeof(int64_t));
+done:
+    PyMem_Free(first);
+    PyMem_Free(table);
+    PyMem_Free(count);
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
 /* Flow boundaries of the keys flows.FlowTracker cannot settle with numpy (FlowTracker._walk, step for step) */
 
 /* walk_keys(ts, lo, fl, tcp, boundary, a, b, cont, start, last, fin, rst, client_lo, idle, active)
@@ -601,6 +721,8 @@ static PyMethodDef methods[] = {
      "parse_headers(buf, off, caplen, wirelen, linktype, <16 output arrays>): capture.Headers fields in place"},
     {"server_names", server_names, METH_VARARGS,
      "server_names(buf, start, end, proto) -> [(k, name)]: names.server_name of every packet that has one"},
+    {"flow_keys", flow_keys, METH_VARARGS,
+     "flow_keys(sel, src, dst, sport, dport, proto, vlan, ipver, keys, src_lo, inv, order) -> first_of"},
     {"walk_keys", walk_keys, METH_VARARGS,
      "walk_keys(ts, lo, fl, tcp, boundary, a, b, cont, start, last, fin, rst, client_lo, idle, active)"},
     {NULL, NULL, 0, NULL},

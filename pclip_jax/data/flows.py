@@ -209,9 +209,7 @@ class FlowTracker:
         if not len(sel):
             return
         s, K = self.s, self.K
-        keys, src_lo = build_keys(h, sel)
-        first_of, inv = _group_keys(keys)
-        order = np.argsort(inv, kind="stable")  # grouped by key, time order kept inside a key
+        keys, src_lo, first_of, inv, order = self._keys(h, sel)
         m, u = len(order), len(first_of)
         pidx = sel[order]  # packet index in the batch, sorted order
         ts = batch.ts[pidx]
@@ -396,6 +394,23 @@ class FlowTracker:
 
         self._release(np.concatenate([replaced, closed]).astype(np.int64))
         self.now = max(self.now, int(g_last.max()))
+
+    def _keys(self, h: capture.Headers, sel: np.ndarray):
+        """Keys of the packets ``sel`` and their groups: (keys, src_lo, first row of each distinct key, group of
+        each row, rows grouped by key with time order kept inside a key); compiled where the extension was built
+        (groups numbered in another order, which the flow table does not depend on)."""
+        if capture._capture_c is None or not self.compiled:
+            keys, src_lo = build_keys(h, sel)
+            first_of, inv = _group_keys(keys)
+            return keys, src_lo, first_of, inv, np.argsort(inv, kind="stable")
+        m = len(sel)
+        keys, src_lo = np.empty((m, KEY_WIDTH), np.uint8), np.empty(m, bool)
+        inv, order = np.empty(m, np.int64), np.empty(m, np.int64)
+        as_c = np.ascontiguousarray
+        first_of = capture._capture_c.flow_keys(as_c(sel, np.int64), as_c(h.src), as_c(h.dst), as_c(h.sport, np.int64),
+                                                as_c(h.dport, np.int64), as_c(h.proto), as_c(h.vlan, np.int64),
+                                                as_c(h.ipver), keys, src_lo, inv, order)
+        return keys, src_lo, np.frombuffer(first_of, np.int64), inv, order
 
     def _find_names(self, buf, fid, k, proto, client, start, end) -> None:
         """Record the server name of flows still without one, from the client's payloads among the first
