@@ -274,6 +274,184 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
+/* Packet rows: tensors.extract_rows, then tensors.mask_rows, mask_session_ids and scrub_addresses, row by row */
+
+static void zero_at(uint8_t *row, Py_ssize_t w, int64_t col) {
+    if (col >= 0 && col < w)
+        row[col] = 0;
+}
+
+static void zero_span(uint8_t *row, Py_ssize_t w, int64_t start, int64_t len) {
+    for (int64_t j = 0; j < len; j++)
+        zero_at(row, w, start + j);
+}
+
+static void put32(uint8_t *row, Py_ssize_t w, int64_t col, int64_t val) {
+    if (col + 4 > w)
+        return;
+    for (int k = 0; k < 4; k++)
+        row[col + k] = (uint8_t)((val >> (24 - 8 * k)) & 0xFF);
+}
+
+static void mask_row(uint8_t *row, Py_ssize_t w, int ipver, int proto, int64_t l4, int64_t seq, int64_t ack) {
+    static const int v4_zero[] = {4, 5, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
+    static const int tcp_zero[] = {0, 1, 2, 3, 16, 17}, udp_zero[] = {0, 1, 2, 3, 6, 7};
+    static const int sctp_zero[] = {0, 1, 2, 3, 8, 9, 10, 11}, icmp_zero[] = {2, 3};
+    if (ipver == 4) { /* IP ID, TTL, header checksum, addresses */
+        for (size_t k = 0; k < sizeof v4_zero / sizeof *v4_zero; k++)
+            zero_at(row, w, v4_zero[k]);
+    } else { /* flow label, hop limit, addresses */
+        zero_at(row, w, 2);
+        zero_at(row, w, 3);
+        zero_at(row, w, 7);
+        zero_span(row, w, 8, 32);
+        if (w > 1)
+            row[1] &= 0xF0;
+    }
+    if (l4 < 0)
+        return;
+    const int *cols = NULL;
+    size_t ncols = 0;
+    if (proto == 6)
+        cols = tcp_zero, ncols = 6;
+    else if (proto == 17 || proto == 136)
+        cols = udp_zero, ncols = 6;
+    else if (proto == 132)
+        cols = sctp_zero, ncols = 8;
+    else if (proto == 1 || proto == 58)
+        cols = icmp_zero, ncols = 2;
+    for (size_t k = 0; k < ncols; k++)
+        zero_at(row, w, l4 + cols[k]);
+    if (proto == 6) {
+        put32(row, w, l4 + 4, seq);
+        put32(row, w, l4 + 8, ack);
+    }
+}
+
+static void mask_session_row(uint8_t *row, Py_ssize_t w, int proto, int64_t l4) {
+    if (proto == 6 && l4 >= 0 && l4 + 13 <= w) {
+        int64_t hlen = (row[l4 + 12] >> 4) * 4, pos = l4 + 20, end = l4 + hlen < w ? l4 + hlen : w;
+        int live = pos < end;
+        for (int it = 0; it < 40 && live; it++) { /* TCP options: zero timestamp values */
+            int64_t p = pos;
+            int kind = row[p];
+            int64_t ln = p + 1 < w ? row[p + 1] : 0;
+            if (kind == 8 && ln == 10)
+                zero_span(row, w, p + 2, 8);
+            int nop = kind == 1;
+            pos = p + (nop ? 1 : (ln > 2 ? ln : 2));
+            live = kind != 0 && (nop || ln >= 2) && pos < end;
+        }
+        int64_t pay = l4 + hlen; /* TLS ClientHello/ServerHello: random and session id */
+        if (pay + 44 <= w && hlen >= 20 && row[pay] == 0x16 && row[pay + 1] == 0x03 &&
+            (row[pay + 5] == 1 || row[pay + 5] == 2)) {
+            zero_span(row, w, pay + 11, 32);
+            zero_span(row, w, pay + 44, row[pay + 43] < 32 ? row[pay + 43] : 32);
+        }
+    }
+    if (proto == 17 && l4 >= 0 && l4 + 8 + 6 <= w) { /* QUIC long header: connection ids */
+        int64_t p = l4 + 8, dlen = row[p + 5];
+        int quic = (row[p] & 0xC0) == 0xC0 && (row[p + 1] | row[p + 2] | row[p + 3] | row[p + 4]) > 0 && dlen <= 20;
+        if (quic) {
+            zero_span(row, w, p + 6, dlen);
+            int64_t at = p + 6 + dlen, slen = at < w ? row[at] : 0;
+            if (at < w && slen <= 20)
+                zero_span(row, w, at + 1, slen);
+        }
+    }
+}
+
+/* hits: room for w + 4 offsets (at most one per byte of the row, plus alignment) */
+static void scrub_row(uint8_t *row, Py_ssize_t w, int ipver, const uint8_t *src, const uint8_t *dst, int64_t *hits) {
+    const uint8_t *addrs[2] = {src, dst};
+    for (int a_i = 0; a_i < 2; a_i++) {
+        const uint8_t *addr = addrs[a_i];
+        int zeros = addr[0] == 0 && addr[1] == 0 && addr[2] == 0 && addr[3] == 0;
+        int ones = addr[0] == 255 && addr[1] == 255 && addr[2] == 255 && addr[3] == 255;
+        if (zeros || ones) /* 0.0.0.0 and 255.255.255.255 identify nothing */
+            continue;
+        int nh = 0;
+        for (int a = 20; a < 24; a++) { /* every alignment, found before any is zeroed */
+            int64_t q = (w - a) / 4;
+            for (int64_t c = 0; c < q; c++)
+                if (memcmp(row + a + 4 * c, addr, 4) == 0)
+                    hits[nh++] = a + 4 * c;
+        }
+        for (int k = 0; k < nh; k++) {
+            int64_t c = hits[k];
+            if (ipver == 4)
+                zero_span(row, w, c, 4);
+            else if (c + 16 <= w && memcmp(row + c, addr, 16) == 0)
+                memset(row + c, 0, 16);
+        }
+    }
+}
+
+/* packet_rows(buf, start, end, rows, mask, ipver, proto, l4, seq, ack, src, dst)
+ *
+ * rows (uint8 [n, width], written): the first width bytes of buf[start:end] per packet (int64), zero-padded;
+ * with mask, the shortcut fields zeroed as tensors.mask_rows, mask_session_ids and scrub_addresses do, in that
+ * order (ipver/proto uint8, l4/seq/ack int64, src/dst uint8 [n, 16]).
+ */
+static PyObject *packet_rows(PyObject *self, PyObject *args) {
+    enum { NB = 11 };
+    static const char *names[NB] = {"buf", "start", "end", "rows", "ipver", "proto", "l4", "seq", "ack", "src", "dst"};
+    PyObject *objs[NB];
+    int mask;
+    if (!PyArg_ParseTuple(args, "OOOOpOOOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &mask, &objs[4], &objs[5],
+                          &objs[6], &objs[7], &objs[8], &objs[9], &objs[10]))
+        return NULL;
+    Py_buffer v[NB];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < NB; got++)
+        if (get_buffer(objs[got], &v[got], got == 3, -1, names[got]) < 0)
+            goto done;
+    Py_ssize_t n = v[1].len / 8;
+    if (v[2].len != 8 * n || (n && v[3].len % n) || (mask && (v[4].len != n || v[5].len != n || v[6].len != 8 * n ||
+        v[7].len != 8 * n || v[8].len != 8 * n || v[9].len != 16 * n || v[10].len != 16 * n))) {
+        PyErr_SetString(PyExc_ValueError, "packet_rows: arrays of inconsistent lengths");
+        goto done;
+    }
+    Py_ssize_t w = n ? v[3].len / n : 0;
+    const uint8_t *buf = v[0].buf;
+    int64_t blen = (int64_t)v[0].len;
+    const int64_t *start = v[1].buf, *end = v[2].buf, *l4 = v[6].buf, *seq = v[7].buf, *ack = v[8].buf;
+    const uint8_t *ipver = v[4].buf, *proto = v[5].buf, *src = v[9].buf, *dst = v[10].buf;
+    uint8_t *rows = v[3].buf;
+    int64_t *hits = PyMem_Malloc((size_t)(w + 4) * sizeof(int64_t));
+    if (hits == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *row = rows + w * i;
+        int64_t a = start[i], e = end[i] < blen ? end[i] : blen, len = e - a;
+        if (a < 0 || len < 0)
+            len = 0;
+        if (len > w)
+            len = w;
+        if (len)
+            memcpy(row, buf + a, (size_t)len);
+        memset(row + len, 0, (size_t)(w - len));
+        if (mask) {
+            mask_row(row, w, ipver[i], proto[i], l4[i], seq[i], ack[i]);
+            mask_session_row(row, w, proto[i], l4[i]);
+            scrub_row(row, w, ipver[i], src + 16 * i, dst + 16 * i, hits);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(hits);
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
 /* Flow keys and their groups (flows.build_keys + flows._group_keys) */
 
 #define KEY_WIDTH 40 /* flows.KEY_WIDTH: proto(1) vlan(2) lo_addr(16) lo_port(2) hi_addr(16) hi_port(2) ipver(1) */
@@ -721,6 +899,8 @@ static PyMethodDef methods[] = {
      "parse_headers(buf, off, caplen, wirelen, linktype, <16 output arrays>): capture.Headers fields in place"},
     {"server_names", server_names, METH_VARARGS,
      "server_names(buf, start, end, proto) -> [(k, name)]: names.server_name of every packet that has one"},
+    {"packet_rows", packet_rows, METH_VARARGS,
+     "packet_rows(buf, start, end, rows, mask, ipver, proto, l4, seq, ack, src, dst): rows extracted and masked"},
     {"flow_keys", flow_keys, METH_VARARGS,
      "flow_keys(sel, src, dst, sport, dport, proto, vlan, ipver, keys, src_lo, inv, order) -> first_of"},
     {"walk_keys", walk_keys, METH_VARARGS,

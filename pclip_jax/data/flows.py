@@ -373,7 +373,7 @@ class FlowTracker:
             r = np.nonzero(pkt_idx < K)[0]
         if len(r):
             rs, ri, rd = p_slot[r], row_idx[r], dirn[r]
-            rows = tensors.extract_rows(batch.buf, ip_off[r], ip_end[r], self.B)
+            rel_seq = rel_ack = None
             if self.mask:
                 tok = tcp_ok[r]
                 base = batch.buf
@@ -384,9 +384,7 @@ class FlowTracker:
                 peer_first = s["first_idx"][rs, 1 - rd]
                 ack_ok = tok & (fl[r] & 0x10 > 0) & (peer_first >= 0) & (peer_first < pkt_idx[r])
                 rel_ack = np.where(ack_ok, (ack - s["base_seq"][rs, 1 - rd]) & 0xFFFFFFFF, 0)
-                tensors.mask_rows(rows, h.ipver[pidx[r]], proto[r], l4[r], rel_seq, rel_ack)
-                tensors.mask_session_ids(rows, proto[r], l4[r])
-                tensors.scrub_addresses(rows, h.src[pidx[r]], h.dst[pidx[r]], h.ipver[pidx[r]])
+            rows = self._packet_rows(batch.buf, ip_off[r], ip_end[r], h, pidx[r], proto[r], l4[r], rel_seq, rel_ack)
             self._find_names(batch.buf, s["fid"][rs], ri, proto[r], rd == 0, ip_off[r] + size[r] - pay[r], ip_end[r])
             sz = np.minimum(size[r], np.iinfo(np.int32).max)
             self._write_rows(s["fid"][rs], ri, {"bytes": rows, "sizes": np.where(rd == 0, sz, -sz),
@@ -394,6 +392,27 @@ class FlowTracker:
 
         self._release(np.concatenate([replaced, closed]).astype(np.int64))
         self.now = max(self.now, int(g_last.max()))
+
+    def _packet_rows(self, buf, start, end, h: capture.Headers, pk, proto, l4, rel_seq, rel_ack) -> np.ndarray:
+        """Byte rows of packets ``pk`` (indices into ``h``), masked (docs/masking.md) unless masking is off:
+        tensors.extract_rows, mask_rows, mask_session_ids, scrub_addresses; compiled where the extension was built."""
+        if capture._capture_c is None or not self.compiled:
+            rows = tensors.extract_rows(buf, start, end, self.B)
+            if self.mask:
+                tensors.mask_rows(rows, h.ipver[pk], proto, l4, rel_seq, rel_ack)
+                tensors.mask_session_ids(rows, proto, l4)
+                tensors.scrub_addresses(rows, h.src[pk], h.dst[pk], h.ipver[pk])
+            return rows
+        rows = np.empty((len(start), self.B), np.uint8)
+        as_c, i64 = np.ascontiguousarray, np.int64
+        if self.mask:
+            masking = (as_c(h.ipver[pk], np.uint8), as_c(proto, np.uint8), as_c(l4, i64), as_c(rel_seq, i64),
+                       as_c(rel_ack, i64), as_c(h.src[pk]), as_c(h.dst[pk]))
+        else:
+            empty = np.zeros(0, np.uint8)
+            masking = (empty,) * 7
+        capture._capture_c.packet_rows(buf, as_c(start, i64), as_c(end, i64), rows, self.mask, *masking)
+        return rows
 
     def _keys(self, h: capture.Headers, sel: np.ndarray):
         """Keys of the packets ``sel`` and their groups: (keys, src_lo, first row of each distinct key, group of
