@@ -5,6 +5,8 @@
 
 * pclip: the whole CLI run (``python -m pclip_jax.ingest PCAP --out DIR``) in a child process, start-up and
   writing flows.csv/tensors.npz/summary.json included; one process; peak RSS of the (first) child from getrusage.
+* Whether pclip ran its compiled helpers (``pclip_jax/data/_capture_c.c``, built where the install had a C
+  compiler; numpy otherwise, about half the speed) is printed and recorded as ``pclip_compiled``.
 * pclip and nfstream run ``--repeat`` times each (default 3) and the fastest run is reported, as the machine
   may be shared; every run's time is in the JSON. Wall-clock and CPU-time rates are both reported.
 * nfstream: NFStreamer with statistics off and no DPI (n_dissections=0), one meter process, all flows consumed.
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     res: dict = {"capture": args.pcap, "capture_mb": Path(args.pcap).stat().st_size / 1e6,
-                 "load_average_1min": os.getloadavg()[0]}
+                 "load_average_1min": os.getloadavg()[0],
+                 "pclip_compiled": importlib.util.find_spec("pclip_jax.data._capture_c") is not None}
     # Best of --repeat runs for both flow meters (the machine is shared: the minimum is the least disturbed).
     runs = [run_pclip(args.pcap, []) for _ in range(args.repeat)]
     p = min(runs, key=lambda r: r["seconds"])
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
                pclip_pps=npk / p["seconds"], pclip_pps_cpu=npk / p["cpu_seconds"], pclip_peak_rss_mb=p["peak_rss_mb"])
     print(f"pclip    {npk:,} packets in {p['seconds']:.2f} s wall / {p['cpu_seconds']:.2f} s CPU = "
           f"{res['pclip_pps']:,.0f} packets/s wall, {res['pclip_pps_cpu']:,.0f} per CPU second "
-          f"({p['flows']:,} flows, peak RSS {p['peak_rss_mb']:.0f} MB)")
+          f"({p['flows']:,} flows, peak RSS {p['peak_rss_mb']:.0f} MB, compiled helpers: "
+          f"{'yes' if res['pclip_compiled'] else 'no'})")
     if "nfstream" not in args.skip:
         nruns = [run_nfstream(args.pcap) for _ in range(args.repeat)]
         n = min(nruns, key=lambda r: r["seconds"])

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors
 from pclip_jax import text as text_lib
-from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
+from pclip_jax.data.ingest import IngestConfig, IngestError, ingest, keep_freed_memory
 from pclip_jax.kg.explain import ExplainInfo, explanation_text, explanations
 from pclip_jax.name_features import NameEncoder, with_name_features
 from pclip_jax.settings import Settings
@@ -379,6 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: --backend jax needs --workdir W; --backend onnx needs --model DIR (python -m "
               "pclip_jax.export --workdir W --out DIR writes one)", file=sys.stderr)
         return 2
+    keep_freed_memory()  # a process that streams captures (pclip_jax/data/ingest.py)
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
     with errors.cli_errors(args.verbose) as status:
