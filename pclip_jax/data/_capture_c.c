@@ -204,6 +204,11 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t w
     return 0;
 }
 
+static void release_buffers(Py_buffer *v, int got) {
+    for (int j = 0; j < got; j++)
+        PyBuffer_Release(&v[j]);
+}
+
 /* parse_headers(buf, off, caplen, wirelen, linktype, kind, ip_off, ip_end, ipver, ip_size, proto, l4, src, dst,
  *               sport, dport, vlan, flags, payload, l3, etype)
  *
@@ -264,12 +269,10 @@ static PyObject *parse_headers(PyObject *self, PyObject *args) {
             ip_and_l4(b, i, l3, end, wirelen[i] - (l3 - off[i]), &o);
     }
     Py_END_ALLOW_THREADS
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     Py_RETURN_NONE;
 fail:
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     return NULL;
 }
 
@@ -446,8 +449,7 @@ static PyObject *packet_rows(PyObject *self, PyObject *args) {
     Py_INCREF(Py_None);
     result = Py_None;
 done:
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     return result;
 }
 
@@ -566,8 +568,7 @@ done:
     PyMem_Free(first);
     PyMem_Free(table);
     PyMem_Free(count);
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     return result;
 }
 
@@ -645,12 +646,10 @@ static PyObject *walk_keys(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     Py_RETURN_NONE;
 fail:
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     return NULL;
 }
 
@@ -887,8 +886,7 @@ static PyObject *server_names(PyObject *self, PyObject *args) {
         }
     }
 done:
-    for (int j = 0; j < got; j++)
-        PyBuffer_Release(&v[j]);
+    release_buffers(v, got);
     return result;
 }
 
