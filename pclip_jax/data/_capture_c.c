@@ -66,6 +66,51 @@ static PyObject *record_offsets(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NL)", offsets, (long long)pos);
 }
 
+/* epb_run(buffer, pos, n, big_endian, max_len) -> (bytes of int64 offsets, stop)
+ *
+ * pcapng: the run of enhanced packet blocks (type 6) starting at pos that capture._read_pcapng would accept one by
+ * one (length >= 12, a multiple of 4, <= max_len, wholly within n bytes, trailing length equal); stop is the first
+ * block it does not take, which capture.py then handles (other block types, damage, a block the next chunk
+ * completes) with its own checks and messages.
+ */
+static PyObject *epb_run(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos0, n, max_len;
+    int big_endian;
+    if (!PyArg_ParseTuple(args, "y*nnpn", &view, &pos0, &n, &big_endian, &max_len))
+        return NULL;
+    if (n < 0 || n > view.len || pos0 < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "epb_run: positions outside the buffer");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t cap = (n - pos0) / 12 + 1; /* a block is at least 12 bytes */
+    int64_t *out = (int64_t *)PyMem_Malloc((size_t)(cap > 0 ? cap : 1) * sizeof(int64_t));
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    int64_t pos = pos0;
+    Py_BEGIN_ALLOW_THREADS
+    while (pos + 12 <= (int64_t)n && count < cap) {
+        int64_t btype = read_u32(data + pos, big_endian), blen = read_u32(data + pos + 4, big_endian);
+        if (btype != 6 || blen < 12 || blen % 4 || blen > max_len || pos + blen > (int64_t)n ||
+            read_u32(data + pos + blen - 4, big_endian) != blen)
+            break;
+        out[count++] = pos;
+        pos += blen;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *offsets = PyBytes_FromStringAndSize((const char *)out, count * (Py_ssize_t)sizeof(int64_t));
+    PyMem_Free(out);
+    if (offsets == NULL)
+        return NULL;
+    return Py_BuildValue("(NL)", offsets, (long long)pos);
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Headers */
 
@@ -893,6 +938,8 @@ done:
 static PyMethodDef methods[] = {
     {"record_offsets", record_offsets, METH_VARARGS,
      "record_offsets(buffer, n, big_endian) -> (int64 offsets as bytes, stop offset)"},
+    {"epb_run", epb_run, METH_VARARGS,
+     "epb_run(buffer, pos, n, big_endian, max_len) -> (int64 offsets of the enhanced packet blocks from pos, stop)"},
     {"parse_headers", parse_headers, METH_VARARGS,
      "parse_headers(buf, off, caplen, wirelen, linktype, <16 output arrays>): capture.Headers fields in place"},
     {"server_names", server_names, METH_VARARGS,

@@ -163,7 +163,7 @@ def _batch(buf: np.ndarray, pos: np.ndarray, bo: str, ts_mult: int, linktype: in
         linktype=np.full(len(pos), linktype, np.int32), rec_off=pos + base)
 
 
-def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[PacketBatch]:
+def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) -> Iterator[PacketBatch]:
     head = fh.read(24)
     if len(head) < 24:
         errors.append(CaptureError(name, 0, f"truncated pcap file header ({len(head)} of 24 bytes)"))
@@ -202,7 +202,7 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[Packet
     chunk, got, n = fill(0, bufs[1], 0, 0)
     try:
         while True:
-            recs, pos = record_offsets(chunk, n, bo == ">")
+            recs, pos = (record_offsets if compiled else record_offsets_py)(chunk, n, bo == ">")
             err = None
             b = None
             if len(recs):
@@ -265,14 +265,32 @@ def _tsres_ns(opts: bytes, bo: str) -> tuple[int, int, int]:
     return num, den, offset
 
 
-def _read_pcapng(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[PacketBatch]:
+def _read_pcapng(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) -> Iterator[PacketBatch]:
+    if os.fstat(fh.fileno()).st_size <= chunk_bytes:  # one chunk: nothing to overlap
+        yield from _pcapng_chunks(name, errors, lambda: fh.read(chunk_bytes), compiled)
+        return
+    # The next chunk is read on a helper thread while this one is processed (file reads release the GIL).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pclip-read") as pool:
+        ahead = [pool.submit(fh.read, chunk_bytes)]
+
+        def next_data() -> bytes:
+            data = ahead[0].result()
+            if data:
+                ahead[0] = pool.submit(fh.read, chunk_bytes)
+            return data
+
+        yield from _pcapng_chunks(name, errors, next_data, compiled)
+
+
+def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterator[PacketBatch]:
+    """pcapng blocks of the chunks ``next_data()`` returns (b"" at the end of the file) as PacketBatches."""
     bo = "<"
     ifaces: list[tuple[int, int, int, int, int]] = []  # linktype, snaplen, num, den, offset
     warned_iface: set = set()
     base, rest, seen_shb = 0, b"", False
     hdr_of = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
     while True:
-        data = fh.read(chunk_bytes)
+        data = next_data()
         chunk = rest + data
         n = len(chunk)
         pos, err = 0, None
@@ -281,6 +299,11 @@ def _read_pcapng(fh, name: str, chunk_bytes: int, errors: list) -> Iterator[Pack
         flush_now = False
         unpack = hdr_of[bo]
         while pos + 12 <= n:
+            if seen_shb and compiled:  # a run of enhanced packet blocks, compiled
+                offsets, pos = _capture_c.epb_run(chunk, pos, n, bo == ">", MAX_RECORD + 4096)
+                epb.extend(np.frombuffer(offsets, np.int64).tolist())
+                if pos + 12 > n:
+                    break
             btype, blen = unpack(chunk, pos)
             if btype == 0x0A0D0D0A:  # section header: byte order may change
                 bom = chunk[pos + 8:pos + 12]
@@ -384,8 +407,11 @@ def _pcapng_batch(chunk, epb, extra, bo, ifaces, base, name, errors, warned) -> 
 
 
 def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 20,
-                 name: str | None = None) -> Iterator[PacketBatch]:
+                 name: str | None = None, compiled: bool = True) -> Iterator[PacketBatch]:
     """Stream a pcap or pcapng file as PacketBatches of about ``chunk_bytes`` each.
+
+    ``compiled=False`` walks records and blocks with the Python reference loops even where ``_capture_c`` was
+    built (the tests compare the two).
 
     Problems are appended to ``errors`` as CaptureError; reading stops at the first damage and
     everything before it is yielded. Never raises for bad content (only for programming errors).
@@ -406,9 +432,9 @@ def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 
         magic = fh.read(4)
         fh.seek(0)
         if magic in PCAP_MAGICS:
-            yield from _read_pcap(fh, name, chunk_bytes, errors)
+            yield from _read_pcap(fh, name, chunk_bytes, errors, compiled and _capture_c is not None)
         elif magic == PCAPNG_MAGIC:
-            yield from _read_pcapng(fh, name, chunk_bytes, errors)
+            yield from _read_pcapng(fh, name, chunk_bytes, errors, compiled and _capture_c is not None)
         else:
             errors.append(CaptureError(name, 0, f"not a pcap/pcapng capture (magic bytes {magic.hex()})"))
 
