@@ -4,7 +4,8 @@
     python benchmarks/make_bench_capture.py ../shared/data/ndpi/pcap /tmp/bench.pcapng --format pcapng
 
 Only captures whose packets are all Ethernet are used, so the result is a plain Ethernet pcap (µs) that
-every tool (nfstream/libpcap, scapy, this project) reads; or the same packets as a pcapng file. Each capture is placed in its own time window:
+every tool (nfstream/libpcap, scapy, this project) reads; or the same packets as a pcapng file.
+Each capture is placed in its own time window:
 its timestamps are shifted to start after the previous one (plus a gap longer than any idle timeout),
 and gaps longer than 1000 s inside a capture are shortened to 1000 s so that the whole file stays within
 32-bit seconds. The corpus is repeated until the packet target is reached; every repetition has new

@@ -142,3 +142,30 @@ def test_missing_input_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", str(tmp_path / "nope.pcap"), "--out",
                         str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 1 and "nope.pcap: no such file or folder" in r.stderr
+
+
+def test_processes_sharing_a_flow_table_cache_take_turns(ndpi_dir, tmp_path):
+    """Processes that need the same cached flow table at once (a multi-process job on one machine) wait for each
+    other instead of racing to swap in the same directory: while this test holds the cache's lock both wait (and
+    say so), then one builds the table and the other loads it."""
+    import time
+
+    from pclip_jax.data import prepare
+    from pclip_jax.files import exclusive_lock
+
+    inputs, cache_root = [str(ndpi_dir / "pcap")], tmp_path / "cache"
+    code = ("import sys, pathlib; from pclip_jax.data.ingest import IngestConfig; "
+            "from pclip_jax.data.prepare import ingest_cached; "
+            "print(len(ingest_cached([sys.argv[1]], '', IngestConfig(), pathlib.Path(sys.argv[2]), progress=False)))")
+    logs = [tmp_path / f"stderr{i}.txt" for i in range(2)]
+    with exclusive_lock(prepare.cache_lock(prepare.flow_table_cache(inputs, "", IngestConfig(), cache_root))):
+        procs = [subprocess.Popen([sys.executable, "-c", code, inputs[0], str(cache_root)], stdout=subprocess.PIPE,
+                                  stderr=open(log, "w"), text=True) for log in logs]
+        deadline = time.time() + 300
+        while not all("waiting for another process" in log.read_text() for log in logs):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), [x.read_text() for x in logs]
+            time.sleep(0.2)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [x.read_text()[-2000:] for x in logs]
+    assert outs[0] == outs[1] and int(outs[0]) > 5000
+    assert len([d for d in cache_root.iterdir() if d.is_dir()]) == 1

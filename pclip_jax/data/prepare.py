@@ -23,6 +23,7 @@ from pclip_jax.data import taxonomy
 from pclip_jax.data.capture import find_captures
 from pclip_jax.data.download import download_ndpi
 from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
+from pclip_jax.files import exclusive_lock
 from pclip_jax.settings import DataSettings, split_input
 
 
@@ -161,9 +162,26 @@ def _ingest_code_digest() -> str:
     h = hashlib.sha256()
     for mod in (capture, flows, ingest_module, labels_lib, names, tensors):
         h.update(pathlib.Path(mod.__file__).read_bytes())
+    if capture._capture_c is not None:  # the compiled helpers as built (equal output to the above, but a fix there
+        h.update(pathlib.Path(capture._capture_c.__file__).read_bytes())  # must not be hidden by the cache)
     for f in sorted(pathlib.Path(labels_lib.__file__).parent.glob("*.yaml")):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def flow_table_cache(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
+                     cache_root: pathlib.Path) -> pathlib.Path:
+    """Where ``ingest_cached`` keeps the table of these inputs, labels, settings and ingest code."""
+    key = json.dumps({"version": __version__, "code": _ingest_code_digest(),
+                      "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
+                      "files": _fingerprint(inputs, label_spec), "labels": label_spec,
+                      "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
+    return cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])
+
+
+def cache_lock(cache: pathlib.Path) -> pathlib.Path:
+    """The lock file processes hold while they build or read the cached table ``cache``."""
+    return cache.with_name(cache.name + ".lock")
 
 
 def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestConfig,
@@ -171,22 +189,22 @@ def ingest_cached(inputs: Sequence[str], label_spec: str, ingest_config: IngestC
     """Ingests and labels once; later runs with the same inputs and settings load the cached flow table.
 
     The cache is written atomically (`FlowTable.save`); one that cannot be read (damaged on disk, or left by an
-    older version that wrote in place) is rebuilt with a warning that names it."""
-    key = json.dumps({"version": __version__, "code": _ingest_code_digest(),
-                      "inputs": [str(pathlib.Path(i).resolve()) for i in inputs],
-                      "files": _fingerprint(inputs, label_spec), "labels": label_spec,
-                      "ingest": dataclasses.asdict(ingest_config)}, sort_keys=True, default=str)
-    cache = cache_root / ("flows-" + hashlib.sha256(key.encode()).hexdigest()[:12])
-    if cache.exists():
-        try:
-            return FlowTable.load(cache)
-        except (OSError, ValueError) as e:
-            print(f"[data] warning: cached flow table {cache} is unreadable ({str(e).splitlines()[0]}); "
-                  f"rebuilding it", file=sys.stderr)
-    table = ingest(inputs, ingest_config, progress=progress)
-    if label_spec:
-        table = labels_lib.attach_labels(table, label_spec, progress=progress, inputs=inputs)
-    table.save(cache)
+    older version that wrote in place) is rebuilt with a warning that names it. Processes that share the cache (the
+    processes of a multi-process job on one machine) take turns: the first builds the table, the others wait and
+    load it, instead of racing to swap in the same directory."""
+    cache = flow_table_cache(inputs, label_spec, ingest_config, cache_root)
+    waiting = f"[data] waiting for another process to build the flow table {cache}"
+    with exclusive_lock(cache_lock(cache), waiting=waiting):
+        if cache.exists():
+            try:
+                return FlowTable.load(cache)
+            except (OSError, ValueError) as e:
+                print(f"[data] warning: cached flow table {cache} is unreadable ({str(e).splitlines()[0]}); "
+                      f"rebuilding it", file=sys.stderr)
+        table = ingest(inputs, ingest_config, progress=progress)
+        if label_spec:
+            table = labels_lib.attach_labels(table, label_spec, progress=progress, inputs=inputs)
+        table.save(cache)
     return table
 
 
