@@ -20,8 +20,10 @@ packets carry a timestamp far ahead of their neighbours (a clock glitch), which 
 finalised every flow active at the next chunk boundary (tested with tiny chunks and a one-day jump). What stays is the output itself: the first K packet rows of every
 flow (written straight to their place in the final [N, K, B] array) and its statistics.
 
-The per-key state machine above is evaluated with numpy over the whole chunk; only keys that see a second
-SYN or exceed the active timeout within a chunk are walked packet by packet in Python.
+The per-key state machine above is evaluated with numpy over the whole chunk; only keys that see a SYN after a
+FIN or RST, or exceed the active timeout, within a chunk are walked packet by packet. Where the install built
+``_capture_c`` (docs/architecture.md, "Ingest speed"), that walk, the keys and their grouping, the masked rows and
+the server names run compiled; ``FlowTracker(compiled=False)`` keeps the Python/numpy steps they are tested against.
 
 Effect on agreement with nDPI's ndpiReader (which neither times flows out nor ends them on FIN/RST in its
 regression outputs), over the 5,410 flows of ../shared/data/ndpi whose 5-tuple is in the capture: same
@@ -98,7 +100,9 @@ class FlowTracker:
                  active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024,
                  payload_rows: bool = False, compiled: bool = True):
         self.K, self.B, self.mask = packets, nbytes, mask
-        self.compiled = compiled  # False: the Python walk even where the extension was built (its tests' reference)
+        # False: the Python/numpy steps (keys, walk, rows, names) even where _capture_c was built (the tests'
+        # reference; both give the same flows).
+        self.compiled = compiled
         self.payload_rows = payload_rows  # rows from packets that carry transport payload only (no bare ACKs)
         self.idle = int(idle_timeout * 1e9)
         self.active = int(active_timeout * 1e9)
