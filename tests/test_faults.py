@@ -28,7 +28,7 @@ def settings(ndpi_dir, minilm_dir):
 
 
 def _flow_cache(cache: pathlib.Path) -> pathlib.Path:
-    (entry,) = [p for p in cache.iterdir() if p.name.startswith("flows-")]
+    (entry,) = [p for p in cache.iterdir() if p.name.startswith("flows-") and p.is_dir()]  # not its .lock
     return entry
 
 
