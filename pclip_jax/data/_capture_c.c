@@ -24,6 +24,15 @@ static uint32_t read_u32(const unsigned char *p, int big_endian) {
     return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | (uint32_t)p[0];
 }
 
+/* (bytes of out[:count] as int64, stop) for Python; frees out */
+static PyObject *offsets_and_stop(int64_t *out, Py_ssize_t count, int64_t stop) {
+    PyObject *offsets = PyBytes_FromStringAndSize((const char *)out, count * (Py_ssize_t)sizeof(int64_t));
+    PyMem_Free(out);
+    if (offsets == NULL)
+        return NULL;
+    return Py_BuildValue("(NL)", offsets, (long long)stop);
+}
+
 /* record_offsets(buffer, n, big_endian) -> (bytes of int64 offsets, stop)
  *
  * Walks 16-byte pcap record headers from offset 0 of buffer[:n]: a record is taken when all of it lies within n
@@ -59,11 +68,7 @@ static PyObject *record_offsets(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *offsets = PyBytes_FromStringAndSize((const char *)out, count * (Py_ssize_t)sizeof(int64_t));
-    PyMem_Free(out);
-    if (offsets == NULL)
-        return NULL;
-    return Py_BuildValue("(NL)", offsets, (long long)pos);
+    return offsets_and_stop(out, count, pos);
 }
 
 /* epb_run(buffer, pos, n, big_endian, max_len) -> (bytes of int64 offsets, stop)
@@ -104,11 +109,7 @@ static PyObject *epb_run(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *offsets = PyBytes_FromStringAndSize((const char *)out, count * (Py_ssize_t)sizeof(int64_t));
-    PyMem_Free(out);
-    if (offsets == NULL)
-        return NULL;
-    return Py_BuildValue("(NL)", offsets, (long long)pos);
+    return offsets_and_stop(out, count, pos);
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -254,6 +255,14 @@ static void release_buffers(Py_buffer *v, int got) {
         PyBuffer_Release(&v[j]);
 }
 
+/* None on success (ok), NULL with the error set otherwise; the call's buffers are released either way */
+static PyObject *release_and_return(Py_buffer *v, int got, int ok) {
+    release_buffers(v, got);
+    if (!ok)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 /* parse_headers(buf, off, caplen, wirelen, linktype, kind, ip_off, ip_end, ipver, ip_size, proto, l4, src, dst,
  *               sport, dport, vlan, flags, payload, l3, etype)
  *
@@ -314,11 +323,9 @@ static PyObject *parse_headers(PyObject *self, PyObject *args) {
             ip_and_l4(b, i, l3, end, wirelen[i] - (l3 - off[i]), &o);
     }
     Py_END_ALLOW_THREADS
-    release_buffers(v, got);
-    Py_RETURN_NONE;
+    return release_and_return(v, got, 1);
 fail:
-    release_buffers(v, got);
-    return NULL;
+    return release_and_return(v, got, 0);
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -691,11 +698,9 @@ static PyObject *walk_keys(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    release_buffers(v, got);
-    Py_RETURN_NONE;
+    return release_and_return(v, got, 1);
 fail:
-    release_buffers(v, got);
-    return NULL;
+    return release_and_return(v, got, 0);
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
