@@ -178,7 +178,8 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
     incl_of = struct.Struct(bo + "8xI").unpack_from
     base, n_rest = 24, 0
     # Small files get small buffers (allocating and clearing chunk_bytes per file would dominate).
-    chunk_bytes = max(1, min(chunk_bytes, os.fstat(fh.fileno()).st_size))
+    size = os.fstat(fh.fileno()).st_size
+    chunk_bytes = max(1, min(chunk_bytes, size))
     # Two buffers used in turn: a batch's bytes stay valid while the next chunk is read into the other one.
     bufs = [bytearray(), bytearray()]
 
@@ -216,8 +217,9 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
                     b = PacketBatch(buf, *(a[:k] for a in (b.off, b.caplen, b.wirelen, b.ts, b.linktype, b.rec_off)))
             if err is None and n - pos >= 16 and incl_of(chunk, pos)[0] > limit:
                 err = f"corrupt record length {incl_of(chunk, pos)[0]} (limit {limit})"
-            if err is None and got:  # the batch before this one is done with the other buffer: read ahead
-                if pool is None:
+            ahead = None
+            if err is None and got and fh.tell() < size:  # more to come, and the batch before this one is done
+                if pool is None:                            # with the other buffer: read ahead into it
                     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pclip-read")
                 ahead = pool.submit(fill, 1 - turn, chunk, pos, n - pos)
             if b is not None and len(b):
@@ -231,9 +233,10 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
                     errors.append(CaptureError(
                         name, base + pos, f"truncated record: needs {need} bytes, file ends after {n - pos}"))
                 return
+            following = ahead.result() if ahead is not None else fill(1 - turn, chunk, pos, n - pos)
             base += pos
             turn = 1 - turn
-            chunk, got, n = ahead.result()
+            chunk, got, n = following
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
