@@ -1,13 +1,16 @@
 """Classify the flows of any captures with a trained workdir, with explanations read off the model.
 
     python -m pclip_jax.classify --workdir DIR INPUT... [--mission NAME_OR_STATEMENT] [--out preds.jsonl]
-                                 [--strict] [--top K] [--explain-text N] [--workers W] [--quiet]
+                                 [--strict] [--top K] [--explain-text N] [--workers W] [--compile-cache DIR|off]
+                                 [--quiet]
     python -m pclip_jax.classify --backend onnx --model EXPORT_DIR INPUT... [--threads T] [...]
 
 Two backends give the same records (probabilities within 1e-4, tested): `jax` runs a workdir's checkpoints;
 `onnx` runs an export of `python -m pclip_jax.export` with onnxruntime and never imports JAX, Flax or jraph (a
 device with numpy, onnxruntime and `tokenizers` is enough). Start-up is paid once per run; flows go through the
-models in batches of a few hundred.
+models in batches of a few hundred. The JAX backend keeps its compiled programs in the workdir's `cache/xla` (JAX's
+persistent compilation cache; `--compile-cache DIR` elsewhere, `off` not at all), so only the first run on a
+workdir compiles them.
 
 Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
 config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
@@ -245,6 +248,11 @@ class ClassifyRun:
     timings: dict
 
 
+def _compilation_counter():
+    from pclip_jax.compat import CompilationCounter
+    return CompilationCounter()
+
+
 def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str], out: str | pathlib.Path | TextIO,
                       mission: Optional[str] = None,
                       top_k: int = 3, strict: bool = False, workers: int = 1, progress: bool = True,
@@ -279,15 +287,17 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     t_ingest = time.perf_counter() - t_start
     if not table.summary.get("files"):
         print(f"[classify] warning: no capture files found in {list(map(str, inputs))}", file=sys.stderr)
-    engine = jax_engine(workdir, mission) if backend == "jax" else onnx_engine(model, mission, threads)
-    table = with_name_features(table, engine.settings, engine.names)  # once for all chunks
-    timings = {"load": engine.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
-    parts: dict = {}
-    summary = Summary()
-    shown = 0
-    n = len(table)
-    bar = tqdm(total=n, desc="classify", unit="flow", file=sys.stderr, disable=not progress or n == 0)
     with contextlib.ExitStack() as stack:
+        # Programs compiled for this run, and how many came from the persistent cache (the CLI turns it on).
+        compilations = stack.enter_context(_compilation_counter()) if backend == "jax" else None
+        engine = jax_engine(workdir, mission) if backend == "jax" else onnx_engine(model, mission, threads)
+        table = with_name_features(table, engine.settings, engine.names)  # once for all chunks
+        timings = {"load": engine.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
+        parts: dict = {}
+        summary = Summary()
+        shown = 0
+        n = len(table)
+        bar = tqdm(total=n, desc="classify", unit="flow", file=sys.stderr, disable=not progress or n == 0)
         if isinstance(out, (str, pathlib.Path)):
             out = stack.enter_context(open(out, "w"))
         for start in range(0, n, chunk):
@@ -307,6 +317,10 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     bar.close()
     timings.update({f"classify_{k}": v for k, v in parts.items()})
     timings["total"] = time.perf_counter() - t_start
+    if compilations is not None and compilations.directory:
+        timings["compiled_programs"] = compilations.requests
+        timings["programs_from_cache"] = compilations.hits
+        timings["compilation_cache"] = compilations.directory
     return ClassifyRun(summary=summary.as_dict() | {"table": summary.table(), "mission": engine.info.mission,
                                                     "graph": engine.info.graph, "backend": engine.backend},
                        errors=list(table.summary.get("errors", [])), files=int(table.summary.get("files", 0)),
@@ -340,6 +354,9 @@ def format_report(run: ClassifyRun) -> str:
              f"facts {t.get('classify_facts', 0):.2f} s, records {t.get('classify_records', 0):.2f} s]",
              f"end to end: {t['total']:.2f} s, {rate(t['total'])}  [load {t['load']:.2f} s, "
              f"ingest {t['ingest']:.2f} s, write {t['write']:.2f} s]"]
+    if t.get("compiled_programs"):
+        lines.append(f"XLA programs: {t['compiled_programs']}, {t['programs_from_cache']} of them loaded from the "
+                     f"persistent compilation cache ({t['compilation_cache']})")
     for e in run.errors:
         lines.append(f"problem: {e['file']}: byte {e['offset']}: {e['reason']}")
     return "\n".join(lines)
@@ -365,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--explain-text", type=int, default=0, metavar="N",
                     help="print the first N explanations as text")
     ap.add_argument("--workers", type=int, default=1, help="ingest processes")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="--backend jax: keep compiled XLA programs here and reuse them in later runs (default: the "
+                         "workdir's cache/xla; 'off' compiles every run afresh)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     return ap
@@ -383,6 +403,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
     with errors.cli_errors(args.verbose) as status:
+        if args.backend == "jax" and args.compile_cache != "off":
+            from pclip_jax.inference import use_compilation_cache
+            use_compilation_cache(args.workdir, args.compile_cache, tool="classify")
         try:
             run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
                                     mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,

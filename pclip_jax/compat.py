@@ -77,6 +77,74 @@ def shard_local(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
 
 
+# Big enough for every program of a workdir's inference (a few MB) many times over; over it, the least recently used
+# programs are dropped. A size also turns on JAX's file lock, so processes sharing the cache take turns (without it
+# a reader could meet a half-written entry: JAX would warn and compile).
+COMPILATION_CACHE_BYTES = 512 << 20
+
+
+def use_compilation_cache(directory: Any) -> bool:
+    """Keeps this process's compiled XLA programs in `directory` and reuses the ones an earlier run put there.
+
+    JAX keys an entry on the program, the JAX/XLA versions, the backend and the compile flags, so a stale entry is
+    never used. Every program is kept, however quick its compilation (the default keeps only those over a second).
+    Must run before the process compiles anything: JAX fixes its cache at the first compilation. Returns False and
+    changes nothing when the directory cannot be created or written (a read-only workdir).
+    """
+    import os
+    import pathlib
+
+    path = pathlib.Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    if not os.access(path, os.W_OK | os.X_OK):
+        return False
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # -1, not 0: JAX replaces 0 with a backend default (which may skip small programs) when the cache starts.
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    try:  # JAX needs `filelock` (a dependency of this package) for a bounded, locked cache
+        import filelock  # noqa: F401
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+    except ImportError:
+        pass
+    return True
+
+
+class CompilationCounter:
+    """Counts the programs this process compiled and how many of them came from the persistent cache, while in a
+    `with` block (JAX's monitoring events). `directory`: the cache directory set when the block began, or None."""
+
+    REQUESTS = "/jax/compilation_cache/compile_requests_use_cache"
+    HITS = "/jax/compilation_cache/cache_hits"
+
+    def __init__(self):
+        self.requests = 0
+        self.hits = 0
+        self.directory = None
+
+    def _on_event(self, event: str, **kwargs) -> None:
+        if event == self.REQUESTS:
+            self.requests += 1
+        elif event == self.HITS:
+            self.hits += 1
+
+    def __enter__(self) -> "CompilationCounter":
+        self.directory = jax.config.jax_compilation_cache_dir
+        jax.monitoring.register_event_listener(self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Public in recent JAX (0.10 has it); 0.7 has only the private `_unregister_event_listener_by_callback`.
+        unregister = getattr(jax.monitoring, "unregister_event_listener", None)
+        if unregister is None:
+            from jax._src import monitoring as private_monitoring
+            unregister = private_monitoring._unregister_event_listener_by_callback
+        unregister(self._on_event)
+
+
 def maybe_initialize_distributed() -> bool:
     """Calls `jax.distributed.initialize()` only when the environment asks for a multi-process run.
 

@@ -305,9 +305,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workdir", required=True, help="a workdir written by pclip_jax.main")
     parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH | dpi")
     parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--compile-cache", default=None, metavar="DIR",
+                        help="keep compiled XLA programs here for later runs (default: the workdir's cache/xla; "
+                             "'off': none)")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = parser.parse_args(argv)
     with errors.cli_errors(args.verbose) as status:
+        if args.compile_cache != "off":
+            inference.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
         evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
     return status.code
 

@@ -8,13 +8,15 @@ directory and the sentence encoder is loaded only for a text it has never embedd
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import sys
 import time
 from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
 
-from pclip_jax import files, parallel
+from pclip_jax import compat, files, parallel
 from pclip_jax.checkpointing import Checkpoints
 from pclip_jax.embedding import build_model, make_embed_fn
 from pclip_jax.kg import pipeline
@@ -137,3 +139,21 @@ def load_classifier(workdir: Workdir | str, mission: Optional[str] = None, tower
     return Classifier(towers=towers, replicated_params=parallel.replicate(params), embed_fn=make_embed_fn(model),
                       gnn_train_config=pipeline.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
                       load_seconds=time.perf_counter() - t0, calibration=calibration)
+
+
+def use_compilation_cache(workdir, directory=None, tool: str = "pclip_jax") -> Optional[pathlib.Path]:
+    """Turns on JAX's persistent compilation cache for this process in `directory`, default the workdir's
+    `cache/xla`, so a later run on the workdir loads the compiled towers and GNN instead of compiling them again.
+
+    Process-wide, so it is an entry point's choice (`classify`, `evaluate`), made before anything compiles.
+    Returns the directory, or None (with a note on stderr) when it cannot be written.
+    """
+    if directory:
+        path = pathlib.Path(directory)
+    else:
+        w = Workdir(workdir)
+        path = w.compilation_cache_dir(w.read_settings())
+    if compat.use_compilation_cache(path):
+        return path
+    print(f"[{tool}] note: {path} cannot be written; compiling without a persistent cache", file=sys.stderr)
+    return None

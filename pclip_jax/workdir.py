@@ -11,7 +11,8 @@
       embeddings.npz              the packet tower's embeddings of the train/validation/test flows and their rows
       checkpoints/                pre-training (orbax, with digests) ; checkpoints_best/ the validation-best
       gnn/checkpoints/ ...        the GNN stage (gnn/gnn_checkpoints, gnn/checkpoints_best, metrics_gnn.jsonl)
-      cache/                      ingested flow tables and text features (unless data.cache_dir is set)
+      cache/                      ingested flow tables and text features (unless data.cache_dir is set);
+        xla/                      compiled XLA programs of `classify`/`evaluate`, reused by later runs (JAX's cache)
       metrics_train.jsonl, tensorboard/, roc_*.png
 
 Every file is written atomically (`pclip_jax.files`).
@@ -76,6 +77,10 @@ class Workdir:
     def cache_dir(self, settings: Settings) -> pathlib.Path:
         """Where ingested flow tables and text features are cached: `data.cache_dir`, else `WORKDIR/cache`."""
         return pathlib.Path(settings.data.cache_dir) if settings.data.cache_dir else self.path / "cache"
+
+    def compilation_cache_dir(self, settings: Settings) -> pathlib.Path:
+        """Where `classify` and `evaluate` keep compiled XLA programs for the next run (`compat.use_compilation_cache`)."""
+        return self.cache_dir(settings) / "xla"
 
     def plot(self, name: str) -> pathlib.Path:
         return self.path / f"roc_{name}.png"

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -263,6 +264,43 @@ def test_workdir_works_from_another_directory_without_re_embedding(workdir, ndpi
     assert len(_lines(out)) > 20
     assert sorted((wd / "cache").glob("text-*.npz")) == cache_files  # no text was embedded again
 
+
+
+def _classify_process(args):
+    """`python -m pclip_jax.classify ARGS` in a fresh process, as a user runs it: (stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "pclip_jax.classify", *args, "--quiet"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+def _programs(stdout):
+    """(compiled programs, of them from the persistent cache) from the report, None when it has no such line."""
+    m = re.search(r"XLA programs: (\d+), (\d+) of them loaded from the persistent compilation cache", stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def test_a_second_run_loads_its_compiled_programs_from_the_workdir(workdir, ndpi_dir, tmp_path):
+    """The JAX backend keeps its compiled programs in the workdir's cache/xla: a second process compiles nothing
+    and writes the same records; a cache directory that cannot be written is a note, not a failure."""
+    wd, _ = workdir
+    target = str(ndpi_dir / "pcap" / TARGET)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    out1, _ = _classify_process(["--workdir", str(wd), target, "--out", str(first)])
+    cached = sorted(p.name for p in (wd / "cache" / "xla").glob("*-cache"))
+    assert cached and _programs(out1)[0] > 0
+    out2, _ = _classify_process(["--workdir", str(wd), target, "--out", str(second)])
+    compiled, from_cache = _programs(out2)
+    assert compiled > 0 and from_cache == compiled, out2
+    assert sorted(p.name for p in (wd / "cache" / "xla").glob("*-cache")) == cached  # nothing new to keep
+    assert second.read_text() == first.read_text()
+
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("")
+    out3, err3 = _classify_process(["--workdir", str(wd), target, "--out", str(tmp_path / "third.jsonl"),
+                                    "--compile-cache", str(not_a_dir / "xla")])
+    assert "cannot be written; compiling without a persistent cache" in err3 and _programs(out3) is None
+    assert (tmp_path / "third.jsonl").read_text() == first.read_text()
 
 
 @pytest.fixture(scope="module")
