@@ -15,7 +15,6 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 ECE_BINS = 10
@@ -38,6 +37,7 @@ def calibration(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> 
 def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]) -> dict:
     """y_true [N] ints in [0, C); scores [N, C] (probabilities or logits, higher = more likely). When the scores
     are probabilities (rows sum to 1) the report also has `calibration` (ECE and the reliability diagram)."""
+    from sklearn import metrics as skm  # on use: importing it costs ~1 s (classify needs none)
     y_true = np.asarray(y_true)
     scores = np.asarray(scores, dtype=np.float64)
     n_classes = len(class_names)
@@ -100,6 +100,7 @@ def novelty_rows(name: str, report: dict) -> list[tuple[str, dict]]:
 def plot_roc(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str], path: str | pathlib.Path,
              title: str) -> None:
     """One-vs-rest ROC curves, one line per class with its AUC in the legend."""
+    from sklearn import metrics as skm  # on use: importing it costs ~1 s (classify needs none)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,6 +128,7 @@ def per_capture_accuracy(y_true: np.ndarray, scores: np.ndarray, captures: Seque
     """Capture-level identification (IoT Sentinel's measure: one device per setup capture): a capture's predicted
     class is the majority vote of its flows' predictions (ties: the larger summed probability), its true class
     the most frequent true class of its flows. Returns `accuracy`, `macro_f1` over captures and `num_captures`."""
+    from sklearn import metrics as skm  # on use: importing it costs ~1 s (classify needs none)
     y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
     captures = np.asarray(captures).astype(str)
     n_classes = len(class_names)
