@@ -90,3 +90,17 @@ def test_the_main_job_sits_above_the_stages_it_runs():
     for module, edges in graph.items():
         if module not in ("pclip_jax.job", "pclip_jax.main"):
             assert "pclip_jax.classify" not in edges, module
+
+
+def test_classify_with_jax_imports_no_library_it_does_not_use():
+    """The JAX backend of classify loads a workdir and scores flows; scikit-learn, SciPy, pandas, TensorFlow and
+    matplotlib are for training, metrics and plots. Importing them cost every classify run ~1 s (f922ce2)."""
+    import subprocess
+    import sys
+
+    heavy = ("sklearn", "scipy", "pandas", "tensorflow", "tensorflow_datasets", "matplotlib")
+    probe = ("import sys, pclip_jax.classify, pclip_jax.inference, pclip_jax.embedding, pclip_jax.kg.explain; "
+             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"imported on the classify path: {proc.stdout.strip()}"
