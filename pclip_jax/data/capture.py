@@ -297,14 +297,16 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
         chunk = rest + data
         n = len(chunk)
         pos, err = 0, None
-        epb: list[int] = []  # offsets of enhanced packet blocks (fast path)
+        epb: list[int] = []  # offsets of enhanced packet blocks found one by one (fast path)
+        runs: list[np.ndarray] = []  # ... and found in runs by the compiled walk (kept as arrays)
         extra: list[tuple] = []  # simple / obsolete packet blocks: (pos, ifid, ts_ticks, caplen, wirelen, dataoff)
         flush_now = False
         unpack = hdr_of[bo]
         while pos + 12 <= n:
             if seen_shb and compiled:  # a run of enhanced packet blocks, compiled
                 offsets, pos = _capture_c.epb_run(chunk, pos, n, bo == ">", MAX_RECORD + 4096)
-                epb.extend(np.frombuffer(offsets, np.int64).tolist())
+                if offsets:
+                    runs.append(np.frombuffer(offsets, np.int64))
                 if pos + 12 > n:
                     break
             btype, blen = unpack(chunk, pos)
@@ -317,7 +319,7 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
                 else:
                     err = "corrupt section header (bad byte-order magic)"
                     break
-                if epb or extra:
+                if epb or runs or extra:
                     flush_now = True  # emit packets of the previous section (its interfaces) first
                     break
                 bo, unpack = nbo, hdr_of[nbo]
@@ -352,8 +354,8 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
                 ifid, _, th, tl, cl, wl = struct.unpack_from(bo + "HHIIII", chunk, pos + 8)
                 extra.append((pos, ifid, (th << 32) | tl, min(cl, blen - 32), wl, pos + 28))
             pos += blen
-        if epb or extra:
-            b = _pcapng_batch(chunk, epb, extra, bo, ifaces, base, name, errors, warned_iface)
+        if epb or runs or extra:
+            b = _pcapng_batch(chunk, _epb_offsets(runs, epb), extra, bo, ifaces, base, name, errors, warned_iface)
             if b is not None and len(b):
                 yield b
         if err is not None:
@@ -367,9 +369,19 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
         base += pos
 
 
-def _pcapng_batch(chunk, epb, extra, bo, ifaces, base, name, errors, warned) -> PacketBatch | None:
+def _epb_offsets(runs: list, singles: list) -> np.ndarray:
+    """The enhanced packet blocks' offsets in file order, from the compiled runs and those found one by one."""
+    if not runs:
+        return np.asarray(singles, dtype=np.int64)
+    pos = np.concatenate(runs + [np.asarray(singles, dtype=np.int64)])
+    if singles:
+        pos.sort()
+    return pos
+
+
+def _pcapng_batch(chunk, pos, extra, bo, ifaces, base, name, errors, warned) -> PacketBatch | None:
+    """``pos``: int64 offsets of the enhanced packet blocks in ``chunk``; ``extra``: the other packet blocks."""
     buf = np.frombuffer(chunk + bytes(_PAD), dtype=np.uint8)
-    pos = np.asarray(epb, dtype=np.int64)
     # EPB: type, len, ifid, ts_hi, ts_lo, caplen, wirelen, data...
     h = _windows(buf, pos, 28).view(bo + "u4").astype(np.int64)
     ifid, ticks, caplen, wirelen = h[:, 2], (h[:, 3] << 32) | h[:, 4], h[:, 5], h[:, 6]

@@ -100,9 +100,9 @@ class FlowTracker:
                  active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024,
                  payload_rows: bool = False, compiled: bool = True):
         self.K, self.B, self.mask = packets, nbytes, mask
-        # False: the Python/numpy steps (keys, walk, rows, names) even where _capture_c was built (the tests'
-        # reference; both give the same flows).
-        self.compiled = compiled
+        # Whether the compiled steps run: False gives the Python/numpy steps (keys, walk, rows, names) even where
+        # _capture_c was built (the tests' reference; both give the same flows).
+        self.compiled = compiled and capture._capture_c is not None
         self.payload_rows = payload_rows  # rows from packets that carry transport payload only (no bare ACKs)
         self.idle = int(idle_timeout * 1e9)
         self.active = int(active_timeout * 1e9)
@@ -400,7 +400,7 @@ class FlowTracker:
     def _packet_rows(self, buf, start, end, h: capture.Headers, pk, proto, l4, rel_seq, rel_ack) -> np.ndarray:
         """Byte rows of packets ``pk`` (indices into ``h``), masked (docs/masking.md) unless masking is off:
         tensors.extract_rows, mask_rows, mask_session_ids, scrub_addresses; compiled where the extension was built."""
-        if capture._capture_c is None or not self.compiled:
+        if not self.compiled:
             rows = tensors.extract_rows(buf, start, end, self.B)
             if self.mask:
                 tensors.mask_rows(rows, h.ipver[pk], proto, l4, rel_seq, rel_ack)
@@ -422,7 +422,7 @@ class FlowTracker:
         """Keys of the packets ``sel`` and their groups: (keys, src_lo, first row of each distinct key, group of
         each row, rows grouped by key with time order kept inside a key); compiled where the extension was built
         (groups numbered in another order, which the flow table does not depend on)."""
-        if capture._capture_c is None or not self.compiled:
+        if not self.compiled:
             keys, src_lo = build_keys(h, sel)
             first_of, inv = _group_keys(keys)
             return keys, src_lo, first_of, inv, np.argsort(inv, kind="stable")
@@ -450,7 +450,7 @@ class FlowTracker:
         dns = (proto[idx] == 17) & (((b[2] >> 3) & 0x0F) == 0) & (b[4] == 0) & (b[5] >= 1)  # QUERY, 1+ question
         cand = idx[tls | http | dns]
         found = self.names
-        if capture._capture_c is not None and self.compiled:  # every candidate parsed; the first name counts
+        if self.compiled:  # every candidate parsed; the first name counts
             fids = fid[cand].tolist()
             as_c = np.ascontiguousarray
             for k, name in capture._capture_c.server_names(buf, as_c(start[cand], np.int64), as_c(end[cand], np.int64),
@@ -470,7 +470,7 @@ class FlowTracker:
         extension was built, one call for all of them)."""
         if not len(walk):
             return
-        if capture._capture_c is None or not self.compiled:
+        if not self.compiled:
             for gi in walk.tolist():
                 self._walk(int(gpos[gi]), int(gend[gi]), bool(cont[gi]), int(slot_u[gi]), ts, lo, fl, tcp, boundary)
             return
