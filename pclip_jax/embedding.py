@@ -36,7 +36,8 @@ def model_config(settings: Settings) -> TwoTowerConfig:
     packet = PacketTowerConfig(packets=d.packets, bytes=d.bytes, patch_size=m.patch_size,
                                pool_queries=m.pool_queries, byte_dim=m.byte_dim, width=m.width, depth=m.depth,
                                heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout, names=d.use_names,
-                               name_fusion=m.name_fusion, dtype=compute_dtype(settings))
+                               name_fusion=m.name_fusion, size_embed_dim=m.size_embed_dim,
+                               dtype=compute_dtype(settings))
     return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
 
 

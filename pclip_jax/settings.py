@@ -115,6 +115,8 @@ class ModelSettings:
     embed_dim: int = 256
     name_dim: int = 384                      # server-name vector width = the text encoder's hidden size
     name_fusion: str = "both"                # "token": the name as a token only; "both": also added to the pool
+    size_embed_dim: int = 0                  # > 0: each packet's exact size also through a learned table of that
+                                             # width (models/packet_tower.py); 0: the log size only
 
     def validate(self, prefix: str = "model") -> None:
         for name in ("width", "depth", "heads", "patch_size", "pool_queries", "byte_dim", "mlp_ratio", "embed_dim",
@@ -124,6 +126,7 @@ class ModelSettings:
                f"a divisor of model.width={self.width}")
         _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
         _one_of(f"{prefix}.name_fusion", self.name_fusion, ("token", "both"))
+        _check(self.size_embed_dim >= 0, f"{prefix}.size_embed_dim", self.size_embed_dim, "an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -317,6 +317,31 @@ def test_dense_factored_forward_equals_the_module_on_graphs(prepared, flows):
                                    atol=2e-5)
 
 
+def test_extra_flow_features_enter_through_their_own_layer(prepared, flows):
+    """`flow_features=F`: the last F columns of the flow input (raw sizes and timing in
+    benchmarks/detection_inputs.py) reach the flow node through `features_in`, not the similarity term; the dense
+    path (classify, ONNX) gives the module's outputs, and changing only those columns changes the decision scores."""
+    from pclip_jax.kg.gnn import dense_forward, dense_structure, per_level_outputs
+
+    xs, _, _ = flows
+    lay = prepared.layout
+    cfg = dataclasses.replace(FACTORED, flow_features=3)
+    extra = np.random.default_rng(0).normal(size=(9, 3)).astype(np.float32)
+    x = np.concatenate([xs[:9], extra], 1)
+    params = _params(prepared, x.shape[1], cfg, seed=3)
+    assert params["features_in"]["kernel"].shape == (3, cfg.hidden)
+    assert params["flow_in"]["kernel"].shape == (xs.shape[1], cfg.hidden)
+    params = jax.tree.map(lambda a: a + 0.1 * np.random.default_rng(1).normal(size=a.shape).astype(np.float32),
+                          params)
+    out = per_level_outputs(HierarchicalGNN(cfg).apply({"params": params}, G.build_batch(lay, x),
+                                                       prepared.embeddings), lay)
+    dense = dense_forward(cfg, params, x, prepared.embeddings, dense_structure(lay))
+    np.testing.assert_allclose(np.asarray(dense["logp1"]), np.asarray(out["logp1"])[:9], atol=2e-5)
+    moved = dense_forward(cfg, params, np.concatenate([xs[:9], extra + 1.0], 1), prepared.embeddings,
+                          dense_structure(lay))
+    assert np.abs(np.asarray(moved["logp1"]) - np.asarray(dense["logp1"])).max() > 1e-3
+
+
 def test_gnn_checkpoints_resume_only_under_their_own_settings(prepared, flows, tmp_path, capsys):
     """A rerun with the same settings resumes (nothing retrained); one with another formulation (same parameter
     shapes) moves the old checkpoints aside and trains again instead of reusing them."""

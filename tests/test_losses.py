@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pclip_jax import losses
-from pclip_jax.compat import replicate_local, tree_map
+from pclip_jax.compat import count_params, replicate_local, tree_map
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.models.packet_tower import PacketTowerConfig
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
@@ -118,3 +118,24 @@ def test_bf16_gradient_scatters_in_float32(real_batch):
     assert "bf16" not in scatter_types, scatter_types
     leaves = jax.tree.leaves(grad(params))
     assert leaves and all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves)
+
+
+def test_size_table_reads_exact_packet_sizes(real_batch):
+    """`size_embed_dim` (off by default; docs/model.md, "What was tried"): a learned row per exact packet size,
+    padding = row 0 and sizes past MAX_EMBEDDED_SIZE sharing the last row; the loss still trains through it."""
+    from pclip_jax.models.packet_tower import MAX_EMBEDDED_SIZE
+
+    cfg = dict(packets=4, bytes=32, patch_size=8, byte_dim=4, width=16, depth=1, heads=2)
+    plain = TwoTowers(TwoTowerConfig(packet=PacketTowerConfig(**cfg), embed_dim=8))
+    sized = TwoTowers(TwoTowerConfig(packet=PacketTowerConfig(**cfg, size_embed_dim=3), embed_dim=8))
+    batch = {k: v[:PER_DEV] for k, v in real_batch.items()}
+    p_plain = plain.init(jax.random.PRNGKey(0), batch, text_features=batch["text"])["params"]
+    p_sized = sized.init(jax.random.PRNGKey(0), batch, text_features=batch["text"])["params"]
+    table = p_sized["packet_tower"]["size_embed"]["embedding"]
+    assert table.shape == (MAX_EMBEDDED_SIZE + 1, 3)
+    # The table plus three more input rows of the feature projection.
+    assert count_params(p_sized) - count_params(p_plain) == table.size + 3 * cfg["width"]
+    grads = jax.grad(lambda p: _loss(sized, p, batch, "clip", None))(p_sized)["packet_tower"]["size_embed"]
+    used = np.unique(np.minimum(np.abs(np.asarray(batch["sizes"])), MAX_EMBEDDED_SIZE))
+    touched = np.flatnonzero(np.abs(np.asarray(grads["embedding"])).sum(1) > 0)
+    assert set(touched) <= set(used.tolist()) and len(touched) > 1

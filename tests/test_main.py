@@ -110,3 +110,26 @@ def test_capture_splits_benchmark_reads_the_results_it_summarises(workdir):
     assert np.isclose(cell["mean"], results["test"]["mauc"] + 0.05)
     assert np.isclose(cell["std"], 0.1 / np.sqrt(2))
     assert "linear probe" in bench.format_summary([0, 1], summary)
+
+
+def test_detection_inputs_benchmark_reproduces_the_jobs_gnn(workdir, tmp_path):
+    """benchmarks/detection_inputs.py retrains the GNN from a finished workdir's towers and flows: with the
+    embedding alone it gives the main job's own GNN numbers (the comparison it makes is against what the job
+    ships), and the raw-feature variant widens the flow input by the K sizes and K inter-arrival times."""
+    import importlib.util
+    import pathlib
+
+    from pclip_jax.kg.pipeline import gnn_train_config
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "detection_inputs.py"
+    spec = importlib.util.spec_from_file_location("detection_inputs", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    wd, results = workdir
+    settings = Workdir(wd).read_settings()
+    rows = bench.run_workdir(str(wd), ["none", "sizes_iat"], [gnn_train_config(settings).seed], tmp_path)
+    gnn = {r["variant"]: r for r in rows if r["model"].startswith("GNN")}
+    assert np.isclose(gnn["none"]["mauc"], results["gnn"]["level1"]["mauc"], atol=1e-6)
+    assert np.isclose(gnn["none"]["macro_f1"], results["gnn"]["level1"]["macro_f1"], atol=1e-6)
+    assert gnn["none"]["features"] == 0 and gnn["sizes_iat"]["features"] == 2 * settings.data.packets
+    assert "| sizes_iat |" in bench.summary(rows)

@@ -65,6 +65,9 @@ class GnnConfig:
     level_loss_weights: tuple[float, float] = (1.0, 1.0)
     factored: bool = True                # graph nodes do not read the flow: their message passing runs once per
                                          # model, not per flow (module docstring, "Factored"); False: per flow
+    flow_features: int = 0               # trailing columns of the flow input that are not the shared-space
+                                         # embedding (e.g. raw packet sizes and timing): projected by a layer of
+                                         # their own and kept out of the similarity term
 
 
 class _AttentionLayer(nn.Module):
@@ -115,6 +118,13 @@ class _AttentionLayer(nn.Module):
         return self._update(flow_h, msg.reshape(msg.shape[:-2] + (self.hidden,)), deterministic), alpha
 
 
+def split_flow_input(flow: jnp.ndarray, flow_features: int) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    """The flow input [..., Dp + F] → (the shared-space embedding [..., Dp], the F extra features or None)."""
+    if not flow_features:
+        return flow, None
+    return flow[..., :-flow_features], flow[..., -flow_features:]
+
+
 def _segment_log_softmax(x, segments, num_segments):
     m = jax.ops.segment_max(x, segments, num_segments=num_segments)
     m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
@@ -145,10 +155,12 @@ class HierarchicalGNN(nn.Module):
         flow_index = jnp.cumsum(graphs.n_node) - graphs.n_node
         kg_index = nodes["kg_index"]
         is_kg = kg_index >= 0
-        flow_raw = graphs.globals["flow"].astype(jnp.float32)
+        flow_raw, extra = split_flow_input(graphs.globals["flow"].astype(jnp.float32), cfg.flow_features)
         text_raw = kg_embeddings.astype(jnp.float32)
 
         flow_h = nn.Dense(cfg.hidden, name="flow_in")(flow_raw)                       # [G, H]
+        if extra is not None:
+            flow_h = flow_h + nn.Dense(cfg.hidden, name="features_in")(extra)
         text_h = nn.Dense(cfg.hidden, name="text_in")(text_raw)                       # [M, H], once per call
         level_embed = nn.Embed(NUM_LEVEL_EMBEDDINGS, cfg.hidden, name="level")
         norm_in = nn.LayerNorm(name="norm_in")
@@ -297,6 +309,8 @@ class _Bound:
         self.layers = [bound(_AttentionLayer(h, config.num_heads, config.mlp_ratio, config.dropout), f"layer_{i}")
                        for i in range(config.num_layers)]
         self.text_in, self.flow_in = bound(nn.Dense(h), "text_in"), bound(nn.Dense(h), "flow_in")
+        self.features_in = bound(nn.Dense(h), "features_in") if config.flow_features else None
+        self.flow_features = config.flow_features
         self.level = bound(nn.Embed(NUM_LEVEL_EMBEDDINGS, h), "level")
         self.norm_in = bound(nn.LayerNorm(), "norm_in")
         self.score_query, self.score_key = bound(nn.Dense(h), "score_query"), bound(nn.Dense(h), "score_key")
@@ -334,8 +348,11 @@ def dense_scores(config: GnnConfig, params: Any, flows: jnp.ndarray, constants: 
     among siblings, prior and similarity included), each layer's attention [(T,) G, M, heads] and the final
     queries."""
     b = _Bound(config, params)
-    flow_raw = jnp.asarray(flows, jnp.float32)
-    per_flow, flow_query, alphas = _flow_side(b.flow_in(flow_raw), constants["states"], b.level, b.norm_in,
+    flow_raw, extra = split_flow_input(jnp.asarray(flows, jnp.float32), b.flow_features)
+    flow_h = b.flow_in(flow_raw)
+    if extra is not None:
+        flow_h = flow_h + b.features_in(extra)
+    per_flow, flow_query, alphas = _flow_side(flow_h, constants["states"], b.level, b.norm_in,
                                               b.layers, b.score_query, b.score_key, True)
     score = per_flow + jnp.asarray(structure.prior)
     if b.similarity_scale is not None and flow_raw.shape[-1] == constants["text_normalized"].shape[-1]:

@@ -25,6 +25,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+# Sizes at or above this share the last row of the size table (the log size still tells them apart).
+MAX_EMBEDDED_SIZE = 1535
+
+
 @dataclasses.dataclass(frozen=True)
 class PacketTowerConfig:
     packets: int = 16          # K
@@ -39,6 +43,7 @@ class PacketTowerConfig:
     dropout: float = 0.0
     names: bool = False        # a server-name token (needs `name_vec` inputs)
     name_fusion: str = "token"  # "token": one more transformer token; "both": also added to the pooled output
+    size_embed_dim: int = 0    # > 0: a learned vector per exact packet size (0..MAX_EMBEDDED_SIZE) joins the features
     dtype: Any = jnp.float32   # compute dtype (bf16 on accelerators); parameters stay float32
 
 
@@ -111,6 +116,14 @@ class PacketTower(nn.Module):
         if cfg.pool_queries > 1:
             packet_tokens = nn.Dense(cfg.width, dtype=cfg.dtype, name="pool_proj")(packet_tokens)
         feats = packet_features(sizes, iat, tcp_flags).astype(cfg.dtype)
+        if cfg.size_embed_dim:
+            # The log size resolves neighbouring lengths poorly (123 and 127 bytes differ by 0.004 after log1p/8);
+            # devices of one firmware, and many protocols, differ by exact message lengths. Row 0 = padding.
+            size_index = jnp.minimum(jnp.abs(jnp.asarray(sizes)).astype(jnp.int32), MAX_EMBEDDED_SIZE)
+            size_vec = nn.Embed(MAX_EMBEDDED_SIZE + 1, cfg.size_embed_dim, dtype=jnp.float32, name="size_embed",
+                                embedding_init=nn.initializers.normal(0.02))(
+                size_index).astype(cfg.dtype)
+            feats = jnp.concatenate([feats, size_vec], axis=-1)
         packet_tokens = packet_tokens + nn.Dense(cfg.width, dtype=cfg.dtype, name="feature_proj")(feats)
         if k > cfg.packets:
             raise ValueError(f"{k} packets per flow, but the tower was built for {cfg.packets} (data.packets)")
