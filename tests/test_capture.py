@@ -195,6 +195,50 @@ def test_pcapng_several_interfaces_and_link_types(ndpi_dir, tmp_path):
                   skip_stats=("c2s_bytes", "s2c_bytes", "bytes_per_s", "down_up_ratio"))
 
 
+def _write(path, data):
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("name,linktype", [("radiotap.pcap", 127), ("wlanmon.pcap", 105)])
+def test_wifi_monitor_captures_give_their_ip_flows(ndpi_dir, tmp_path, name, linktype):
+    """802.11 data frames (monitor mode, with and without a radiotap header; Zeek's test traces): LLC/SNAP is
+    unwrapped, QoS and padded headers included; the ARP-only traces of the same kind give no flow and no error.
+    Before the per-packet link layer these captures were refused as "unknown link type"."""
+    traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
+    errors = []
+    seen = {int(x) for b in capture.read_batches(traces / name, errors) for x in b.linktype}
+    assert not errors and seen == {linktype}
+    t = _flows(traces / name)
+    got = sorted(zip(t.meta["client_ip"].astype(str), t.meta["server_ip"].astype(str),
+                     t.meta["server_port"].astype(int), t.meta["proto"].astype(int)))
+    assert got == [("172.17.156.76", "208.67.220.220", 53, 17), ("fe80::a667:6ff:fef7:ec54", "ff02::fb", 5353, 17)]
+    assert sorted((t.meta["c2s_packets"] + t.meta["s2c_packets"]).tolist()) == [1, 2]
+    arp = _flows(traces / f"arp-who-has-{name}")
+    assert len(arp) == 0 and arp.summary["errors"] == []
+    # Damaged link headers (radiotap lengths, frame control, LLC) are skipped packets, never an exception.
+    data = (traces / name).read_bytes()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        mutated = bytearray(data)
+        for pos in rng.integers(40, len(data), size=3):
+            mutated[pos] = int(rng.integers(0, 256))
+        _same_headers(next(capture.read_batches(_write(tmp_path / "m.pcap", mutated), [])), "mutated")
+
+
+def test_nflog_capture_gives_its_http_flow(ndpi_dir):
+    """Linux NFLOG (link type 239, `tcpdump -i nflog`): the packet is the payload TLV of each record. A record
+    whose TLV lengths run past its end is skipped as non-IP, not an error that ends the capture."""
+    traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
+    t = _flows(traces / "nflog-http.pcap")
+    assert len(t) == 1 and t.summary["errors"] == []
+    assert (str(t.meta["client_ip"][0]), str(t.meta["server_ip"][0]), int(t.meta["server_port"][0])) == \
+        ("10.0.2.15", "93.184.216.34", 80)
+    assert int(t.meta["c2s_packets"][0]) + int(t.meta["s2c_packets"][0]) == 13
+    bad = _flows(traces / "nflog-bad-tlv-len.pcap")
+    assert len(bad) == 0 and bad.summary["errors"] == []
+
+
 def test_qinq_outer_vlan_is_the_flow_vlan(ndpi_dir, tmp_path):
     src = ndpi_dir / "pcap" / BASE
     frames = [(t, w + 8, lt, ethernet_to(f, 1001)) for t, w, lt, f in read_frames(src)]

@@ -186,6 +186,10 @@ static void link_layer(Bytes b, int64_t off, int32_t lt, int64_t *l3, int64_t *e
         *etype = chdlc ? pr : (pr == 0x21 ? 0x0800 : (pr == 0x57 ? 0x86DD : -1));
         break;
     }
+    case 105: case 127: case 239: /* Wi-Fi, radiotap, NFLOG: variable link headers, capture._link_layer_per_packet */
+        *l3 = off;
+        *slow = 1;
+        break;
     default:
         break;
     }
@@ -310,7 +314,7 @@ static PyObject *parse_headers(PyObject *self, PyObject *args) {
         o.l3[i] = l3;
         o.etype[i] = etype;
         o.kind[i] = NON_IP;
-        if (slow) { /* MPLS / PPPoE: the Python path */
+        if (slow) { /* MPLS / PPPoE, Wi-Fi and NFLOG link headers: the Python path */
             o.kind[i] = SLOW;
             continue;
         }

@@ -40,7 +40,11 @@ LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_PPP = 0, 1, 9
 LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14 = 101, 12, 14
 LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC, LINKTYPE_LOOP = 50, 104, 108
 LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
-SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276})
+LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG = 105, 127, 239
+# Wi-Fi (monitor mode, with or without radiotap) and Linux NFLOG: variable-length link headers, read per packet by
+# `_link_layer_per_packet` (rare in bulk: a compiled fast path is not worth it).
+PER_PACKET_LINKTYPES = frozenset({LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG})
+SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276}) | PER_PACKET_LINKTYPES
 
 # Largest record we accept; larger lengths are treated as corruption (libpcap uses 256 KiB too).
 MAX_RECORD = 262144
@@ -551,6 +555,10 @@ def parse_headers_py(b: PacketBatch) -> Headers:
         fam = np.where(lt[m] == LINKTYPE_LOOP, be, np.where(le != 0, le, be))
         l3[m] = off[m] + 4
         etype[m] = np.where(fam == 2, 0x0800, np.where(np.isin(fam, (10, 24, 28, 30)), 0x86DD, -1))
+    m = np.nonzero(np.isin(lt, tuple(PER_PACKET_LINKTYPES)))[0]
+    if len(m):
+        l3[m] = off[m]
+        slow[m] = True
     m = np.nonzero(np.isin(lt, (LINKTYPE_PPP, LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC)))[0]
     if len(m):
         p = off[m]
@@ -645,13 +653,77 @@ def _parse_l4(buf, idx, p, ihl, avail, tot, proto, ok, h: Headers) -> None:
     h.payload[idx] = np.clip(tot - ihl - hl, 0, None)
 
 
+def _le16(buf, p: int) -> int:
+    return int(buf[p]) | int(buf[p + 1]) << 8
+
+
+def _link_layer_per_packet(buf, off: int, end: int, lt: int) -> tuple[int, int]:
+    """(offset of the network-layer header, its ethertype; 0 = read the IP version nibble) for the link types of
+    PER_PACKET_LINKTYPES; (-1, -1) when the packet carries no network-layer payload we read."""
+    if lt == LINKTYPE_NFLOG:
+        # 4-byte header (address family, version, resource id), then TLVs: length (host order, includes the
+        # 4-byte TLV header; padded to 4) and type; type 9 (NFULA_PAYLOAD) is the packet from its IP header on.
+        if off + 4 > end:
+            return -1, -1
+        family = int(buf[off])
+        etype = 0x0800 if family == 2 else 0x86DD if family == 10 else 0
+        p = off + 4
+        while p + 4 <= end:
+            length = _le16(buf, p)
+            if length < 4 or p + length > end:  # written big-endian by the capturing host?
+                length = int(buf[p]) << 8 | int(buf[p + 1])
+            if length < 4 or p + length > end:
+                return -1, -1  # a damaged TLV list: the record is skipped, the capture goes on
+            tlv_type = _le16(buf, p + 2) if _le16(buf, p) == length else int(buf[p + 2]) << 8 | int(buf[p + 3])
+            if tlv_type == 9:
+                return p + 4, etype
+            p += (length + 3) & ~3
+        return -1, -1
+    p = off
+    fcs_flags = 0
+    if lt == LINKTYPE_RADIOTAP:
+        if off + 8 > end:
+            return -1, -1
+        p = off + _le16(buf, off + 2)
+        if p < off + 8 or p + 24 > end:
+            return -1, -1
+        # The flags field (bit 1 of the first "present" word) says whether the 802.11 header is padded to 32 bits.
+        present, q = int.from_bytes(bytes(buf[off + 4:off + 8]), "little"), off + 8
+        while int.from_bytes(bytes(buf[q - 4:q]), "little") & 0x80000000 and q + 4 <= p:
+            q += 4  # extended present bitmaps
+        if present & 1:  # TSFT: 8 bytes, 8-aligned from the radiotap header's start
+            q = off + ((q - off + 7) & ~7) + 8
+        if present & 2 and q < p:
+            fcs_flags = int(buf[q])
+    if p + 24 > end:
+        return -1, -1
+    fc0, fc1 = int(buf[p]), int(buf[p + 1])
+    if (fc0 >> 2) & 3 != 2 or fc1 & 0x40 or (fc0 >> 4) & 4:  # not data, protected, or a null-data frame
+        return -1, -1
+    header = 24 + (6 if fc1 & 3 == 3 else 0)  # the fourth address of a WDS frame
+    if (fc0 >> 4) & 8:  # QoS data: QoS control, plus HT control when "order" is set
+        header += 2 + (4 if fc1 & 0x80 else 0)
+    if fcs_flags & 0x20:  # data pad
+        header = (header + 3) & ~3
+    q = p + header
+    if q + 8 > end or (int(buf[q]), int(buf[q + 1]), int(buf[q + 2])) != (0xAA, 0xAA, 0x03):
+        return -1, -1  # no LLC/SNAP: not an ethertype-carrying frame
+    return q + 8, int(buf[q + 6]) << 8 | int(buf[q + 7])
+
+
 def _parse_slow(b: PacketBatch, i: int, l3: int, etype: int, h: Headers, kind) -> None:
-    """Per-packet path: MPLS / PPPoE below IP, IPv6 extension headers, IP-in-IP (decapsulated like nDPI)."""
+    """Per-packet path: Wi-Fi and NFLOG link headers, MPLS / PPPoE below IP, IPv6 extension headers, IP-in-IP
+    (decapsulated like nDPI)."""
     buf = b.buf
     end = int(b.off[i] + b.caplen[i])
     wire_end = int(b.off[i] + b.wirelen[i])
     p = l3
     kind[i] = MALFORMED
+    if int(b.linktype[i]) in PER_PACKET_LINKTYPES:
+        p, etype = _link_layer_per_packet(buf, int(b.off[i]), end, int(b.linktype[i]))
+        if p < 0 or etype not in (0, 0x0800, 0x86DD, 0x8847, 0x8848, 0x8864):
+            kind[i] = NON_IP  # management/control frames, encrypted Wi-Fi payloads, ARP, EAPOL, ...
+            return
     if etype in (0x8847, 0x8848):  # MPLS label stack, then IP by version nibble
         while p + 4 <= end:
             bottom = buf[p + 2] & 1
