@@ -239,6 +239,29 @@ def test_nflog_capture_gives_its_http_flow(ndpi_dir):
     assert len(bad) == 0 and bad.summary["errors"] == []
 
 
+def test_pcapng_unknown_link_type_is_reported_only_where_packets_are_lost(ndpi_dir, tmp_path):
+    """An interface of an unknown link type that carries no packet is not a problem (Zeek's
+    ldap/gap-data-missing.pcapng declares 59 such interfaces); one that does is reported once, at its first
+    packet, and the other interfaces' flows are all kept."""
+    real = _flows(ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces" / "ldap" / "gap-data-missing.pcapng")
+    assert len(real) == 2 and real.summary["errors"] == []
+    src = ndpi_dir / "pcap" / BASE
+    frames = read_frames(src)
+    idbs = [dpkt.pcapng.InterfaceDescriptionBlockLE(snaplen=65535, linktype=lt) for lt in (1, 274, 4242)]
+    with open(tmp_path / "x.pcapng", "wb") as fh:
+        w = dpkt.pcapng.Writer(fh, idb=idbs)
+        for k, (t, _, _, f) in enumerate(frames):
+            us = t // 1000
+            iface = 2 if k in (5, 9) else 0  # two packets on the unknown link type 4242, none on 274
+            w.writepkt(dpkt.pcapng.EnhancedPacketBlockLE(iface_id=iface, ts_high=us >> 32, ts_low=us & 0xFFFFFFFF,
+                                                         pkt_data=f, pkt_len=len(f)))
+    got = _flows(tmp_path / "x.pcapng")
+    assert [e["reason"] for e in got.summary["errors"]] == [
+        "unknown link type 4242 (interface 2): its packets are skipped"]
+    assert got.summary["errors"][0]["offset"] > 0
+    assert len(got) >= len(_flows(src)) - 2
+
+
 def test_qinq_outer_vlan_is_the_flow_vlan(ndpi_dir, tmp_path):
     src = ndpi_dir / "pcap" / BASE
     frames = [(t, w + 8, lt, ethernet_to(f, 1001)) for t, w, lt, f in read_frames(src)]

@@ -329,6 +329,7 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
                 bo, unpack = nbo, hdr_of[nbo]
                 btype, blen = unpack(chunk, pos)
                 ifaces, seen_shb = [], True
+                warned_iface = {w for w in warned_iface if not isinstance(w, int)}  # a new section's interfaces
             elif not seen_shb:
                 err = "not a pcapng section header"
                 break
@@ -348,9 +349,7 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
                     break
                 lt, _, snap = struct.unpack_from(bo + "HHI", chunk, pos + 8)
                 num, den, tsoff = _tsres_ns(chunk[pos + 16:pos + blen - 4], bo)
-                ifaces.append((lt, snap, num, den, tsoff))
-                if lt not in SUPPORTED_LINKTYPES:
-                    errors.append(CaptureError(name, base + pos, f"unknown link type {lt} (interface {len(ifaces) - 1})"))
+                ifaces.append((lt, snap, num, den, tsoff))  # an unknown link type is reported by its first packet
             elif btype == 3 and blen >= 16:  # simple packet block: interface 0, no timestamp
                 wl = struct.unpack_from(bo + "I", chunk, pos + 8)[0]
                 extra.append((pos, 0, 0, min(wl, blen - 16), wl, pos + 12))
@@ -415,6 +414,11 @@ def _pcapng_batch(chunk, pos, extra, bo, ifaces, base, name, errors, warned) -> 
         m = ifid == i
         if not m.any():
             continue
+        if ltype not in SUPPORTED_LINKTYPES and i not in warned:
+            # Reported where packets are lost, once per interface: files often declare interfaces they never use.
+            warned.add(i)
+            errors.append(CaptureError(name, base + int(pos[np.argmax(m)]),
+                                       f"unknown link type {ltype} (interface {i}): its packets are skipped"))
         lt[m] = ltype
         t = ticks[m]
         if den == 1:
