@@ -239,6 +239,20 @@ def test_nflog_capture_gives_its_http_flow(ndpi_dir):
     assert len(bad) == 0 and bad.summary["errors"] == []
 
 
+def test_fddi_captures_give_their_flows(ndpi_dir):
+    """FDDI (link type 10: 13-byte MAC header, then LLC/SNAP), Zeek's traces: a DNS query over TCP, and a 1996
+    campus trace of 1,333 packets that are all IP."""
+    traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
+    dns = _flows(traces / "dns-inverse-query.pcap")
+    assert dns.summary["errors"] == [] and len(dns) == 1
+    assert (str(dns.meta["server_ip"][0]), int(dns.meta["server_port"][0]), int(dns.meta["proto"][0])) == \
+        ("131.243.64.3", 53, 6)
+    assert int(dns.meta["c2s_packets"][0]) + int(dns.meta["s2c_packets"][0]) == 11
+    llc = _flows(traces / "llc.pcap")
+    assert llc.summary["errors"] == [] and llc.summary["non_ip_packets"] == 0 and len(llc) == 55
+    assert int((llc.meta["c2s_packets"] + llc.meta["s2c_packets"]).sum()) <= 1333
+
+
 def test_pcapng_unknown_link_type_is_reported_only_where_packets_are_lost(ndpi_dir, tmp_path):
     """An interface of an unknown link type that carries no packet is not a problem (Zeek's
     ldap/gap-data-missing.pcapng declares 59 such interfaces); one that does is reported once, at its first

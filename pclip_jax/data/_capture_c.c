@@ -186,7 +186,7 @@ static void link_layer(Bytes b, int64_t off, int32_t lt, int64_t *l3, int64_t *e
         *etype = chdlc ? pr : (pr == 0x21 ? 0x0800 : (pr == 0x57 ? 0x86DD : -1));
         break;
     }
-    case 105: case 127: case 239: /* Wi-Fi, radiotap, NFLOG: variable link headers, capture._link_layer_per_packet */
+    case 10: case 105: case 127: case 239: /* FDDI, Wi-Fi, radiotap, NFLOG: capture._link_layer_per_packet */
         *l3 = off;
         *slow = 1;
         break;

@@ -40,10 +40,10 @@ LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_PPP = 0, 1, 9
 LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14 = 101, 12, 14
 LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC, LINKTYPE_LOOP = 50, 104, 108
 LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
-LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG = 105, 127, 239
-# Wi-Fi (monitor mode, with or without radiotap) and Linux NFLOG: variable-length link headers, read per packet by
-# `_link_layer_per_packet` (rare in bulk: a compiled fast path is not worth it).
-PER_PACKET_LINKTYPES = frozenset({LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG})
+LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG, LINKTYPE_FDDI = 105, 127, 239, 10
+# Wi-Fi (monitor mode, with or without radiotap), Linux NFLOG and FDDI: variable-length link headers, read per packet
+# by `_link_layer_per_packet` (rare in bulk: a compiled fast path is not worth it).
+PER_PACKET_LINKTYPES = frozenset({LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG, LINKTYPE_FDDI})
 SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276}) | PER_PACKET_LINKTYPES
 
 # Largest record we accept; larger lengths are treated as corruption (libpcap uses 256 KiB too).
@@ -683,6 +683,8 @@ def _link_layer_per_packet(buf, off: int, end: int, lt: int) -> tuple[int, int]:
                 return p + 4, etype
             p += (length + 3) & ~3
         return -1, -1
+    if lt == LINKTYPE_FDDI:  # frame control, destination, source (13 bytes), then 802.2 LLC/SNAP
+        return _llc_snap(buf, off + 13, end)
     p = off
     fcs_flags = 0
     if lt == LINKTYPE_RADIOTAP:
@@ -709,9 +711,13 @@ def _link_layer_per_packet(buf, off: int, end: int, lt: int) -> tuple[int, int]:
         header += 2 + (4 if fc1 & 0x80 else 0)
     if fcs_flags & 0x20:  # data pad
         header = (header + 3) & ~3
-    q = p + header
+    return _llc_snap(buf, p + header, end)
+
+
+def _llc_snap(buf, q: int, end: int) -> tuple[int, int]:
+    """An 802.2 LLC/SNAP header at ``q``: (the payload's offset, its ethertype); (-1, -1) for other LLC frames."""
     if q + 8 > end or (int(buf[q]), int(buf[q + 1]), int(buf[q + 2])) != (0xAA, 0xAA, 0x03):
-        return -1, -1  # no LLC/SNAP: not an ethertype-carrying frame
+        return -1, -1
     return q + 8, int(buf[q + 6]) << 8 | int(buf[q + 7])
 
 
