@@ -217,16 +217,22 @@ def test_wifi_monitor_captures_give_their_ip_flows(ndpi_dir, tmp_path, name, lin
     arp = _flows(traces / f"arp-who-has-{name}")
     assert len(arp) == 0 and arp.summary["errors"] == []
     # Damaged link headers (radiotap lengths, frame control, LLC) are skipped packets, never an exception.
-    data = (traces / name).read_bytes()
+    _mutated_headers_agree(traces / name, tmp_path)
+
+
+def _mutated_headers_agree(path, tmp_path, copies=200):
+    """Copies of a capture with 3 random bytes changed past the first record header: parsing never raises, and the
+    compiled link layer gives the numpy reference's headers."""
+    data = path.read_bytes()
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    for _ in range(copies):
         mutated = bytearray(data)
         for pos in rng.integers(40, len(data), size=3):
             mutated[pos] = int(rng.integers(0, 256))
         _same_headers(next(capture.read_batches(_write(tmp_path / "m.pcap", mutated), [])), "mutated")
 
 
-def test_nflog_capture_gives_its_http_flow(ndpi_dir):
+def test_nflog_capture_gives_its_http_flow(ndpi_dir, tmp_path):
     """Linux NFLOG (link type 239, `tcpdump -i nflog`): the packet is the payload TLV of each record. A record
     whose TLV lengths run past its end is skipped as non-IP, not an error that ends the capture."""
     traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
@@ -237,9 +243,10 @@ def test_nflog_capture_gives_its_http_flow(ndpi_dir):
     assert int(t.meta["c2s_packets"][0]) + int(t.meta["s2c_packets"][0]) == 13
     bad = _flows(traces / "nflog-bad-tlv-len.pcap")
     assert len(bad) == 0 and bad.summary["errors"] == []
+    _mutated_headers_agree(traces / "nflog-http.pcap", tmp_path)
 
 
-def test_fddi_captures_give_their_flows(ndpi_dir):
+def test_fddi_captures_give_their_flows(ndpi_dir, tmp_path):
     """FDDI (link type 10: 13-byte MAC header, then LLC/SNAP), Zeek's traces: a DNS query over TCP, and a 1996
     campus trace of 1,333 packets that are all IP."""
     traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
@@ -251,6 +258,7 @@ def test_fddi_captures_give_their_flows(ndpi_dir):
     llc = _flows(traces / "llc.pcap")
     assert llc.summary["errors"] == [] and llc.summary["non_ip_packets"] == 0 and len(llc) == 55
     assert int((llc.meta["c2s_packets"] + llc.meta["s2c_packets"]).sum()) <= 1333
+    _mutated_headers_agree(traces / "dns-inverse-query.pcap", tmp_path)
 
 
 def test_pcapng_unknown_link_type_is_reported_only_where_packets_are_lost(ndpi_dir, tmp_path):

@@ -135,8 +135,77 @@ typedef struct {
     int64_t *ip_off, *ip_end, *ip_size, *l4, *sport, *dport, *vlan, *payload, *l3, *etype;
 } Out;
 
+static inline int64_t le16(Bytes b, int64_t i) { return u8(b, i) | (u8(b, i + 1) << 8); }
+static inline int64_t le32(Bytes b, int64_t i) { return le16(b, i) | (le16(b, i + 2) << 16); }
+
+/* An 802.2 LLC/SNAP header at q: payload offset and ethertype, or l3 = -1 (capture._llc_snap). */
+static void llc_snap(Bytes b, int64_t q, int64_t end, int64_t *l3, int64_t *etype) {
+    if (q + 8 > end || u8(b, q) != 0xAA || u8(b, q + 1) != 0xAA || u8(b, q + 2) != 0x03)
+        return;
+    *l3 = q + 8;
+    *etype = be16(b, q + 6);
+}
+
+/* FDDI, 802.11 (with or without radiotap) and NFLOG: capture._variable_link_layer, line for line. */
+static void variable_link_layer(Bytes b, int64_t off, int64_t end, int32_t lt, int64_t *l3, int64_t *etype) {
+    if (lt == 239) { /* NFLOG */
+        if (off + 4 > end)
+            return;
+        int64_t family = u8(b, off), fam_etype = family == 2 ? 0x0800 : (family == 10 ? 0x86DD : 0);
+        for (int64_t p = off + 4; p + 4 <= end;) {
+            int64_t length = le16(b, p), type;
+            if (length >= 4 && p + length <= end) {
+                type = le16(b, p + 2);
+            } else {
+                length = be16(b, p);
+                if (length < 4 || p + length > end)
+                    return;
+                type = be16(b, p + 2);
+            }
+            if (type == 9) {
+                *l3 = p + 4;
+                *etype = fam_etype;
+                return;
+            }
+            p += (length + 3) & ~(int64_t)3;
+        }
+        return;
+    }
+    if (lt == 10) { /* FDDI */
+        llc_snap(b, off + 13, end, l3, etype);
+        return;
+    }
+    int64_t p = off, flags = 0;
+    if (lt == 127) { /* radiotap */
+        if (off + 8 > end)
+            return;
+        p = off + le16(b, off + 2);
+        if (p < off + 8 || p + 24 > end)
+            return;
+        int64_t present = le32(b, off + 4), q = off + 8;
+        while ((le32(b, q - 4) & 0x80000000) && q + 4 <= p)
+            q += 4;
+        if (present & 1)
+            q = off + ((q - off + 7) & ~(int64_t)7) + 8;
+        if ((present & 2) && q < p)
+            flags = u8(b, q);
+    }
+    if (p + 24 > end)
+        return;
+    int64_t fc0 = u8(b, p), fc1 = u8(b, p + 1);
+    if (((fc0 >> 2) & 3) != 2 || (fc1 & 0x40) || ((fc0 >> 4) & 4))
+        return;
+    int64_t header = 24 + ((fc1 & 3) == 3 ? 6 : 0);
+    if ((fc0 >> 4) & 8)
+        header += 2 + ((fc1 & 0x80) ? 4 : 0);
+    if (flags & 0x20)
+        header = (header + 3) & ~(int64_t)3;
+    llc_snap(b, p + header, end, l3, etype);
+}
+
 /* capture.parse_headers' link-layer step for packet i: IP header offset (-1: none) and ethertype-like value. */
-static void link_layer(Bytes b, int64_t off, int32_t lt, int64_t *l3, int64_t *etype, int64_t *vlan, int *slow) {
+static void link_layer(Bytes b, int64_t off, int64_t end, int32_t lt, int64_t *l3, int64_t *etype, int64_t *vlan,
+                       int *slow) {
     *l3 = -1;
     *etype = 0;
     *vlan = 0;
@@ -186,9 +255,11 @@ static void link_layer(Bytes b, int64_t off, int32_t lt, int64_t *l3, int64_t *e
         *etype = chdlc ? pr : (pr == 0x21 ? 0x0800 : (pr == 0x57 ? 0x86DD : -1));
         break;
     }
-    case 10: case 105: case 127: case 239: /* FDDI, Wi-Fi, radiotap, NFLOG: capture._link_layer_per_packet */
-        *l3 = off;
-        *slow = 1;
+    case 10: case 105: case 127: case 239: /* FDDI, Wi-Fi, radiotap, NFLOG: variable-length link headers */
+        variable_link_layer(b, off, end, lt, l3, etype);
+        if (*l3 < 0)
+            *etype = 0;
+        *slow = (*etype == 0x8847 || *etype == 0x8848 || *etype == 0x8864);
         break;
     default:
         break;
@@ -309,12 +380,12 @@ static PyObject *parse_headers(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t l3, etype, vlan, end = off[i] + caplen[i];
         int slow;
-        link_layer(b, off[i], lt[i], &l3, &etype, &vlan, &slow);
+        link_layer(b, off[i], end, lt[i], &l3, &etype, &vlan, &slow);
         o.vlan[i] = vlan;
         o.l3[i] = l3;
         o.etype[i] = etype;
         o.kind[i] = NON_IP;
-        if (slow) { /* MPLS / PPPoE, Wi-Fi and NFLOG link headers: the Python path */
+        if (slow) { /* MPLS / PPPoE: the Python path */
             o.kind[i] = SLOW;
             continue;
         }

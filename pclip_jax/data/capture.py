@@ -41,10 +41,10 @@ LINKTYPE_RAW, LINKTYPE_RAW_12, LINKTYPE_RAW_14 = 101, 12, 14
 LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC, LINKTYPE_LOOP = 50, 104, 108
 LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
 LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG, LINKTYPE_FDDI = 105, 127, 239, 10
-# Wi-Fi (monitor mode, with or without radiotap), Linux NFLOG and FDDI: variable-length link headers, read per packet
-# by `_link_layer_per_packet` (rare in bulk: a compiled fast path is not worth it).
-PER_PACKET_LINKTYPES = frozenset({LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG, LINKTYPE_FDDI})
-SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276}) | PER_PACKET_LINKTYPES
+# Wi-Fi (monitor mode, with or without radiotap), Linux NFLOG and FDDI: variable-length link headers
+# (`_variable_link_layer`; compiled as `variable_link_layer` in _capture_c.c).
+VARIABLE_HEADER_LINKTYPES = frozenset({LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP, LINKTYPE_NFLOG, LINKTYPE_FDDI})
+SUPPORTED_LINKTYPES = frozenset({0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276}) | VARIABLE_HEADER_LINKTYPES
 
 # Largest record we accept; larger lengths are treated as corruption (libpcap uses 256 KiB too).
 MAX_RECORD = 262144
@@ -559,10 +559,11 @@ def parse_headers_py(b: PacketBatch) -> Headers:
         fam = np.where(lt[m] == LINKTYPE_LOOP, be, np.where(le != 0, le, be))
         l3[m] = off[m] + 4
         etype[m] = np.where(fam == 2, 0x0800, np.where(np.isin(fam, (10, 24, 28, 30)), 0x86DD, -1))
-    m = np.nonzero(np.isin(lt, tuple(PER_PACKET_LINKTYPES)))[0]
-    if len(m):
-        l3[m] = off[m]
-        slow[m] = True
+    # Variable-length link headers: one packet at a time here (the reference; the compiled parser does the same).
+    for i in np.nonzero(np.isin(lt, tuple(VARIABLE_HEADER_LINKTYPES)))[0].tolist():
+        p, et = _variable_link_layer(buf, int(off[i]), int(end[i]), int(lt[i]))
+        l3[i], etype[i] = p, max(et, 0)
+        slow[i] = et in (0x8847, 0x8848, 0x8864)
     m = np.nonzero(np.isin(lt, (LINKTYPE_PPP, LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC)))[0]
     if len(m):
         p = off[m]
@@ -661,9 +662,9 @@ def _le16(buf, p: int) -> int:
     return int(buf[p]) | int(buf[p + 1]) << 8
 
 
-def _link_layer_per_packet(buf, off: int, end: int, lt: int) -> tuple[int, int]:
+def _variable_link_layer(buf, off: int, end: int, lt: int) -> tuple[int, int]:
     """(offset of the network-layer header, its ethertype; 0 = read the IP version nibble) for the link types of
-    PER_PACKET_LINKTYPES; (-1, -1) when the packet carries no network-layer payload we read."""
+    VARIABLE_HEADER_LINKTYPES; (-1, -1) when the packet carries no network-layer payload we read."""
     if lt == LINKTYPE_NFLOG:
         # 4-byte header (address family, version, resource id), then TLVs: length (host order, includes the
         # 4-byte TLV header; padded to 4) and type; type 9 (NFULA_PAYLOAD) is the packet from its IP header on.
@@ -673,12 +674,11 @@ def _link_layer_per_packet(buf, off: int, end: int, lt: int) -> tuple[int, int]:
         etype = 0x0800 if family == 2 else 0x86DD if family == 10 else 0
         p = off + 4
         while p + 4 <= end:
-            length = _le16(buf, p)
-            if length < 4 or p + length > end:  # written big-endian by the capturing host?
-                length = int(buf[p]) << 8 | int(buf[p + 1])
-            if length < 4 or p + length > end:
-                return -1, -1  # a damaged TLV list: the record is skipped, the capture goes on
-            tlv_type = _le16(buf, p + 2) if _le16(buf, p) == length else int(buf[p + 2]) << 8 | int(buf[p + 3])
+            length, tlv_type = _le16(buf, p), _le16(buf, p + 2)
+            if length < 4 or p + length > end:  # written by a big-endian host?
+                length, tlv_type = int(_be16(buf, p)), int(_be16(buf, p + 2))
+                if length < 4 or p + length > end:
+                    return -1, -1  # a damaged TLV list: the record is skipped, the capture goes on
             if tlv_type == 9:
                 return p + 4, etype
             p += (length + 3) & ~3
@@ -722,18 +722,12 @@ def _llc_snap(buf, q: int, end: int) -> tuple[int, int]:
 
 
 def _parse_slow(b: PacketBatch, i: int, l3: int, etype: int, h: Headers, kind) -> None:
-    """Per-packet path: Wi-Fi and NFLOG link headers, MPLS / PPPoE below IP, IPv6 extension headers, IP-in-IP
-    (decapsulated like nDPI)."""
+    """Per-packet path: MPLS / PPPoE below IP, IPv6 extension headers, IP-in-IP (decapsulated like nDPI)."""
     buf = b.buf
     end = int(b.off[i] + b.caplen[i])
     wire_end = int(b.off[i] + b.wirelen[i])
     p = l3
     kind[i] = MALFORMED
-    if int(b.linktype[i]) in PER_PACKET_LINKTYPES:
-        p, etype = _link_layer_per_packet(buf, int(b.off[i]), end, int(b.linktype[i]))
-        if p < 0 or etype not in (0, 0x0800, 0x86DD, 0x8847, 0x8848, 0x8864):
-            kind[i] = NON_IP  # management/control frames, encrypted Wi-Fi payloads, ARP, EAPOL, ...
-            return
     if etype in (0x8847, 0x8848):  # MPLS label stack, then IP by version nibble
         while p + 4 <= end:
             bottom = buf[p + 2] & 1
