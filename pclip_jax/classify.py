@@ -7,10 +7,13 @@
 
 Two backends give the same records (probabilities within 1e-4, tested): `jax` runs a workdir's checkpoints;
 `onnx` runs an export of `python -m pclip_jax.export` with onnxruntime and never imports JAX, Flax or jraph (a
-device with numpy, onnxruntime and `tokenizers` is enough). Start-up is paid once per run; flows go through the
-models in batches of a few hundred. The JAX backend keeps its compiled programs in the workdir's `cache/xla` (JAX's
-persistent compilation cache; `--compile-cache DIR` elsewhere, `off` not at all), so only the first run on a
-workdir compiles them.
+device with numpy, onnxruntime and `tokenizers` is enough). Start-up is paid once per run. Captures stream: a
+background thread reads them a few captures ahead (`data.ingest.CaptureStream`) while the models load and while
+the captures before are classified; small captures are joined until 8,192 flows are waiting, which go through the
+models in batches of a few hundred, so memory holds a few captures at a time however many are given (`--strict`
+reads all of them first, so that a problem fails the run before anything is written). The JAX backend keeps its
+compiled programs in the workdir's `cache/xla` (JAX's persistent compilation cache; `--compile-cache DIR`
+elsewhere, `off` not at all), so only the first run on a workdir compiles them.
 
 Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
 config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
@@ -38,10 +41,11 @@ import contextlib
 import dataclasses
 import gc
 import json
+import os
 import pathlib
 import sys
 import time
-from typing import Callable, Optional, Sequence, TextIO
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -49,7 +53,8 @@ from tqdm import tqdm
 from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors
 from pclip_jax import text as text_lib
-from pclip_jax.data.ingest import IngestConfig, IngestError, ingest, keep_freed_memory
+from pclip_jax.data.ingest import (CaptureStream, FlowTable, IngestConfig, IngestError, capture_jobs, ingest,
+                                   keep_freed_memory)
 from pclip_jax.kg.explain import ExplainInfo, explanation_text, explanations
 from pclip_jax.name_features import NameEncoder, with_name_features
 from pclip_jax.settings import Settings
@@ -258,15 +263,20 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
                       top_k: int = 3, strict: bool = False, workers: int = 1, progress: bool = True,
                       explain_text: int = 0, report: Optional[TextIO] = None,
                       chunk: int = DEFAULT_CHUNK, backend: str = "jax", model: str | pathlib.Path | None = None,
-                      threads: int = 0) -> ClassifyRun:
+                      threads: int = 0, read_ahead: int = 4) -> ClassifyRun:
     """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
-    the captures are read, or an open text stream).
+    the models are loaded, or an open text stream), in capture order and flow order within a capture.
 
     `backend`: "jax" runs the workdir `workdir`; "onnx" runs the export `model` (`pclip_jax.export`) with
     onnxruntime and `threads` intra-op threads (0: all cores), without importing JAX.
-    The first `explain_text` explanations are also written as text to `report`. Timings: `load` (towers, graph,
-    GNN), `ingest`, `classify` (packet tower + GNN + explanations, the `embed`/`facts`/`gnn_explain`/`records`
-    parts), `write`, `total` (end to end). Raises `IngestError` in strict mode when any capture had a problem.
+    Captures stream: a background reader ingests up to `read_ahead` captures ahead while the models load and while
+    earlier captures are classified, and flows go through the models in groups of about `chunk`, so memory holds a
+    few captures' flows, not all of them (one large capture is still read whole: its flows end with the file).
+    With `strict`, every capture is read first and any problem raises `IngestError` before a model is loaded or a
+    line written. The first `explain_text` explanations are also written as text to `report`. Timings: `load`
+    (towers, graph, GNN), `ingest` (reading the captures, overlapped with the rest), `wait` (time classification
+    waited for captures), `classify` (packet tower + GNN + explanations, the `embed`/`facts`/`gnn_explain`/`records`
+    parts), `write`, `total` (end to end).
     """
     t_start = time.perf_counter()
     if backend not in ("jax", "onnx"):
@@ -275,44 +285,64 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
         raise ValueError("--backend onnx needs --model DIR, an export written by python -m pclip_jax.export")
     if backend == "jax" and workdir is None:
         raise ValueError("--backend jax needs --workdir, a workdir trained by python -m pclip_jax.main")
-    # Captures first: a bad input (or --strict) fails before the models are loaded.
+    # Settings and the list of captures first: a missing input (or, with --strict, a capture problem) fails before
+    # the models are loaded.
     if backend == "jax":
         from pclip_jax.workdir import Workdir
         settings = Workdir(workdir).read_settings()
     else:
         from pclip_jax.onnx_runtime import read_export_settings
         settings = read_export_settings(model)
-    table = ingest(inputs, IngestConfig.from_data_config(settings.data, strict=strict, workers=workers),
-                   progress=progress)
-    t_ingest = time.perf_counter() - t_start
-    if not table.summary.get("files"):
+    ingest_config = IngestConfig.from_data_config(settings.data, strict=strict, workers=workers)
+    jobs = capture_jobs(inputs)
+    if not jobs:
         print(f"[classify] warning: no capture files found in {list(map(str, inputs))}", file=sys.stderr)
+    size_of = {name: os.path.getsize(path) for path, name in jobs}  # progress in capture bytes
     with contextlib.ExitStack() as stack:
+        if strict:
+            whole = ingest(inputs, ingest_config, progress=progress)  # raises IngestError on any problem
+            tables: Iterable = [whole] if len(whole) else []
+        else:
+            tables = stack.enter_context(CaptureStream(jobs, ingest_config, depth=read_ahead))
         # Programs compiled for this run, and how many came from the persistent cache (the CLI turns it on).
         compilations = stack.enter_context(_compilation_counter()) if backend == "jax" else None
         engine = jax_engine(workdir, mission) if backend == "jax" else onnx_engine(model, mission, threads)
-        table = with_name_features(table, engine.settings, engine.names)  # once for all chunks
-        timings = {"load": engine.load_seconds, "ingest": t_ingest, "classify": 0.0, "write": 0.0}
+        if engine.names is None and settings.data.use_names:
+            engine.names = NameEncoder(settings.text.encoder)  # loaded once for every group of captures
+        timings = {"load": engine.load_seconds, "ingest": 0.0, "wait": 0.0, "classify": 0.0, "write": 0.0}
         parts: dict = {}
         summary = Summary()
+        problems: list = []
         shown = 0
-        n = len(table)
-        bar = tqdm(total=n, desc="classify", unit="flow", file=sys.stderr, disable=not progress or n == 0)
+        bar = tqdm(total=sum(size_of.values()), desc="classify", unit="B", unit_scale=True, file=sys.stderr,
+                   disable=not progress or not jobs, dynamic_ncols=True)
         if isinstance(out, (str, pathlib.Path)):
             out = stack.enter_context(open(out, "w"))
-        for start in range(0, n, chunk):
-            t = time.perf_counter()
-            records = classify_flows(engine, table, np.arange(start, min(n, start + chunk)), top_k, parts)
-            timings["classify"] += time.perf_counter() - t
-            t = time.perf_counter()
-            out.writelines(json.dumps(r) + "\n" for r in records)
-            timings["write"] += time.perf_counter() - t
-            summary.add(records)
-            for r in records[:max(0, explain_text - shown)]:
-                print(_explanation_block(r), file=report or sys.stderr)
-                shown += 1
-            bar.update(len(records))
-            bar.set_postfix(flows_s=f"{bar.n / max(timings['classify'], 1e-9):,.0f}")
+        t_wait = time.perf_counter()
+        for group in _groups(tables, chunk):
+            timings["wait"] += time.perf_counter() - t_wait
+            timings["ingest"] += group.summary.get("seconds", 0.0)
+            for e in group.summary.get("errors", []):
+                problems.append(e)
+                if not strict:  # strict: ingest already printed them
+                    bar.write(f"warning: {e['file']}: byte {e['offset']}: {e['reason']}", file=sys.stderr)
+            group = with_name_features(group, engine.settings, engine.names)
+            for start in range(0, len(group), chunk):
+                t = time.perf_counter()
+                records = classify_flows(engine, group, np.arange(start, min(len(group), start + chunk)), top_k,
+                                         parts)
+                timings["classify"] += time.perf_counter() - t
+                t = time.perf_counter()
+                out.writelines(json.dumps(r) + "\n" for r in records)
+                timings["write"] += time.perf_counter() - t
+                summary.add(records)
+                for r in records[:max(0, explain_text - shown)]:
+                    print(_explanation_block(r), file=report or sys.stderr)
+                    shown += 1
+            bar.update(sum(size_of.get(name, 0) for name in group.summary.get("per_file", {})))
+            bar.set_postfix(flows=summary.flows, flows_s=f"{summary.flows / max(timings['classify'], 1e-9):,.0f}",
+                            refresh=False)
+            t_wait = time.perf_counter()
         out.flush()
     bar.close()
     timings.update({f"classify_{k}": v for k, v in parts.items()})
@@ -323,8 +353,21 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
         timings["compilation_cache"] = compilations.directory
     return ClassifyRun(summary=summary.as_dict() | {"table": summary.table(), "mission": engine.info.mission,
                                                     "graph": engine.info.graph, "backend": engine.backend},
-                       errors=list(table.summary.get("errors", [])), files=int(table.summary.get("files", 0)),
-                       timings=timings)
+                       errors=problems, files=len(jobs), timings=timings)
+
+
+def _groups(tables: Iterable, min_flows: int) -> Iterator[FlowTable]:
+    """Consecutive per-capture tables joined until they hold `min_flows` flows (or the captures end), so the models
+    see large batches however small the captures are."""
+    pending, count = [], 0
+    for t in tables:
+        pending.append(t)
+        count += len(t)
+        if count >= min_flows:
+            yield FlowTable.concat(pending)
+            pending, count = [], 0
+    if pending:
+        yield FlowTable.concat(pending)
 
 
 def _explanation_block(r: dict) -> str:

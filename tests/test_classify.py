@@ -20,6 +20,7 @@ from pclip_jax.kg import pipeline
 from pclip_jax.kg.missions import mission_from_statement
 from pclip_jax.kg.schema import KGValidationError, load_kg
 from pclip_jax.settings import from_config
+from pclip_jax.workdir import WorkdirError
 
 # Training captures: several service classes, few flows (the sentence encoder embeds each flow's texts).
 TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap",
@@ -228,6 +229,43 @@ def test_damaged_capture_strict_and_mission(workdir, ndpi_dir, tmp_path, capsys)
             assert w["level1"]["probability"] < r["level1"]["probability"]
             lowered += 1
     assert lowered > 0
+
+
+def test_captures_stream_through_the_models_as_one_table_would(workdir, ndpi_dir, tmp_path):
+    """Captures are read on a background thread a few at a time and classified in groups: the records are those of
+    the whole ingested table classified in one go, in the same order, whatever the group size; problems of a
+    capture are reported; a failing model load stops the reader."""
+    import threading
+
+    wd, config = workdir
+    names = [TARGET, "signal.pcap", "skype-conference-call.pcap", "googledns_android10.pcap"]
+    for name in names:
+        shutil.copy(ndpi_dir / "pcap" / name, tmp_path / name)
+    data = (ndpi_dir / "pcap" / DAMAGED).read_bytes()
+    (tmp_path / "damaged.pcap").write_bytes(data[:len(data) * 2 // 3])
+    table = ingest([str(tmp_path)], IngestConfig.from_data_config(from_config(config).data), progress=False)
+    engine = classify.jax_engine(wd)
+    whole = [json.loads(json.dumps(r)) for r in classify.classify_flows(engine, table)]
+    assert len({r["capture"] for r in whole}) == 5 and len(whole) > 50
+    threads_before = threading.active_count()
+    for chunk, read_ahead in ((7, 1), (10_000, 4)):
+        out = tmp_path / f"stream-{chunk}.jsonl"
+        run = classify.classify_captures(wd, [str(tmp_path)], out, chunk=chunk, read_ahead=read_ahead,
+                                         progress=False)
+        recs = _lines(out)
+        assert [(r["capture"], r["flow_id"]) for r in recs] == [(r["capture"], r["flow_id"]) for r in whole]
+        for a, b in zip(recs, whole):
+            assert a["level1"]["id"] == b["level1"]["id"] and a["low_confidence"] == b["low_confidence"]
+            np.testing.assert_allclose(a["level1"]["probability"], b["level1"]["probability"], atol=1e-5)
+            assert a["explanation"]["flow_facts"] == b["explanation"]["flow_facts"]
+        assert run.files == 5 and [e["file"] for e in run.errors] == ["damaged.pcap"]
+        assert run.summary["flows"] == len(whole) and run.timings["ingest"] > 0
+    no_gnn = tmp_path / "no_gnn"  # settings but no trained stages: the load fails while the reader runs
+    no_gnn.mkdir()
+    shutil.copy(wd / "config.json", no_gnn / "config.json")
+    with pytest.raises(WorkdirError, match="GNN stage"):
+        classify.classify_captures(no_gnn, [str(tmp_path)], tmp_path / "none.jsonl", progress=False)
+    assert threading.active_count() == threads_before  # the reader was stopped and joined
 
 
 def test_bad_workdir_and_input_are_clear_errors(workdir, ndpi_dir, tmp_path, capsys):

@@ -12,10 +12,11 @@ import multiprocessing
 import os
 import socket
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -359,6 +360,109 @@ def _worker(args):
     return ingest_file(path, name, config)
 
 
+def capture_jobs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """(path, name) of every capture file under `inputs` (files and folders, searched recursively), in the order
+    `ingest` reads them; the name is the path relative to the input it was found under. Raises FileNotFoundError
+    for an input that does not exist, before anything is read."""
+    return [(str(path), str(path.relative_to(root))) for path, root in capture.find_captures(inputs)]
+
+
+def ingest_tables(jobs: Sequence[tuple[str, str]], config: IngestConfig,
+                  on_batch: Callable[[int, int], None] | None = None) -> Iterator[FlowTable]:
+    """One FlowTable per capture of `jobs` (`capture_jobs`), in that order, each as soon as it is read, so a caller
+    can work on one capture's flows while later ones are read and never holds them all. With `config.workers` > 1
+    that many processes read ahead. `on_batch(bytes, packets)` reports progress (per chunk in one process, per
+    file with workers; the bytes of a file add up to its size)."""
+    if config.workers > 1 and len(jobs) > 1:
+        # fork is quick; but never fork a process that has started JAX's (or other) threads.
+        threaded = (sys.platform == "darwin" or threading.active_count() > 1
+                    or any(m in sys.modules for m in ("jax", "tensorflow", "torch")))
+        ctx = multiprocessing.get_context("spawn" if threaded else "fork")
+        with ctx.Pool(min(config.workers, len(jobs))) as pool:
+            work = [(path, name, config) for path, name in jobs]
+            for (path, _), t in zip(jobs, pool.imap(_worker, work, chunksize=1)):
+                if on_batch is not None:
+                    on_batch(os.path.getsize(path), t.summary["packets"])
+                yield t
+        return
+    for path, name in jobs:
+        done = [0]
+
+        def tick(nb, npk):
+            done[0] += nb
+            if on_batch is not None:
+                on_batch(nb, npk)
+
+        t = ingest_file(path, name, config, tick)
+        if on_batch is not None:
+            on_batch(max(0, os.path.getsize(path) - done[0]), 0)
+        yield t
+
+
+class CaptureStream:
+    """`ingest_tables(jobs, config)` on a background thread that reads at most `depth` captures ahead of the
+    consumer: iterating gives the per-capture FlowTables in order while the next ones are read (the compiled
+    reader, file reads and numpy release the GIL for much of their time), and memory holds a few captures, not
+    all of them. An exception in the reader is raised by the iteration that reaches it; `close()` (or leaving a
+    `with` block) stops the reader after the capture it is on."""
+
+    _END = object()
+
+    def __init__(self, jobs: Sequence[tuple[str, str]], config: IngestConfig, depth: int = 4):
+        import queue
+
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(list(jobs), config), name="capture-stream",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, jobs, config) -> None:
+        try:
+            for table in ingest_tables(jobs, config):
+                if not self._put(table):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # handed to the consumer, raised where it iterates
+            self._put(e)
+
+    def __iter__(self) -> Iterator[FlowTable]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "CaptureStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def report_problems(t: FlowTable, write: Callable[[str], None]) -> None:
+    """One warning line per capture problem of `t` (file, byte offset, reason)."""
+    for e in t.summary["errors"]:
+        write(f"warning: {e['file']}: byte {e['offset']}: {e['reason']}")
+
+
 def ingest(inputs: Sequence[str | os.PathLike], config: IngestConfig = IngestConfig(),
            progress: bool = True) -> FlowTable:
     """Ingest capture files and folders (searched recursively) into one FlowTable.
@@ -370,47 +474,22 @@ def ingest(inputs: Sequence[str | os.PathLike], config: IngestConfig = IngestCon
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    found = capture.find_captures(inputs)
-    jobs = []
-    for path, root in found:
-        jobs.append((str(path), str(path.relative_to(root)), config))
-    total = sum(os.path.getsize(p) for p, _, _ in jobs)
+    jobs = capture_jobs(inputs)
+    total = sum(os.path.getsize(p) for p, _ in jobs)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     n_pk = [0]
-
-    def report(t: FlowTable):
-        for e in t.summary["errors"]:
-            msg = f"warning: {e['file']}: byte {e['offset']}: {e['reason']}"
-            (bar.write if progress else print)(msg, file=sys.stderr)
 
     def tick(nbytes, npk):
         n_pk[0] += npk
         bar.update(nbytes)
         bar.set_postfix(pkts=n_pk[0], pps=f"{n_pk[0] / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
 
+    write = (lambda m: bar.write(m, file=sys.stderr)) if progress else (lambda m: print(m, file=sys.stderr))
     parts: list[FlowTable] = []
-    if config.workers > 1 and len(jobs) > 1:
-        # fork is quick; but never fork a process that has started JAX's (or other) threads.
-        threaded = sys.platform == "darwin" or any(m in sys.modules for m in ("jax", "tensorflow", "torch"))
-        ctx = multiprocessing.get_context("spawn" if threaded else "fork")
-        with ctx.Pool(min(config.workers, len(jobs))) as pool:
-            for (path, _, _), t in zip(jobs, pool.imap(_worker, jobs, chunksize=1)):
-                parts.append(t)
-                report(t)
-                tick(os.path.getsize(path), t.summary["packets"])
-    else:
-        for path, name, cfg in jobs:
-            done = [0]
-
-            def on_batch(nb, npk):
-                done[0] += nb
-                tick(nb, npk)
-
-            t = ingest_file(path, name, cfg, on_batch)
-            tick(os.path.getsize(path) - done[0], 0)
-            parts.append(t)
-            report(t)
+    for t in ingest_tables(jobs, config, tick):
+        parts.append(t)
+        report_problems(t, write)
     bar.close()
     table = FlowTable.concat(parts) if parts else empty_table(config)
     s = table.summary
