@@ -65,6 +65,28 @@ def test_workers_give_the_same_table(capture_dir):
     assert a.summary["errors"] == b.summary["errors"]
 
 
+def test_a_capture_s_table_holds_its_flows_not_its_reading_buffers(capture_dir):
+    """One capture's table owns arrays the size of its flows: the reader's generously sized output page (1,024
+    flows at least) is not kept alive by a capture with a handful of flows, or a corpus of small captures holds a
+    page per capture until they are joined (the 2,304 Zeek/Suricata captures: 1.3 GB instead of 165 MB)."""
+    from pclip_jax.data.ingest import capture_jobs, ingest_tables
+
+    jobs = capture_jobs([capture_dir])
+    tables = list(ingest_tables(jobs, IngestConfig()))
+    assert [t.summary["files"] for t in tables] == [1] * len(jobs) and sum(len(t) for t in tables) > 0
+    for t in tables:
+        assert len(t) < 512  # small captures: the case this is about
+        for name in ("bytes", "sizes", "iat", "tcp_flags"):
+            a = t.tensors[name]
+            held = a.base.nbytes if isinstance(a.base, np.ndarray) else a.nbytes
+            assert held <= max(a.nbytes, 1) * 2, (t.summary["per_file"], name, held, a.nbytes)
+    # The per-capture tables joined are the table `ingest` returns.
+    whole = _ingest([capture_dir])
+    joined = FlowTable.concat(tables)
+    for k in whole.tensors:
+        np.testing.assert_array_equal(whole.tensors[k], joined.tensors[k], err_msg=k)
+
+
 def test_strict_raises_with_the_problem(capture_dir):
     with pytest.raises(IngestError, match=r"sub/broken.cap: byte \d+: truncated"):
         _ingest([capture_dir], strict=True)

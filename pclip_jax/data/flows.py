@@ -524,7 +524,14 @@ class FlowTracker:
         n = self.n_ids
         done, self.done = self.done, []
         if len(self.pages) == 1:
-            out = {k: v[:n] for k, v in self.pages[0][1].items()}  # views: no copy of the large rows
+            page = self.pages[0][1]
+            # Views of the page: no copy of the large rows. But a page mostly unused and small enough to come from
+            # the heap (not fresh zero pages: its capacity can be real memory) is copied down to its flows, else a
+            # corpus of small captures keeps a 2 MB page alive per capture (2,304 Zeek/Suricata captures: 1.3 GB
+            # peak RSS instead of 165 MB).
+            small = sum(v[:n].nbytes for v in page.values()) < (32 << 20)
+            view = 2 * n >= len(page["sizes"]) or not small
+            out = {k: v[:n] if view else v[:n].copy() for k, v in page.items()}
         else:
             out = {k: np.concatenate([p[k] for _, p in self.pages])[:n] for k in _ROWS}
         self.pages = [(0, self._rows(0))]
