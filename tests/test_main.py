@@ -112,6 +112,29 @@ def test_capture_splits_benchmark_reads_the_results_it_summarises(workdir):
     assert "linear probe" in bench.format_summary([0, 1], summary)
 
 
+def test_checkpoint_steps_benchmark_reproduces_the_kept_step(workdir):
+    """benchmarks/checkpoint_steps.py scores every kept pre-training step; on the step the job kept it gives the
+    job's own probe and zero-shot figures, and it scores each periodic checkpoint as well."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoint_steps.py"
+    spec = importlib.util.spec_from_file_location("checkpoint_steps", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    wd, results = workdir
+    rows = bench.score_workdir(str(wd))
+    periodic = sorted(int(p.name) for p in Workdir(wd).checkpoints.iterdir() if p.name.isdigit())
+    assert set(periodic) <= {r["step"] for r in rows} and periodic
+    [kept] = [r for r in rows if r["kept"]]
+    best = Workdir(wd).best_checkpoints / "best.json"  # the job's step: the validation-best one, else the newest
+    assert kept["step"] == (json.loads(best.read_text())["step"] if best.is_file() else max(periodic))
+    for key, block in (("test_probe", "test"), ("test_zero_shot", "zero_shot")):
+        for metric in ("accuracy", "macro_f1", "mauc"):
+            assert np.isclose(kept[key][metric], results[block][metric], atol=1e-6), (key, metric)
+    assert "(kept)" in bench.format_row(kept)
+
+
 def test_detection_inputs_benchmark_reproduces_the_jobs_gnn(workdir, tmp_path):
     """benchmarks/detection_inputs.py retrains the GNN from a finished workdir's towers and flows: with the
     embedding alone it gives the main job's own GNN numbers (the comparison it makes is against what the job
