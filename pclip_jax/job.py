@@ -142,11 +142,12 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
         settings = graph_for_labels(settings, wd, prepared)
         wd.save_settings(settings)
     featurizer = text_featurizer(settings)
-    texts = train.build_train_texts(prepared, settings, featurizer, cache_dir)
+    pretraining, hidden = train.pretraining_flows(prepared, settings)
+    texts = train.build_train_texts(pretraining, settings, featurizer, cache_dir, hidden)
     model = build_model(settings)
     t_train = time.time()
     validate = train.make_validator(settings, model, prepared, featurizer, cache_dir)
-    params, steps = train.pretrain(settings, wd, prepared, texts, model, validate=validate)
+    params, steps = train.pretrain(settings, wd, pretraining, texts, model, validate=validate)
     t_train = time.time() - t_train
     if model.text_encoder is not None:  # prompts and graph descriptions through the tuned text tower
         featurizer = text_featurizer(settings, params)

@@ -69,6 +69,9 @@ class DataSettings:
     validation_fraction: float = 0.15
     split_seed: int = 0
     fraction: float = 1.0
+    # With fraction < 1: pre-training also sees the training flows outside the fraction, labels hidden (their text
+    # is the flow's own facts), as when labels are scarce but traffic is not; probe and GNN still fit on the fraction.
+    unlabelled_pretraining: bool = False
 
     def validate(self, prefix: str = "data") -> None:
         _check(self.packets >= 1, f"{prefix}.packets", self.packets, "an integer >= 1")

@@ -96,9 +96,29 @@ class TrainTexts:
     tokens: Optional[dict] = None  # [T, L] token ids and mask of the distinct texts (tuned text tower only)
 
 
-def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: TextFeaturizer, cache_dir
-                      ) -> TrainTexts:
-    """V text variants per training flow (class descriptions + flow facts, sampled), embedded once."""
+def pretraining_flows(prepared: PreparedFlows, settings: Settings) -> tuple[PreparedFlows, Optional[np.ndarray]]:
+    """(the flows pre-training runs on, the table rows whose labels it must not see or None).
+
+    The prepared flows themselves, unless `data.unlabelled_pretraining` is on and `train_idx` is a `data.fraction`
+    subset: then every training row of the split, those outside the fraction with class id -1 (sampled as one
+    bucket of their own, positives of their own text only in the loss) and hidden from the texts (facts only)."""
+    pool = prepared.train_pool_idx
+    if not settings.data.unlabelled_pretraining or pool is None or len(pool) == len(prepared.train_idx):
+        return prepared, None
+    hidden = np.zeros(len(prepared.table), bool)
+    hidden[pool] = True
+    hidden[prepared.train_idx] = False
+    class_ids = np.where(hidden, -1, prepared.class_ids).astype(prepared.class_ids.dtype)
+    print(f"[data] pre-training on all {len(pool)} training flows, {int(hidden.sum())} of them with labels hidden "
+          f"(data.unlabelled_pretraining); probe and GNN on the {len(prepared.train_idx)} of the fraction",
+          file=sys.stderr)
+    return dataclasses.replace(prepared, train_idx=np.asarray(pool), class_ids=class_ids), hidden
+
+
+def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: TextFeaturizer, cache_dir,
+                      hidden: Optional[np.ndarray] = None) -> TrainTexts:
+    """V text variants per training flow (class descriptions + flow facts, sampled), embedded once. A flow whose
+    row is set in `hidden` (a table-length mask, `pretraining_flows`) gets its facts only: no label reaches it."""
     table = prepared.table
     descriptions = load_descriptions(settings)
     rng = np.random.default_rng(settings.train.seed)
@@ -115,7 +135,7 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
     vocabulary: dict[str, int] = {}
     variants = np.zeros((len(prepared.train_idx), settings.text.variants_per_flow), np.int32)
     for v in range(settings.text.variants_per_flow):
-        names = [[labels[i], apps[i]] for i in prepared.train_idx]
+        names = [["", ""] if hidden is not None and hidden[i] else [labels[i], apps[i]] for i in prepared.train_idx]
         texts = text_lib.sample_flow_texts(rng, names, facts, descriptions, p_facts=settings.text.p_facts)
         for row, t in enumerate(texts):
             variants[row, v] = vocabulary.setdefault(t, len(vocabulary))

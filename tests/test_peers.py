@@ -77,6 +77,22 @@ def test_a_few_steps_reduce_the_loss(name, table):
     assert peer_train.flops_per_flow(fitted.module, fitted.params, x) > 0
 
 
+def test_pre_training_reads_the_unlabelled_flows_it_is_given(table):
+    """With data.unlabelled_pretraining a peer's self-supervised stage reads more flows than it fine-tunes on
+    (`x_pretrain`): the pre-training losses are those of the flows given, fine-tuning is unchanged in kind."""
+    spec = models.PEERS["yatc"]  # masked-autoencoder pre-training
+    assert spec.pretrain
+    labelled, unlabelled = np.arange(32), np.arange(32, 160)
+    y = (np.asarray(table.meta["proto"])[labelled] == 17).astype(np.int64)
+    x = spec.features(table.tensors, labelled)
+    config = peer_train.PeerTrainConfig(pretrain_steps=8, steps=4, batch_size=16, warmup_steps=1)
+    own = peer_train.fit_peer(spec, "cpu", 2, x, y, x, y, config, progress=False)
+    more = peer_train.fit_peer(spec, "cpu", 2, x, y, x, y, config, progress=False,
+                               x_pretrain=spec.features(table.tensors, np.concatenate([labelled, unlabelled])))
+    assert own.info["pretrain_loss_first"] != more.info["pretrain_loss_first"]
+    assert np.isfinite(more.info["pretrain_loss_last"]) and np.isfinite(more.info["loss_last"])
+
+
 def test_cells_shard_and_resume(ndpi_dir, tmp_path):
     cells = suite.make_cells(["ndpi", "iot_sentinel"], ["pclip", "extra_trees"], [0.1, 1.0], [0, 1])
     assert len(cells) == 16 and cells[0] == suite.Cell("ndpi", "pclip", 1.0, 0)

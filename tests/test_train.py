@@ -7,6 +7,7 @@ import pytest
 
 from configs import test as test_config
 from pclip_jax import embedding, job, loop
+from pclip_jax import text as text_lib
 from pclip_jax import train as train_lib
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.settings import from_config
@@ -49,6 +50,40 @@ def test_split_is_capture_disjoint(setup):
     assert len(prepared.train_idx) and len(prepared.test_idx)
     # Every evaluated class keeps training flows after the validation captures are carved out.
     assert set(np.unique(prepared.class_ids[prepared.train_idx])) >= set(range(len(prepared.class_names)))
+
+
+def test_unlabelled_pretraining_hides_the_labels_outside_the_fraction(setup):
+    """With data.fraction < 1 and data.unlabelled_pretraining, pre-training runs on every training flow of the split,
+    those outside the fraction without class and with their facts as their only text; off (the default), or with
+    all the data, pre-training sees exactly the fraction."""
+    settings, _, featurizer, _ = setup
+    cache = settings.data.cache_dir
+    scarce = settings.replace(data={"fraction": 0.3, "unlabelled_pretraining": True})
+    prepared = job.prepare_experiment(scarce, cache)
+    pool, fraction = prepared.train_pool_idx, prepared.train_idx
+    assert pool is not None and set(fraction) < set(pool) and len(fraction) < 0.5 * len(pool)
+    view, hidden = train_lib.pretraining_flows(prepared, scarce)
+    np.testing.assert_array_equal(view.train_idx, pool)
+    assert hidden.sum() == len(pool) - len(fraction) and not hidden[fraction].any()
+    assert (view.class_ids[hidden] == -1).all()
+    np.testing.assert_array_equal(view.class_ids[fraction], prepared.class_ids[fraction])
+    texts = train_lib.build_train_texts(view, scarce, featurizer, cache, hidden)
+    meta = prepared.table.meta
+    facts = text_lib.flow_facts_batch(
+        prepared.table.tensors["sizes"][pool], prepared.table.tensors["iat"][pool],
+        prepared.table.tensors["num_packets"][pool], np.asarray(meta["proto"])[pool],
+        duration=np.asarray(meta["last_ts"])[pool] - np.asarray(meta["first_ts"])[pool])
+    for row, i in enumerate(pool):
+        chosen = {texts.texts[v] for v in texts.variants[row]}
+        if hidden[i]:
+            assert chosen == {facts[row]}, (i, chosen)  # no class or application description
+        else:
+            assert any(t != facts[row] for t in chosen) or settings.text.p_facts == 1.0
+    # The probe and the GNN fit on the fraction: the prepared flows keep it.
+    assert prepared.train_idx is fraction
+    for off in (scarce.replace(data={"unlabelled_pretraining": False}), settings):
+        same, none = train_lib.pretraining_flows(job.prepare_experiment(off, cache), off)
+        assert none is None and len(same.train_idx) == (len(fraction) if off is not settings else len(pool))
 
 
 def test_resume_equals_straight_run(setup, tmp_path):

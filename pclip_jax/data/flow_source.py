@@ -238,7 +238,9 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
                          f"training flows (data.min_class_flows)")
     lookup = {c: i for i, c in enumerate(class_names)}
     class_ids = np.array([lookup.get(x, -1) for x in labels.tolist()], np.int32)
+    train_pool_idx = None
     if data_config.fraction < 1.0:
+        train_pool_idx = np.asarray(train_idx)
         train_idx = splits_lib.fraction_subset(table, train_idx, data_config.fraction, data_config.split_seed, level)
     captures = meta["capture"].astype(str)
     print(f"[data] {data_config.dataset}: {len(captures)} flows; train {len(train_idx)} / validation {len(val_idx)} "
@@ -250,7 +252,8 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
                          split_captures={"train": sorted(set(captures[train_idx])),
                                          "validation": sorted(set(captures[val_idx])),
                                          "test": sorted(set(captures[test_idx]))},
-                         taxonomy={"source": "dataset", "dataset": str(data_config.dataset)})
+                         taxonomy={"source": "dataset", "dataset": str(data_config.dataset)},
+                         train_pool_idx=train_pool_idx)
 
 
 class Prefetcher:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import pathlib
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class PreparedFlows:
     split_captures: dict             # split → sorted capture names
     taxonomy: dict = dataclasses.field(default_factory=dict)  # where level1/level2 came from (data/taxonomy.py)
     sources: list = dataclasses.field(default_factory=list)  # source names of a mixed corpus (meta "source")
+    train_pool_idx: Optional[np.ndarray] = None  # all training rows when `train_idx` is a `data.fraction` subset
 
     def source_rows(self, idx: np.ndarray, name: str) -> np.ndarray:
         """The rows of `idx` that come from source `name` of a mixed corpus."""
@@ -301,7 +302,9 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
     class_ids = np.array([lookup.get(x, -1) for x in labels], dtype=np.int32)
     dropped = dict(dropped)
     dropped["class_below_min_train_flows"] = int((class_ids == -1).sum())
+    train_pool_idx = None
     if data_config.fraction < 1.0:
+        train_pool_idx = np.asarray(train_idx)
         train_idx = np.asarray(splits_lib.fraction_subset(table, train_idx, data_config.fraction,
                                                           data_config.split_seed, level))
     captures = np.asarray(table.meta["capture"]).astype(str)
@@ -322,4 +325,4 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
                          split_captures={"train": sorted(set(captures[train_idx])),
                                          "validation": sorted(set(captures[val_idx])),
                                          "test": sorted(set(captures[test_idx]))},
-                         taxonomy=levels, sources=[s.name for s in sources if s.name])
+                         taxonomy=levels, sources=[s.name for s in sources if s.name], train_pool_idx=train_pool_idx)

@@ -257,8 +257,12 @@ def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], siz
     t = prepared.table.tensors
     x = {name: spec.features(t, rows) for name, rows in idx.items()}
     config = train_config or peer_train.PeerTrainConfig(seed=cell.seed)
+    # data.unlabelled_pretraining: a peer's self-supervised pre-training reads every training flow of the split, as
+    # PacketCLIP's does (train.pretraining_flows); fine-tuning keeps the labelled fraction.
+    pool = prepared.train_pool_idx if settings.data.unlabelled_pretraining else None
+    x_pretrain = spec.features(t, pool) if pool is not None else None
     fitted = peer_train.fit_peer(spec, size, len(prepared.class_names), x["train"], y["train"], x["validation"],
-                                 y["validation"], config, progress=progress)
+                                 y["validation"], config, progress=progress, x_pretrain=x_pretrain)
     peer_train.predict_proba(fitted.module, fitted.params, peer_train._take(x["test"], np.arange(1)))  # compile
     started = time.perf_counter()
     proba = peer_train.predict_proba(fitted.module, fitted.params, x["test"])

@@ -112,9 +112,11 @@ def cast_floating(tree, dtype):
 
 
 def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.ndarray, x_val, y_val: np.ndarray,
-             config: PeerTrainConfig, progress: bool = True) -> FittedPeer:
+             config: PeerTrainConfig, progress: bool = True, x_pretrain=None) -> FittedPeer:
     """Pre-trains (if the peer has it) and fine-tunes `spec` at `size` on (x_train, y_train); selects the step
-    with the best validation mAUC when validation flows of ≥ 2 classes exist, else keeps the last."""
+    with the best validation mAUC when validation flows of ≥ 2 classes exist, else keeps the last. `x_pretrain`:
+    the inputs of the self-supervised pre-training (default `x_train`; more flows, unlabelled, when labels are
+    scarce)."""
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -127,6 +129,8 @@ def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.n
     n = _count(x_train)
 
     if spec.pretrain and config.pretrain_steps > 0:
+        x_pre = x_train if x_pretrain is None else x_pretrain
+        n_pre = _count(x_pre)
         tx = peer_optimizer(config.pretrain_learning_rate, config.pretrain_steps, config)
         state = tx.init(params)
 
@@ -141,7 +145,7 @@ def fit_peer(spec: PeerSpec, size: str, num_classes: int, x_train, y_train: np.n
         losses = []
         for step in tqdm(range(config.pretrain_steps), desc=f"{spec.name} pre-training", disable=not progress,
                          leave=False):
-            xb = _take(x_train, _batches(n, config.batch_size, config.seed, step))
+            xb = _take(x_pre, _batches(n_pre, config.batch_size, config.seed, step))
             params, state, loss = pre_step(params, state, xb, jax.random.fold_in(mask_rng, step))
             losses.append(float(loss))
         info["pretrain_loss_first"], info["pretrain_loss_last"] = float(np.mean(losses[:10])), \
