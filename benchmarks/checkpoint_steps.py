@@ -16,7 +16,6 @@ import argparse
 import json
 import pathlib
 import sys
-import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -24,30 +23,21 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 
-def _restore_step(wd, step: int, like):
-    """Parameters of periodic checkpoint `step` of workdir `wd` (a read-only view holding that step alone)."""
+def _restore_step(ckpts, step: int, like):
+    """Parameters of periodic checkpoint `step` (`ckpts`: the workdir's checkpoints, opened for reading)."""
     import jax
 
-    from pclip_jax.checkpointing import Checkpoints
     from pclip_jax.train import create_state
 
-    with tempfile.TemporaryDirectory() as tmp:
-        (pathlib.Path(tmp) / str(step)).symlink_to((wd.checkpoints / str(step)).resolve())
-        shape = jax.eval_shape(lambda: create_state(like.settings, like.model, jax.random.PRNGKey(0)))
-        ckpts = Checkpoints(tmp, writable=False)
-        try:
-            state, got = ckpts.restore(shape)
-        finally:
-            ckpts.close()
-    if got != step:
-        raise ValueError(f"{wd.checkpoints / str(step)}: could not be restored")
-    return state.params
+    shape = jax.eval_shape(lambda: create_state(like.settings, like.model, jax.random.PRNGKey(0)))
+    return ckpts.restore(shape, step=step)[0].params
 
 
 def score_workdir(workdir: str) -> list[dict]:
     """One row per kept pre-training step of `workdir`: probe and zero-shot metrics on validation and test."""
     from pclip_jax import evaluate as ev
     from pclip_jax import inference, job, metrics, parallel
+    from pclip_jax.checkpointing import Checkpoints
     from pclip_jax.embedding import embed_flows, make_embed_fn, zero_shot_scores
     from pclip_jax.loop import BestKeeper
 
@@ -61,14 +51,15 @@ def score_workdir(workdir: str) -> list[dict]:
     apps = np.asarray(prepared.table.meta["level2"]).astype(str)
     prompt_feats, prompt_class = wd.load_class_text()
     best_file = wd.best_checkpoints / "best.json"
-    steps = sorted(int(p.name) for p in wd.checkpoints.iterdir() if p.name.isdigit())
+    ckpts = Checkpoints(wd.checkpoints, writable=False)
+    steps = ckpts.all_steps()
     # The step the job used (as `inference.load_towers`): the validation-best one, else the newest.
     best = json.loads(best_file.read_text())["step"] if best_file.is_file() else None
     kept = best if best is not None else max(steps)
     rows = []
     for step in sorted(set(steps) | {kept}):
         params = (BestKeeper(wd.best_checkpoints).load(towers.params) if step == best
-                  else _restore_step(wd, step, towers))
+                  else _restore_step(ckpts, step, towers))
         embed_fn, replicated = make_embed_fn(model), parallel.replicate(params)
         feats, z, y, idx = {}, {}, {}, {}
         for split, attr in (("train", "train_idx"), ("validation", "val_idx"), ("test", "test_idx")):
@@ -76,12 +67,9 @@ def score_workdir(workdir: str) -> list[dict]:
             f, e = embed_flows(embed_fn, replicated, prepared.table.tensors, r, settings.eval.batch_size)
             keep = prepared.class_ids[r] >= 0
             feats[split], z[split], y[split], idx[split] = f[keep], e[keep], prepared.class_ids[r][keep], r[keep]
-        targets, to_class, target_names = ev.probe_targets(y["train"], apps[idx["train"]], len(names),
-                                                           settings.eval.probe_targets)
-        l2, _ = ev.select_probe_l2(feats["train"], targets, feats["validation"], y["validation"],
-                                   len(target_names), settings.train.seed, to_class=to_class)
-        probe = ev.fit_linear_probe(feats["train"], targets, len(target_names), l2=l2, seed=settings.train.seed,
-                                    to_class=to_class)
+        probe, l2, _, _ = ev.fit_validated_probe(feats["train"], y["train"], apps[idx["train"]], feats["validation"],
+                                                 y["validation"], len(names), settings.eval.probe_targets,
+                                                 settings.train.seed)
         row = {"workdir": str(workdir), "step": step, "kept": step == kept, "probe_l2": l2}
         for split in ("validation", "test"):
             if not len(y[split]):  # a run without validation captures (data.validation_fraction = 0)
@@ -94,6 +82,7 @@ def score_workdir(workdir: str) -> list[dict]:
                 row[f"{split}_{name}"] = {k: report[k] for k in ("accuracy", "macro_f1", "mauc")}
         rows.append(row)
         print(format_row(row), flush=True)
+    ckpts.close()
     return rows
 
 

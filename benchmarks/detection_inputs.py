@@ -83,14 +83,10 @@ def run_workdir(workdir: str, variants, seeds, out_dir: pathlib.Path) -> list[di
         # The linear probe on the same inputs, at the workdir's evaluated classes (the main job's probe targets).
         names = prepared.class_names
         k = {s: prepared.class_ids[r] >= 0 for s, r in splits.items()}
-        targets, to_class, _ = evaluate_lib.probe_targets(prepared.class_ids[splits["train"]][k["train"]],
-                                                         level2[splits["train"]][k["train"]], len(names),
-                                                         settings.eval.probe_targets)
-        l2, _ = evaluate_lib.select_probe_l2(x["train"][k["train"]], targets, x["validation"][k["validation"]],
-                                             prepared.class_ids[splits["validation"]][k["validation"]],
-                                             to_class.shape[0], to_class=to_class)
-        probe = evaluate_lib.fit_linear_probe(x["train"][k["train"]], targets, to_class.shape[0], l2=l2,
-                                              to_class=to_class)
+        probe, _, _, _ = evaluate_lib.fit_validated_probe(
+            x["train"][k["train"]], prepared.class_ids[splits["train"]][k["train"]], level2[splits["train"]][k["train"]],
+            x["validation"][k["validation"]], prepared.class_ids[splits["validation"]][k["validation"]], len(names),
+            settings.eval.probe_targets)
         report = metrics_lib.classification_report(prepared.class_ids[te][k["test"]],
                                                    evaluate_lib.linear_probe_scores(probe, x["test"][k["test"]]),
                                                    names)

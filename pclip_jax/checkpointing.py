@@ -71,11 +71,19 @@ class Checkpoints:
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
-    def restore(self, target: Any = None) -> tuple[Any, Optional[int]]:
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, target: Any = None, step: Optional[int] = None) -> tuple[Any, Optional[int]]:
         """(tree, step) of the newest intact checkpoint, restored into the structure of `target` (an unreplicated
         pytree of arrays or ShapeDtypeStructs; None = as saved), or (target, None) when there is none.
-        Raises CheckpointError when checkpoints exist but none is intact."""
+        Raises CheckpointError when checkpoints exist but none is intact. With `step`, that checkpoint only
+        (CheckpointError when it is missing or damaged)."""
         steps = sorted(self.manager.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(f"{self.directory}: no checkpoint of step {step} (steps: {sorted(steps)})")
+            steps = [step]
         if not steps:
             return target, None
         digests = self._digests()
@@ -96,7 +104,7 @@ class Checkpoints:
             damaged.append(step)
             print(f"[checkpoint] {self.directory}/{step}: damaged ({reason}); trying an older checkpoint",
                   file=sys.stderr)
-        if self.writable:
+        if self.writable and step is None:
             self._move_aside(damaged)
             print(f"[checkpoint] {self.directory}: no intact checkpoint (damaged steps {damaged}, moved to "
                   f"damaged-STEP); starting from scratch", file=sys.stderr)

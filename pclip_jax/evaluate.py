@@ -99,6 +99,18 @@ def fit_linear_probe(features: np.ndarray, y: np.ndarray, num_classes: int, l2: 
     return probe
 
 
+def fit_validated_probe(train_features: np.ndarray, y_train: np.ndarray, train_applications: Sequence[str],
+                        val_features: np.ndarray, y_val: np.ndarray, num_classes: int, mode: str, seed: int = 0
+                        ) -> tuple[dict, float, dict, list]:
+    """The main job's linear probe: targets per `mode` (`probe_targets`), L2 chosen on the validation flows
+    (`select_probe_l2`), fitted on the training flows. Returns (probe, l2, validation score per L2, target names)."""
+    targets, to_class, target_names = probe_targets(y_train, train_applications, num_classes, mode)
+    l2, l2_scores = select_probe_l2(train_features, targets, val_features, y_val, len(target_names), seed,
+                                    to_class=to_class)
+    probe = fit_linear_probe(train_features, targets, len(target_names), l2=l2, seed=seed, to_class=to_class)
+    return probe, l2, l2_scores, target_names
+
+
 def linear_probe_scores(probe: dict, features: np.ndarray) -> np.ndarray:
     """Class probabilities [N, C] of a fitted probe (summed over a class's applications when it has them)."""
     logits = ((features - probe["mean"]) / probe["std"]) @ probe["coef"].T + probe["intercept"]
@@ -158,13 +170,10 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     keep_val = y_val >= 0
     apps = np.asarray(prepared.table.meta["level2"]).astype(str)
     targets_mode = settings.eval.probe_targets
-    targets, to_class, target_names = probe_targets(y_train[keep_train], apps[prepared.train_idx][keep_train],
-                                                    len(names), targets_mode)
-    l2, l2_scores = select_probe_l2(feats_train[keep_train], targets,
-                                    feats_val[keep_val] if len(feats_val) else feats_val, y_val[keep_val],
-                                    len(target_names), settings.train.seed, to_class=to_class)
-    probe = fit_linear_probe(feats_train[keep_train], targets, len(target_names), l2=l2, seed=settings.train.seed,
-                             to_class=to_class)
+    probe, l2, l2_scores, target_names = fit_validated_probe(
+        feats_train[keep_train], y_train[keep_train], apps[prepared.train_idx][keep_train],
+        feats_val[keep_val] if len(feats_val) else feats_val, y_val[keep_val], len(names), targets_mode,
+        settings.train.seed)
     probe_scores = linear_probe_scores(probe, feats_test[keep_test])
     prompt_feats, prompt_class, _ = class_text_features(names, featurizer, load_descriptions(settings), cache_dir)
     zs_scores = zero_shot_scores(params, model, z_test[keep_test], prompt_feats, prompt_class, len(names))
