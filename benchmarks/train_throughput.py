@@ -135,6 +135,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
             "input_flows_per_s": input_flows_per_s,
             "flops_per_step": flops_per_step, "mfu": mfu, "peak_rss_mb": _rss_mb(), "rss_before_training_mb": rss_before,
             "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+            "data_parallel": compat.data_parallel_implementation(),  # $PCLIP_DATA_PARALLEL: pmap or shard_map
             "distinct_texts": len(texts.texts)}
 
 

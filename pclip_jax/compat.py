@@ -44,10 +44,92 @@ def compiled_flops(fn: Callable, *args: Any, on_cpu: bool = False, **kwargs: Any
     return float((analysis or {}).get("flops", 0.0))
 
 
-def pmap(fn: Callable, axis_name: str, donate_argnums: tuple = ()) -> Callable:
-    """`jax.pmap` over the local devices. pmap is in maintenance mode (implemented on `shard_map` since JAX 0.8);
-    every data-parallel step of the project goes through here, so moving to `shard_map` is one place."""
-    return jax.pmap(fn, axis_name=axis_name, donate_argnums=donate_argnums)
+DATA_PARALLEL_ENV = "PCLIP_DATA_PARALLEL"
+DATA_PARALLEL = ("pmap", "shard_map")
+
+
+def data_parallel_implementation() -> str:
+    """How `pmap` maps steps over devices in this process: $PCLIP_DATA_PARALLEL ('pmap' or 'shard_map'); unset,
+    'pmap' while JAX still has it."""
+    import os
+
+    chosen = os.environ.get(DATA_PARALLEL_ENV, "").strip()
+    if not chosen:
+        return "pmap" if hasattr(jax, "pmap") else "shard_map"
+    if chosen not in DATA_PARALLEL:
+        raise ValueError(f"{DATA_PARALLEL_ENV}={chosen!r}: expected one of {', '.join(DATA_PARALLEL)}")
+    return chosen
+
+
+def pmap(fn: Callable, axis_name: str, donate_argnums: tuple = (), implementation: str | None = None) -> Callable:
+    """`fn` mapped over the local devices as `jax.pmap(fn, axis_name)` maps it: every argument and result has a
+    leading axis of one slice per local device, and `fn` sees one slice, with collectives over `axis_name` across
+    all devices of all processes.
+
+    pmap is in maintenance mode (implemented on `shard_map` since JAX 0.8) and every data-parallel step of the
+    project goes through here, so `implementation` ('pmap', 'shard_map'; default `data_parallel_implementation()`)
+    is the one place that moves it: 'shard_map' runs the same `fn` as one jitted `jax.shard_map` program over a
+    mesh of all devices (tests/test_train.py checks that training gives the same parameters both ways).
+    """
+    implementation = implementation or data_parallel_implementation()
+    if implementation == "pmap":
+        return jax.pmap(fn, axis_name=axis_name, donate_argnums=donate_argnums)
+    if implementation == "shard_map":
+        return _pmap_on_shard_map(fn, axis_name, donate_argnums)
+    raise ValueError(f"data-parallel implementation {implementation!r}: expected one of {', '.join(DATA_PARALLEL)}")
+
+
+def _pmap_on_shard_map(fn: Callable, axis_name: str, donate_argnums: tuple) -> Callable:
+    """pmap's contract written with `jax.shard_map`: a 1-D mesh of all devices (process by process, as pmap orders
+    its global axis), each device's block of the leading axis (size 1) squeezed off before `fn` and put back
+    after. Arguments and results are this process's [local_devices, ...] slices, as with pmap; in a multi-process
+    run they are joined into global arrays for the program and cut back after it, both without copying device
+    buffers where a leaf already holds one slice per local device."""
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    spec = PartitionSpec(axis_name)
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), (axis_name,)), spec)
+    local = jax.local_devices()
+    local_sharding = NamedSharding(Mesh(np.array(local), (axis_name,)), spec)
+    multi_process = jax.process_count() > 1
+
+    def per_device(*args):
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+
+    def one_slice_per_device(x) -> bool:
+        shards = x.addressable_shards
+        return (x.shape[0] == len(local) and len(shards) == len(local)
+                and len({s.device for s in shards}) == len(local) and all(s.data.shape[0] == 1 for s in shards))
+
+    def to_global(x):
+        if isinstance(x, jax.Array):
+            if x.sharding == sharding:
+                return x
+            if x.is_fully_addressable and one_slice_per_device(x):
+                return jax.make_array_from_single_device_arrays((jax.device_count(),) + x.shape[1:], sharding,
+                                                                [s.data for s in x.addressable_shards])
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    def to_local(x):
+        return jax.make_array_from_single_device_arrays((len(local),) + x.shape[1:], local_sharding,
+                                                        [s.data for s in x.addressable_shards])
+
+    programs: dict[int, Callable] = {}
+
+    def mapped(*args):
+        if len(args) not in programs:
+            # check_vma=False: every result is per-device (out_specs = the mapped axis), as pmap's are.
+            body = jax.shard_map(per_device, mesh=sharding.mesh, in_specs=(spec,) * len(args), out_specs=spec,
+                                 check_vma=False)
+            programs[len(args)] = jax.jit(body, donate_argnums=donate_argnums)
+        if not multi_process:
+            return programs[len(args)](*args)  # one process: jit lays the [devices, ...] arguments out itself
+        out = programs[len(args)](*jax.tree.map(to_global, args))
+        return jax.tree.map(to_local, out)
+
+    return mapped
 
 
 def replicate_local(tree: Any) -> Any:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from pclip_jax import evaluate, files, loop, train
-from pclip_jax.compat import maybe_initialize_distributed
+from pclip_jax.compat import data_parallel_implementation, maybe_initialize_distributed
 from pclip_jax.data.flow_source import prepare_from_dataset
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
 from pclip_jax.embedding import build_model, load_descriptions, text_featurizer
@@ -160,7 +160,8 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
     results["data"]["taxonomy"] = prepared.taxonomy
     results.update({
         "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
-                    "platform": jax.devices()[0].platform, "processes": jax.process_count()},
+                    "platform": jax.devices()[0].platform, "processes": jax.process_count(),
+                    "data_parallel": data_parallel_implementation()},
         "train_steps": steps,
         # The pre-training loop's time summed over the runs that trained this model (a resumed or re-invoked run
         # is not reported as a fast one); this invocation's own time where no steps were logged.

@@ -1,7 +1,7 @@
 """Multi-process data parallelism on this machine: `launch/multihost.sh --local 2` (two processes with 4 CPU
 devices each, a coordinator on 127.0.0.1) runs the test config end to end, and its pre-training losses and
 parameters equal the single-process run on 8 devices (batches are a pure function of (seed, step), cut per process
-after they are drawn)."""
+after they are drawn), with jax.pmap and with compat.pmap's shard_map implementation ($PCLIP_DATA_PARALLEL)."""
 import json
 import os
 import subprocess
@@ -26,30 +26,35 @@ def test_two_processes_equal_one(ndpi_dir, minilm_dir, tmp_path):
     single = tmp_path / "single"
     assert jax.device_count() == 8  # conftest: 8 CPU devices in this process
     job.train_and_evaluate(config, str(single))
-
-    multi = tmp_path / "multi"
     overrides = [f"--config.data.inputs={tuple(config.data.inputs)!r}", f"--config.data.labels={config.data.labels}",
                  f"--config.text.encoder={config.text.encoder}", "--config.train.num_steps=4",
                  "--config.train.checkpoint_every=10", "--config.train.log_every=1"]
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    run = subprocess.run([str(REPO / "launch" / "multihost.sh"), "--local", "2", str(REPO / "configs" / "test.py"),
-                          str(multi), *overrides], capture_output=True, text=True, env=env, timeout=1200)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((multi / "results.json").read_text())
-    assert results["devices"]["processes"] == 2 and results["devices"]["count"] == 8
-    assert results["devices"]["local"] == 4 and "gnn" in results
-
-    one, two = _losses(single), _losses(multi)
-    assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3, 4]
-    np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=1e-5)
     p1 = jax.tree_util.tree_flatten_with_path(inference.load_towers(Workdir(single)).params)[0]
-    p2 = dict((jax.tree_util.keystr(k), v)
-              for k, v in jax.tree_util.tree_flatten_with_path(inference.load_towers(Workdir(multi)).params)[0])
-    for path, a in p1:
-        name, b = jax.tree_util.keystr(path), np.asarray(p2[jax.tree_util.keystr(path)])
-        if "['key']['bias']" in name:
-            # Softmax ignores a bias added to every key: its true gradient is 0, what it gets is rounding noise
-            # (reduction order differs across processes) that Adam scales to steps of the learning rate.
-            assert np.abs(b).max() <= 4 * config.train.learning_rate and np.abs(a).max() <= 4 * config.train.learning_rate
-            continue
-        np.testing.assert_allclose(b, np.asarray(a), rtol=1e-4, atol=1e-6, err_msg=name)
+    one = _losses(single)
+    # pmap, and compat.pmap's shard_map implementation (what runs once JAX drops pmap): same numbers across processes.
+    for implementation in ("pmap", "shard_map"):
+        multi = tmp_path / f"multi_{implementation}"
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+        env["PCLIP_DATA_PARALLEL"] = implementation
+        run = subprocess.run([str(REPO / "launch" / "multihost.sh"), "--local", "2", str(REPO / "configs" / "test.py"),
+                              str(multi), *overrides], capture_output=True, text=True, env=env, timeout=1200)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results = json.loads((multi / "results.json").read_text())
+        assert results["devices"]["processes"] == 2 and results["devices"]["count"] == 8
+        assert results["devices"]["local"] == 4 and results["devices"]["data_parallel"] == implementation
+        assert "gnn" in results
+
+        two = _losses(multi)
+        assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3, 4]
+        np.testing.assert_allclose([v for _, v in two], [v for _, v in one], rtol=1e-5)
+        p2 = dict((jax.tree_util.keystr(k), v)
+                  for k, v in jax.tree_util.tree_flatten_with_path(inference.load_towers(Workdir(multi)).params)[0])
+        for path, a in p1:
+            name, b = jax.tree_util.keystr(path), np.asarray(p2[jax.tree_util.keystr(path)])
+            if "['key']['bias']" in name:
+                # Softmax ignores a bias added to every key: its true gradient is 0, what it gets is rounding noise
+                # (reduction order differs across processes) that Adam scales to steps of the learning rate.
+                lr = config.train.learning_rate
+                assert np.abs(b).max() <= 4 * lr and np.abs(a).max() <= 4 * lr
+                continue
+            np.testing.assert_allclose(b, np.asarray(a), rtol=1e-4, atol=1e-6, err_msg=f"{implementation} {name}")
