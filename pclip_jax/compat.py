@@ -5,6 +5,7 @@ file only (tested versions: see setup.cfg).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -69,7 +70,7 @@ def pmap(fn: Callable, axis_name: str, donate_argnums: tuple = (), implementatio
     pmap is in maintenance mode (implemented on `shard_map` since JAX 0.8) and every data-parallel step of the
     project goes through here, so `implementation` ('pmap', 'shard_map'; default `data_parallel_implementation()`)
     is the one place that moves it: 'shard_map' runs the same `fn` as one jitted `jax.shard_map` program over a
-    mesh of all devices (tests/test_train.py checks that training gives the same parameters both ways).
+    mesh of all devices (tests/test_multihost.py: the same losses and parameters both ways, in one process and two).
     """
     implementation = implementation or data_parallel_implementation()
     if implementation == "pmap":
@@ -94,6 +95,7 @@ def _pmap_on_shard_map(fn: Callable, axis_name: str, donate_argnums: tuple) -> C
     local_sharding = NamedSharding(Mesh(np.array(local), (axis_name,)), spec)
     multi_process = jax.process_count() > 1
 
+    @functools.wraps(fn)  # the program keeps `fn`'s name (profiles, XLA dumps), as pmap's does
     def per_device(*args):
         out = fn(*jax.tree.map(lambda x: x[0], args))
         return jax.tree.map(lambda x: x[None], out)

@@ -1,13 +1,16 @@
 """Multi-process data parallelism on this machine: `launch/multihost.sh --local 2` (two processes with 4 CPU
 devices each, a coordinator on 127.0.0.1) runs the test config end to end, and its pre-training losses and
 parameters equal the single-process run on 8 devices (batches are a pure function of (seed, step), cut per process
-after they are drawn), with jax.pmap and with compat.pmap's shard_map implementation ($PCLIP_DATA_PARALLEL)."""
+after they are drawn), with jax.pmap and with compat.pmap's shard_map implementation ($PCLIP_DATA_PARALLEL), which
+also equals it in one process."""
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import numpy as np
+import pytest
 
 from pclip_jax import inference, job
 from pclip_jax.workdir import Workdir
@@ -31,18 +34,26 @@ def test_two_processes_equal_one(ndpi_dir, minilm_dir, tmp_path):
                  "--config.train.checkpoint_every=10", "--config.train.log_every=1"]
     p1 = jax.tree_util.tree_flatten_with_path(inference.load_towers(Workdir(single)).params)[0]
     one = _losses(single)
-    # pmap, and compat.pmap's shard_map implementation (what runs once JAX drops pmap): same numbers across processes.
-    for implementation in ("pmap", "shard_map"):
-        multi = tmp_path / f"multi_{implementation}"
+    single_results = json.loads((single / "results.json").read_text())
+    # jax.pmap, and compat.pmap's shard_map implementation (what runs once JAX drops pmap), across two processes; and
+    # shard_map in one process of 8 devices. Each runs in a process of its own, as a user's job would.
+    for implementation, processes in (("pmap", 2), ("shard_map", 2), ("shard_map", 1)):
+        multi = tmp_path / f"{implementation}_{processes}"
         env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
         env["PCLIP_DATA_PARALLEL"] = implementation
-        run = subprocess.run([str(REPO / "launch" / "multihost.sh"), "--local", "2", str(REPO / "configs" / "test.py"),
-                              str(multi), *overrides], capture_output=True, text=True, env=env, timeout=1200)
+        if processes == 1:
+            env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+            command = [sys.executable, "-m", "pclip_jax.main", "--config", str(REPO / "configs" / "test.py"),
+                       "--workdir", str(multi)]
+        else:
+            command = [str(REPO / "launch" / "multihost.sh"), "--local", str(processes),
+                       str(REPO / "configs" / "test.py"), str(multi)]
+        run = subprocess.run(command + overrides, capture_output=True, text=True, env=env, timeout=1200, cwd=REPO)
         assert run.returncode == 0, run.stderr[-3000:]
         results = json.loads((multi / "results.json").read_text())
-        assert results["devices"]["processes"] == 2 and results["devices"]["count"] == 8
-        assert results["devices"]["local"] == 4 and results["devices"]["data_parallel"] == implementation
-        assert "gnn" in results
+        assert results["devices"]["processes"] == processes and results["devices"]["count"] == 8
+        assert results["devices"]["local"] == 8 // processes
+        assert results["devices"]["data_parallel"] == implementation and "gnn" in results
 
         two = _losses(multi)
         assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3, 4]
@@ -57,4 +68,9 @@ def test_two_processes_equal_one(ndpi_dir, minilm_dir, tmp_path):
                 lr = config.train.learning_rate
                 assert np.abs(b).max() <= 4 * lr and np.abs(a).max() <= 4 * lr
                 continue
-            np.testing.assert_allclose(b, np.asarray(a), rtol=1e-4, atol=1e-6, err_msg=f"{implementation} {name}")
+            np.testing.assert_allclose(b, np.asarray(a), rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{implementation} x{processes} {name}")
+        if processes == 1:  # the same program on the same devices: the evaluation (embedding, GNN) agrees too
+            assert results["zero_shot"]["mauc"] == pytest.approx(single_results["zero_shot"]["mauc"], abs=1e-6)
+            assert results["gnn"]["level1"]["mauc"] == pytest.approx(single_results["gnn"]["level1"]["mauc"],
+                                                                     abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from pclip_jax import compat, embedding, job, loop, parallel
+from pclip_jax import embedding, job, loop
 from pclip_jax import text as text_lib
 from pclip_jax import train as train_lib
 from pclip_jax.models.text_tower import load_text_encoder
@@ -119,36 +119,6 @@ def test_resume_equals_straight_run(setup, tmp_path):
     train_lib.pretrain(settings, Workdir(tmp_path / "b"), prepared, texts, model, progress=False)
     assert loop.logged_seconds(tmp_path / "b" / "metrics_train.jsonl") == seconds
     assert loop.logged_seconds(tmp_path / "no_such_file.jsonl") is None
-
-
-def test_shard_map_data_parallel_equals_pmap(setup, tmp_path, monkeypatch):
-    """compat.pmap's shard_map implementation ($PCLIP_DATA_PARALLEL=shard_map; what runs once JAX drops pmap) trains
-    to the same losses and parameters as jax.pmap, and embeds flows the same."""
-    settings, prepared, _, texts = setup
-    settings = settings.replace(train={"num_steps": 6, "log_every": 1, "checkpoint_every": 3})
-    model = embedding.build_model(settings)
-    runs = {}
-    for implementation in ("pmap", "shard_map"):
-        monkeypatch.setenv("PCLIP_DATA_PARALLEL", implementation)
-        assert compat.data_parallel_implementation() == implementation
-        assert ("_pmap_on_shard_map" in train_lib.make_train_step(model, settings).__qualname__) == (
-            implementation == "shard_map")
-        params, steps = train_lib.pretrain(settings, Workdir(tmp_path / implementation), prepared, texts, model,
-                                           progress=False)
-        assert steps == 6
-        rows = [json.loads(x) for x in (tmp_path / implementation / "metrics_train.jsonl").read_text().splitlines()]
-        _, z = embedding.embed_flows(embedding.make_embed_fn(model), parallel.replicate(params),
-                                     prepared.table.tensors, prepared.test_idx, batch_size=32)
-        runs[implementation] = params, [r["loss"] for r in rows if "loss" in r], z
-    (p1, loss1, z1), (p2, loss2, z2) = runs["pmap"], runs["shard_map"]
-    assert len(loss1) == 6 and z1.shape == (len(prepared.test_idx), settings.model.embed_dim)
-    np.testing.assert_allclose(loss2, loss1, rtol=1e-6)
-    np.testing.assert_allclose(z2, z1, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
-    monkeypatch.setenv("PCLIP_DATA_PARALLEL", "vmap")
-    with pytest.raises(ValueError, match="PCLIP_DATA_PARALLEL='vmap'"):
-        compat.data_parallel_implementation()
 
 
 @pytest.mark.parametrize("trainable,from_scratch,dtype",
