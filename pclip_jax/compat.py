@@ -100,16 +100,12 @@ def _pmap_on_shard_map(fn: Callable, axis_name: str, donate_argnums: tuple) -> C
         out = fn(*jax.tree.map(lambda x: x[0], args))
         return jax.tree.map(lambda x: x[None], out)
 
-    def one_slice_per_device(x) -> bool:
-        shards = x.addressable_shards
-        return (x.shape[0] == len(local) and len(shards) == len(local)
-                and len({s.device for s in shards}) == len(local) and all(s.data.shape[0] == 1 for s in shards))
-
     def to_global(x):
         if isinstance(x, jax.Array):
             if x.sharding == sharding:
                 return x
-            if x.is_fully_addressable and one_slice_per_device(x):
+            # One slice per local device, under any axis name (a step's results, `replicate_local`'s copies).
+            if x.is_fully_addressable and x.sharding.is_equivalent_to(local_sharding, x.ndim):
                 return jax.make_array_from_single_device_arrays((jax.device_count(),) + x.shape[1:], sharding,
                                                                 [s.data for s in x.addressable_shards])
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
