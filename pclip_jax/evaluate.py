@@ -225,7 +225,8 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
                  "validation_captures": len(prepared.split_captures["validation"]),
                  "test_flows": int(len(prepared.test_idx)), "dropped": prepared.dropped,
                  "train_captures": len(prepared.split_captures["train"]),
-                 "test_captures": len(prepared.split_captures["test"])},
+                 "test_captures": len(prepared.split_captures["test"]),
+                 **({"split_notes": list(prepared.split_notes)} if prepared.split_notes else {})},
     }
     return results, {"train": z_train, "test": z_test, "validation": z_val if len(prepared.val_idx) else None}
 

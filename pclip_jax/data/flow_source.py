@@ -202,7 +202,7 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
     builder's filters and labels are used as built."""
     from pclip_jax.data import splits as splits_lib
     from pclip_jax.data.ingest import FlowTable
-    from pclip_jax.data.prepare import PreparedFlows, keep_every_class_in_train
+    from pclip_jax.data.prepare import PreparedFlows, check_split, keep_every_class_in_train
 
     builder = open_dataset(data_config.dataset)
     sources = builder.as_data_source()
@@ -238,6 +238,8 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
                          f"training flows (data.min_class_flows)")
     lookup = {c: i for i, c in enumerate(class_names)}
     class_ids = np.array([lookup.get(x, -1) for x in labels.tolist()], np.int32)
+    train_idx, val_idx, notes = check_split(table, train_idx, val_idx, test_idx, class_ids, class_names, level,
+                                            data_config)
     train_pool_idx = None
     if data_config.fraction < 1.0:
         train_pool_idx = np.asarray(train_idx)
@@ -253,7 +255,7 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
                                          "validation": sorted(set(captures[val_idx])),
                                          "test": sorted(set(captures[test_idx]))},
                          taxonomy={"source": "dataset", "dataset": str(data_config.dataset)},
-                         train_pool_idx=train_pool_idx)
+                         train_pool_idx=train_pool_idx, split_notes=notes)
 
 
 class Prefetcher:

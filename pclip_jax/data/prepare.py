@@ -40,6 +40,7 @@ class PreparedFlows:
     taxonomy: dict = dataclasses.field(default_factory=dict)  # where level1/level2 came from (data/taxonomy.py)
     sources: list = dataclasses.field(default_factory=list)  # source names of a mixed corpus (meta "source")
     train_pool_idx: Optional[np.ndarray] = None  # all training rows when `train_idx` is a `data.fraction` subset
+    split_notes: list = dataclasses.field(default_factory=list)  # what `check_split` changed, in words
 
     def source_rows(self, idx: np.ndarray, name: str) -> np.ndarray:
         """The rows of `idx` that come from source `name` of a mixed corpus."""
@@ -222,6 +223,33 @@ def keep_every_class_in_train(table: FlowTable, train_idx, val_idx, level: str):
     return np.sort(np.concatenate([train_idx, val_idx[to_train]])), val_idx[~to_train]
 
 
+def check_split(table: FlowTable, train_idx, val_idx, test_idx, class_ids, class_names: list, level: str,
+                data_config: DataSettings) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Before any training: the test captures must hold two evaluated classes (else one line says what is
+    missing and what to do); validation captures holding fewer are repaired with whole training captures or
+    folded into training (`splits.ensure_validation_classes`), and what was done is said (returned as notes). Without
+    validation, pre-training keeps its last step, the probe the default L2, the GNN its last step, and no
+    calibration temperature is fitted."""
+    present = sorted({class_names[k] for k in np.asarray(class_ids)[np.asarray(test_idx, np.int64)].tolist()
+                      if k >= 0})
+    if len(present) < 2:
+        raise ValueError(
+            f"the test captures hold {len(present)} evaluated {level} class(es) {present} of {len(class_names)}: "
+            f"per-class AUC needs two; add captures of other classes (each class needs >= 2 captures to be on both "
+            f"sides) or raise data.test_fraction (now {data_config.test_fraction})")
+    notes = []
+    if data_config.validation_fraction > 0:
+        captures = np.asarray(table.meta["capture"]).astype(str)
+        train_idx, val_idx, note = splits_lib.ensure_validation_classes(captures, class_ids, train_idx, val_idx)
+        if note:
+            if not len(val_idx):
+                note += ("; pre-training and the GNN keep their last step, the probe its default L2, and no "
+                         "calibration temperature is fitted")
+            notes.append(note)
+            print(f"[data] {note}", file=sys.stderr)
+    return train_idx, val_idx, notes
+
+
 def _split(table: FlowTable, data_config: DataSettings, level: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, validation, test) rows: by capture (validation = whole training captures) or by time (validation =
     the last part in time of each capture's training part)."""
@@ -302,6 +330,10 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
     class_ids = np.array([lookup.get(x, -1) for x in labels], dtype=np.int32)
     dropped = dict(dropped)
     dropped["class_below_min_train_flows"] = int((class_ids == -1).sum())
+    notes: list = []
+    if class_names:
+        train_idx, val_idx, notes = check_split(table, train_idx, val_idx, test_idx, class_ids, class_names, level,
+                                                data_config)
     train_pool_idx = None
     if data_config.fraction < 1.0:
         train_pool_idx = np.asarray(train_idx)
@@ -325,4 +357,5 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
                          split_captures={"train": sorted(set(captures[train_idx])),
                                          "validation": sorted(set(captures[val_idx])),
                                          "test": sorted(set(captures[test_idx]))},
-                         taxonomy=levels, sources=[s.name for s in sources if s.name], train_pool_idx=train_pool_idx)
+                         taxonomy=levels, sources=[s.name for s in sources if s.name], train_pool_idx=train_pool_idx,
+                         split_notes=notes)

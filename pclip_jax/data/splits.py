@@ -191,3 +191,56 @@ def split_captures(table, split: dict[str, np.ndarray]) -> dict[str, list[str]]:
     """{split: sorted capture names} of a split returned by `split_by_capture`."""
     captures = _column(table, "capture").astype(str)
     return {s: sorted(set(captures[np.asarray(idx, dtype=np.int64)].tolist())) for s, idx in split.items()}
+
+
+def ensure_validation_classes(captures, class_ids, train_idx, val_idx, min_classes: int = 2):
+    """Validation captures that hold fewer than `min_classes` evaluated classes cannot select anything (AUC is
+    undefined): move whole training captures to validation until they hold `min_classes`, never a class's last
+    training capture (the smallest eligible capture of a class validation lacks, classes with the most training
+    captures first). When that cannot be done, validation is folded back into training.
+
+    `captures` and `class_ids` (-1: not evaluated) are per-row arrays. Returns (train_idx, val_idx, what was done:
+    None when nothing had to be, else a sentence for the log and results)."""
+    captures = np.asarray(captures).astype(str)
+    class_ids = np.asarray(class_ids)
+    train_idx, val_idx = np.asarray(train_idx, np.int64), np.asarray(val_idx, np.int64)
+    if not len(val_idx):
+        return train_idx, val_idx, None
+    present = set(class_ids[val_idx].tolist()) - {-1}
+    if len(present) >= min_classes:
+        return train_idx, val_idx, None
+    before = sorted(present)
+    train_caps = captures[train_idx]
+    # Per capture in train: the evaluated classes it holds; per class: its training captures.
+    holds: dict[str, set] = defaultdict(set)
+    for c, k in zip(train_caps.tolist(), class_ids[train_idx].tolist()):
+        if k >= 0:
+            holds[c].add(k)
+    train_captures_of: dict[int, set] = defaultdict(set)
+    for c, ks in holds.items():
+        for k in ks:
+            train_captures_of[k].add(c)
+    size = Counter(train_caps.tolist())
+    moved = []
+    for k in sorted(train_captures_of, key=lambda k: (-len(train_captures_of[k]), k)):
+        if len(present) >= min_classes:
+            break
+        if k in present:
+            continue
+        eligible = [c for c in sorted(train_captures_of[k], key=lambda c: (size[c], c))
+                    if all(len(train_captures_of[j]) > 1 for j in holds[c])]
+        if not eligible:
+            continue
+        c = eligible[0]
+        moved.append(c)
+        present |= holds[c]
+        for j in holds[c]:
+            train_captures_of[j].discard(c)
+    if len(present) < min_classes:
+        return (np.sort(np.concatenate([train_idx, val_idx])), val_idx[:0],
+                f"the validation captures hold {len(before)} evaluated class(es) and no training capture can be moved "
+                f"there without leaving a class untrained: validation folded into training")
+    to_val = np.isin(train_caps, moved)
+    return (train_idx[~to_val], np.sort(np.concatenate([val_idx, train_idx[to_val]])),
+            f"the validation captures held {len(before)} evaluated class(es); moved training capture(s) "
+            f"{', '.join(moved)} there so that model selection sees {len(present)} classes")
