@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import os
 import pathlib
 import sys
 import time
@@ -53,8 +52,9 @@ from tqdm import tqdm
 from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors
 from pclip_jax import text as text_lib
+from pclip_jax.data.capture import file_size
 from pclip_jax.data.ingest import (CaptureStream, FlowTable, IngestConfig, IngestError, capture_jobs, ingest,
-                                   keep_freed_memory)
+                                   keep_freed_memory, report_skipped)
 from pclip_jax.kg.explain import ExplainInfo, explanation_text, explanations
 from pclip_jax.name_features import NameEncoder, with_name_features
 from pclip_jax.settings import Settings
@@ -294,10 +294,12 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
         from pclip_jax.onnx_runtime import read_export_settings
         settings = read_export_settings(model)
     ingest_config = IngestConfig.from_data_config(settings.data, strict=strict, workers=workers)
-    jobs = capture_jobs(inputs)
+    skipped: list = []
+    jobs = capture_jobs(inputs, skipped)
+    report_skipped(skipped, lambda line: print(f"[classify] {line}", file=sys.stderr))
     if not jobs:
         print(f"[classify] warning: no capture files found in {list(map(str, inputs))}", file=sys.stderr)
-    size_of = {name: os.path.getsize(path) for path, name in jobs}  # progress in capture bytes
+    size_of = {name: file_size(path) for path, name in jobs}  # progress in capture bytes (0 for a stream)
     with contextlib.ExitStack() as stack:
         if strict:
             whole = ingest(inputs, ingest_config, progress=progress)  # raises IngestError on any problem

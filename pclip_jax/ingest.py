@@ -52,7 +52,8 @@ def main(argv=None) -> int:
             return 1
     table.save(args.out)
     s = table.summary
-    print(f"{s['files']} files, {s['packets']:,} packets, {s['flows']:,} flows, {len(s['errors'])} errors, "
+    skipped = f" ({len(s['skipped_files'])} skipped)" if s.get("skipped_files") else ""
+    print(f"{s['files']} files{skipped}, {s['packets']:,} packets, {s['flows']:,} flows, {len(s['errors'])} errors, "
           f"{s['later_fragments']:,} later IP fragments, {s['non_ip_packets']:,} non-IP packets; "
           f"{s['seconds']:.2f} s ({s['packets_per_s']:,.0f} packets/s) -> {args.out}")
     if "labels" in s and isinstance(s["labels"], dict) and "match_rate" in s["labels"]:

@@ -605,6 +605,18 @@ static uint64_t key_hash(const uint8_t *k) {
  * by key, in their order within a key) and, returned, each group's first packet. flows._group_keys numbers groups
  * in another order; the flow table does not depend on it (flow ids follow first packets).
  */
+
+/* Whether t - ref > gap, computed exactly for any int64 t and ref (the difference may not fit int64). */
+static inline int later_by_more(int64_t t, int64_t ref, int64_t gap) {
+    if (t > ref) { /* the true difference d = t - ref is in [1, 2^64): compare as unsigned */
+        uint64_t d = (uint64_t)t - (uint64_t)ref;
+        return gap < 0 || d > (uint64_t)gap;
+    }
+    /* t - ref = -d with d = ref - t in [0, 2^64): -d > gap  <=>  gap < 0 and d < |gap| */
+    uint64_t d = (uint64_t)ref - (uint64_t)t;
+    return gap < 0 && d < (uint64_t)0 - (uint64_t)gap;
+}
+
 static PyObject *flow_keys(PyObject *self, PyObject *args) {
     enum { NB = 12 };
     static const char *names[NB] = {"sel", "src", "dst", "sport", "dport", "proto", "vlan", "ipver", "keys",
@@ -751,7 +763,10 @@ static PyObject *walk_keys(PyObject *self, PyObject *args) {
                 newf = !kcont[k];
             else {
                 int syn = is_tcp && (f & 0x12) == 0x02;
-                newf = t - last > idle || t - start > active || (syn && (rst || (fin0 && fin1)));
+                /* t - last > idle without signed overflow (ingest keeps times in [0, 2^62), but the walk must not
+                   rely on its caller for defined behaviour): the same truth value for every int64 input. */
+                newf = later_by_more(t, last, idle) || later_by_more(t, start, active) ||
+                       (syn && (rst || (fin0 && fin1)));
                 boundary[i] = (uint8_t)newf;
             }
             if (newf) {

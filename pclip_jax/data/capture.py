@@ -12,10 +12,18 @@ offset, reason); everything read before it is kept.
 """
 from __future__ import annotations
 
+import bz2
 import concurrent.futures
 import dataclasses
+import gzip
+import io
+import lzma
 import os
+import select
+import stat
 import struct
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +42,21 @@ PCAP_MAGICS = {
 }
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap")
+# Compressed captures (`tcpdump -w - | gzip`): read through the decompressor, as Wireshark and tshark do. Recognised
+# by their magic bytes; in folders a file is taken when its name is a capture name plus one of these suffixes or
+# when its decompressed start is a capture's magic.
+COMPRESSED_MAGICS = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".xz": "xz", ".bz2": "bzip2", ".zst": "zstd"}
+# Standard input, as `tcpdump -w - | python -m pclip_jax.ingest - --out DIR` writes it.
+STDIN = "-"
+# How long a FIFO or character device named as an input may stay silent before its first byte: long enough for a
+# writer started beside the reader (`mkfifo f; tcpdump -w f & ingest f`), short enough that a FIFO with no writer
+# is a message, not a hang.
+STREAM_FIRST_BYTE_SECONDS = 10.0
+# Decoded timestamps must lie in [0, 2**62) ns (1970 to 2116): then every difference of two fits in int64, in
+# numpy and in the compiled walk. Packets outside it (a corrupt pcapng tick count, resolution or offset) are
+# dropped and counted in one capture problem per batch.
+TS_LIMIT_NS = 1 << 62
 
 # Link types (https://www.tcpdump.org/linktypes.html).
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_PPP = 0, 1, 9
@@ -90,12 +113,154 @@ class PacketBatch:
         return len(self.off)
 
 
-def sniff(path: str | os.PathLike) -> str | None:
-    """Return 'pcap' or 'pcapng' from the file's magic number, None when it is neither (or unreadable)."""
+class _Prepended(io.RawIOBase):
+    """A raw stream that first returns ``head`` (bytes already read to sniff the format), then ``raw``'s bytes."""
+
+    def __init__(self, head: bytes, raw):
+        self._head, self._raw = memoryview(head), raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._head.nbytes:
+            n = min(len(b), self._head.nbytes)
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._raw.readinto(b)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _StopAtDamage(io.RawIOBase):
+    """A decompressed stream that ends where its compressed data is damaged or cut short, keeping everything decoded
+    before (one `read1` at a time, so no decoded byte is held back by a failing read); `damage` says why it ended."""
+
+    def __init__(self, stream):
+        self._stream, self.damage = stream, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.damage is not None:
+            return 0
+        try:
+            data = self._stream.read1(len(b))
+        except Exception as e:  # noqa: BLE001 - each decompressor has its own error types; all mean "damaged here"
+            self.damage = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            return 0
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def _read_upto(fh, n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at the end of the stream (a pipe's read may return less than asked)."""
+    out = b""
+    while len(out) < n:
+        more = fh.read(n - len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
+def _decompressor(kind: str, raw):
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if kind == "xz":
+        return lzma.LZMAFile(raw, "rb")
+    if kind == "bzip2":
+        return bz2.BZ2File(raw, "rb")
+    try:  # zstd: the `zstandard` package (an install requirement; Python 3.14 has it in the standard library)
+        import zstandard
+    except ImportError:
+        raise ValueError("zstd-compressed capture: needs the zstandard package (pip install zstandard)") from None
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+
+def _wait_for_first_byte(fd: int, seconds: float) -> None:
+    """Block until the FIFO/device ``fd`` (opened non-blocking) has data or its writer came and went, at most
+    ``seconds``; raise OSError naming it otherwise."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OSError(f"no data after {seconds:g} s (a FIFO with no writer?); start the writer first")
+        if poller.poll(left * 1000):
+            return
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes of a regular file (for progress bars); 0 for standard input, FIFOs, devices and what cannot be read."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
+        return os.path.getsize(path) if str(path) != STDIN and os.path.isfile(path) else 0
     except OSError:
+        return 0
+
+
+def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
+    """Open a capture for reading: ``(binary file object, size in bytes or None for a stream, decoder)``; the
+    decoder (None for an uncompressed capture) has ``damage``: None, or why the compressed data ended early.
+
+    Regular files are read as they are. Standard input (``-``), FIFOs and character devices are streams (a FIFO
+    waits at most ``stream_wait`` seconds, default STREAM_FIRST_BYTE_SECONDS, for its first byte: never hangs). gzip, xz, bzip2 and zstd captures are
+    decompressed on the fly, also from streams (the size is then None). Raises OSError (with the reason) or
+    ValueError for what cannot be read; the caller names the file.
+    """
+    if str(path) == STDIN:
+        raw, size = sys.stdin.buffer, None
+    else:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            raw, size = open(path, "rb"), st.st_size
+        elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                _wait_for_first_byte(fd, STREAM_FIRST_BYTE_SECONDS if stream_wait is None else stream_wait)
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
+            raw, size = io.BufferedReader(io.FileIO(fd, "rb", closefd=True), 1 << 20), None
+        elif stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError("a folder, not a capture")
+        else:
+            raise OSError(f"not a regular file, FIFO or character device (mode {st.st_mode:#o})")
+    head = _read_upto(raw, 6)
+    kind = next((k for m, k in COMPRESSED_MAGICS.items() if head.startswith(m)), None)
+    if size is not None:
+        raw.seek(0)
+        if kind is None:
+            return raw, size, None
+        body = raw
+    else:
+        body = io.BufferedReader(_Prepended(head, raw), 1 << 20)
+        if kind is None:
+            return body, None, None
+    decoded = _StopAtDamage(_decompressor(kind, body))
+    return io.BufferedReader(decoded, 1 << 20), None, decoded
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """Return 'pcap' or 'pcapng' from the file's magic number (through gzip/xz/bzip2/zstd compression), None when
+    it is neither, unreadable, or not a regular file (sniffing must never block on a FIFO)."""
+    try:
+        if not Path(path).is_file():
+            return None
+        fh, _, _ = open_capture(path)
+        with fh:
+            head = _read_upto(fh, 4)
+    except Exception:  # noqa: BLE001 - any failure to read (each decompressor has its own error types) is "no"
         return None
     if head in PCAP_MAGICS:
         return "pcap"
@@ -104,21 +269,58 @@ def sniff(path: str | os.PathLike) -> str | None:
     return None
 
 
-def find_captures(inputs) -> list[tuple[Path, Path]]:
+def _capture_named(f: Path) -> bool:
+    """Whether a file's name says it is a capture: x.pcap, x.pcapng, x.cap, or one of them compressed (x.pcap.gz)."""
+    suffixes = [x.lower() for x in f.suffixes[-2:]]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in CAPTURE_SUFFIXES
+
+
+def _not_a_file_reason(f: Path) -> str:
+    """Why a folder entry that is not a regular file is skipped."""
+    try:
+        mode = os.stat(f).st_mode
+    except OSError as e:
+        return f"cannot read ({e.strerror or e}{', a broken link' if f.is_symlink() else ''})"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode) else
+            "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return (f"{kind}{' (through a link)' if f.is_symlink() else ''}: not read from a folder "
+            "(name it as an input to read it as a stream)")
+
+
+def find_captures(inputs, skipped: list | None = None) -> list[tuple[Path, Path]]:
     """Expand files and folders (recursively) into ``(capture, root)`` pairs, sorted, without duplicates.
 
-    In folders a file is taken when its suffix is .pcap/.pcapng/.cap or its magic says it is a capture.
-    Files named explicitly are always taken (a non-capture then yields an error when read).
+    In folders a file is taken when its name is a capture's (.pcap/.pcapng/.cap, also compressed: .pcap.gz,
+    .pcapng.xz, ...) or its (decompressed) magic says it is a capture. FIFOs, devices, sockets and broken links
+    in folders are never opened (a FIFO would block); they and the regular files that are not captures are
+    appended to ``skipped`` as ``(path, reason)`` when a list is given, so the caller can name every one.
+    Inputs named explicitly are always taken: files, FIFOs and character devices (read as streams), and ``-``
+    (standard input). A non-capture then yields an error when read.
     """
     out, seen = [], set()
     for item in inputs:
+        if str(item) == STDIN:
+            if STDIN not in seen:
+                seen.add(STDIN)
+                out.append((Path(STDIN), Path(".")))
+            continue
         p = Path(item)
         if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
-                if f.suffix.lower() in CAPTURE_SUFFIXES or sniff(f) is not None:
+            for f in sorted(p.rglob("*")):
+                if f.is_dir():
+                    continue
+                if not f.is_file():  # follows links: a link to a regular file is a file
+                    if skipped is not None:
+                        skipped.append((f, _not_a_file_reason(f)))
+                    continue
+                if _capture_named(f) or sniff(f) is not None:
                     if f.resolve() not in seen:
                         seen.add(f.resolve())
                         out.append((f, p))
+                elif skipped is not None:
+                    skipped.append((f, "not a capture (name and magic bytes)"))
         elif p.exists():
             if p.resolve() not in seen:
                 seen.add(p.resolve())
@@ -167,8 +369,10 @@ def _batch(buf: np.ndarray, pos: np.ndarray, bo: str, ts_mult: int, linktype: in
         linktype=np.full(len(pos), linktype, np.int32), rec_off=pos + base)
 
 
-def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) -> Iterator[PacketBatch]:
-    head = fh.read(24)
+def _read_pcap(fh, size: int | None, name: str, chunk_bytes: int, errors: list,
+               compiled: bool) -> Iterator[PacketBatch]:
+    """``size``: the file's length, or None for a stream (standard input, a FIFO, a decompressed capture)."""
+    head = _read_upto(fh, 24)
     if len(head) < 24:
         errors.append(CaptureError(name, 0, f"truncated pcap file header ({len(head)} of 24 bytes)"))
         return
@@ -182,8 +386,8 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
     incl_of = struct.Struct(bo + "8xI").unpack_from
     base, n_rest = 24, 0
     # Small files get small buffers (allocating and clearing chunk_bytes per file would dominate).
-    size = os.fstat(fh.fileno()).st_size
-    chunk_bytes = max(1, min(chunk_bytes, size))
+    chunk_bytes = max(1, min(chunk_bytes, size if size is not None else chunk_bytes))
+    packets = 0
     # Two buffers used in turn: a batch's bytes stay valid while the next chunk is read into the other one.
     bufs = [bytearray(), bytearray()]
 
@@ -222,11 +426,13 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
             if err is None and n - pos >= 16 and incl_of(chunk, pos)[0] > limit:
                 err = f"corrupt record length {incl_of(chunk, pos)[0]} (limit {limit})"
             ahead = None
-            if err is None and got and fh.tell() < size:  # more to come, and the batch before this one is done
+            more = got and (size is None or fh.tell() < size)
+            if err is None and more:  # more to come, and the batch before this one is done
                 if pool is None:                            # with the other buffer: read ahead into it
                     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pclip-read")
                 ahead = pool.submit(fill, 1 - turn, chunk, pos, n - pos)
             if b is not None and len(b):
+                packets += len(b)
                 yield b
             if err is not None:
                 errors.append(CaptureError(name, base + pos, err))
@@ -236,6 +442,8 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
                     need = 16 + incl_of(chunk, pos)[0] if n - pos >= 16 else 16
                     errors.append(CaptureError(
                         name, base + pos, f"truncated record: needs {need} bytes, file ends after {n - pos}"))
+                elif not packets:
+                    errors.append(CaptureError(name, base + pos, "no packets: the capture holds only its header"))
                 return
             following = ahead.result() if ahead is not None else fill(1 - turn, chunk, pos, n - pos)
             base += pos
@@ -246,14 +454,19 @@ def _read_pcap(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) ->
             pool.shutdown(wait=True)
 
 
-def _tsres_ns(opts: bytes, bo: str) -> tuple[int, int, int]:
-    """Parse IDB options: return (numerator, denominator) converting ticks to ns, and ts offset seconds."""
+def _tsres_ns(opts: bytes, bo: str) -> tuple[int, int, int, str | None]:
+    """Parse IDB options: (numerator, denominator) converting ticks to ns, the ts offset in seconds, and a problem
+    (None, or why the options are damaged: every option's length is checked against the block's end, and the
+    options read before a damaged one are kept)."""
     num, den, offset = 1000, 1, 0  # default resolution: microseconds
     p = 0
     while p + 4 <= len(opts):
         code, ln = struct.unpack_from(bo + "HH", opts, p)
         if code == 0:
             break
+        if p + 4 + ln > len(opts):
+            return num, den, offset, (f"interface option {code} at byte {p} of the options declares {ln} bytes, "
+                                      f"{len(opts) - p - 4} remain in the block")
         val = opts[p + 4:p + 4 + ln]
         if code == 9 and ln >= 1:
             r = val[0]
@@ -269,21 +482,22 @@ def _tsres_ns(opts: bytes, bo: str) -> tuple[int, int, int]:
             if abs(offset) > 1 << 32:  # more than a century: corrupt, ignored
                 offset = 0
         p += 4 + ((ln + 3) & ~3)
-    return num, den, offset
+    return num, den, offset, None
 
 
-def _read_pcapng(fh, name: str, chunk_bytes: int, errors: list, compiled: bool) -> Iterator[PacketBatch]:
-    if os.fstat(fh.fileno()).st_size <= chunk_bytes:  # one chunk: nothing to overlap
+def _read_pcapng(fh, size: int | None, name: str, chunk_bytes: int, errors: list,
+                 compiled: bool) -> Iterator[PacketBatch]:
+    if size is not None and size <= chunk_bytes:  # one chunk: nothing to overlap
         yield from _pcapng_chunks(name, errors, lambda: fh.read(chunk_bytes), compiled)
         return
     # The next chunk is read on a helper thread while this one is processed (file reads release the GIL).
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pclip-read") as pool:
-        ahead = [pool.submit(fh.read, chunk_bytes)]
+        ahead = [pool.submit(_read_upto, fh, chunk_bytes)]
 
         def next_data() -> bytes:
             data = ahead[0].result()
             if data:
-                ahead[0] = pool.submit(fh.read, chunk_bytes)
+                ahead[0] = pool.submit(_read_upto, fh, chunk_bytes)
             return data
 
         yield from _pcapng_chunks(name, errors, next_data, compiled)
@@ -295,6 +509,7 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
     ifaces: list[tuple[int, int, int, int, int]] = []  # linktype, snaplen, num, den, offset
     warned_iface: set = set()
     base, rest, seen_shb = 0, b"", False
+    packets, errors_before = 0, len(errors)
     hdr_of = {"<": struct.Struct("<II").unpack_from, ">": struct.Struct(">II").unpack_from}
     while True:
         data = next_data()
@@ -348,7 +563,10 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
                     err = "corrupt interface description block"
                     break
                 lt, _, snap = struct.unpack_from(bo + "HHI", chunk, pos + 8)
-                num, den, tsoff = _tsres_ns(chunk[pos + 16:pos + blen - 4], bo)
+                num, den, tsoff, bad_option = _tsres_ns(chunk[pos + 16:pos + blen - 4], bo)
+                if bad_option is not None:  # the interface is kept with the options read before the damage
+                    errors.append(CaptureError(name, base + pos, f"interface description block {len(ifaces)}: "
+                                                                 f"{bad_option}"))
                 ifaces.append((lt, snap, num, den, tsoff))  # an unknown link type is reported by its first packet
             elif btype == 3 and blen >= 16:  # simple packet block: interface 0, no timestamp
                 wl = struct.unpack_from(bo + "I", chunk, pos + 8)[0]
@@ -360,6 +578,7 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
         if epb or runs or extra:
             b = _pcapng_batch(chunk, _epb_offsets(runs, epb), extra, bo, ifaces, base, name, errors, warned_iface)
             if b is not None and len(b):
+                packets += len(b)
                 yield b
         if err is not None:
             errors.append(CaptureError(name, base + pos, err))
@@ -367,6 +586,8 @@ def _pcapng_chunks(name: str, errors: list, next_data, compiled: bool) -> Iterat
         if not data and not flush_now:
             if pos < n:
                 errors.append(CaptureError(name, base + pos, f"truncated block: file ends {n - pos} bytes into it"))
+            elif not packets and len(errors) == errors_before:
+                errors.append(CaptureError(name, base + pos, "no packets: the capture holds no packet block"))
             return
         rest = chunk[pos:]
         base += pos
@@ -387,18 +608,19 @@ def _pcapng_batch(chunk, pos, extra, bo, ifaces, base, name, errors, warned) -> 
     buf = np.frombuffer(chunk + bytes(_PAD), dtype=np.uint8)
     # EPB: type, len, ifid, ts_hi, ts_lo, caplen, wirelen, data...
     h = _windows(buf, pos, 28).view(bo + "u4").astype(np.int64)
-    ifid, ticks, caplen, wirelen = h[:, 2], (h[:, 3] << 32) | h[:, 4], h[:, 5], h[:, 6]
+    ifid, caplen, wirelen = h[:, 2], h[:, 5], h[:, 6]
+    ticks = (h[:, 3].astype(np.uint64) << np.uint64(32)) | h[:, 4].astype(np.uint64)  # 64 bits: unsigned
     off = pos + 28
     blen = h[:, 1]
     caplen = np.minimum(caplen, blen - 32)
     if extra:
-        e = np.asarray(extra, dtype=np.int64)
+        e = np.asarray([x[:2] + x[3:] for x in extra], dtype=np.int64)  # the tick counts may not fit int64
         pos = np.concatenate([pos, e[:, 0]])
         ifid = np.concatenate([ifid, e[:, 1]])
-        ticks = np.concatenate([ticks, e[:, 2]])
-        caplen = np.concatenate([caplen, e[:, 3]])
-        wirelen = np.concatenate([wirelen, e[:, 4]])
-        off = np.concatenate([off, e[:, 5]])
+        ticks = np.concatenate([ticks, np.asarray([x[2] for x in extra], dtype=np.uint64)])
+        caplen = np.concatenate([caplen, e[:, 2]])
+        wirelen = np.concatenate([wirelen, e[:, 3]])
+        off = np.concatenate([off, e[:, 4]])
         order = np.argsort(pos, kind="stable")
         pos, ifid, ticks, caplen, wirelen, off = (a[order] for a in (pos, ifid, ticks, caplen, wirelen, off))
     ok = (ifid < len(ifaces)) & (caplen >= 0)
@@ -410,6 +632,7 @@ def _pcapng_batch(chunk, pos, extra, bo, ifaces, base, name, errors, warned) -> 
         pos, ifid, ticks, caplen, wirelen, off = (a[ok] for a in (pos, ifid, ticks, caplen, wirelen, off))
     ts = np.zeros(len(pos), np.int64)
     lt = np.zeros(len(pos), np.int32)
+    in_range = np.ones(len(pos), bool)
     for i, (ltype, _, num, den, tsoff) in enumerate(ifaces):
         m = ifid == i
         if not m.any():
@@ -420,13 +643,33 @@ def _pcapng_batch(chunk, pos, extra, bo, ifaces, base, name, errors, warned) -> 
             errors.append(CaptureError(name, base + int(pos[np.argmax(m)]),
                                        f"unknown link type {ltype} (interface {i}): its packets are skipped"))
         lt[m] = ltype
-        t = ticks[m]
-        if den == 1:
-            ts[m] = t * num + tsoff * 1_000_000_000
-        else:  # sub-nanosecond or binary resolution: integer division keeps it exact where it can
-            ts[m] = (t * num) // den + tsoff * 1_000_000_000 if num == 1 else \
-                np.clip(t.astype(np.float64) * (num / den), -9e18, 9e18).astype(np.int64) + tsoff * 1_000_000_000
+        ts[m], in_range[m] = _ticks_to_ns(ticks[m], num, den, tsoff)
+    if not in_range.all():  # dropped, not clamped: a made-up time would split or merge flows at random
+        first = int(pos[~in_range][0])
+        errors.append(CaptureError(name, base + first, f"timestamp outside 1970-2116 (a corrupt tick count, "
+                                                       f"resolution or offset): {int((~in_range).sum())} packet(s) "
+                                                       f"of this chunk dropped"))
+        pos, caplen, wirelen, off, ts, lt = (a[in_range] for a in (pos, caplen, wirelen, off, ts, lt))
     return PacketBatch(buf=buf, off=off, caplen=caplen, wirelen=wirelen, ts=ts, linktype=lt, rec_off=pos + base)
+
+
+def _ticks_to_ns(ticks: np.ndarray, num: int, den: int, tsoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """pcapng tick counts (uint64) -> (int64 ns since the epoch, whether each is in [0, TS_LIMIT_NS)).
+
+    The range is decided on a float64 estimate with a margin (it is never near the limits for real captures),
+    then the in-range values are computed exactly in integers, where no intermediate can overflow."""
+    offset_ns = tsoff * 1_000_000_000
+    approx = ticks.astype(np.float64) * (num / den) + offset_ns
+    ok = (approx >= 0) & (approx < 0.99 * TS_LIMIT_NS)
+    t = np.where(ok, ticks, np.uint64(0))
+    if den == 1:  # t * num < 2**62 + |offset|: fits int64
+        ns = t.astype(np.int64) * num + offset_ns
+    elif num == 1:  # sub-nanosecond decimal resolution: exact floor division in uint64
+        ns = (t // np.uint64(den)).astype(np.int64) + offset_ns
+    else:  # binary resolution (2^-k s): float64 keeps 53 bits, about 1 ns at today's times
+        ns = (t.astype(np.float64) * (num / den)).astype(np.int64) + offset_ns
+    ok &= ns >= 0
+    return np.where(ok, ns, 0), ok
 
 
 def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 20,
@@ -443,23 +686,40 @@ def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 
     """
     name = str(path) if name is None else name
     try:
-        size = os.path.getsize(path)
-        fh = open(path, "rb")
-    except OSError as e:
-        errors.append(CaptureError(name, 0, f"cannot open: {e.strerror or e}"))
+        fh, size, decoder = open_capture(path)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        errors.append(CaptureError(name, 0, f"cannot open: {reason}"))
         return
     with fh:
-        if size == 0:
-            errors.append(CaptureError(name, 0, "empty file"))
+        try:
+            magic = fh.peek(4)[:4] if size is None else fh.read(4)
+            if size is None and len(magic) < 4:  # a stream's peek may return less than asked
+                magic = _read_upto(fh, 4)
+                fh = io.BufferedReader(_Prepended(magic, fh), 1 << 20)
+            elif size is not None:
+                fh.seek(0)
+        except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
+            errors.append(CaptureError(name, 0, f"cannot read: {e}"))
             return
-        magic = fh.read(4)
-        fh.seek(0)
-        if magic in PCAP_MAGICS:
-            yield from _read_pcap(fh, name, chunk_bytes, errors, compiled and _capture_c is not None)
-        elif magic == PCAPNG_MAGIC:
-            yield from _read_pcapng(fh, name, chunk_bytes, errors, compiled and _capture_c is not None)
-        else:
+        if not magic:
+            errors.append(CaptureError(name, 0, "empty file" if size is not None else "empty stream"))
+            return
+        compiled = compiled and _capture_c is not None
+        reader = _read_pcap if magic in PCAP_MAGICS else _read_pcapng if magic == PCAPNG_MAGIC else None
+        if reader is None:
             errors.append(CaptureError(name, 0, f"not a pcap/pcapng capture (magic bytes {magic.hex()})"))
+            return
+        before = len(errors)
+        try:
+            yield from reader(fh, size, name, chunk_bytes, errors, compiled)
+        except OSError as e:  # a failing device or file system
+            errors.append(CaptureError(name, 0, f"read failed after the packets before it ({e}); those are kept"))
+        if decoder is not None and decoder.damage is not None:
+            # The reader saw the decoded data end (maybe inside a record, reported as truncated): say why instead.
+            errors[before:] = [e for e in errors[before:] if not e.reason.startswith("truncated")]
+            errors.append(CaptureError(name, 0, f"compressed data damaged or cut short ({decoder.damage}); the "
+                                                f"packets decoded before it are kept"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -298,10 +298,8 @@ def ingest_file(path: str | os.PathLike, name: str, config: IngestConfig,
     """
     t0 = time.perf_counter()
     errors: list[capture.CaptureError] = []
-    try:  # a generous guess (real captures: about 5 kB per flow); more is added if needed
-        expected = os.path.getsize(path) // 2000
-    except OSError:
-        expected = 0
+    size = capture.file_size(path)  # 0 for a stream
+    expected = size // 2000  # a generous guess (real captures: about 5 kB per flow); more is added if needed
     tracker = flows.FlowTracker(config.packets, config.bytes, config.idle_timeout, config.active_timeout,
                                 config.mask, expected_flows=expected, payload_rows=config.payload_rows)
     counts = dict(packets=0, ip_packets=0, later_fragments=0, non_ip=0, malformed=0)
@@ -317,7 +315,8 @@ def ingest_file(path: str | os.PathLike, name: str, config: IngestConfig,
         counts["non_ip"] += int(kinds[capture.NON_IP])
         counts["malformed"] += int(kinds[capture.MALFORMED])
         if on_batch is not None:
-            pos = int(batch.rec_off[-1] + 16 + batch.caplen[-1])  # about the end of the chunk in the file
+            # About the end of the chunk in the file (a compressed file's offsets are decompressed ones: clamped).
+            pos = min(int(batch.rec_off[-1] + 16 + batch.caplen[-1]), size)
             on_batch(pos - done, len(batch))
             done = pos
     meta, tens = _columns(name, tracker.finish(), config)
@@ -360,11 +359,30 @@ def _worker(args):
     return ingest_file(path, name, config)
 
 
-def capture_jobs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+def capture_jobs(inputs: Sequence[str | os.PathLike], skipped: list | None = None) -> list[tuple[str, str]]:
     """(path, name) of every capture file under `inputs` (files and folders, searched recursively), in the order
-    `ingest` reads them; the name is the path relative to the input it was found under. Raises FileNotFoundError
-    for an input that does not exist, before anything is read."""
-    return [(str(path), str(path.relative_to(root))) for path, root in capture.find_captures(inputs)]
+    `ingest` reads them; the name is the path relative to the input it was found under (`-`, standard input, is
+    named `-`). Raises FileNotFoundError for an input that does not exist, before anything is read. Folder entries
+    that are not read (FIFOs, devices, non-captures) are appended to `skipped` as {"file", "reason"}."""
+    found: list = []
+    jobs = [(str(path), str(path.relative_to(root)) if str(path) != capture.STDIN else capture.STDIN)
+            for path, root in capture.find_captures(inputs, found)]
+    if skipped is not None:
+        skipped.extend({"file": str(path), "reason": reason} for path, reason in found)
+    return jobs
+
+
+def report_skipped(skipped: Sequence[dict], write: Callable[[str], None]) -> None:
+    """Name every folder entry that was not read: special files one line each (a user put them there for a
+    reason), the regular files that are not captures in one line with the first few names."""
+    special = [s for s in skipped if not s["reason"].startswith("not a capture")]
+    other = [s for s in skipped if s["reason"].startswith("not a capture")]
+    for s in special:
+        write(f"warning: {s['file']}: skipped: {s['reason']}")
+    if other:
+        names = ", ".join(s["file"] for s in other[:3]) + (", ..." if len(other) > 3 else "")
+        write(f"note: {len(other):,} file(s) in the folders are not captures and were skipped ({names}; "
+              f"all named in the summary's skipped_files)")
 
 
 def ingest_tables(jobs: Sequence[tuple[str, str]], config: IngestConfig,
@@ -373,7 +391,7 @@ def ingest_tables(jobs: Sequence[tuple[str, str]], config: IngestConfig,
     can work on one capture's flows while later ones are read and never holds them all. With `config.workers` > 1
     that many processes read ahead. `on_batch(bytes, packets)` reports progress (per chunk in one process, per
     file with workers; the bytes of a file add up to its size)."""
-    if config.workers > 1 and len(jobs) > 1:
+    if config.workers > 1 and len(jobs) > 1 and all(path != capture.STDIN for path, _ in jobs):
         # fork is quick; but never fork a process that has started JAX's (or other) threads.
         threaded = (sys.platform == "darwin" or threading.active_count() > 1
                     or any(m in sys.modules for m in ("jax", "tensorflow", "torch")))
@@ -382,7 +400,7 @@ def ingest_tables(jobs: Sequence[tuple[str, str]], config: IngestConfig,
             work = [(path, name, config) for path, name in jobs]
             for (path, _), t in zip(jobs, pool.imap(_worker, work, chunksize=1)):
                 if on_batch is not None:
-                    on_batch(os.path.getsize(path), t.summary["packets"])
+                    on_batch(capture.file_size(path), t.summary["packets"])
                 yield t
         return
     for path, name in jobs:
@@ -395,7 +413,7 @@ def ingest_tables(jobs: Sequence[tuple[str, str]], config: IngestConfig,
 
         t = ingest_file(path, name, config, tick)
         if on_batch is not None:
-            on_batch(max(0, os.path.getsize(path) - done[0]), 0)
+            on_batch(max(0, capture.file_size(path) - done[0]), 0)
         yield t
 
 
@@ -474,8 +492,9 @@ def ingest(inputs: Sequence[str | os.PathLike], config: IngestConfig = IngestCon
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    jobs = capture_jobs(inputs)
-    total = sum(os.path.getsize(p) for p, _ in jobs)
+    skipped: list[dict] = []
+    jobs = capture_jobs(inputs, skipped)
+    total = sum(capture.file_size(p) for p, _ in jobs)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     n_pk = [0]
@@ -486,6 +505,7 @@ def ingest(inputs: Sequence[str | os.PathLike], config: IngestConfig = IngestCon
         bar.set_postfix(pkts=n_pk[0], pps=f"{n_pk[0] / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
 
     write = (lambda m: bar.write(m, file=sys.stderr)) if progress else (lambda m: print(m, file=sys.stderr))
+    report_skipped(skipped, write)
     parts: list[FlowTable] = []
     for t in ingest_tables(jobs, config, tick):
         parts.append(t)
@@ -498,6 +518,7 @@ def ingest(inputs: Sequence[str | os.PathLike], config: IngestConfig = IngestCon
         s.setdefault(k, 0)
     s.setdefault("errors", [])
     s.setdefault("per_file", {})
+    s["skipped_files"] = skipped
     s["seconds"] = time.perf_counter() - t0
     s["packets_per_s"] = s["packets"] / max(s["seconds"], 1e-9)
     s["config"] = dataclasses.asdict(config)
