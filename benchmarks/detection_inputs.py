@@ -10,7 +10,7 @@ validation captures as in the main job — and evaluated on the test captures; a
 beside it. Variants: `none` (the embedding only: the main job's GNN, a reference that reproduces it),
 `sizes_iat` (signed sizes / 1500 and log inter-arrival times of the first K packets: what the tree peers split
 on), `sizes_iat_bytes` (plus the first 8 packets' masked bytes / 255), `sizes_iat_names` (plus the server-name
-vector). The tree ensembles' lead over the tower (README, "Peers") comes from these features; this measures
+vector). The tree ensembles' lead over the tower (docs/results.md, "Peers on the same splits") comes from these features; this measures
 whether handing them to the detection stage closes it. Metrics at the level the workdir evaluates (level 1 for
 nDPI, the device for IoT Sentinel); the workdir's own `gnn/` is not touched (the GNNs train under `--out`).
 """

@@ -2,7 +2,7 @@
 
     python benchmarks/peers.py --workdir W [--datasets ndpi,iot_sentinel] [--models all]
         [--fractions 0.1,0.3,1.0] [--seeds 0,1,2] [--size cpu|published] [--shard I/N] [--json OUT]
-        [--set KEY=VALUE ...] [--summary-only] [--readme README.md]
+        [--set KEY=VALUE ...] [--summary-only] [--readme docs/results.md]
 
 Every (dataset, model, fraction, seed) cell is its own file under W/cells/ (a rerun resumes; `--shard I/N` runs
 every N-th cell, so N processes or hosts — `launch/peers_array.sh` — share one sweep). After the cells it prints,
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows (a list) here")
     parser.add_argument("--summary-only", action="store_true", help="summarise the finished cells, run nothing")
     parser.add_argument("--readme", default=None, metavar="FILE",
-                        help="also rewrite the generated peers summary block of FILE (e.g. README.md)")
+                        help="also rewrite the generated peers summary block of FILE (e.g. docs/results.md)")
     args = parser.parse_args(argv)
 
     from absl import logging

@@ -748,8 +748,10 @@ def summarize(workdir: pathlib.Path, json_out: Optional[str] = None, cells: Sequ
     files.write_text(pathlib.Path(workdir) / "summary.md",
                      markdown_report(rows, aggregated, report["claims"], report["status"], command))
     if readme is not None:
+        # The regeneration command names the file as given (e.g. docs/results.md from the repository root).
+        shown = pathlib.Path(readme).name if pathlib.Path(readme).is_absolute() else pathlib.Path(readme).as_posix()
         replace_readme_block(readme, readme_block(rows, aggregated, report["claims"], report["status"],
-                                                  f"{command} --readme {pathlib.Path(readme).name}"))
+                                                  f"{command} --readme {shown}"))
     if json_out:
         files.write_json(pathlib.Path(json_out), [{k: v for k, v in r.items() if k != "reliability"}
                                                   for r in rows])
