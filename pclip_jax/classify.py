@@ -30,6 +30,9 @@ One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port
 path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
 plus the flow facts the text tower saw; see `pclip_jax.kg.explain`).
 
+Standard input (`-`), a FIFO, `--interface NAME` or `--live` classify a live stream instead: each flow's line as soon
+as it has the packets the model reads, memory bounded on an endless stream (`pclip_jax.classify_live`).
+
 JSON lines go to `--out` (default: stdout). The summary table, timings and `--explain-text` go to stdout when
 `--out` is a file and to stderr when the JSON lines take stdout. Unreadable captures are reported (file, byte offset,
 reason) and the rest is classified (exit 0); `--strict` makes any capture problem an error (exit 1).
@@ -399,6 +402,8 @@ def format_report(run: ClassifyRun) -> str:
              f"facts {t.get('classify_facts', 0):.2f} s, records {t.get('classify_records', 0):.2f} s]",
              f"end to end: {t['total']:.2f} s, {rate(t['total'])}  [load {t['load']:.2f} s, "
              f"ingest {t['ingest']:.2f} s, write {t['write']:.2f} s]"]
+    if s.get("answers"):  # a live stream: how the flows were answered (pclip_jax/classify_live.py)
+        lines.append("answers: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["answers"].items())))
     if t.get("compiled_programs"):
         lines.append(f"XLA programs: {t['compiled_programs']}, {t['programs_from_cache']} of them loaded from the "
                      f"persistent compilation cache ({t['compilation_cache']})")
@@ -410,7 +415,8 @@ def format_report(run: ClassifyRun) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pclip_jax.classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="capture files or folders (searched recursively)")
+    ap.add_argument("inputs", nargs="*", metavar="INPUT",
+                    help="capture files or folders (searched recursively), `-` (standard input) or a FIFO")
     ap.add_argument("--workdir", default=None, help="a workdir trained by pclip_jax.main (with the GNN stage); "
                                                      "the JAX backend")
     ap.add_argument("--backend", choices=("jax", "onnx"), default="jax",
@@ -432,7 +438,55 @@ def build_parser() -> argparse.ArgumentParser:
                          "workdir's cache/xla; 'off' compiles every run afresh)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
+    live = ap.add_argument_group("live streams (pclip_jax.classify_live): `-`, FIFOs and --interface always; "
+                                 "files with --live")
+    live.add_argument("--interface", default=None, metavar="NAME",
+                      help="capture live on this interface (through tcpdump or dumpcap) instead of INPUT")
+    live.add_argument("--live", action="store_true",
+                      help="answer each flow as soon as it has the packets the model reads (default for streams)")
+    live.add_argument("--final", action="store_true", help="also a line with each answered flow's totals when it ends")
+    live.add_argument("--max-flows", type=int, default=100_000, metavar="N",
+                      help="flows tracked at once; beyond, the idlest are answered and dropped (default 100,000)")
+    live.add_argument("--max-delay-ms", type=float, default=20.0, metavar="MS",
+                      help="how long an answer may wait to be batched through the models (default 20 ms)")
     return ap
+
+
+def _is_stream(path: str) -> bool:
+    import stat as stat_lib
+    if path == "-":
+        return True
+    try:
+        mode = pathlib.Path(path).stat().st_mode
+    except OSError:
+        return False
+    return stat_lib.S_ISFIFO(mode) or stat_lib.S_ISCHR(mode)
+
+
+def _run_live(args, out, report):
+    """The live path: one stream (standard input, a FIFO, a device, --interface, or a file with --live)."""
+    from pclip_jax.classify_live import LiveOptions, classify_stream, start_interface
+
+    inputs = [] if args.interface else list(args.inputs)
+    if (args.interface and args.inputs not in ([], ["-"])) or (not args.interface and len(inputs) != 1):
+        raise ValueError("a live stream is one input: `-`, a FIFO, a capture with --live, or --interface NAME alone")
+    engine = jax_engine(args.workdir, args.mission) if args.backend == "jax" else \
+        onnx_engine(args.model, args.mission, args.threads)
+    if engine.names is None and engine.settings.data.use_names:
+        engine.names = NameEncoder(engine.settings.text.encoder)
+    options = LiveOptions(final=args.final, max_flows=args.max_flows, max_delay=args.max_delay_ms / 1000)
+    proc = None
+    if args.interface:
+        proc, path = start_interface(args.interface)
+        name = args.interface
+    else:
+        path = name = inputs[0]
+    try:
+        return classify_stream(engine, path, out, options, top_k=args.top, name=name, progress=not args.quiet,
+                               report=report)
+    finally:
+        if proc is not None:
+            proc.terminate()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -451,6 +505,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.backend == "jax" and args.compile_cache != "off":
             from pclip_jax.inference import use_compilation_cache
             use_compilation_cache(args.workdir, args.compile_cache, tool="classify")
+        if not args.inputs and not args.interface:
+            raise ValueError("give captures, folders, `-` (standard input) or --interface NAME")
+        if args.interface or args.live or any(_is_stream(str(p)) for p in args.inputs):
+            with contextlib.ExitStack() as stack:
+                out = sys.stdout if to_stdout else stack.enter_context(open(args.out, "w"))
+                run = _run_live(args, out, report)
+            print(format_report(run), file=report)
+            return status.code
         try:
             run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
                                     mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,

@@ -487,3 +487,64 @@ def test_onnx_errors_name_the_file(workdir, exported, ndpi_dir, tmp_path, capsys
     (per_flow / "config.json").write_text(json.dumps(stored))
     assert export.main(["--workdir", str(per_flow), "--out", str(tmp_path / "x")]) == 1
     assert "per-flow formulation (gnn.model.factored=False)" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Live streams (pclip_jax/classify_live.py)
+
+
+def _by_flow(records):
+    return {r["flow_id"]: r for r in records if not r.get("final")}
+
+
+def test_live_stdin_answers_equal_the_file_answers(exported, ndpi_dir, tmp_path):
+    """`cat capture | classify -`: every flow answered once, early answers included, with the decisions and
+    probabilities classify gives on the capture file (the early answer's inputs are final; order aside); flows
+    that ended before K packets also have the file's counters; `--final` adds the totals of the early ones."""
+    out, _ = exported
+    target = ndpi_dir / "pcap" / TARGET
+    file_out = tmp_path / "file.jsonl"
+    assert classify.main(["--backend", "onnx", "--model", str(out), str(target), "--out", str(file_out), "--quiet",
+                          "--threads", "1"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "pclip_jax.classify", "--backend", "onnx", "--model", str(out), "-",
+                           "--final", "--quiet", "--threads", "1"], input=target.read_bytes(), capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    live, whole = _by_flow(records), _by_flow(_lines(file_out))
+    assert sorted(live) == sorted(whole) and len(live) == sum(not r.get("final") for r in records)
+    kinds = {r["answer"] for r in live.values()}
+    assert kinds >= {"early", "ended"}, kinds
+    for fid, a in live.items():
+        b = whole[fid]
+        for level in ("level1", "level2"):
+            assert (a[level] is None) == (b[level] is None)
+            if a[level] is not None:
+                assert a[level]["id"] == b[level]["id"]
+                assert abs(a[level]["probability"] - b[level]["probability"]) < 1e-5
+        assert a["server_name"] == b["server_name"]
+        if a["answer"] == "ended":
+            assert (a["c2s_packets"], a["s2c_packets"], a["last_ts"]) == (b["c2s_packets"], b["s2c_packets"],
+                                                                          b["last_ts"])
+    finals = {r["flow_id"]: r for r in records if r.get("final")}
+    assert set(finals) == {f for f, r in live.items() if r["answer"] == "early"}
+    for fid, r in finals.items():
+        assert (r["c2s_packets"], r["s2c_packets"], r["last_ts"]) == (whole[fid]["c2s_packets"],
+                                                                      whole[fid]["s2c_packets"], whole[fid]["last_ts"])
+
+
+def test_live_damaged_stream_is_reported_and_the_flows_before_it_answered(exported, ndpi_dir, tmp_path):
+    out, _ = exported
+    data = (ndpi_dir / "pcap" / TARGET).read_bytes()
+    cut = len(data) * 2 // 3
+    damaged = data[:cut] + b"\xff" * 64
+    proc = subprocess.run([sys.executable, "-m", "pclip_jax.classify", "--backend", "onnx", "--model", str(out), "-",
+                           "--quiet", "--threads", "1"], input=damaged, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert re.search(r"warning: -: byte \d+: ", proc.stderr.decode())
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    prefix = tmp_path / "prefix.pcap"
+    prefix.write_bytes(data[:cut])
+    expected = ingest([prefix], IngestConfig.from_data_config(from_config(test_config.get_config()).data),
+                      progress=False)
+    assert len(records) == len(expected) > 10

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import concurrent.futures
 import dataclasses
+import functools
 import gzip
 import io
 import lzma
@@ -114,10 +115,19 @@ class PacketBatch:
 
 
 class _Prepended(io.RawIOBase):
-    """A raw stream that first returns ``head`` (bytes already read to sniff the format), then ``raw``'s bytes."""
+    """A raw stream that first returns ``head`` (bytes already read to sniff the format), then ``raw``'s bytes.
+
+    Over a file descriptor (standard input, a FIFO, a device) a read returns what has arrived rather than waiting
+    for a full chunk: it blocks only until some bytes are there, then takes whatever more is ready without waiting
+    (up to the buffer's size), so a live stream's packets reach the flow tracker as they come, and a fast pipe
+    still gives large chunks."""
 
     def __init__(self, head: bytes, raw):
         self._head, self._raw = memoryview(head), raw
+        try:
+            self._fd = raw.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
 
     def readable(self) -> bool:
         return True
@@ -128,7 +138,16 @@ class _Prepended(io.RawIOBase):
             b[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        return self._raw.readinto(b)
+        view = memoryview(b).cast("B")
+        got = self._raw.readinto(view)
+        if not got or self._fd is None:
+            return got or 0
+        while got < len(view) and select.select([self._fd], [], [], 0)[0]:
+            more = self._raw.readinto(view[got:])
+            if not more:
+                break
+            got += more
+        return got
 
     def close(self) -> None:
         self._raw.close()
@@ -217,8 +236,8 @@ def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
     decompressed on the fly, also from streams (the size is then None). Raises OSError (with the reason) or
     ValueError for what cannot be read; the caller names the file.
     """
-    if str(path) == STDIN:
-        raw, size = sys.stdin.buffer, None
+    if str(path) == STDIN:  # unbuffered: a read returns the bytes that have arrived
+        raw, size = io.FileIO(sys.stdin.fileno(), "rb", closefd=False), None
     else:
         st = os.stat(path)
         if stat.S_ISREG(st.st_mode):
@@ -231,7 +250,7 @@ def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
             except BaseException:
                 os.close(fd)
                 raise
-            raw, size = io.BufferedReader(io.FileIO(fd, "rb", closefd=True), 1 << 20), None
+            raw, size = io.FileIO(fd, "rb", closefd=True), None
         elif stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError("a folder, not a capture")
         else:
@@ -244,7 +263,7 @@ def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
             return raw, size, None
         body = raw
     else:
-        body = io.BufferedReader(_Prepended(head, raw), 1 << 20)
+        body = _Prepended(head, raw)
         if kind is None:
             return body, None, None
     decoded = _StopAtDamage(_decompressor(kind, body))
@@ -492,12 +511,14 @@ def _read_pcapng(fh, size: int | None, name: str, chunk_bytes: int, errors: list
         return
     # The next chunk is read on a helper thread while this one is processed (file reads release the GIL).
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pclip-read") as pool:
-        ahead = [pool.submit(_read_upto, fh, chunk_bytes)]
+        # A live stream gives what has arrived (`_Prepended`); a file or decoder is read in full chunks.
+        read = fh.read if isinstance(fh, _Prepended) else functools.partial(_read_upto, fh)
+        ahead = [pool.submit(read, chunk_bytes)]
 
         def next_data() -> bytes:
             data = ahead[0].result()
             if data:
-                ahead[0] = pool.submit(_read_upto, fh, chunk_bytes)
+                ahead[0] = pool.submit(read, chunk_bytes)
             return data
 
         yield from _pcapng_chunks(name, errors, next_data, compiled)
@@ -693,11 +714,10 @@ def read_batches(path: str | os.PathLike, errors: list, chunk_bytes: int = 8 << 
         return
     with fh:
         try:
-            magic = fh.peek(4)[:4] if size is None else fh.read(4)
-            if size is None and len(magic) < 4:  # a stream's peek may return less than asked
-                magic = _read_upto(fh, 4)
-                fh = io.BufferedReader(_Prepended(magic, fh), 1 << 20)
-            elif size is not None:
+            magic = _read_upto(fh, 4)
+            if size is None:  # a stream cannot seek back: its first bytes are handed to the reader again
+                fh = _Prepended(magic, fh)
+            else:
                 fh.seek(0)
         except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
             errors.append(CaptureError(name, 0, f"cannot read: {e}"))

@@ -98,8 +98,11 @@ class FlowTracker:
 
     def __init__(self, packets: int = 16, nbytes: int = 128, idle_timeout: float = 120.0,
                  active_timeout: float = 1800.0, mask: bool = True, expected_flows: int = 1024,
-                 payload_rows: bool = False, compiled: bool = True):
+                 payload_rows: bool = False, compiled: bool = True, page_flows: int | None = None):
         self.K, self.B, self.mask = packets, nbytes, mask
+        # Output pages after the first: None doubles them (a capture's flows end up in few pages); a fixed size lets
+        # a live stream drop pages whose flows are all answered (`data.live`).
+        self.page_flows = page_flows
         # Whether the compiled steps run: False gives the Python/numpy steps (keys, walk, rows, names) even where
         # _capture_c was built (the tests' reference; both give the same flows).
         self.compiled = compiled and capture._capture_c is not None
@@ -133,7 +136,8 @@ class FlowTracker:
         s.update({name: np.zeros(n, np.int64) for name in ("first_ts", "last_ts", "first_pkt", "npk", "nrow", "ia_n")})
         s.update({name: np.zeros(n, np.float64) for name in ("ia_sum", "ia_sq", "ia_max")})
         s["ia_min"] = np.full(n, np.inf)
-        s.update({name: np.zeros(n, bool) for name in ("rst", "client_lo", "active")})
+        # answered: a live stream has handed the flow over already (`data.live`; ingest never sets it).
+        s.update({name: np.zeros(n, bool) for name in ("rst", "client_lo", "active", "answered")})
         s["flagc"] = np.zeros((n, 8), np.int64)
         s["key"] = np.zeros((n, KEY_WIDTH), np.uint8)
         s["fid"] = np.zeros(n, np.int64)
@@ -150,7 +154,7 @@ class FlowTracker:
         need = self.n_ids + n
         while need > self.pages[-1][0] + len(self.pages[-1][1]["sizes"]):
             start = self.pages[-1][0] + len(self.pages[-1][1]["sizes"])
-            self.pages.append((start, self._rows(max(start, 1024))))
+            self.pages.append((start, self._rows(self.page_flows or max(start, 1024))))
         ids = np.arange(self.n_ids, need, dtype=np.int64)
         self.n_ids = need
         return ids
@@ -193,6 +197,7 @@ class FlowTracker:
         block = {k: acc[k] for k in _KEEP}
         block["stats"] = tensors.finalize_stats(acc)
         block["fid"] = acc["fid"]
+        block["answered"] = acc["answered"]
         del acc
         self.done.append(block)
         # Forget keys whose current flow is one of these slots.
