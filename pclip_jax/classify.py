@@ -403,7 +403,8 @@ def format_report(run: ClassifyRun) -> str:
              f"end to end: {t['total']:.2f} s, {rate(t['total'])}  [load {t['load']:.2f} s, "
              f"ingest {t['ingest']:.2f} s, write {t['write']:.2f} s]"]
     if s.get("answers"):  # a live stream: how the flows were answered (pclip_jax/classify_live.py)
-        lines.append("answers: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["answers"].items())))
+        lines.append(f"stream: {s.get('packets', 0):,} packets; answers: "
+                     + ", ".join(f"{k} {v:,}" for k, v in sorted(s["answers"].items())))
     if t.get("compiled_programs"):
         lines.append(f"XLA programs: {t['compiled_programs']}, {t['programs_from_cache']} of them loaded from the "
                      f"persistent compilation cache ({t['compilation_cache']})")

@@ -96,6 +96,8 @@ def classify_stream(engine: "classify_lib.Engine", path: str, out: TextIO, optio
                               name="live-reader", daemon=True)
     t_start = time.perf_counter()
     reader.start()
+    print(f"[live] models loaded ({engine.load_seconds:.1f} s); answering the flows of {name}", file=sys.stderr,
+          flush=True)
     summary = classify_lib.Summary()
     timings = {"load": engine.load_seconds, "ingest": 0.0, "wait": 0.0, "classify": 0.0, "write": 0.0}
     parts: dict = {}

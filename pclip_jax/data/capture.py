@@ -227,6 +227,17 @@ def file_size(path: str | os.PathLike) -> int:
         return 0
 
 
+def _widen_pipe(fd: int) -> None:
+    """Let a pipe hold up to 1 MiB (Linux; 64 KiB by default): when the reader falls behind, each read then takes a
+    larger chunk, so the per-chunk cost is paid less often, and the writer blocks later."""
+    try:
+        import fcntl
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (OSError, ValueError, ImportError):  # not Linux, or above /proc/sys/fs/pipe-max-size: keep the default
+        pass
+
+
 def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
     """Open a capture for reading: ``(binary file object, size in bytes or None for a stream, decoder)``; the
     decoder (None for an uncompressed capture) has ``damage``: None, or why the compressed data ended early.
@@ -238,6 +249,7 @@ def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
     """
     if str(path) == STDIN:  # unbuffered: a read returns the bytes that have arrived
         raw, size = io.FileIO(sys.stdin.fileno(), "rb", closefd=False), None
+        _widen_pipe(raw.fileno())
     else:
         st = os.stat(path)
         if stat.S_ISREG(st.st_mode):
@@ -251,6 +263,7 @@ def open_capture(path: str | os.PathLike, stream_wait: float | None = None):
                 os.close(fd)
                 raise
             raw, size = io.FileIO(fd, "rb", closefd=True), None
+            _widen_pipe(fd)
         elif stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError("a folder, not a capture")
         else:
