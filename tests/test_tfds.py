@@ -177,8 +177,8 @@ def test_beam_build_equals_single_process(tmp_path, ndpi_dir):
 
     manual = _manual_dir(tmp_path / "manual", ndpi_dir, "flat")
     common = ["ndpi_traffic", "--manual_dir", str(manual), "--config", "k16_b128"]
-    single = build.main([*common, "--data_dir", str(tmp_path / "single")])
-    beam = build.main([*common, "--data_dir", str(tmp_path / "beam"), "--beam_runner", "DirectRunner",
+    single = build.run([*common, "--data_dir", str(tmp_path / "single")])
+    beam = build.run([*common, "--data_dir", str(tmp_path / "beam"), "--beam_runner", "DirectRunner",
                        "--beam_workers", "2"])
     assert single["runner"] == "single-process" and beam["runner"] == "DirectRunner"
     assert single["splits"] == beam["splits"] and min(single["splits"].values()) > 0
@@ -187,4 +187,4 @@ def test_beam_build_equals_single_process(tmp_path, ndpi_dir):
     assert meta[0] == meta[1] and meta[0]["split_captures"]["test"]
     assert meta[0]["flows_ingested"] == sum(meta[0]["dropped"].values())  # every ingested flow kept or counted
     with pytest.raises(SystemExit):
-        build.main([*common, "--data_dir", str(tmp_path / "x"), "--beam_workers", "2"])  # needs --beam_runner
+        build.run([*common, "--data_dir", str(tmp_path / "x"), "--beam_workers", "2"])  # needs --beam_runner
