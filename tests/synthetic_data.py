@@ -50,10 +50,11 @@ def _ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int, ttl: int) 
     return head + payload
 
 
-def _ethernet(ip: bytes, client_side: bool) -> bytes:
+def _ethernet(ip: bytes, client_side: bool, vlan: int = 0) -> bytes:
     mac_c, mac_s = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
     dst, src = (mac_s, mac_c) if client_side else (mac_c, mac_s)
-    return dst + src + b"\x08\x00" + ip
+    tag = struct.pack("!HH", 0x8100, vlan) if vlan else b""
+    return dst + src + tag + b"\x08\x00" + ip
 
 
 TCP_FLAGS = {"S": 0x02, "SA": 0x12, "A": 0x10, "PA": 0x18, "FA": 0x11, "R": 0x04}
@@ -62,8 +63,8 @@ TCP_FLAGS = {"S": 0x02, "SA": 0x12, "A": 0x10, "PA": 0x18, "FA": 0x11, "R": 0x04
 class _Conversation:
     """Packets of one flow between a client and a server endpoint, with TCP sequence numbers kept."""
 
-    def __init__(self, rng, proto: int, client: tuple, server: tuple, t0: float):
-        self.rng, self.proto, self.client, self.server, self.t = rng, proto, client, server, t0
+    def __init__(self, rng, proto: int, client: tuple, server: tuple, t0: float, vlan: int = 0):
+        self.rng, self.proto, self.client, self.server, self.t, self.vlan = rng, proto, client, server, t0, vlan
         self.seq = {True: int(rng.integers(1, 2**31)), False: int(rng.integers(1, 2**31))}
         self.ident = {True: int(rng.integers(0, 60000)), False: int(rng.integers(0, 60000))}
         self.frames: list = []
@@ -82,7 +83,7 @@ class _Conversation:
             seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
         self.ident[from_client] += 1
         ip = _ipv4(sip, dip, self.proto, seg, self.ident[from_client], 64 if from_client else 52)
-        frame = _ethernet(ip, from_client)
+        frame = _ethernet(ip, from_client, self.vlan)
         self.frames.append((int(round(self.t * 1e9)), len(frame), 1, frame))
         self.count[from_client] += 1
         self.bytes[from_client] += len(frame)
@@ -247,16 +248,17 @@ CORPUS = {
                      ("dns", "DNS.NetFlix", "Network", _CLEAR, "www.netflix.com", 2)],
     "1kxun.pcap": [("http", "HTTP.1kxun", "Streaming", _CLEAR, "mangaweb.1kxun.mobi", 4),
                    ("dns", "DNS", "Network", _CLEAR, "1kxun.mobi", 2)],
-    "zoom.pcap": [("tls", "TLS.Zoom", "Video", _ENC, "zoom.us", 3), ("voice", "Zoom", "Video", _ENC, "", 2),
-                  ("dns", "DNS.Zoom", "Network", _CLEAR, "zoom.us", 2)],
+    # Like the real zoom.pcap: over 20 flows, some VLAN-tagged (the media), some of 1-2 packets (DNS).
+    "zoom.pcap": [("tls", "TLS.Zoom", "Video", _ENC, "zoom.us", 8), ("voice", "Zoom", "Video", _ENC, "", 6),
+                  ("dns", "DNS.Zoom", "Network", _CLEAR, "zoom.us", 8)],
     "teams.pcap": [("tls", "TLS.Teams", "Collaborative", _ENC, "teams.microsoft.com", 4),
                    ("dns", "DNS.Teams", "Network", _CLEAR, "teams.microsoft.com", 2)],
     "skype.pcap": [("voice", "Skype_Teams", "VoIP", _ENC, "", 3), ("tls", "TLS.Skype_Teams", "VoIP", _ENC,
                    "api.skype.com", 1)],
     "whatsapp_login_call.pcap": [("voice", "STUN.WhatsAppCall", "VoIP", _CLEAR, "", 3),
                                  ("tls", "TLS", "Web", _ENC, "e1.whatsapp.net", 1)],
-    "openvpn.pcap": [("openvpn", "OpenVPN", "VPN", _ENC, "", 3)],
-    "wireguard.pcap": [("wireguard", "WireGuard", "VPN", _ENC, "", 3)],
+    "openvpn.pcap": [("openvpn", "OpenVPN", "VPN", _ENC, "", 4)],
+    "wireguard.pcap": [("wireguard", "WireGuard", "VPN", _ENC, "", 4)],
     "tor.pcap": [("tls", "TLS.Tor", "VPN", _ENC, "www.fd5hcsl4pmsb.com", 3)],
     "bittorrent.pcap": [("p2p_udp", "BitTorrent", "Download", _CLEAR, "", 4),
                         ("p2p_tcp", "BitTorrent", "Download", _CLEAR, "", 2)],
@@ -265,11 +267,12 @@ CORPUS = {
     "443-chrome.pcap": [("tls", "TLS", "Web", _ENC, "www.example.com", 3)],
     "443-firefox.pcap": [("tls", "TLS.ntop", "Network", _ENC, "www.ntop.org", 3)],
     "google_ssl.pcap": [("tls", "TLS.Google", "Web", _ENC, "www.google.com", 3)],
+    "dnscrypt.pcap": [("tls", "DNSCrypt", "Network", _ENC, "2.dnscrypt-cert.example", 3)],
     "dns_long_domainname.pcap": [("dns", "DNS", "Network", _CLEAR,
                                   "a-very-long-label-of-many-words.subdomain.example.com", 3)],
     "dns-exf.pcap": [("dns", "DNS", "Network", _CLEAR, "x1f3a9.tunnel.example.net", 4)],
-    "ssh.pcap": [("ssh", "SSH", "RemoteAccess", _ENC, "", 3)],
-    "rdp.pcap": [("rdp", "RDP", "RemoteAccess", _CLEAR, "", 3)],
+    "ssh.pcap": [("ssh", "SSH", "RemoteAccess", _ENC, "", 4)],
+    "rdp.pcap": [("rdp", "RDP", "RemoteAccess", _CLEAR, "", 4)],
     "ftp.pcap": [("ftp", "FTP_CONTROL", "Download", _CLEAR, "", 1), ("ftp_data", "FTP_DATA", "Download", _CLEAR,
                  "", 2)],
     "pop3.pcap": [("pop3", "POP3", "Email", _CLEAR, "", 3)],
@@ -286,7 +289,8 @@ def _rng(name: str) -> np.random.Generator:
 
 def _ndpi_line(i: int, proto: int, client, server, label, category, enc, conv, host) -> str:
     pname = {6: "TCP", 17: "UDP"}[proto]
-    text = (f"\t{i}\t{pname} {client[0]}:{client[1]} <-> {server[0]}:{server[1]} [proto: 0.0/{label}]"
+    vlan = f"[VLAN: {conv.vlan}]" if conv.vlan else ""
+    text = (f"\t{i}\t{pname} {client[0]}:{client[1]} <-> {server[0]}:{server[1]} {vlan}[proto: 0.0/{label}]"
             f"[IP: 0/Unknown][{enc}][Confidence: DPI][cat: {category}/0]"
             f"[{conv.count[True]} pkts/{conv.bytes[True]} bytes <-> {conv.count[False]} pkts/"
             f"{conv.bytes[False]} bytes]")
@@ -307,7 +311,8 @@ def build_capture(name: str, flows) -> tuple[list, list[str]]:
             client = (f"192.168.{net}.{10 + n % 3}", int(rng.integers(32768, 61000)))
             server = (f"{int(rng.integers(11, 220))}.{int(rng.integers(0, 255))}.{int(rng.integers(0, 255))}."
                       f"{int(rng.integers(1, 254))}", port)
-            conv = _Conversation(rng, proto, client, server, t0 + float(rng.uniform(0, 20)))
+            conv = _Conversation(rng, proto, client, server, t0 + float(rng.uniform(0, 20)),
+                                 vlan=20 if kind == "voice" and name == "zoom.pcap" else 0)
             writer(conv, rng, host, **KIND_ARGS.get(kind, {}))
             frames += conv.frames
             lines.append(_ndpi_line(n, proto, client, server, label, category, enc, conv, host))
