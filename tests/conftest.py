@@ -54,3 +54,17 @@ def minilm_dir(tmp_path_factory):
     from tests.synthetic_data import build_text_encoder
 
     return build_text_encoder(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data: needs the real captures and weights of ../shared (facts about "
+                                       "the real corpus, or not yet checked on the stand-ins); skipped without them")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAVE_NDPI and HAVE_MINILM:
+        return
+    skip = pytest.mark.skip(reason=f"real-data test: ../shared data not found at {SHARED}")
+    for item in items:
+        if item.get_closest_marker("real_data"):
+            item.add_marker(skip)
