@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pclip_jax.data.ingest import IngestConfig, IngestError, ingest, keep_freed_memory
+from pclip_jax.data.ingest import IngestConfig, ingest, keep_freed_memory
 from pclip_jax.data.labels import attach_labels
+from pclip_jax.errors import cli_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,26 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--payload-rows", action="store_true",
                     help="tensor rows from the first K packets that carry payload (bare ACKs skipped)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
-    try:
-        config = IngestConfig(packets=args.packets, bytes=args.bytes, idle_timeout=args.idle_timeout,
-                              active_timeout=args.active_timeout, mask=not args.no_mask, strict=args.strict,
-                              workers=args.workers, payload_rows=args.payload_rows)
-        table = ingest(args.inputs, config, progress=not args.quiet)
-    except (IngestError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with cli_errors(args.verbose) as status:
+        _run(args)
+    return status.code
+
+
+def _run(args) -> None:
+    config = IngestConfig(packets=args.packets, bytes=args.bytes, idle_timeout=args.idle_timeout,
+                          active_timeout=args.active_timeout, mask=not args.no_mask, strict=args.strict,
+                          workers=args.workers, payload_rows=args.payload_rows)
+    table = ingest(args.inputs, config, progress=not args.quiet)
     if args.labels:
         try:
             table = attach_labels(table, args.labels, progress=not args.quiet, inputs=args.inputs)
         except (FileNotFoundError, ValueError) as e:
-            print(f"error: --labels {args.labels}: {e}", file=sys.stderr)
-            return 1
+            raise ValueError(f"--labels {args.labels}: {e}") from e
     table.save(args.out)
     s = table.summary
     skipped = f" ({len(s['skipped_files'])} skipped)" if s.get("skipped_files") else ""
@@ -64,8 +67,6 @@ def main(argv=None) -> int:
             line += (f"; {lab['match_rate_with_splits']:.2%} counting conversations that the idle/active timeouts "
                      f"split into several flows (every piece labelled)")
         print(line)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,11 +57,13 @@ def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: S
         "mauc": float(np.mean(list(per_class_auc.values()))) if per_class_auc else float("nan"),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
         # Macro-F1 over the classes present in the evaluated set (absent classes have undefined recall).
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+        if len(y_true) else float("nan"),
         "per_class_auc": per_class_auc,
         "undefined_auc": undefined,
         "support": {name: int((y_true == c).sum()) for c, name in enumerate(class_names)},
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": (skm.confusion_matrix(y_true, y_pred, labels=labels) if len(y_true)
+                             else np.zeros((n_classes, n_classes), np.int64)).tolist(),
         "classes": list(class_names),
         "num_flows": int(len(y_true)),
         **({"calibration": calibration(y_true, scores)}

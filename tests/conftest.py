@@ -1,4 +1,9 @@
-"""Test set-up: 8 fake CPU devices for the pmap tests, and paths to the real data in ../shared."""
+"""Test set-up: 8 fake CPU devices for the pmap tests, and the data: the real captures and weights in ../shared
+when they are there (CI has them), else small stand-ins built at test time (tests/synthetic_data.py).
+
+Fixtures: `ndpi_dir` and `minilm_dir` give the real data or the stand-ins; `real_ndpi_dir` and `real_minilm_dir`
+give the real data only and skip without it (tests of facts about the real corpus or the real weights).
+"""
 import os
 
 # Must happen before JAX is imported anywhere in the test session.
@@ -13,17 +18,53 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("PCLIP_SHARED", REPO.parent / "shared"))
 NDPI_DIR = SHARED / "data" / "ndpi"
 MINILM_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
+HAVE_NDPI = (NDPI_DIR / "pcap").is_dir()
+HAVE_MINILM = (MINILM_DIR / "model.safetensors").is_file()
 
 
 @pytest.fixture(scope="session")
-def ndpi_dir():
-    if not (NDPI_DIR / "pcap").is_dir():
-        pytest.skip(f"nDPI captures not found at {NDPI_DIR}")
+def real_ndpi_dir():
+    if not HAVE_NDPI:
+        pytest.skip(f"real-data test: nDPI captures not found at {NDPI_DIR}")
     return NDPI_DIR
 
 
 @pytest.fixture(scope="session")
-def minilm_dir():
-    if not (MINILM_DIR / "model.safetensors").is_file():
-        pytest.skip(f"all-MiniLM-L6-v2 weights not found at {MINILM_DIR}")
+def real_minilm_dir():
+    if not HAVE_MINILM:
+        pytest.skip(f"real-data test: all-MiniLM-L6-v2 weights not found at {MINILM_DIR}")
     return MINILM_DIR
+
+
+@pytest.fixture(scope="session")
+def ndpi_dir(tmp_path_factory):
+    """The real nDPI captures, or stand-ins with the same names and nDPI-format results."""
+    if HAVE_NDPI:
+        return NDPI_DIR
+    from tests.synthetic_data import build_ndpi_corpus
+
+    return build_ndpi_corpus(tmp_path_factory.mktemp("data") / "ndpi")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory):
+    """all-MiniLM-L6-v2, or a tiny randomly initialised BERT in the same layout."""
+    if HAVE_MINILM:
+        return MINILM_DIR
+    from tests.synthetic_data import build_text_encoder
+
+    return build_text_encoder(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_data: needs the real captures and weights of ../shared (facts about "
+                                       "the real corpus, or not yet checked on the stand-ins); skipped without them")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAVE_NDPI and HAVE_MINILM:
+        return
+    skip = pytest.mark.skip(reason=f"real-data test: ../shared data not found at {SHARED}")
+    for item in items:
+        if item.get_closest_marker("real_data"):
+            item.add_marker(skip)

@@ -33,8 +33,8 @@ def _same_tensors(a, b, skip_stats=()):
         np.testing.assert_array_equal(a.meta[k], b.meta[k], err_msg=k)
 
 
-def test_all_ndpi_captures_read_without_exception(ndpi_dir):
-    files = capture.find_captures([ndpi_dir / "pcap"])
+def test_all_ndpi_captures_read_without_exception(real_ndpi_dir):
+    files = capture.find_captures([real_ndpi_dir / "pcap"])
     assert len(files) == 477
     total, with_errors = 0, {}
     for path, _ in files:
@@ -68,12 +68,12 @@ def _same_headers(batch, where):
         np.testing.assert_array_equal(a, b, err_msg=f"{where}: {f.name}")
 
 
-def test_compiled_record_walk_equals_python_loop(ndpi_dir):
+def test_compiled_record_walk_equals_python_loop(real_ndpi_dir):
     """The compiled pcap record walk (setup.py builds it wherever a C compiler is) finds the same records as the
     Python loop: every classic pcap of the corpus, whole and cut mid-record, random bytes, both byte orders."""
     _need_compiled()
     rng = np.random.default_rng(0)
-    files = [p for p, _ in capture.find_captures([ndpi_dir / "pcap"]) if capture.sniff(p) == "pcap"]
+    files = [p for p, _ in capture.find_captures([real_ndpi_dir / "pcap"]) if capture.sniff(p) == "pcap"]
     assert len(files) > 250
     checked = 0
     for path in files:
@@ -110,25 +110,25 @@ def _same_batches(path, chunk_bytes=1 << 20):
     assert [e.as_dict() for e in errors[0]] == [e.as_dict() for e in errors[1]]
 
 
-def test_compiled_reader_equals_python_loops_on_every_real_capture(ndpi_dir):
+def test_compiled_reader_equals_python_loops_on_every_real_capture(real_ndpi_dir):
     """pcap record walk and pcapng enhanced-packet-block runs, compiled and in Python: the same batches and the
     same errors on all 3,111 captures in ../shared, in 1 MB chunks and (nDPI) in 20 kB ones."""
     _need_compiled()
-    data = ndpi_dir.parent
+    data = real_ndpi_dir.parent
     files = capture.find_captures([data / d for d in ("ndpi/pcap", "iot_sentinel", "zeek", "suricata-verify")
                                    if (data / d).is_dir()])
     assert sum(capture.sniff(p) == "pcapng" for p, _ in files) > 50
     for path, _ in files:
         _same_batches(path)
-    for path, _ in capture.find_captures([ndpi_dir / "pcap"]):
+    for path, _ in capture.find_captures([real_ndpi_dir / "pcap"]):
         _same_batches(path, 20_000)
 
 
-def test_compiled_headers_equal_numpy_on_every_real_capture(ndpi_dir):
+def test_compiled_headers_equal_numpy_on_every_real_capture(real_ndpi_dir):
     """Every header field from the compiled parser equals the numpy reference on all captures in ../shared: nDPI,
     IoT Sentinel, and the 2,304 Zeek and Suricata test captures (every link type and encapsulation they hold)."""
     _need_compiled()
-    data = ndpi_dir.parent
+    data = real_ndpi_dir.parent
     roots = [data / d for d in ("ndpi/pcap", "iot_sentinel", "zeek", "suricata-verify") if (data / d).is_dir()]
     packets, kinds = 0, np.zeros(4, np.int64)
     for path, _ in capture.find_captures(roots):
@@ -139,8 +139,8 @@ def test_compiled_headers_equal_numpy_on_every_real_capture(ndpi_dir):
     assert packets > 200_000 and (kinds > 0).all()  # flows, later fragments, non-IP and malformed all seen
 
 @pytest.mark.parametrize("byteorder,nano", [("<", False), (">", False), ("<", True), (">", True)])
-def test_pcap_byte_orders_and_resolutions(ndpi_dir, tmp_path, byteorder, nano):
-    src = ndpi_dir / "pcap" / BASE
+def test_pcap_byte_orders_and_resolutions(real_ndpi_dir, tmp_path, byteorder, nano):
+    src = real_ndpi_dir / "pcap" / BASE
     frames = read_frames(src)
     out = write_pcap(tmp_path / "x.pcap", frames, 1, byteorder, nano)
     assert capture.sniff(out) == "pcap"
@@ -148,8 +148,8 @@ def test_pcap_byte_orders_and_resolutions(ndpi_dir, tmp_path, byteorder, nano):
     assert read_frames(out) == frames  # µs timestamps survive both encodings exactly
 
 
-def test_pcapng_and_pcap_of_same_packets_give_identical_tensors(ndpi_dir, tmp_path):
-    frames = read_frames(ndpi_dir / "pcap" / BASE)
+def test_pcapng_and_pcap_of_same_packets_give_identical_tensors(real_ndpi_dir, tmp_path):
+    frames = read_frames(real_ndpi_dir / "pcap" / BASE)
     with open(tmp_path / "a.pcap", "wb") as fh:
         w = dpkt.pcap.Writer(fh, snaplen=65535, linktype=dpkt.pcap.DLT_EN10MB)
         for t, _, _, f in frames:
@@ -164,9 +164,9 @@ def test_pcapng_and_pcap_of_same_packets_give_identical_tensors(ndpi_dir, tmp_pa
     np.testing.assert_array_equal(a.meta["c2s_bytes"], b.meta["c2s_bytes"])
 
 
-def test_pcapng_several_interfaces_and_link_types(ndpi_dir, tmp_path):
+def test_pcapng_several_interfaces_and_link_types(real_ndpi_dir, tmp_path):
     """One pcapng whose packets are spread over interfaces of 7 link types gives the flows of the Ethernet original."""
-    src = ndpi_dir / "pcap" / BASE
+    src = real_ndpi_dir / "pcap" / BASE
     frames = read_frames(src)
     linktypes = [1, 101, 113, 276, 0, 108, 229, 228, 12]
     idbs = [dpkt.pcapng.InterfaceDescriptionBlockLE(snaplen=65535, linktype=lt) for lt in linktypes]
@@ -201,11 +201,11 @@ def _write(path, data):
 
 
 @pytest.mark.parametrize("name,linktype", [("radiotap.pcap", 127), ("wlanmon.pcap", 105)])
-def test_wifi_monitor_captures_give_their_ip_flows(ndpi_dir, tmp_path, name, linktype):
+def test_wifi_monitor_captures_give_their_ip_flows(real_ndpi_dir, tmp_path, name, linktype):
     """802.11 data frames (monitor mode, with and without a radiotap header; Zeek's test traces): LLC/SNAP is
     unwrapped, QoS and padded headers included; the ARP-only traces of the same kind give no flow and no error.
     Before the per-packet link layer these captures were refused as "unknown link type"."""
-    traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
+    traces = real_ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
     errors = []
     seen = {int(x) for b in capture.read_batches(traces / name, errors) for x in b.linktype}
     assert not errors and seen == {linktype}
@@ -232,10 +232,10 @@ def _mutated_headers_agree(path, tmp_path, copies=200):
         _same_headers(next(capture.read_batches(_write(tmp_path / "m.pcap", mutated), [])), "mutated")
 
 
-def test_nflog_capture_gives_its_http_flow(ndpi_dir, tmp_path):
+def test_nflog_capture_gives_its_http_flow(real_ndpi_dir, tmp_path):
     """Linux NFLOG (link type 239, `tcpdump -i nflog`): the packet is the payload TLV of each record. A record
     whose TLV lengths run past its end is skipped as non-IP, not an error that ends the capture."""
-    traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
+    traces = real_ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
     t = _flows(traces / "nflog-http.pcap")
     assert len(t) == 1 and t.summary["errors"] == []
     assert (str(t.meta["client_ip"][0]), str(t.meta["server_ip"][0]), int(t.meta["server_port"][0])) == \
@@ -246,10 +246,10 @@ def test_nflog_capture_gives_its_http_flow(ndpi_dir, tmp_path):
     _mutated_headers_agree(traces / "nflog-http.pcap", tmp_path)
 
 
-def test_fddi_captures_give_their_flows(ndpi_dir, tmp_path):
+def test_fddi_captures_give_their_flows(real_ndpi_dir, tmp_path):
     """FDDI (link type 10: 13-byte MAC header, then LLC/SNAP), Zeek's traces: a DNS query over TCP, and a 1996
     campus trace of 1,333 packets that are all IP."""
-    traces = ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
+    traces = real_ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces"
     dns = _flows(traces / "dns-inverse-query.pcap")
     assert dns.summary["errors"] == [] and len(dns) == 1
     assert (str(dns.meta["server_ip"][0]), int(dns.meta["server_port"][0]), int(dns.meta["proto"][0])) == \
@@ -261,13 +261,13 @@ def test_fddi_captures_give_their_flows(ndpi_dir, tmp_path):
     _mutated_headers_agree(traces / "dns-inverse-query.pcap", tmp_path)
 
 
-def test_pcapng_unknown_link_type_is_reported_only_where_packets_are_lost(ndpi_dir, tmp_path):
+def test_pcapng_unknown_link_type_is_reported_only_where_packets_are_lost(real_ndpi_dir, tmp_path):
     """An interface of an unknown link type that carries no packet is not a problem (Zeek's
     ldap/gap-data-missing.pcapng declares 59 such interfaces); one that does is reported once, at its first
     packet, and the other interfaces' flows are all kept."""
-    real = _flows(ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces" / "ldap" / "gap-data-missing.pcapng")
+    real = _flows(real_ndpi_dir.parent / "zeek" / "testing" / "btest" / "Traces" / "ldap" / "gap-data-missing.pcapng")
     assert len(real) == 2 and real.summary["errors"] == []
-    src = ndpi_dir / "pcap" / BASE
+    src = real_ndpi_dir / "pcap" / BASE
     frames = read_frames(src)
     idbs = [dpkt.pcapng.InterfaceDescriptionBlockLE(snaplen=65535, linktype=lt) for lt in (1, 274, 4242)]
     with open(tmp_path / "x.pcapng", "wb") as fh:
@@ -284,8 +284,8 @@ def test_pcapng_unknown_link_type_is_reported_only_where_packets_are_lost(ndpi_d
     assert len(got) >= len(_flows(src)) - 2
 
 
-def test_qinq_outer_vlan_is_the_flow_vlan(ndpi_dir, tmp_path):
-    src = ndpi_dir / "pcap" / BASE
+def test_qinq_outer_vlan_is_the_flow_vlan(real_ndpi_dir, tmp_path):
+    src = real_ndpi_dir / "pcap" / BASE
     frames = [(t, w + 8, lt, ethernet_to(f, 1001)) for t, w, lt, f in read_frames(src)]
     out = write_pcap(tmp_path / "qinq.pcap", frames, 1)
     a, b = _flows(src), _flows(out)
@@ -293,10 +293,10 @@ def test_qinq_outer_vlan_is_the_flow_vlan(ndpi_dir, tmp_path):
     assert (a.meta["vlan"] == 0).all() and (b.meta["vlan"] == 100).all()
 
 
-def test_real_vlan_sll_null_ppp_hdlc_captures(ndpi_dir):
+def test_real_vlan_sll_null_ppp_hdlc_captures(real_ndpi_dir):
     """Captures with 802.1Q, Linux SLL, BSD null, PPP and Cisco HDLC framing yield IP flows."""
     by_type = {}
-    for path, _ in capture.find_captures([ndpi_dir / "pcap"]):
+    for path, _ in capture.find_captures([real_ndpi_dir / "pcap"]):
         errors = []
         for b in capture.read_batches(path, errors):
             h = capture.parse_headers(b)
@@ -321,8 +321,8 @@ def _first_record_offsets(path):
     return offs
 
 
-def test_malformed_inputs_keep_flows_before_the_damage(ndpi_dir, tmp_path):
-    src = ndpi_dir / "pcap" / BASE
+def test_malformed_inputs_keep_flows_before_the_damage(real_ndpi_dir, tmp_path):
+    src = real_ndpi_dir / "pcap" / BASE
     data = src.read_bytes()
     whole = _flows(src)
     n = whole.summary["packets"]
@@ -354,7 +354,7 @@ def test_malformed_inputs_keep_flows_before_the_damage(ndpi_dir, tmp_path):
     t = _flows(tmp_path / "empty.pcap")
     assert len(t) == 0 and t.summary["errors"][0]["reason"] == "empty file"
 
-    (tmp_path / "readme.pcap").write_bytes((ndpi_dir / "result" / (BASE + ".out")).read_bytes())
+    (tmp_path / "readme.pcap").write_bytes((real_ndpi_dir / "result" / (BASE + ".out")).read_bytes())
     t = _flows(tmp_path / "readme.pcap")
     assert len(t) == 0 and "not a pcap/pcapng capture" in t.summary["errors"][0]["reason"]
 
@@ -364,7 +364,7 @@ def test_malformed_inputs_keep_flows_before_the_damage(ndpi_dir, tmp_path):
     t = _flows(tmp_path / "unknown.pcap")
     assert t.summary["errors"] == [{"file": "unknown.pcap", "offset": 20, "reason": "unknown link type 4242"}]
 
-    ng = ndpi_dir / "pcap" / "quic_interop_V.pcapng"
+    ng = real_ndpi_dir / "pcap" / "quic_interop_V.pcapng"
     full = _flows(ng)
     raw = ng.read_bytes()
     (tmp_path / "trunc.pcapng").write_bytes(raw[:_first_record_offsets(ng)[-1] + 20])  # inside the last packet
@@ -382,8 +382,8 @@ SMALL = ["tls_certificate_too_long.pcap", "quic_interop_V.pcapng", "malware.pcap
        head_flips=st.lists(st.tuples(st.integers(0, 299), st.integers(0, 7)), max_size=6),
        cut=st.one_of(st.none(), st.floats(0, 1)),
        insert=st.one_of(st.none(), st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=64))))
-def test_random_mutations_never_raise(ndpi_dir, tmp_path, which, flips, head_flips, cut, insert):
-    data = bytearray((ndpi_dir / "pcap" / which).read_bytes())
+def test_random_mutations_never_raise(real_ndpi_dir, tmp_path, which, flips, head_flips, cut, insert):
+    data = bytearray((real_ndpi_dir / "pcap" / which).read_bytes())
     for where, bit in flips:
         data[int(where * (len(data) - 1))] ^= 1 << bit
     for where, bit in head_flips:  # file, section and interface headers, first records

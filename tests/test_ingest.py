@@ -15,17 +15,17 @@ CAPTURES = ["tls_certificate_too_long.pcap", "quic_interop_V.pcapng", "KakaoTalk
 
 
 @pytest.fixture
-def capture_dir(ndpi_dir, tmp_path):
+def capture_dir(real_ndpi_dir, tmp_path):
     """A folder tree of real captures, one truncated, plus files that are not captures."""
     root = tmp_path / "caps"
     (root / "sub").mkdir(parents=True)
     for i, name in enumerate(CAPTURES):
-        shutil.copy(ndpi_dir / "pcap" / name, root / ("sub" if i % 2 else ".") / name)
-    data = (ndpi_dir / "pcap" / "malware.pcap").read_bytes()
+        shutil.copy(real_ndpi_dir / "pcap" / name, root / ("sub" if i % 2 else ".") / name)
+    data = (real_ndpi_dir / "pcap" / "malware.pcap").read_bytes()
     (root / "sub" / "broken.cap").write_bytes(data[:-10])
     (root / "notes.txt").write_text("not a capture")
     # A capture without a capture suffix is found by its magic number.
-    shutil.copy(ndpi_dir / "pcap" / "bjnp.pcap", root / "sub" / "bjnp.dump")
+    shutil.copy(real_ndpi_dir / "pcap" / "bjnp.pcap", root / "sub" / "bjnp.dump")
     return root
 
 
@@ -131,8 +131,8 @@ def test_cli_writes_outputs_and_strict_exits_nonzero(capture_dir, tmp_path):
     assert "sub/broken.cap: byte" in strict.stderr and "truncated" in strict.stderr
 
 
-def test_cli_no_mask_keeps_addresses(ndpi_dir, tmp_path):
-    cap = str(ndpi_dir / "pcap" / "nats.pcap")
+def test_cli_no_mask_keeps_addresses(real_ndpi_dir, tmp_path):
+    cap = str(real_ndpi_dir / "pcap" / "nats.pcap")
     for flag, d in (([], "m"), (["--no-mask"], "n")):
         r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", cap, "--out", str(tmp_path / d), "--quiet",
                             *flag], capture_output=True, text=True)
@@ -143,9 +143,9 @@ def test_cli_no_mask_keeps_addresses(ndpi_dir, tmp_path):
     assert (m.tensors["bytes"][v4, 0, 12:20] == 0).all() and (n.tensors["bytes"][v4, 0, 12:20] != 0).any()
 
 
-def test_cli_attaches_ndpi_labels(ndpi_dir, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", str(ndpi_dir / "pcap" / "KakaoTalk_chat.pcap"),
-                        "--out", str(tmp_path / "o"), "--labels", f"ndpi:{ndpi_dir / 'result'}", "--quiet"],
+def test_cli_attaches_ndpi_labels(real_ndpi_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", str(real_ndpi_dir / "pcap" / "KakaoTalk_chat.pcap"),
+                        "--out", str(tmp_path / "o"), "--labels", f"ndpi:{real_ndpi_dir / 'result'}", "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     t = FlowTable.load(tmp_path / "o")
@@ -166,7 +166,7 @@ def test_missing_input_is_a_clear_error(tmp_path):
     assert r.returncode == 1 and "nope.pcap: no such file or folder" in r.stderr
 
 
-def test_processes_sharing_a_flow_table_cache_take_turns(ndpi_dir, tmp_path):
+def test_processes_sharing_a_flow_table_cache_take_turns(real_ndpi_dir, tmp_path):
     """Processes that need the same cached flow table at once (a multi-process job on one machine) wait for each
     other instead of racing to swap in the same directory: while this test holds the cache's lock both wait (and
     say so), then one builds the table and the other loads it."""
@@ -175,7 +175,7 @@ def test_processes_sharing_a_flow_table_cache_take_turns(ndpi_dir, tmp_path):
     from pclip_jax.data import prepare
     from pclip_jax.files import exclusive_lock
 
-    inputs, cache_root = [str(ndpi_dir / "pcap")], tmp_path / "cache"
+    inputs, cache_root = [str(real_ndpi_dir / "pcap")], tmp_path / "cache"
     code = ("import sys, pathlib; from pclip_jax.data.ingest import IngestConfig; "
             "from pclip_jax.data.prepare import ingest_cached; "
             "print(len(ingest_cached([sys.argv[1]], '', IngestConfig(), pathlib.Path(sys.argv[2]), progress=False)))")

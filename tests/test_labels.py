@@ -22,20 +22,20 @@ def _flow_lines(path: pathlib.Path) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(ndpi_dir):
+def corpus(real_ndpi_dir):
     """Every .out file parsed: {file: (flows, errors)}."""
     parsed = {}
-    for path in sorted((ndpi_dir / "result").glob("*.out")):
+    for path in sorted((real_ndpi_dir / "result").glob("*.out")):
         errors = []
         parsed[path] = (labels.parse_ndpi_out(path, errors), errors)
     return parsed
 
 
 @pytest.fixture(scope="module")
-def tables(ndpi_dir):
+def tables(real_ndpi_dir):
     """The whole nDPI corpus ingested twice: default timeouts, and without idle/active splitting (as nDPI)."""
-    default = ingest([ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32), progress=False)
-    unsplit = ingest([ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32, idle_timeout=1e9, active_timeout=1e9),
+    default = ingest([real_ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32), progress=False)
+    unsplit = ingest([real_ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32, idle_timeout=1e9, active_timeout=1e9),
                      progress=False)
     return default, unsplit
 
@@ -83,12 +83,12 @@ def test_fields_agree_with_the_raw_line(corpus):
     assert all(seen[k] > 0 for k in ("ipv6", "vlan", "app", "one_way", "tunnel")), seen
 
 
-def test_master_app_split_and_ip_protocols(ndpi_dir):
-    flows = labels.parse_ndpi_out(ndpi_dir / "result" / "1kxun.pcap.out")
+def test_master_app_split_and_ip_protocols(real_ndpi_dir):
+    flows = labels.parse_ndpi_out(real_ndpi_dir / "result" / "1kxun.pcap.out")
     http = [f for f in flows if f.label == "HTTP.1kxun"]
     assert http and all(f.master == "HTTP" and f.app == "1kxun" for f in http)
     assert {f.proto for f in flows} <= {6, 17}
-    ah = labels.parse_ndpi_out(ndpi_dir / "result" / "ah.pcapng.out")
+    ah = labels.parse_ndpi_out(real_ndpi_dir / "result" / "ah.pcapng.out")
     assert any(f.proto == 51 and f.src_port == 0 and f.master == "IPSec" for f in ah)
 
 
@@ -105,11 +105,11 @@ def test_undetected_section_is_unknown(corpus):
     assert n > 100
 
 
-def test_malformed_lines_reported_never_raised(ndpi_dir, tmp_path, capsys):
+def test_malformed_lines_reported_never_raised(real_ndpi_dir, tmp_path, capsys):
     # A real file with binary junk, then real lines damaged in the ways a broken file is damaged.
-    junk = ndpi_dir / "result" / "http_invalid_server.pcap.out"
+    junk = real_ndpi_dir / "result" / "http_invalid_server.pcap.out"
     assert labels.parse_ndpi_out(junk, [])
-    real = _flow_lines(ndpi_dir / "result" / "1kxun.pcap.out")
+    real = _flow_lines(real_ndpi_dir / "result" / "1kxun.pcap.out")
     good = real[0][1]
     broken = [good[: good.index("[proto:") + 12],                         # cut inside [proto:
               good.replace(" pkts/", " pkts;"),                            # counts unreadable
@@ -256,15 +256,15 @@ def test_public_dataset_file_name_rules():
 
 # ---------------------------------------------------------------------------------------------------- attach_labels
 
-def test_ndpi_match_rate_on_the_corpus(tables, ndpi_dir):
+def test_ndpi_match_rate_on_the_corpus(tables, real_ndpi_dir):
     default, unsplit = tables
     # Ingest split like nDPI (no idle/active timeout): >= 98% of the .out flows whose packets are in the capture
     # match one ingested flow with nDPI's packet count in each direction.
-    s = labels.attach_labels(unsplit, f"ndpi:{ndpi_dir / 'result'}", progress=False).summary["labels"]
+    s = labels.attach_labels(unsplit, f"ndpi:{real_ndpi_dir / 'result'}", progress=False).summary["labels"]
     assert s["out_flows_in_capture"] > 5000
     assert s["match_rate"] >= 0.98, s
     # Default ingest (120 s idle timeout) splits some long conversations: their consecutive pieces add up.
-    d = labels.attach_labels(default, f"ndpi:{ndpi_dir}", progress=False).summary["labels"]
+    d = labels.attach_labels(default, f"ndpi:{real_ndpi_dir}", progress=False).summary["labels"]
     assert d["match_rate_with_splits"] >= 0.98, d
     assert d["out_flows_matched"] + d["out_flows_matched_split"] <= d["out_flows_in_capture"] <= d["out_flows"]
     assert d["captures_without_out"] == 0
@@ -272,9 +272,9 @@ def test_ndpi_match_rate_on_the_corpus(tables, ndpi_dir):
           f" default ingest exact {d['match_rate']:.4f}, with split pieces {d['match_rate_with_splits']:.4f}")
 
 
-def test_ndpi_label_columns(tables, ndpi_dir):
+def test_ndpi_label_columns(tables, real_ndpi_dir):
     default, _ = tables
-    table = labels.attach_labels(default, f"ndpi:{ndpi_dir}", progress=False)
+    table = labels.attach_labels(default, f"ndpi:{real_ndpi_dir}", progress=False)
     m = table.meta
     assert list(m)[-6:] == list(labels.LABEL_COLUMNS)
     assert len(table) == len(default) and np.array_equal(m["flow_id"], default.meta["flow_id"])
@@ -304,16 +304,16 @@ def test_ndpi_missing_out_and_bad_spec(tables, tmp_path):
         labels.attach_labels(default, f"ndpi:{tmp_path / 'nope'}")
 
 
-def _class_folders(root: pathlib.Path, ndpi_dir: pathlib.Path, layout: dict) -> pathlib.Path:
+def _class_folders(root: pathlib.Path, real_ndpi_dir: pathlib.Path, layout: dict) -> pathlib.Path:
     for folder, names in layout.items():
         (root / folder).mkdir(parents=True)
         for n in names:
-            (root / folder / n).symlink_to(ndpi_dir / "pcap" / n)
+            (root / folder / n).symlink_to(real_ndpi_dir / "pcap" / n)
     return root
 
 
-def test_folder_labels(tmp_path, ndpi_dir):
-    root = _class_folders(tmp_path / "data", ndpi_dir, {"Chat": ["jabber.pcap", "threema.pcap"],
+def test_folder_labels(tmp_path, real_ndpi_dir):
+    root = _class_folders(tmp_path / "data", real_ndpi_dir, {"Chat": ["jabber.pcap", "threema.pcap"],
                                                         "voip": ["sip.pcap"], "benign": ["pop3.pcap"]})
     table = labels.attach_labels(ingest([root], IngestConfig(packets=2, bytes=16), progress=False), "folder")
     m = table.meta
@@ -325,8 +325,8 @@ def test_folder_labels(tmp_path, ndpi_dir):
     assert table.summary["labels"]["unmapped_labels"] == {"benign": int((folder == "benign").sum())}
 
 
-def test_csv_labels_either_direction(tmp_path, ndpi_dir):
-    table = ingest([ndpi_dir / "pcap" / "jabber.pcap", ndpi_dir / "pcap" / "pop3.pcap"],
+def test_csv_labels_either_direction(tmp_path, real_ndpi_dir):
+    table = ingest([real_ndpi_dir / "pcap" / "jabber.pcap", real_ndpi_dir / "pcap" / "pop3.pcap"],
                    IngestConfig(packets=2, bytes=16), progress=False)
     m = table.meta
     path = tmp_path / "labels.csv"
@@ -364,13 +364,13 @@ def test_csv_labels_either_direction(tmp_path, ndpi_dir):
         labels.attach_labels(table, f"csv:{tmp_path / 'nohdr.csv'}")
 
 
-def test_rules_labels(tmp_path, ndpi_dir):
+def test_rules_labels(tmp_path, real_ndpi_dir):
     # Real captures under ISCX file names: the class comes from the name alone.
     root = tmp_path / "iscx"
     root.mkdir()
-    (root / "vpn_skype_audio1.pcap").symlink_to(ndpi_dir / "pcap" / "sip.pcap")
-    (root / "facebook_chat_4a.pcap").symlink_to(ndpi_dir / "pcap" / "jabber.pcap")
-    (root / "README.pcap").symlink_to(ndpi_dir / "pcap" / "pop3.pcap")
+    (root / "vpn_skype_audio1.pcap").symlink_to(real_ndpi_dir / "pcap" / "sip.pcap")
+    (root / "facebook_chat_4a.pcap").symlink_to(real_ndpi_dir / "pcap" / "jabber.pcap")
+    (root / "README.pcap").symlink_to(real_ndpi_dir / "pcap" / "pop3.pcap")
     table = labels.attach_labels(ingest([root], IngestConfig(packets=2, bytes=16), progress=False),
                                  "rules:iscx_vpn2016")
     m = table.meta
@@ -383,7 +383,7 @@ def test_rules_labels(tmp_path, ndpi_dir):
     assert table.summary["labels"]["captures_without_rule"] == 1
 
 
-def test_dpi_labels_agree_with_the_ndpi_result_files(ndpi_dir, tmp_path):
+def test_dpi_labels_agree_with_the_ndpi_result_files(real_ndpi_dir, tmp_path):
     """`ingest --labels dpi` runs nDPI (nfstream) on the captures: on every 4th capture of the nDPI corpus its
     service classes agree with those of nDPI's own result files on >= 85 % of the flows that have one. Run as the
     CLI in its own process, as a user runs it: nfstream forks, which a process with JAX loaded should not do."""
@@ -392,12 +392,12 @@ def test_dpi_labels_agree_with_the_ndpi_result_files(ndpi_dir, tmp_path):
 
     from pclip_jax.data.ingest import FlowTable
 
-    captures = sorted(p for p in (ndpi_dir / "pcap").iterdir() if p.is_file())[::4]
+    captures = sorted(p for p in (real_ndpi_dir / "pcap").iterdir() if p.is_file())[::4]
     r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", *map(str, captures), "--labels", "dpi",
                         "--out", str(tmp_path / "dpi"), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     dpi = FlowTable.load(tmp_path / "dpi")
-    ref = labels.attach_labels(dpi, f"ndpi:{ndpi_dir / 'result'}", progress=False)
+    ref = labels.attach_labels(dpi, f"ndpi:{real_ndpi_dir / 'result'}", progress=False)
     has_ref = ref.meta["level1"] != ""
     assert has_ref.sum() > 1000 and dpi.summary["labels"]["flows_matched"] > 0.9 * len(dpi)
     agree = (dpi.meta["level1"][has_ref] == ref.meta["level1"][has_ref]).mean()

@@ -14,11 +14,11 @@ PER_DEV = 4
 
 
 @pytest.fixture(scope="module")
-def real_batch(ndpi_dir):
+def real_batch(real_ndpi_dir):
     """32 real flows (masked tensors) with class ids from their protocol, two padding rows at the end."""
     assert jax.local_device_count() == N_DEV, "conftest must set --xla_force_host_platform_device_count=8"
-    table = ingest([ndpi_dir / "pcap" / "443-chrome.pcap", ndpi_dir / "pcap" / "1kxun.pcap",
-                    ndpi_dir / "pcap" / "dns_long_domainname.pcap"], IngestConfig(packets=4, bytes=32),
+    table = ingest([real_ndpi_dir / "pcap" / "443-chrome.pcap", real_ndpi_dir / "pcap" / "1kxun.pcap",
+                    real_ndpi_dir / "pcap" / "dns_long_domainname.pcap"], IngestConfig(packets=4, bytes=32),
                    progress=False)
     n = N_DEV * PER_DEV
     assert len(table) >= n

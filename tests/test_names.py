@@ -14,14 +14,14 @@ _IP_LITERAL = re.compile(r"^[0-9.]+$|:")
 
 
 @pytest.fixture(scope="module")
-def ndpi_table(ndpi_dir):
-    return ingest([str(ndpi_dir / "pcap")], IngestConfig(), progress=False)
+def ndpi_table(real_ndpi_dir):
+    return ingest([str(real_ndpi_dir / "pcap")], IngestConfig(), progress=False)
 
 
-def _ndpi_names(ndpi_dir):
+def _ndpi_names(real_ndpi_dir):
     """(capture, proto, endpoints) -> (nDPI master protocol, its Hostname/SNI) for every flow line that has one."""
     out = {}
-    for f in sorted((ndpi_dir / "result").glob("*.out")):
+    for f in sorted((real_ndpi_dir / "result").glob("*.out")):
         for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
             m = _HOST.search(line)
             if not m:
@@ -36,7 +36,7 @@ def _ndpi_names(ndpi_dir):
     return out
 
 
-def test_names_agree_with_ndpi(ndpi_dir, ndpi_table):
+def test_names_agree_with_ndpi(real_ndpi_dir, ndpi_table):
     meta = ndpi_table.meta
     ours = {}
     for i in range(len(ndpi_table)):
@@ -45,7 +45,7 @@ def test_names_agree_with_ndpi(ndpi_dir, ndpi_table):
                           (meta["server_ip"][i], int(meta["server_port"][i]))]))
         ours.setdefault(key, set()).add(str(meta["server_name"][i]))
     tally = {}
-    for key, (master, want) in _ndpi_names(ndpi_dir).items():
+    for key, (master, want) in _ndpi_names(real_ndpi_dir).items():
         # Fuzzed captures carry damaged names on purpose; IP-literal Host headers are dropped by design.
         if key not in ours or key[0].startswith("fuzz") or _IP_LITERAL.search(want):
             continue
@@ -64,11 +64,11 @@ def test_no_addresses_in_names(ndpi_table):
     assert not any(re.match(r"^[0-9.]+$", n) for n in got if n)  # IPv4 literals (a shortcut) are dropped
 
 
-def test_parsers_reject_truncated_and_foreign_payloads(ndpi_dir, ndpi_table):
+def test_parsers_reject_truncated_and_foreign_payloads(real_ndpi_dir, ndpi_table):
     # A real ClientHello from the corpus: every strict prefix that cuts into the name yields "" (never a partial name).
     import dpkt
 
-    path = ndpi_dir / "pcap" / "tls_verylong_certificate.pcap"
+    path = real_ndpi_dir / "pcap" / "tls_verylong_certificate.pcap"
     hello = None
     with open(path, "rb") as fh:
         for _, buf in dpkt.pcap.Reader(fh):
@@ -94,10 +94,10 @@ def test_netbios_names_are_decoded():
     assert names.dns_question(q) == "workgroup"
 
 
-def test_name_features(minilm_dir, ndpi_table):
+def test_name_features(real_minilm_dir, ndpi_table):
     from pclip_jax.name_features import NameEncoder
 
-    enc = NameEncoder(minilm_dir)
+    enc = NameEncoder(real_minilm_dir)
     got = ndpi_table.meta["server_name"][:400]
     vecs = enc(got)
     assert vecs.shape == (len(got), enc.dim) and vecs.dtype == np.float16
@@ -132,7 +132,7 @@ def _compiled_names(payloads):
     return [found.get(k, "") for k in range(len(payloads))]
 
 
-def test_compiled_names_equal_python_parsers(ndpi_dir):
+def test_compiled_names_equal_python_parsers(real_ndpi_dir):
     """The compiled name parsers (used by the flow tracker where they were built) give what names.server_name gives:
     every TCP/UDP payload of the captures in ../shared, then 20,000 mutations of the ones that hold or look like a
     name (cut short, bytes changed, blanks, dots, NULs and Host headers inserted)."""
@@ -140,7 +140,7 @@ def test_compiled_names_equal_python_parsers(ndpi_dir):
 
     if capture._capture_c is None:
         pytest.skip("the compiled helpers were not built (tests/test_capture.py says whether they should be)")
-    data = ndpi_dir.parent
+    data = real_ndpi_dir.parent
     payloads = list(_payloads([data / d for d in ("ndpi/pcap", "iot_sentinel", "zeek", "suricata-verify")
                                if (data / d).is_dir()]))
     want = [names.server_name(p, pr) for p, pr in payloads]

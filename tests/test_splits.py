@@ -9,9 +9,9 @@ from pclip_jax.data.ingest import IngestConfig, ingest
 
 
 @pytest.fixture(scope="module")
-def labelled(ndpi_dir):
-    table = ingest([ndpi_dir / "pcap"], IngestConfig(packets=2, bytes=16), progress=False)
-    return labels.attach_labels(table, f"ndpi:{ndpi_dir}", progress=False)
+def labelled(real_ndpi_dir):
+    table = ingest([real_ndpi_dir / "pcap"], IngestConfig(packets=2, bytes=16), progress=False)
+    return labels.attach_labels(table, f"ndpi:{real_ndpi_dir}", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_fraction_keeps_every_class(filtered):
         splits.fraction_subset(table, split["train"], 0.0)
 
 
-def test_missing_label_column_is_a_clear_error(ndpi_dir):
-    table = ingest([ndpi_dir / "pcap" / "pop3.pcap"], IngestConfig(packets=2, bytes=16), progress=False)
+def test_missing_label_column_is_a_clear_error(real_ndpi_dir):
+    table = ingest([real_ndpi_dir / "pcap" / "pop3.pcap"], IngestConfig(packets=2, bytes=16), progress=False)
     with pytest.raises(KeyError, match="attach labels first"):
         splits.split_by_capture(table)

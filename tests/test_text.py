@@ -47,15 +47,15 @@ def _dpkt_flows(path, k=K):
 
 
 @pytest.fixture(scope="module")
-def real_flows(ndpi_dir):
-    return {name: _dpkt_flows(ndpi_dir / "pcap" / name) for name in ("wa_voice.pcap", "ftp.pcap")}
+def real_flows(real_ndpi_dir):
+    return {name: _dpkt_flows(real_ndpi_dir / "pcap" / name) for name in ("wa_voice.pcap", "ftp.pcap")}
 
 
 def _facts(f, **kw):
     return text.flow_facts(f["sizes"], f["iat"], f["num_packets"], f["proto"], **kw)
 
 
-def test_shipped_descriptions_cover_every_service_class(ndpi_dir):
+def test_shipped_descriptions_cover_every_service_class(real_ndpi_dir):
     desc = text.load_class_descriptions()
     classes = text.load_class_descriptions(sections=("classes",))
     level1 = labels_lib.load_hierarchy().level1
@@ -67,7 +67,7 @@ def test_shipped_descriptions_cover_every_service_class(ndpi_dir):
     assert all(1 <= len(desc[a]) <= 3 for a in apps)
     # Application names are the names nDPI reports (master or app part of `[proto: 91.126/TLS.Google]`).
     ndpi_names = set()
-    for out in (ndpi_dir / "result").glob("*.out"):
+    for out in (real_ndpi_dir / "result").glob("*.out"):
         for m in re.finditer(r"\[proto: [\d.]+/([^\]]+)\]", out.read_text(errors="replace")):
             ndpi_names.update(text.normalize_name(x) for x in m.group(1).split("."))
     unknown = [a for a in apps if text.normalize_name(a) not in ndpi_names]
@@ -143,12 +143,12 @@ def test_flow_facts_on_real_flows(real_flows):
     assert got == [_facts(f) for f in batch]
 
 
-def test_flow_facts_batch_equals_flow_facts_on_every_ndpi_flow(ndpi_dir):
+def test_flow_facts_batch_equals_flow_facts_on_every_ndpi_flow(real_ndpi_dir):
     """The vectorised batch gives, flow for flow, the sentence of `flow_facts` (its reference definition): every
     flow of the nDPI corpus, with the capture's durations and with the span of the first packets."""
     from pclip_jax.data.ingest import IngestConfig, ingest
 
-    table = ingest([str(ndpi_dir / "pcap")], IngestConfig(packets=16, bytes=16), progress=False)
+    table = ingest([str(real_ndpi_dir / "pcap")], IngestConfig(packets=16, bytes=16), progress=False)
     t = table.tensors
     sizes, iat, n, proto = t["sizes"], t["iat"], t["num_packets"], table.meta["proto"]
     duration = table.meta["last_ts"] - table.meta["first_ts"]
@@ -226,11 +226,11 @@ def test_prompts_and_sampling(real_flows):
         text.sample_flow_texts(np.random.default_rng(0), ["Chat", "VoIP"], ["x"], desc)
 
 
-def test_texts_fit_the_default_token_budget(minilm_dir, real_flows):
+def test_texts_fit_the_default_token_budget(real_minilm_dir, real_flows):
     """The longest prompt plus the longest real facts sentence fits the 64-token default."""
     from pclip_jax.models.text_tower import TextTokenizer
 
-    tok = TextTokenizer(minilm_dir / "tokenizer.json")
+    tok = TextTokenizer(real_minilm_dir / "tokenizer.json")
     desc = text.load_class_descriptions()
     prompts = [p for name in desc for p in text.class_prompts(name, desc)]
     facts = [_facts(f, duration=f["duration"]) for flows in real_flows.values() for f in flows.values()]
@@ -239,10 +239,10 @@ def test_texts_fit_the_default_token_budget(minilm_dir, real_flows):
     assert longest_prompt + longest_facts - 2 <= 64, (longest_prompt, longest_facts)  # one [CLS]/[SEP] pair
 
 
-def test_facts_from_project_ingest(ndpi_dir):
+def test_facts_from_project_ingest(real_ndpi_dir):
     """Facts straight from the flow table that ingest produces (the contract in docs/architecture.md)."""
     from pclip_jax.data import ingest as ingest_lib
-    table = ingest_lib.ingest([str(ndpi_dir / "pcap" / "ftp.pcap")], ingest_lib.IngestConfig(), progress=False)
+    table = ingest_lib.ingest([str(real_ndpi_dir / "pcap" / "ftp.pcap")], ingest_lib.IngestConfig(), progress=False)
     t, meta = table.tensors, table.meta
     facts = text.flow_facts_batch(t["sizes"], t["iat"], t["num_packets"], meta["proto"],
                                   np.asarray(meta["last_ts"]) - np.asarray(meta["first_ts"]))

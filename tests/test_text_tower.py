@@ -16,15 +16,15 @@ CLS, SEP, PAD = 101, 102, 0
 
 
 @pytest.fixture(scope="module")
-def minilm(minilm_dir):
-    module, params, tok = load_text_encoder(minilm_dir)
+def minilm(real_minilm_dir):
+    module, params, tok = load_text_encoder(real_minilm_dir)
     apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask))
     return module, params, tok, apply
 
 
 @pytest.fixture(scope="module")
-def reference(minilm_dir):
-    return json.loads((minilm_dir / "reference_embeddings.json").read_text())
+def reference(real_minilm_dir):
+    return json.loads((real_minilm_dir / "reference_embeddings.json").read_text())
 
 
 def test_reproduces_reference_embeddings(minilm, reference):
@@ -98,10 +98,10 @@ def test_bf16_compute_and_unnormalised_output(minilm, reference):
     np.testing.assert_allclose(raw / norms[:, None], e32, atol=1e-5)
 
 
-def test_small_config_from_scratch(minilm_dir):
+def test_small_config_from_scratch(real_minilm_dir):
     cfg = BertConfig.small()
     assert (cfg.hidden_size, cfg.num_hidden_layers) == (128, 2)
-    module, params, tok = init_text_encoder(jax.random.PRNGKey(0), cfg, minilm_dir)
+    module, params, tok = init_text_encoder(jax.random.PRNGKey(0), cfg, real_minilm_dir)
     # Same tokenizer as MiniLM; the word embeddings dominate the count.
     assert 3.9e6 < count_params(params) < 4.5e6
     texts = ["bursty TCP download", "steady small UDP packets both ways", ""]
@@ -139,7 +139,7 @@ def test_small_config_from_scratch(minilm_dir):
         BertConfig.small(hidden_size=130, num_attention_heads=4)
 
 
-def test_clear_errors(minilm_dir, tmp_path):
+def test_clear_errors(real_minilm_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no/such/dir"):
         load_text_encoder(tmp_path / "no/such/dir")
     # A repo id with no network and no cache: says offline, names the repo.
@@ -150,8 +150,8 @@ def test_clear_errors(minilm_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("model.safetensors", "tokenizer.json", "sentence_bert_config.json"):
-        (bad / name).symlink_to(minilm_dir / name)
-    config = json.loads((minilm_dir / "config.json").read_text())
+        (bad / name).symlink_to(real_minilm_dir / name)
+    config = json.loads((real_minilm_dir / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=7)))
     with pytest.raises(KeyError, match="encoder.layer.6"):
         load_text_encoder(bad)

@@ -18,8 +18,24 @@ import shlex
 import sys
 import time
 
+from pclip_jax.errors import cli_errors
 
-def main(argv=None) -> dict:
+
+def main(argv=None) -> int:
+    """The CLI: builds the dataset, one line `error: ...` and exit 1 on a bad input (`--verbose`: the traceback)."""
+    args = _parse(argv)
+    with cli_errors(args.verbose) as status:
+        _build(args)
+    return status.code
+
+
+def run(argv=None) -> dict:
+    """Builds the dataset the arguments name and returns what it prints (dataset, splits, digest, ...); errors
+    raise."""
+    return _build(_parse(argv))
+
+
+def _parse(argv):
     from pclip_jax.data import tfds_builders
 
     parser = argparse.ArgumentParser(prog="python -m pclip_jax.data.build", description=__doc__.split("\n\n")[0])
@@ -32,11 +48,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--beam_workers", type=int, default=1,
                         help="DirectRunner worker processes (multi-processing mode when > 1)")
     parser.add_argument("--beam_args", default="", help="further Beam pipeline options, one string")
+    parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = parser.parse_args(argv)
     if args.beam_workers < 1:
         parser.error(f"--beam_workers must be >= 1, got {args.beam_workers}")
     if args.beam_workers > 1 and not args.beam_runner:
         parser.error("--beam_workers needs --beam_runner (e.g. DirectRunner)")
+    return args
+
+
+def _build(args) -> dict:
+    from pclip_jax.data import tfds_builders
+
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress on stdout; stdout is the JSON line
         builder = tfds_builders.build(args.name, args.data_dir, args.manual_dir, args.config, args.beam_runner,
@@ -49,8 +72,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"pclip_jax.data.build: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import yaml
 
+from pclip_jax.errors import cli_errors
 from pclip_jax.kg.schema import KGValidationError, KnowledgeGraph, parse_kg, save_kg
 
 SERVICE_CLASSES = ("Web, Chat, VoIP, Streaming, FileTransfer, P2P, VPN/Tunnel, Email, Game, RemoteAccess, "
@@ -130,17 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--attempts", type=int, default=1, help="re-ask with the validation error this many times")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = p.parse_args(argv)
-    try:
+    with cli_errors(args.verbose) as status:  # GenerationError is a RuntimeError: one line, exit 1
         kg = generate_kg(args.mission, args.endpoint, args.model, os.environ.get(args.api_key_env),
                          args.attempts, args.timeout)
-    except GenerationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    save_kg(kg, args.out)
-    counts = {lvl: len(kg.level_ids(lvl)) for lvl in (1, 2)}
-    print(f"wrote {args.out}: graph {kg.name!r}, {counts[1]} classes, {counts[2]} applications")
-    return 0
+        save_kg(kg, args.out)
+        counts = {lvl: len(kg.level_ids(lvl)) for lvl in (1, 2)}
+        print(f"wrote {args.out}: graph {kg.name!r}, {counts[1]} classes, {counts[2]} applications")
+    return status.code
 
 
 if __name__ == "__main__":
