@@ -68,5 +68,6 @@ def _run(args) -> None:
                      f"split into several flows (every piece labelled)")
         print(line)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,8 +30,8 @@ def test_validation_without_two_classes_is_repaired_or_folded():
 
 
 @pytest.fixture(scope="module")
-def iot_dir(ndpi_dir):
-    root = ndpi_dir.parent / "iot_sentinel"
+def iot_dir(real_ndpi_dir):
+    root = real_ndpi_dir.parent / "iot_sentinel"
     if not root.is_dir():
         pytest.skip(f"IoT Sentinel captures not found at {root}")
     return root
