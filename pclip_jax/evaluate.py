@@ -5,16 +5,20 @@ trained workdir on any labelled captures). CLI:
 
     python -m pclip_jax.evaluate --workdir DIR INPUT... --labels SPEC [--out metrics.json] [--verbose]
 
-Classes of the new captures that the model does not know are reported under `unknown_classes` and left out of the
-metrics, never merged into a known class.
+The new captures' labels are named with the taxonomy source the workdir was trained with (recorded in its
+model_info.json, `Workdir.trained_taxonomy`), never re-decided from the new captures. What the model cannot know is
+reported with counts under `labels` (labels the taxonomy does not name, classes it was not trained on) and
+`unknown_classes`, and left out of the metrics, never merged into a known class.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
 import time
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,7 +36,7 @@ from pclip_jax.embedding import (class_text_features, embed_flows, load_descript
 from pclip_jax.kg import pipeline, train_gnn
 from pclip_jax.name_features import with_name_features
 from pclip_jax.settings import Settings
-from pclip_jax.workdir import Workdir
+from pclip_jax.workdir import Workdir, taxonomy_record
 
 
 # ----------------------------------------------------------------------------------------------- the linear probe
@@ -196,6 +200,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     counts = param_counts(params)
     frozen = count_params(featurizer.params)
     workdir.save_model_info({"class_names": names, "label_level": settings.data.label_level,
+                             "taxonomy": taxonomy_record(prepared.taxonomy or {}),
                              "train_applications": train_apps,
                              "num_params": {**counts, "text_tower_frozen": frozen}})
     counts_train = np.bincount(y_train[keep_train], minlength=len(names))
@@ -232,6 +237,60 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
 
 # ----------------------------------------------------------------------------------------------- any captures
 
+def trained_levels(table, wd: Workdir, settings: Settings, class_names: Sequence[str], level: str, kg=None
+                   ) -> tuple:
+    """`table` (labels attached) with `level1` / `level2` named by the taxonomy source the workdir was trained
+    with (`Workdir.trained_taxonomy`), and a report of what the model can and cannot know of these labels.
+
+    The source is never re-decided from the new captures: `data.taxonomy = "auto"` applied to them would pick
+    `raw` when the label hierarchy covers fewer than half of *their* labels, and no raw label matches the model's
+    classes. A mixed corpus recorded one source per part: a flow takes the first of them that names one of the
+    model's classes. An old `auto` workdir without a record does the same over hierarchy, graph and raw.
+
+    Report: `taxonomy` (source, where it was recorded), `labelled_flows`, `flows_of_model_classes`,
+    `flows_outside_taxonomy` with `labels_outside_taxonomy` (raw label → flows: labels the taxonomy does not name,
+    e.g. nDPI's `Unknown`), `flows_of_other_classes` with `other_classes` (class → flows: named, but not one the
+    model was trained on), counted before the packet filters."""
+    record = wd.trained_taxonomy(settings)
+    source = record["source"]
+    if source in ("hierarchy", "graph", "raw"):
+        candidates = [source]
+    elif source == "mixed" and record.get("sources"):
+        candidates = list(dict.fromkeys(s for s in record["sources"].values() if s in taxonomy.SOURCES[1:]))
+    else:  # `dataset`, or an old `auto` workdir without a record
+        candidates = ["hierarchy", "graph", "raw"]
+    if kg is None:
+        candidates = [c for c in candidates if c != "graph"] or ["hierarchy"]
+    known = set(class_names)
+    tables = [taxonomy.resolve_levels(table, c, kg)[0] for c in candidates]
+    meta = dict(tables[0].meta)
+    if len(tables) > 1:
+        chosen = np.full(len(table), -1)
+        for k, t in enumerate(tables):
+            hit = (chosen < 0) & np.isin(np.asarray(t.meta[level]).astype(str), sorted(known))
+            chosen[hit] = k
+        chosen[chosen < 0] = 0
+        for col in ("level1", "level2"):
+            meta[col] = np.choose(chosen, [np.asarray(t.meta[col]).astype(object) for t in tables]).astype(str)
+    table = dataclasses.replace(table, meta=meta)
+    raw = np.asarray(table.meta["label"]).astype(str)
+    named = np.asarray(table.meta[level]).astype(str)
+    labelled = raw != ""
+    outside = labelled & (named == "")
+    other = labelled & (named != "") & ~np.isin(named, sorted(known))
+
+    def counts(values):
+        return {str(k): int(v) for k, v in Counter(values.tolist()).most_common()}
+
+    report = {"taxonomy": {"source": "+".join(candidates) if len(candidates) > 1 else candidates[0],
+                           "recorded": source, "recorded_in": record["recorded_in"]},
+              "labelled_flows": int(labelled.sum()),
+              "flows_of_model_classes": int((labelled & np.isin(named, sorted(known))).sum()),
+              "flows_outside_taxonomy": int(outside.sum()), "labels_outside_taxonomy": counts(raw[outside]),
+              "flows_of_other_classes": int(other.sum()), "other_classes": counts(named[other])}
+    return table, report
+
+
 def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_spec: str,
                      out: Optional[str] = None) -> dict:
     """Zero-shot, linear-probe and (when trained) GNN metrics of a trained workdir on any labelled captures.
@@ -249,14 +308,20 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     if not len(table):
         raise ValueError(f"no flows in {list(map(str, inputs))} (no readable capture files?)")
     table = labels_lib.attach_labels(table, label_spec, inputs=inputs)
-    # The classes as the workdir's training named them (the label hierarchy, its graph, or the raw labels).
-    table, _ = taxonomy.resolve_levels(table, settings.data.taxonomy,
-                                       pipeline.load_graph(settings) if settings.gnn.kg else None)
-    table = with_name_features(table, settings)
-    labelled_before = int((np.asarray(table.meta[level]).astype(str) != "").sum()) if level in table.meta else 0
-    if not labelled_before:
-        raise ValueError(f"--labels {label_spec}: none of the {len(table)} flows got a {level} label "
+    raw = np.asarray(table.meta.get("label", np.full(len(table), ""))).astype(str)
+    if not (raw != "").any():
+        raise ValueError(f"--labels {label_spec}: none of the {len(table)} flows got a label "
                          f"(wrong label directory or spec?)")
+    # The classes as the workdir's training named them (the taxonomy source it recorded), never re-decided from
+    # the new captures.
+    table, labels_report = trained_levels(table, wd, settings, names, level,
+                                          pipeline.load_graph(settings) if settings.gnn.kg else None)
+    print(f"[evaluate] classes from the {labels_report['taxonomy']['source']} taxonomy the workdir was trained "
+          f"with ({labels_report['taxonomy']['recorded_in']}); {labels_report['labelled_flows']} labelled flows: "
+          f"{labels_report['flows_of_model_classes']} of the model's {len(names)} classes, "
+          f"{labels_report['flows_outside_taxonomy']} with a label the taxonomy does not know, "
+          f"{labels_report['flows_of_other_classes']} of classes the model was not trained on", file=sys.stderr)
+    table = with_name_features(table, settings)
     table, dropped = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
                                             drop_one_way=settings.data.drop_one_way, drop_unlabelled=True,
                                             label_column=level)
@@ -268,7 +333,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     feats, z = embed_flows(make_embed_fn(model), parallel.replicate(params), table.tensors, idx,
                            settings.eval.batch_size, progress=True)
     result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
-              "label_level": level}
+              "label_level": level, "labels": labels_report}
     if not len(idx):
         print(f"[evaluate] warning: no flow of a class the model knows ({len(names)} classes) is left after the "
               f"filters; unknown classes {unknown}, dropped {dropped}", file=sys.stderr)

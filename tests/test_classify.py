@@ -487,3 +487,77 @@ def test_onnx_errors_name_the_file(workdir, exported, ndpi_dir, tmp_path, capsys
     (per_flow / "config.json").write_text(json.dumps(stored))
     assert export.main(["--workdir", str(per_flow), "--out", str(tmp_path / "x")]) == 1
     assert "per-flow formulation (gnn.model.factored=False)" in capsys.readouterr().err
+
+
+def _mostly_unknown_captures(ndpi_dir, root, keep_known=100, others=("wechat.pcap", "reddit.pcap")):
+    """gnutella.pcap with nDPI's own result file, cut to all its `Unknown` flows and only the first `keep_known`
+    flows of a protocol, and `others` (captures of web and chat services) with theirs: real captures whose labels
+    the label hierarchy covers for fewer than half of the flows (a user's captures where nDPI names little).
+    Returns (pcap dir, result dir)."""
+    pcaps, results = root / "pcap", root / "result"
+    pcaps.mkdir(parents=True)
+    results.mkdir()
+    for name in ("gnutella.pcap",) + tuple(others):
+        shutil.copy(ndpi_dir / "pcap" / name, pcaps)
+        if name != "gnutella.pcap":
+            shutil.copy(ndpi_dir / "result" / f"{name}.out", results)
+    kept, lines = 0, []
+    for line in (ndpi_dir / "result" / "gnutella.pcap.out").read_text().split("\n"):
+        if re.match(r"^\t\d+\t", line) and "[proto: 0/Unknown]" not in line:
+            kept += 1
+            if kept > keep_known:
+                continue
+        lines.append(line)
+    (results / "gnutella.pcap.out").write_text("\n".join(lines))
+    return pcaps, results
+
+
+def test_evaluate_keeps_the_workdirs_classes_on_captures_the_hierarchy_mostly_misses(workdir, ndpi_dir, tmp_path):
+    from pclip_jax import evaluate
+    from pclip_jax.data import labels as labels_lib
+    from pclip_jax.data import splits as splits_lib
+    from pclip_jax.data import taxonomy
+
+    wd, config = workdir
+    pcaps, results = _mostly_unknown_captures(ndpi_dir, tmp_path / "new")
+    spec = f"ndpi:{results}"
+    table = labels_lib.attach_labels(_ingest(sorted(pcaps.iterdir()), config), spec, progress=False)
+    # The case of the issue: `auto` decided on these captures alone would name every class by its raw label.
+    _, auto = taxonomy.resolve_levels(table, "auto")
+    assert auto["coverage"]["hierarchy"] < 0.5 and auto["source"] == "raw"
+    info = json.loads((wd / "model_info.json").read_text())
+    assert info["taxonomy"] == {"source": "hierarchy"}   # recorded by training
+    names = set(info["class_names"])
+    kept, _ = splits_lib.filter_flows(table, min_packets=config.data.min_packets, drop_one_way=config.data.drop_one_way,
+                                      drop_unlabelled=True, label_column="level1")
+    expected = int(np.isin(kept.meta["level1"].astype(str), sorted(names)).sum())
+    assert expected > 30
+    raw, level1 = table.meta["label"].astype(str), table.meta["level1"].astype(str)
+    unknown_labels = int(((raw != "") & (level1 == "")).sum())
+
+    def check(result, recorded_in):
+        assert result["flows_evaluated"] == expected
+        labels = result["labels"]
+        assert labels["taxonomy"]["source"].split("+")[0] == "hierarchy" and labels["taxonomy"]["recorded_in"] == recorded_in
+        # What the model cannot know is reported with counts: labels the taxonomy does not name, and classes
+        # named but never trained on.
+        assert labels["labels_outside_taxonomy"] == {"Unknown": unknown_labels}
+        other = level1[(raw != "") & (level1 != "") & ~np.isin(level1, sorted(names))]
+        assert labels["other_classes"] == dict(zip(*np.unique(other, return_counts=True))) or not len(other)
+        assert (labels["flows_of_model_classes"] + labels["flows_outside_taxonomy"] + labels["flows_of_other_classes"]
+                == labels["labelled_flows"] == int((raw != "").sum()))
+        assert 0 <= result["gnn"]["level1"]["accuracy"] <= 1
+
+    check(evaluate.evaluate_workdir(wd, [str(pcaps)], spec, out=str(tmp_path / "m.json")), "model_info.json")
+    assert json.loads((tmp_path / "m.json").read_text())["flows_evaluated"] == expected
+    # A workdir from before the record (no `taxonomy` in model_info.json) still evaluates with its classes:
+    # upgraded from results.json's taxonomy report, or, without that either, by matching the model's classes.
+    old = tmp_path / "old_wd"
+    shutil.copytree(wd, old, ignore=shutil.ignore_patterns("xla"))
+    info.pop("taxonomy")
+    (old / "model_info.json").write_text(json.dumps(info))
+    check(evaluate.evaluate_workdir(old, [str(pcaps)], spec), "results.json")
+    res = json.loads((old / "results.json").read_text())
+    res["data"].pop("taxonomy")
+    (old / "results.json").write_text(json.dumps(res))
+    check(evaluate.evaluate_workdir(old, [str(pcaps)], spec), "none")
