@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors, files, inference, parallel
 from pclip_jax import metrics as metrics_lib
 from pclip_jax.compat import count_params
@@ -237,6 +238,35 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
 
 # ----------------------------------------------------------------------------------------------- any captures
 
+def trust_block(clf, settings: Settings, table, idx: np.ndarray, z: np.ndarray, short_table,
+                coverage: float) -> dict:
+    """`calibration.trust_report` of the GNN on labelled flows: the flows training keeps (`idx` of `table`, packet
+    embeddings `z`) and the short ones (`short_table`, fewer packets than training keeps) apart and together."""
+    from pclip_jax.kg import graphs as kg_graphs
+
+    zs = np.zeros((0, z.shape[1]), np.float32)
+    if len(short_table):
+        zs = embed_flows(make_embed_fn(clf.towers.model), clf.replicated_params, short_table.tensors,
+                         np.arange(len(short_table)), settings.eval.batch_size)[1]
+    meta_in, meta_short = table.meta, short_table.meta
+    level1 = np.concatenate([np.asarray(meta_in["level1"]).astype(str)[idx],
+                             np.asarray(meta_short["level1"]).astype(str)])
+    level2 = np.concatenate([np.asarray(meta_in["level2"]).astype(str)[idx],
+                             np.asarray(meta_short["level2"]).astype(str)])
+    y1, y2, _ = kg_graphs.labels_to_slots(clf.kg.layout, list(level1), list(level2))
+    pred = train_gnn.predict_arrays(clf.gnn_train_config, clf.gnn_params, np.concatenate([z, zs]), clf.kg)
+    short = np.r_[np.zeros(len(idx), bool), np.ones(len(short_table), bool)]
+    ok = y1 >= 0
+    report = calibration_lib.trust_report(pred["prob1"][ok], y1[ok], pred["prob2"][ok], y2[ok], clf.calibration,
+                                          coverage, short=short[ok])
+    report["calibrated_with"] = {k: (clf.calibration or {}).get(k) for k in ("level1_temperature",
+                                                                             "level2_temperature")}
+    for name in ("in_scope", "short"):
+        if name in report:
+            pipeline.print_trust(report[name], f"{name.replace('_', '-')} flows")
+    return report
+
+
 def trained_levels(table, wd: Workdir, settings: Settings, class_names: Sequence[str], level: str, kg=None
                    ) -> tuple:
     """`table` (labels attached) with `level1` / `level2` named by the taxonomy source the workdir was trained
@@ -292,7 +322,7 @@ def trained_levels(table, wd: Workdir, settings: Settings, class_names: Sequence
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_spec: str,
-                     out: Optional[str] = None) -> dict:
+                     out: Optional[str] = None, coverage: float = calibration_lib.DEFAULT_COVERAGE) -> dict:
     """Zero-shot, linear-probe and (when trained) GNN metrics of a trained workdir on any labelled captures.
 
     Raises `errors.UserError` subclasses (WorkdirError, ...) for a missing or unfinished workdir and a
@@ -322,6 +352,12 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
           f"{labels_report['flows_outside_taxonomy']} with a label the taxonomy does not know, "
           f"{labels_report['flows_of_other_classes']} of classes the model was not trained on", file=sys.stderr)
     table = with_name_features(table, settings)
+    # Flows with fewer packets than training keeps (classify marks them `too_short`), of classes the model knows:
+    # scored apart, so the figures of the flows training keeps are not mixed with theirs.
+    packets = np.asarray(table.meta["c2s_packets"], np.int64) + np.asarray(table.meta["s2c_packets"], np.int64)
+    short_rows = np.flatnonzero((packets < settings.data.min_packets)
+                                & np.isin(np.asarray(table.meta[level]).astype(str), list(names)))
+    short_table = table.select(short_rows)
     table, dropped = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
                                             drop_one_way=settings.data.drop_one_way, drop_unlabelled=True,
                                             label_column=level)
@@ -356,6 +392,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
         print(metrics_lib.format_table(rows + halves), file=sys.stderr)
         print(metrics_lib.format_capture_rows(rows), file=sys.stderr)
     if clf is not None and len(idx):
+        result["trust"] = trust_block(clf, settings, table, idx, z, short_table, coverage)
         level1 = np.asarray(table.meta["level1"]).astype(str)[idx]
         gnn_block = train_gnn.evaluate_gnn(clf.gnn_train_config, clf.gnn_params, z, level1, apps, clf.kg,
                                            min_flows_level2=settings.gnn.min_flows_level2,
@@ -379,6 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workdir", required=True, help="a workdir written by pclip_jax.main")
     parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH | dpi")
     parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--coverage", type=float, default=calibration_lib.DEFAULT_COVERAGE,
+                        help="target coverage of the prediction sets whose empirical coverage is reported (0.9)")
     parser.add_argument("--compile-cache", default=None, metavar="DIR",
                         help="keep compiled XLA programs here for later runs (default: the workdir's cache/xla; "
                              "'off': none)")
@@ -387,7 +426,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with errors.cli_errors(args.verbose) as status:
         if args.compile_cache != "off":
             inference.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
-        evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
+        evaluate_workdir(args.workdir, args.inputs, args.labels, args.out, args.coverage)
     return status.code
 
 

@@ -134,12 +134,26 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     fitted = json.loads((tmp_path / "study.json").read_text())[str(wd)]["fitted_embeddings"]
     assert 0 <= fitted["out_of_fold_training_accuracy"] <= 1 and 0 <= fitted["test_accuracy"] <= 1
     assert "probe on the tower's embeddings" in capsys.readouterr().out
+    # One meaning each: `too_short` = fewer packets than training kept; `low_confidence` = calibrated level-1
+    # probability below the selective threshold fitted on the validation captures (calibration.json);
+    # `out_of_distribution` on its own.
     low = np.array([r["low_confidence"] for r in recs])
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])
     assert ((0 < calibrated) & (calibrated <= 1)).all() and ood.dtype == bool
-    np.testing.assert_array_equal(low, (packets < config.data.min_packets) | (calibrated < 0.5) | ood)
-    assert (low[packets < config.data.min_packets]).all()
+    selective = calibration["selective"]
+    assert selective["score"] == "calibrated level-1 probability" and 0 < selective["threshold"] <= 1
+    np.testing.assert_array_equal(low, calibrated < selective["threshold"])
+    np.testing.assert_array_equal([r["too_short"] for r in recs], packets < config.data.min_packets)
+    # Prediction sets at the default 90 %: the chosen node first, sets never empty; results.json reports their
+    # coverage on the test captures, and the risk-coverage curve of the calibrated probability.
+    for r in recs:
+        ps = r["prediction_set"]
+        assert ps["coverage"] == 0.9 and ps["level1"][0] == r["level1"]["id"]
+        assert len(set(ps["level1"])) == len(ps["level1"]) and (ps["level2"] is None or len(ps["level2"]) >= 1)
+    trust = gnn["trust"]
+    assert 0 <= trust["prediction_sets_level1"]["coverage"] <= 1 and trust["risk_coverage"]["curve"][-1][0] == 1.0
+    assert trust["low_confidence"]["threshold"] == selective["threshold"]
 
     kg = load_kg(pipeline.kg_path(from_config(config)))
     gnn_layers = config.gnn.model.num_layers
@@ -355,6 +369,11 @@ def _compare(onnx_recs, jax_recs, tolerance=1e-4):
     for a, b in zip(onnx_recs, jax_recs):
         assert (a["capture"], a["flow_id"]) == (b["capture"], b["flow_id"])
         assert a["low_confidence"] == b["low_confidence"] and a["out_of_distribution"] == b["out_of_distribution"]
+        assert a["too_short"] == b["too_short"]
+        # The same prediction sets; the order of classes whose probabilities tie within the tolerance may differ.
+        pa, pb = a["prediction_set"], b["prediction_set"]
+        assert pa["coverage"] == pb["coverage"] and sorted(pa["level1"]) == sorted(pb["level1"])
+        assert sorted(pa["level2"] or []) == sorted(pb["level2"] or [])
         for level in ("level1", "level2"):
             if b[level] is None:
                 assert a[level] is None
