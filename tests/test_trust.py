@@ -80,7 +80,7 @@ def _capture_features(ndpi_dir):
     return x, np.asarray(table.meta["level1"]).astype(str), np.asarray(table.meta["capture"]).astype(str)
 
 
-def _fitted_on_some_captures(ndpi_dir):
+def _fitted_on_some_captures(ndpi_dir, seed=0):
     """A classifier of nDPI's level-1 classes on simple flow features, fitted on half of the nDPI captures (two
     of four capture folds); returns (probabilities of every flow, class ids, capture names, fold of each flow,
     flows of a class it knows)."""
@@ -88,7 +88,7 @@ def _fitted_on_some_captures(ndpi_dir):
 
     x, labels, captures = _capture_features(ndpi_dir)
     names = np.unique(captures)
-    fold = dict(zip(names, np.random.default_rng(0).permutation(len(names)) % 4))
+    fold = dict(zip(names, np.random.default_rng(seed).permutation(len(names)) % 4))
     f = np.array([fold[c] for c in captures])
     classes = sorted(set(labels[f <= 1]))
     keep = np.isin(labels, classes)
@@ -120,7 +120,8 @@ def test_conformal_sets_cover_exchangeable_flows_of_real_captures(fitted):
 
 
 @pytest.mark.xfail(strict=True, reason="capture shift: calibrated on one fold of nDPI captures, the sets of this "
-                                       "classifier hold the truth for 0.80-0.89 of another fold's flows (docs/trust.md)")
+                                       "classifier hold the truth for 0.85 of another fold's flows (seed 0; "
+                                       "0.79-0.90 on seeds 0-3, docs/trust.md)")
 def test_conformal_sets_cover_a_held_out_capture_fold_on_real_captures(fitted):
     """Calibrated on one fold of captures with the method chosen on it, measured on a fold of captures neither the
     classifier nor the calibration saw: the issue's target, ±0.03 of 90 %. Not reached (strict: a pass is news)."""
