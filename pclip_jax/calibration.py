@@ -9,10 +9,16 @@ GNN is trained, the main job fits on the *validation* captures (never the test s
   class node's text in the shared space; the threshold is the `OOD_QUANTILE` quantile of the validation flows'
   scores, so about that share of in-distribution flows fall below it.
 
-Written to `WORKDIR/gnn/calibration.json`; `classify` reports `calibrated_probability` per level and
-`out_of_distribution`, and marks `low_confidence` when the flow has fewer packets than training kept, its
-calibrated level-1 probability is below `LOW_PROBABILITY`, or it is out of distribution. results.json's GNN blocks
-report the test ECE before (`calibration`) and after (`calibrated`) scaling.
+* the low-confidence threshold (`selective_threshold`): the lowest calibrated level-1 probability at which the
+  validation flows kept are right `LOW_CONFIDENCE_TARGET_ACCURACY` of the time;
+* the prediction sets' calibration scores per level (`fit_trust`), and the conformal method chosen on validation
+  capture halves (`choose_conformal_method`).
+
+Written to `WORKDIR/gnn/calibration.json`; `classify` reports `calibrated_probability` per level,
+`out_of_distribution`, `too_short` (fewer packets than training kept), `low_confidence` (calibrated level-1
+probability below the threshold; `LOW_PROBABILITY` for workdirs calibrated before it) and `prediction_set`.
+results.json's GNN blocks report the test ECE before (`calibration`) and after (`calibrated`) scaling and
+`gnn.trust` (`trust_report`). docs/trust.md has the figures.
 """
 from __future__ import annotations
 
