@@ -327,6 +327,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
 
     Raises `errors.UserError` subclasses (WorkdirError, ...) for a missing or unfinished workdir and a
     ValueError when no flow of the captures carries a label of the given spec."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"--coverage {coverage}: must be between 0 and 1 (e.g. 0.9)")
     wd = Workdir(workdir)
     towers = inference.load_towers(wd)
     settings, model, params, info = towers.settings, towers.model, towers.params, towers.info
