@@ -9,10 +9,16 @@ GNN is trained, the main job fits on the *validation* captures (never the test s
   class node's text in the shared space; the threshold is the `OOD_QUANTILE` quantile of the validation flows'
   scores, so about that share of in-distribution flows fall below it.
 
-Written to `WORKDIR/gnn/calibration.json`; `classify` reports `calibrated_probability` per level and
-`out_of_distribution`, and marks `low_confidence` when the flow has fewer packets than training kept, its
-calibrated level-1 probability is below `LOW_PROBABILITY`, or it is out of distribution. results.json's GNN blocks
-report the test ECE before (`calibration`) and after (`calibrated`) scaling.
+* the low-confidence threshold (`selective_threshold`): the lowest calibrated level-1 probability at which the
+  validation flows kept are right `LOW_CONFIDENCE_TARGET_ACCURACY` of the time;
+* the prediction sets' calibration scores per level (`fit_trust`), and the conformal method chosen on validation
+  capture halves (`choose_conformal_method`).
+
+Written to `WORKDIR/gnn/calibration.json`; `classify` reports `calibrated_probability` per level,
+`out_of_distribution`, `too_short` (fewer packets than training kept), `low_confidence` (calibrated level-1
+probability below the threshold; `LOW_PROBABILITY` for workdirs calibrated before it) and `prediction_set`.
+results.json's GNN blocks report the test ECE before (`calibration`) and after (`calibrated`) scaling and
+`gnn.trust` (`trust_report`). docs/trust.md has the figures.
 """
 from __future__ import annotations
 
@@ -231,4 +237,290 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
                                          "top_probability": float(roc_auc_score(ut, -pt.max(1)))}
         if knn_t is not None:
             out["unseen_detection_auroc"][f"knn{KNN_K}_similarity"] = float(roc_auc_score(ut, -knn_t))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- selective answers
+
+LOW_CONFIDENCE_TARGET_ACCURACY = 0.8   # the accuracy the flows *not* marked low-confidence should reach
+MIN_KEPT_SHARE = 0.1                   # the threshold never keeps fewer than this share of the validation flows
+CURVE_POINTS = 21
+
+
+def risk_coverage(confidence, correct, points: int = CURVE_POINTS) -> dict:
+    """The accuracy of the flows kept against the share kept, keeping flows from the most to the least confident
+    (a flow is kept with every flow of equal confidence: a threshold cannot split ties).
+
+    Returns `area` (the mean over flows, most confident first, of the accuracy of the flows kept so far: the area
+    under the accuracy–coverage curve, 1 − AURC; equal to the overall accuracy for an uninformative confidence,
+    higher when confident answers are right more often), `accuracy_all`, `flows`, and `curve`: [coverage,
+    accuracy, confidence threshold] at about `points` coverages (0.05, 0.10, ... 1.0, each the first threshold
+    that keeps at least that share)."""
+    conf = np.asarray(confidence, np.float64)
+    right = np.asarray(correct, bool).astype(np.float64)
+    n = len(conf)
+    if not n:
+        return {"flows": 0, "area": None, "accuracy_all": None, "curve": []}
+    order = np.argsort(-conf, kind="stable")
+    c, r = conf[order], np.cumsum(right[order])
+    last = np.r_[np.nonzero(np.diff(c))[0], n - 1]          # the last index of each group of equal confidence
+    group_end = np.repeat(last, np.diff(np.r_[-1, last]))    # for every position, the end of its tie group
+    acc_at = r[group_end] / (group_end + 1)
+    curve = []
+    for target in np.linspace(0, 1, points)[1:]:
+        k = int(group_end[min(n - 1, max(0, int(np.ceil(target * n)) - 1))])
+        point = [round((k + 1) / n, 4), round(float(r[k] / (k + 1)), 4), float(c[k])]
+        if not curve or curve[-1][0] != point[0]:
+            curve.append(point)
+    return {"flows": int(n), "area": float(acc_at.mean()), "accuracy_all": float(right.mean()), "curve": curve}
+
+
+def selective_threshold(confidence, correct, target_accuracy: float = LOW_CONFIDENCE_TARGET_ACCURACY,
+                        min_kept_share: float = MIN_KEPT_SHARE) -> dict:
+    """The confidence threshold of the low-confidence flag, from held-out (validation) flows: the lowest threshold
+    whose kept flows (confidence ≥ threshold) are right at least `target_accuracy` of the time, i.e. the most flows
+    answered at that accuracy. When no threshold keeping at least `min_kept_share` of the flows reaches it, the one
+    with the most accurate kept flows among those (`reached` false)."""
+    conf = np.asarray(confidence, np.float64)
+    right = np.asarray(correct, bool)
+    if not len(conf):
+        return {"threshold": None, "target_accuracy": target_accuracy, "reached": False, "flows": 0}
+    order = np.argsort(-conf, kind="stable")
+    c, r = conf[order], np.cumsum(right[order])
+    ends = np.r_[np.nonzero(np.diff(c))[0], len(c) - 1]
+    acc, kept = r[ends] / (ends + 1), (ends + 1) / len(c)
+    ok = np.nonzero((acc >= target_accuracy) & (kept >= min_kept_share))[0]
+    reached = bool(len(ok))
+    if reached:
+        best = int(ok[-1])
+    else:
+        allowed = np.nonzero(kept >= min_kept_share)[0]
+        best = int(allowed[np.argmax(acc[allowed])])
+    return {"threshold": float(c[ends[best]]), "target_accuracy": target_accuracy, "reached": reached,
+            "validation_accuracy_kept": float(acc[best]), "validation_kept_share": float(kept[best]),
+            "validation_accuracy_marked": float((~right[order][ends[best] + 1:]).size and
+                                                right[order][ends[best] + 1:].mean()) if best < len(ends) - 1 else None,
+            "flows": int(len(c))}
+
+
+# ----------------------------------------------------------------------------------------------- prediction sets
+
+DEFAULT_COVERAGE = 0.9
+CONFORMAL_METHODS = ("split", "capture_weighted", "capture_cv")
+CV_HALVES = 100
+
+
+def capture_cv_level(scores, captures, coverage: float = DEFAULT_COVERAGE, halves: int = CV_HALVES,
+                     seed: int = 0) -> float:
+    """The nominal level at which split-conformal sets, calibrated on half of the calibration captures, cover the
+    flows of the other half `coverage` of the time on average over `halves` random capture halves: how much more
+    than `coverage` to ask of the calibration flows so that new *captures* get `coverage` (at least `coverage`)."""
+    s = np.asarray(scores, np.float64)
+    caps = np.asarray(captures).astype(str)
+    names = np.unique(caps)
+    if len(names) < 4:
+        return coverage
+    rng = np.random.default_rng(seed)
+    splits = [np.isin(caps, rng.permutation(names)[:len(names) // 2]) for _ in range(halves)]
+    parts = [(np.sort(s[a]), s[~a]) for a in splits]
+
+    def held_out(level):
+        cov = []
+        for cal_scores, other in parts:
+            k = int(np.ceil((len(cal_scores) + 1) * level))
+            q = 1.0 if k > len(cal_scores) else cal_scores[k - 1]
+            cov.append((other <= q + 1e-12).mean())
+        return float(np.mean(cov))
+
+    lo, hi = coverage, 0.999
+    if held_out(lo) >= coverage:
+        return coverage
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if held_out(mid) >= coverage else (mid, hi)
+    return hi
+
+
+def conformal_scores(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Nonconformity of each flow's true class (LAC, Sadinle et al. 2019): 1 − its (calibrated) probability."""
+    proba = np.asarray(proba, np.float64)
+    return 1.0 - proba[np.arange(len(y)), np.asarray(y)]
+
+
+def conformal_threshold(scores, coverage: float = DEFAULT_COVERAGE, captures=None,
+                        method: str = "split") -> float:
+    """The score threshold q̂ of prediction sets {classes with 1 − p ≤ q̂} that hold the truth with probability
+    `coverage`, from held-out flows' `scores` (`conformal_scores`).
+
+    `split`: plain split conformal (the ⌈(n+1)·coverage⌉-th smallest score; valid when test flows are exchangeable
+    with the calibration flows). `capture_weighted`: flows of different captures are not exchangeable; captures
+    are, more nearly. Each calibration flow weighs 1/(flows of its capture), so every capture counts once and a
+    large capture of easy flows no longer sets the threshold for all, and the finite-sample correction is that of
+    the weights' effective sample size n_eff = (Σw)²/Σw² (Kish): the test flow is one more point of mass
+    1/(n_eff + 1) at +∞, the weighted conformal rule of Tibshirani et al. 2019. (Treating the test capture as one
+    of G+1 exchangeable captures, mass 1/(G+1), guarantees the coverage of a new capture's flows on average but
+    asks (G+1)/G · coverage of the calibration captures: 0.99 for 90 % with 10 validation captures.)"""
+    s = np.asarray(scores, np.float64)
+    if not len(s):
+        return 1.0
+    if method not in CONFORMAL_METHODS:
+        raise ValueError(f"conformal method {method!r}: must be one of {', '.join(CONFORMAL_METHODS)}")
+    if method == "capture_cv" and captures is not None:
+        coverage = capture_cv_level(s, captures, coverage)
+    if method in ("split", "capture_cv") or captures is None:
+        k = int(np.ceil((len(s) + 1) * coverage))
+        return 1.0 if k > len(s) else float(np.sort(s)[k - 1])
+    caps = np.asarray(captures).astype(str)
+    _, inverse, counts = np.unique(caps, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    n_eff = w.sum() ** 2 / (w ** 2).sum()
+    w = w / w.sum() * n_eff / (n_eff + 1)                    # calibration mass n_eff/(n_eff+1), the test flow's the rest
+    order = np.argsort(s, kind="stable")
+    cum = np.cumsum(w[order])
+    k = int(np.searchsorted(cum, coverage - 1e-12))
+    return 1.0 if k >= len(s) else float(s[order][k])
+
+
+def prediction_sets(proba: np.ndarray, threshold: float) -> np.ndarray:
+    """[N, C] bool: the classes with 1 − p ≤ `threshold`, never empty (the most likely class is always in)."""
+    proba = np.asarray(proba, np.float64)
+    sets = (1.0 - proba) <= threshold + 1e-12
+    sets[np.arange(len(proba)), proba.argmax(1)] = True
+    return sets
+
+
+def set_report(sets: np.ndarray, y: np.ndarray, target: float) -> dict:
+    """Empirical coverage (share of flows whose set holds the truth) and set sizes of prediction sets."""
+    sets, y = np.asarray(sets, bool), np.asarray(y)
+    if not len(y):
+        return {"target": target, "flows": 0, "coverage": None, "mean_size": None}
+    size = sets.sum(1)
+    return {"target": target, "flows": int(len(y)), "coverage": float(sets[np.arange(len(y)), y].mean()),
+            "mean_size": float(size.mean()), "singletons": float((size == 1).mean())}
+
+
+def fit_trust(prob1, y1, captures1, prob2=None, y2=None, captures2=None, temperatures: Optional[dict] = None,
+              target_accuracy: float = LOW_CONFIDENCE_TARGET_ACCURACY) -> dict:
+    """What the low-confidence flag and the prediction sets need, from held-out (validation) flows, after the
+    temperatures: `selective` (`selective_threshold` on the calibrated level-1 top probability) and `conformal`
+    (each level's nonconformity scores and captures, so that any `--coverage` is a quantile away)."""
+    temperatures = temperatures or {}
+    out = {}
+    p1 = scale(prob1, temperatures.get("level1") or 1.0)
+    if len(y1):
+        out["selective"] = {"score": "calibrated level-1 probability",
+                            **selective_threshold(p1.max(1), p1.argmax(1) == np.asarray(y1), target_accuracy)}
+    conformal = {"method": "split", "score": "1 - calibrated probability (LAC)"}
+    for level, prob, y, caps in (("level1", prob1, y1, captures1), ("level2", prob2, y2, captures2)):
+        if prob is None or y is None or not len(y) or not np.shape(prob)[1]:
+            continue
+        p = scale(prob, temperatures.get(level) or 1.0)
+        conformal[level] = {"scores": np.round(conformal_scores(p, y), 6).tolist(),
+                            "captures": np.asarray(caps).astype(str).tolist()}
+    if "level1" in conformal:
+        conformal["selection"] = choose_conformal_method(p1, y1, captures1)
+        conformal["method"] = conformal["selection"]["chosen"]
+        out["conformal"] = conformal
+    return out
+
+
+def choose_conformal_method(proba, y, captures, coverage: float = DEFAULT_COVERAGE, repeats: int = 50,
+                            seed: int = 0) -> dict:
+    """The conformal method (`CONFORMAL_METHODS`) whose level-1 sets come closest to `coverage` on held-out
+    captures, judged on the calibration (validation) captures alone: they are split at random, by capture, into
+    halves `repeats` times; each method is calibrated on one half and its coverage measured on the other. Returns
+    `chosen` and per method the mean coverage, its 10th and 90th percentiles and the mean absolute error.
+    With fewer than 4 captures: `split`, unjudged."""
+    proba, y = np.asarray(proba, np.float64), np.asarray(y)
+    caps = np.asarray(captures).astype(str)
+    names = np.unique(caps)
+    if len(names) < 4:
+        return {"chosen": "split", "captures": int(len(names)), "reason": "fewer than 4 calibration captures"}
+    rng = np.random.default_rng(seed)
+    got: dict = {m: [] for m in CONFORMAL_METHODS}
+    for _ in range(repeats):
+        a = np.isin(caps, rng.permutation(names)[:len(names) // 2])
+        scores = conformal_scores(proba[a], y[a])
+        for m in CONFORMAL_METHODS:
+            sets = prediction_sets(proba[~a], conformal_threshold(scores, coverage, caps[a], m))
+            got[m].append(float(sets[np.arange(int((~a).sum())), y[~a]].mean()))
+    summary = {m: {"mean_coverage": float(np.mean(v)), "mean_abs_error": float(np.mean(np.abs(np.subtract(v, coverage)))),
+                   "p10": float(np.quantile(v, 0.1)), "p90": float(np.quantile(v, 0.9))} for m, v in got.items()}
+    return {"chosen": min(summary, key=lambda m: summary[m]["mean_abs_error"]), "coverage": coverage,
+            "captures": int(len(names)), "capture_halves": repeats, "methods": summary}
+
+
+def calibrated_probabilities(prob: np.ndarray, calibration: Optional[dict], level: str) -> np.ndarray:
+    """A level's probabilities (rows renormalised) after the workdir's temperature for it (none: unchanged)."""
+    prob = np.asarray(prob, np.float64)
+    prob = prob / np.maximum(prob.sum(1, keepdims=True), 1e-12)
+    t = (calibration or {}).get(f"{level}_temperature")
+    return scale(prob, t) if t else prob
+
+
+def low_confidence_threshold(calibration: Optional[dict]) -> float:
+    """The calibrated level-1 probability below which a flow is marked low-confidence: the validation-fitted
+    selective threshold, or `low_probability` (0.5) for a workdir calibrated before it existed."""
+    cal = calibration or {}
+    selective = cal.get("selective") or {}
+    if selective.get("threshold") is not None:
+        return float(selective["threshold"])
+    return float(cal.get("low_probability", LOW_PROBABILITY))
+
+
+def set_threshold(calibration: Optional[dict], level: str, coverage: float) -> Optional[float]:
+    """q̂ of a level's prediction sets at `coverage` from the workdir's stored calibration scores (None: none)."""
+    conformal = (calibration or {}).get("conformal") or {}
+    block = conformal.get(level)
+    if not block:
+        return None
+    return conformal_threshold(block["scores"], coverage, block.get("captures"), conformal.get("method", "split"))
+
+
+def trust_report(prob1, y1, prob2=None, y2=None, calibration: Optional[dict] = None,
+                 coverage: float = DEFAULT_COVERAGE, short=None) -> dict:
+    """How far labelled flows can trust the answers (results.json, `evaluate`): per level the ECE before and after
+    the temperature; the risk–coverage curve of the calibrated level-1 probability and its area; the accuracy of
+    the flows the low-confidence flag leaves unmarked and of those it marks; the prediction sets' empirical
+    coverage and mean size at `coverage`. With `short` (bool per flow: fewer packets than training keeps), the
+    figures are also given for the flows training keeps (`in_scope`) and the short ones apart."""
+    from pclip_jax import metrics as metrics_lib
+
+    y1 = np.asarray(y1)
+    out: dict = {}
+    groups = {"all": np.ones(len(y1), bool)}
+    if short is not None:
+        short = np.asarray(short, bool)
+        groups.update({"in_scope": ~short, "short": short})
+    p1 = calibrated_probabilities(prob1, calibration, "level1")
+    raw1 = np.asarray(prob1, np.float64) / np.maximum(np.asarray(prob1, np.float64).sum(1, keepdims=True), 1e-12)
+    tau = low_confidence_threshold(calibration)
+    for name, m in groups.items():
+        if not m.any():
+            continue
+        conf, right = p1[m].max(1), p1[m].argmax(1) == y1[m]
+        low = conf < tau
+        block = {"flows": int(m.sum()), "accuracy": float(right.mean()),
+                 "ece_level1": metrics_lib.calibration(y1[m], raw1[m])["ece"],
+                 "ece_level1_calibrated": metrics_lib.calibration(y1[m], p1[m])["ece"],
+                 "risk_coverage": risk_coverage(conf, right),
+                 "low_confidence": {"threshold": tau, "marked_share": float(low.mean()),
+                                    "accuracy_unmarked": float(right[~low].mean()) if (~low).any() else None,
+                                    "accuracy_marked": float(right[low].mean()) if low.any() else None}}
+        q1 = set_threshold(calibration, "level1", coverage)
+        if q1 is not None:
+            block["prediction_sets_level1"] = set_report(prediction_sets(p1[m], q1), y1[m], coverage)
+        if prob2 is not None and y2 is not None and np.shape(prob2)[1]:
+            y2a = np.asarray(y2)
+            k2 = m & (y2a >= 0)
+            if k2.any():
+                p2 = calibrated_probabilities(np.asarray(prob2)[k2], calibration, "level2")
+                raw2 = np.asarray(prob2, np.float64)[k2]
+                raw2 = raw2 / np.maximum(raw2.sum(1, keepdims=True), 1e-12)
+                block["ece_level2"] = metrics_lib.calibration(y2a[k2], raw2)["ece"]
+                block["ece_level2_calibrated"] = metrics_lib.calibration(y2a[k2], p2)["ece"]
+                q2 = set_threshold(calibration, "level2", coverage)
+                if q2 is not None:
+                    block["prediction_sets_level2"] = set_report(prediction_sets(p2, q2), y2a[k2], coverage)
+        out[name] = block
     return out

@@ -1,7 +1,7 @@
 """Classify the flows of any captures with a trained workdir, with explanations read off the model.
 
     python -m pclip_jax.classify --workdir DIR INPUT... [--mission NAME_OR_STATEMENT] [--out preds.jsonl]
-                                 [--strict] [--top K] [--explain-text N] [--workers W] [--compile-cache DIR|off]
+                                 [--strict] [--top K] [--coverage P] [--explain-text N] [--workers W] [--compile-cache DIR|off]
                                  [--quiet]
     python -m pclip_jax.classify --backend onnx --model EXPORT_DIR INPUT... [--threads T] [...]
 
@@ -17,14 +17,20 @@ elsewhere, `off` not at all), so only the first run on a workdir compiles them.
 
 Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
 config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
-config's `data.min_packets`, whose calibrated level-1 probability is below 0.5, or that is out of distribution
-(`pclip_jax/calibration.py`: temperatures and an OOD threshold fitted on the validation captures) is marked
-`"low_confidence": true`. Each flow goes through the packet tower (projected
+config's `data.min_packets` is marked `"too_short": true` (the figures below hold for the others). A flow whose
+calibrated level-1 probability is below the threshold fitted on the validation captures is marked
+`"low_confidence": true`: the threshold is the lowest at which the validation flows kept were right at least 80 %
+of the time (`calibration.selective_threshold`; the accuracy measured on test captures is in results.json's
+`gnn.trust`). `"out_of_distribution"` is its own field (embedding far from every class text). `"prediction_set"`
+gives, per level, the classes that hold the true one with probability `--coverage` (default 0.9): conformal sets
+calibrated on the validation captures (split conformal, or capture-weighted when the validation captures say it
+holds better on held-out captures: `calibration.choose_conformal_method`). Each flow goes through the packet tower (projected
 embedding, as the GNN was trained on) and the hierarchical GNN over the workdir's knowledge graph, re-weighted by a
 mission when one is given (a name from the graph's `missions:` or a free-text statement).
 
 One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port`, `server_ip`, `server_port`,
-`vlan`, `first_ts`, `last_ts`, packet/byte counts per direction, `low_confidence`, `out_of_distribution`, `level1` /
+`vlan`, `first_ts`, `last_ts`, packet/byte counts per direction, `too_short`, `low_confidence`, `out_of_distribution`,
+`prediction_set` (`coverage`, `level1` and `level2` lists of node ids, most likely first), `level1` /
 `level2` (predicted node `id`, `name`, `probability`, `calibrated_probability`; level 2 also
 `conditional_probability` given the class, null when the chosen class has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
 path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
@@ -141,8 +147,9 @@ def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> E
 
 
 def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, top_k: int = 3,
-                   timings: Optional[dict] = None) -> list[dict]:
-    """One prediction record per flow of `table` (a `FlowTable`) at `indices` (default: all), in that order.
+                   timings: Optional[dict] = None, coverage: float = calibration_lib.DEFAULT_COVERAGE) -> list[dict]:
+    """One prediction record per flow of `table` (a `FlowTable`) at `indices` (default: all), in that order;
+    prediction sets hold the truth with probability `coverage` (`calibration.conformal_threshold`).
 
     `timings`, when given, accumulates seconds per part (`embed`, `facts`, `gnn_explain`, `records`).
     """
@@ -179,23 +186,52 @@ def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, 
     t = time.perf_counter()
     cols = {c: _py(np.asarray(meta[c])[idx]) for c in META_FIELDS}
     packets = np.asarray(meta["c2s_packets"])[idx] + np.asarray(meta["s2c_packets"])[idx]
-    low = _py(packets < engine.min_packets)
+    short = _py(packets < engine.min_packets)
+    p1 = calibration_lib.calibrated_probabilities(arrays["prob1"], cal, "level1")
+    low = _py(p1.max(1) < calibration_lib.low_confidence_threshold(cal))
+    sets = prediction_set_ids(arrays, engine.info, cal, coverage)
     names = dict(zip(engine.info.node_ids, engine.info.node_names))
     with _gc_paused():
-        records = _records(expls, cols, low, None if ood is None else ood.tolist(), cal, names)
+        records = _records(expls, cols, short, low, None if ood is None else ood.tolist(), sets, names)
     tick("records", t)
     return records
 
 
-def _records(expls, cols, low, ood, cal, names) -> list[dict]:
+def prediction_set_ids(arrays: dict, info: ExplainInfo, cal: Optional[dict], coverage: float) -> Optional[list]:
+    """Per flow {"coverage", "level1": [ids], "level2": [ids]}: the conformal prediction sets of both levels
+    (`calibration.prediction_sets` at the workdir's stored scores), most likely first; None without them."""
+    q1 = calibration_lib.set_threshold(cal, "level1", coverage)
+    if q1 is None:
+        return None
+    ids1 = np.asarray([info.node_ids[m] for m in info.level1], dtype=object)
+    ids2 = np.asarray([info.node_ids[m] for m in info.level2], dtype=object)
+    p1 = calibration_lib.calibrated_probabilities(arrays["prob1"], cal, "level1")
+    sets1 = calibration_lib.prediction_sets(p1, q1)
+    q2 = calibration_lib.set_threshold(cal, "level2", coverage) if len(ids2) else None
+    if q2 is not None:
+        p2 = calibration_lib.calibrated_probabilities(arrays["prob2"], cal, "level2")
+        sets2 = calibration_lib.prediction_sets(p2, q2)
+    out = []
+    for i in range(len(p1)):
+        o1 = np.argsort(-p1[i])
+        rec = {"coverage": coverage, "level1": ids1[o1[sets1[i][o1]]].tolist(), "level2": None}
+        if q2 is not None:
+            o2 = np.argsort(-p2[i])
+            rec["level2"] = ids2[o2[sets2[i][o2]]].tolist()
+        out.append(rec)
+    return out
+
+
+def _records(expls, cols, short, low, ood, sets, names) -> list[dict]:
     """The JSON-ready record of each flow (module docstring) from its explanation and its table columns."""
     records = []
     for i, e in enumerate(expls):
         rec = {c: cols[c][i] for c in META_FIELDS}
         calibrated = e["level1"].get("calibrated_probability")
         rec["out_of_distribution"] = None if ood is None else bool(ood[i])
-        rec["low_confidence"] = bool(low[i] or (calibrated is not None and calibrated < cal["low_probability"])
-                                     or bool(rec["out_of_distribution"]))
+        rec["too_short"] = bool(short[i])
+        rec["low_confidence"] = bool(low[i])
+        rec["prediction_set"] = None if sets is None else sets[i]
         rec["level1"] = {"id": e["level1"]["id"], "name": names[e["level1"]["id"]],
                          "probability": e["level1"]["probability"], "calibrated_probability": calibrated}
         rec["level2"] = None if e["level2"] is None else {
@@ -217,6 +253,9 @@ class Summary:
         self.count: dict[str, int] = {}
         self.prob: dict[str, float] = {}
         self.low_confidence = 0
+        self.too_short = 0
+        self.out_of_distribution = 0
+        self.set_sizes = 0
         self.no_level2 = 0
 
     def add(self, records: Sequence[dict]) -> None:
@@ -225,6 +264,9 @@ class Summary:
             self.count[c] = self.count.get(c, 0) + 1
             self.prob[c] = self.prob.get(c, 0.0) + r["level1"]["probability"]
             self.low_confidence += bool(r["low_confidence"])
+            self.too_short += bool(r["too_short"])
+            self.out_of_distribution += bool(r["out_of_distribution"])
+            self.set_sizes += len(r["prediction_set"]["level1"]) if r["prediction_set"] else 0
             self.no_level2 += r["level2"] is None
 
     @property
@@ -232,7 +274,10 @@ class Summary:
         return sum(self.count.values())
 
     def as_dict(self) -> dict:
-        return {"flows": self.flows, "low_confidence": self.low_confidence, "without_level2": self.no_level2,
+        return {"flows": self.flows, "low_confidence": self.low_confidence, "too_short": self.too_short,
+                "out_of_distribution": self.out_of_distribution,
+                "mean_prediction_set_level1": self.set_sizes / max(self.flows, 1),
+                "without_level2": self.no_level2,
                 "level1": {c: {"flows": n, "mean_probability": self.prob[c] / n}
                            for c, n in sorted(self.count.items(), key=lambda kv: (-kv[1], kv[0]))}}
 
@@ -266,7 +311,8 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
                       top_k: int = 3, strict: bool = False, workers: int = 1, progress: bool = True,
                       explain_text: int = 0, report: Optional[TextIO] = None,
                       chunk: int = DEFAULT_CHUNK, backend: str = "jax", model: str | pathlib.Path | None = None,
-                      threads: int = 0, read_ahead: int = 4) -> ClassifyRun:
+                      threads: int = 0, read_ahead: int = 4,
+                      coverage: float = calibration_lib.DEFAULT_COVERAGE) -> ClassifyRun:
     """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
     the models are loaded, or an open text stream), in capture order and flow order within a capture.
 
@@ -282,6 +328,8 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     parts), `write`, `total` (end to end).
     """
     t_start = time.perf_counter()
+    if not 0 < coverage < 1:
+        raise ValueError(f"--coverage {coverage}: must be between 0 and 1 (e.g. 0.9)")
     if backend not in ("jax", "onnx"):
         raise ValueError(f"--backend {backend!r}: must be jax or onnx")
     if backend == "onnx" and model is None:
@@ -335,7 +383,7 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
             for start in range(0, len(group), chunk):
                 t = time.perf_counter()
                 records = classify_flows(engine, group, np.arange(start, min(len(group), start + chunk)), top_k,
-                                         parts)
+                                         parts, coverage)
                 timings["classify"] += time.perf_counter() - t
                 t = time.perf_counter()
                 out.writelines(json.dumps(r) + "\n" for r in records)
@@ -394,8 +442,10 @@ def format_report(run: ClassifyRun) -> str:
     lines = [f"classified {n:,} flows from {run.files} capture(s) with graph {s['graph']!r}{mission} "
              f"({s.get('backend', 'jax')} backend); "
              f"{len(run.errors)} capture problem(s)", s["table"],
-             f"low confidence (few packets, calibrated probability < 0.5 or out of distribution): {s['low_confidence']:,}; "
-             f"no application-level decision: {s['without_level2']:,}",
+             f"low confidence (calibrated probability below the threshold fitted on validation captures): "
+             f"{s['low_confidence']:,}; too short (fewer packets than training kept): {s['too_short']:,}; "
+             f"out of distribution: {s['out_of_distribution']:,}; mean level-1 prediction set "
+             f"{s['mean_prediction_set_level1']:.2f} classes; no application-level decision: {s['without_level2']:,}",
              f"classify stage (packet tower + GNN + explanations, compilation included): {t['classify']:.2f} s, "
              f"{rate(t['classify'])}"
              f"  [embed {t.get('classify_embed', 0):.2f} s, GNN+explain {t.get('classify_gnn_explain', 0):.2f} s, "
@@ -430,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a mission of the graph (e.g. vpn_remote_access) or a free-text statement")
     ap.add_argument("--out", default=None, metavar="PATH", help="JSON lines output (default: stdout)")
     ap.add_argument("--strict", action="store_true", help="any capture problem is an error (exit 1)")
+    ap.add_argument("--coverage", type=float, default=calibration_lib.DEFAULT_COVERAGE, metavar="P",
+                    help="prediction sets hold the true class with this probability (default 0.9)")
     ap.add_argument("--top", type=int, default=3, metavar="K", help="alternatives per level (default 3)")
     ap.add_argument("--explain-text", type=int, default=0, metavar="N",
                     help="print the first N explanations as text")
@@ -518,7 +570,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
                                     mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,
                                     progress=not args.quiet, explain_text=args.explain_text, report=report,
-                                    backend=args.backend, model=args.model, threads=args.threads)
+                                    backend=args.backend, model=args.model, threads=args.threads,
+                                    coverage=args.coverage)
         except IngestError as e:  # every problem capture on its own line: the user needs the whole list
             print(f"error: capture problems (--strict):\n{e}", file=sys.stderr)
             return 1

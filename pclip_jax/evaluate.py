@@ -5,21 +5,26 @@ trained workdir on any labelled captures). CLI:
 
     python -m pclip_jax.evaluate --workdir DIR INPUT... --labels SPEC [--out metrics.json] [--verbose]
 
-Classes of the new captures that the model does not know are reported under `unknown_classes` and left out of the
-metrics, never merged into a known class.
+The new captures' labels are named with the taxonomy source the workdir was trained with (recorded in its
+model_info.json, `Workdir.trained_taxonomy`), never re-decided from the new captures. What the model cannot know is
+reported with counts under `labels` (labels the taxonomy does not name, classes it was not trained on) and
+`unknown_classes`, and left out of the metrics, never merged into a known class.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
 import time
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from pclip_jax import calibration as calibration_lib
 from pclip_jax import errors, files, inference, parallel
 from pclip_jax import metrics as metrics_lib
 from pclip_jax.compat import count_params
@@ -32,7 +37,7 @@ from pclip_jax.embedding import (class_text_features, embed_flows, load_descript
 from pclip_jax.kg import pipeline, train_gnn
 from pclip_jax.name_features import with_name_features
 from pclip_jax.settings import Settings
-from pclip_jax.workdir import Workdir
+from pclip_jax.workdir import Workdir, taxonomy_record
 
 
 # ----------------------------------------------------------------------------------------------- the linear probe
@@ -196,6 +201,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     counts = param_counts(params)
     frozen = count_params(featurizer.params)
     workdir.save_model_info({"class_names": names, "label_level": settings.data.label_level,
+                             "taxonomy": taxonomy_record(prepared.taxonomy or {}),
                              "train_applications": train_apps,
                              "num_params": {**counts, "text_tower_frozen": frozen}})
     counts_train = np.bincount(y_train[keep_train], minlength=len(names))
@@ -233,12 +239,97 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
 
 # ----------------------------------------------------------------------------------------------- any captures
 
+def trust_block(clf, settings: Settings, table, idx: np.ndarray, z: np.ndarray, short_table,
+                coverage: float) -> dict:
+    """`calibration.trust_report` of the GNN on labelled flows: the flows training keeps (`idx` of `table`, packet
+    embeddings `z`) and the short ones (`short_table`, fewer packets than training keeps) apart and together."""
+    from pclip_jax.kg import graphs as kg_graphs
+
+    zs = np.zeros((0, z.shape[1]), np.float32)
+    if len(short_table):
+        zs = embed_flows(make_embed_fn(clf.towers.model), clf.replicated_params, short_table.tensors,
+                         np.arange(len(short_table)), settings.eval.batch_size)[1]
+    meta_in, meta_short = table.meta, short_table.meta
+    level1 = np.concatenate([np.asarray(meta_in["level1"]).astype(str)[idx],
+                             np.asarray(meta_short["level1"]).astype(str)])
+    level2 = np.concatenate([np.asarray(meta_in["level2"]).astype(str)[idx],
+                             np.asarray(meta_short["level2"]).astype(str)])
+    y1, y2, _ = kg_graphs.labels_to_slots(clf.kg.layout, list(level1), list(level2))
+    pred = train_gnn.predict_arrays(clf.gnn_train_config, clf.gnn_params, np.concatenate([z, zs]), clf.kg)
+    short = np.r_[np.zeros(len(idx), bool), np.ones(len(short_table), bool)]
+    ok = y1 >= 0
+    report = calibration_lib.trust_report(pred["prob1"][ok], y1[ok], pred["prob2"][ok], y2[ok], clf.calibration,
+                                          coverage, short=short[ok])
+    report["calibrated_with"] = {k: (clf.calibration or {}).get(k) for k in ("level1_temperature",
+                                                                             "level2_temperature")}
+    for name in ("in_scope", "short"):
+        if name in report:
+            pipeline.print_trust(report[name], f"{name.replace('_', '-')} flows")
+    return report
+
+
+def trained_levels(table, wd: Workdir, settings: Settings, class_names: Sequence[str], level: str, kg=None
+                   ) -> tuple:
+    """`table` (labels attached) with `level1` / `level2` named by the taxonomy source the workdir was trained
+    with (`Workdir.trained_taxonomy`), and a report of what the model can and cannot know of these labels.
+
+    The source is never re-decided from the new captures: `data.taxonomy = "auto"` applied to them would pick
+    `raw` when the label hierarchy covers fewer than half of *their* labels, and no raw label matches the model's
+    classes. A mixed corpus recorded one source per part: a flow takes the first of them that names one of the
+    model's classes. An old `auto` workdir without a record does the same over hierarchy, graph and raw.
+
+    Report: `taxonomy` (source, where it was recorded), `labelled_flows`, `flows_of_model_classes`,
+    `flows_outside_taxonomy` with `labels_outside_taxonomy` (raw label → flows: labels the taxonomy does not name,
+    e.g. nDPI's `Unknown`), `flows_of_other_classes` with `other_classes` (class → flows: named, but not one the
+    model was trained on), counted before the packet filters."""
+    record = wd.trained_taxonomy(settings)
+    source = record["source"]
+    if source in ("hierarchy", "graph", "raw"):
+        candidates = [source]
+    elif source == "mixed" and record.get("sources"):
+        candidates = list(dict.fromkeys(s for s in record["sources"].values() if s in taxonomy.SOURCES[1:]))
+    else:  # `dataset`, or an old `auto` workdir without a record
+        candidates = ["hierarchy", "graph", "raw"]
+    if kg is None:
+        candidates = [c for c in candidates if c != "graph"] or ["hierarchy"]
+    known = set(class_names)
+    tables = [taxonomy.resolve_levels(table, c, kg)[0] for c in candidates]
+    meta = dict(tables[0].meta)
+    if len(tables) > 1:
+        chosen = np.full(len(table), -1)
+        for k, t in enumerate(tables):
+            hit = (chosen < 0) & np.isin(np.asarray(t.meta[level]).astype(str), sorted(known))
+            chosen[hit] = k
+        chosen[chosen < 0] = 0
+        for col in ("level1", "level2"):
+            meta[col] = np.choose(chosen, [np.asarray(t.meta[col]).astype(object) for t in tables]).astype(str)
+    table = dataclasses.replace(table, meta=meta)
+    raw = np.asarray(table.meta["label"]).astype(str)
+    named = np.asarray(table.meta[level]).astype(str)
+    labelled = raw != ""
+    outside = labelled & (named == "")
+    other = labelled & (named != "") & ~np.isin(named, sorted(known))
+
+    def counts(values):
+        return {str(k): int(v) for k, v in Counter(values.tolist()).most_common()}
+
+    report = {"taxonomy": {"source": "+".join(candidates) if len(candidates) > 1 else candidates[0],
+                           "recorded": source, "recorded_in": record["recorded_in"]},
+              "labelled_flows": int(labelled.sum()),
+              "flows_of_model_classes": int((labelled & np.isin(named, sorted(known))).sum()),
+              "flows_outside_taxonomy": int(outside.sum()), "labels_outside_taxonomy": counts(raw[outside]),
+              "flows_of_other_classes": int(other.sum()), "other_classes": counts(named[other])}
+    return table, report
+
+
 def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_spec: str,
-                     out: Optional[str] = None) -> dict:
+                     out: Optional[str] = None, coverage: float = calibration_lib.DEFAULT_COVERAGE) -> dict:
     """Zero-shot, linear-probe and (when trained) GNN metrics of a trained workdir on any labelled captures.
 
     Raises `errors.UserError` subclasses (WorkdirError, ...) for a missing or unfinished workdir and a
     ValueError when no flow of the captures carries a label of the given spec."""
+    if not 0 < coverage < 1:
+        raise ValueError(f"--coverage {coverage}: must be between 0 and 1 (e.g. 0.9)")
     wd = Workdir(workdir)
     towers = inference.load_towers(wd)
     settings, model, params, info = towers.settings, towers.model, towers.params, towers.info
@@ -250,14 +341,26 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     if not len(table):
         raise ValueError(f"no flows in {list(map(str, inputs))} (no readable capture files?)")
     table = labels_lib.attach_labels(table, label_spec, inputs=inputs)
-    # The classes as the workdir's training named them (the label hierarchy, its graph, or the raw labels).
-    table, _ = taxonomy.resolve_levels(table, settings.data.taxonomy,
-                                       pipeline.load_graph(settings) if settings.gnn.kg else None)
-    table = with_name_features(table, settings)
-    labelled_before = int((np.asarray(table.meta[level]).astype(str) != "").sum()) if level in table.meta else 0
-    if not labelled_before:
-        raise ValueError(f"--labels {label_spec}: none of the {len(table)} flows got a {level} label "
+    raw = np.asarray(table.meta.get("label", np.full(len(table), ""))).astype(str)
+    if not (raw != "").any():
+        raise ValueError(f"--labels {label_spec}: none of the {len(table)} flows got a label "
                          f"(wrong label directory or spec?)")
+    # The classes as the workdir's training named them (the taxonomy source it recorded), never re-decided from
+    # the new captures.
+    table, labels_report = trained_levels(table, wd, settings, names, level,
+                                          pipeline.load_graph(settings) if settings.gnn.kg else None)
+    print(f"[evaluate] classes from the {labels_report['taxonomy']['source']} taxonomy the workdir was trained "
+          f"with ({labels_report['taxonomy']['recorded_in']}); {labels_report['labelled_flows']} labelled flows: "
+          f"{labels_report['flows_of_model_classes']} of the model's {len(names)} classes, "
+          f"{labels_report['flows_outside_taxonomy']} with a label the taxonomy does not know, "
+          f"{labels_report['flows_of_other_classes']} of classes the model was not trained on", file=sys.stderr)
+    table = with_name_features(table, settings)
+    # Flows with fewer packets than training keeps (classify marks them `too_short`), of classes the model knows:
+    # scored apart, so the figures of the flows training keeps are not mixed with theirs.
+    packets = np.asarray(table.meta["c2s_packets"], np.int64) + np.asarray(table.meta["s2c_packets"], np.int64)
+    short_rows = np.flatnonzero((packets < settings.data.min_packets)
+                                & np.isin(np.asarray(table.meta[level]).astype(str), list(names)))
+    short_table = table.select(short_rows)
     table, dropped = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
                                             drop_one_way=settings.data.drop_one_way, drop_unlabelled=True,
                                             label_column=level)
@@ -269,7 +372,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     feats, z = embed_flows(make_embed_fn(model), parallel.replicate(params), table.tensors, idx,
                            settings.eval.batch_size, progress=True)
     result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
-              "label_level": level}
+              "label_level": level, "labels": labels_report}
     if not len(idx):
         print(f"[evaluate] warning: no flow of a class the model knows ({len(names)} classes) is left after the "
               f"filters; unknown classes {unknown}, dropped {dropped}", file=sys.stderr)
@@ -292,6 +395,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
         print(metrics_lib.format_table(rows + halves), file=sys.stderr)
         print(metrics_lib.format_capture_rows(rows), file=sys.stderr)
     if clf is not None and len(idx):
+        result["trust"] = trust_block(clf, settings, table, idx, z, short_table, coverage)
         level1 = np.asarray(table.meta["level1"]).astype(str)[idx]
         gnn_block = train_gnn.evaluate_gnn(clf.gnn_train_config, clf.gnn_params, z, level1, apps, clf.kg,
                                            min_flows_level2=settings.gnn.min_flows_level2,
@@ -315,6 +419,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workdir", required=True, help="a workdir written by pclip_jax.main")
     parser.add_argument("--labels", required=True, help="ndpi:DIR | folder | csv:PATH | dpi")
     parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--coverage", type=float, default=calibration_lib.DEFAULT_COVERAGE,
+                        help="target coverage of the prediction sets whose empirical coverage is reported (0.9)")
     parser.add_argument("--compile-cache", default=None, metavar="DIR",
                         help="keep compiled XLA programs here for later runs (default: the workdir's cache/xla; "
                              "'off': none)")
@@ -323,7 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with errors.cli_errors(args.verbose) as status:
         if args.compile_cache != "off":
             inference.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
-        evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
+        evaluate_workdir(args.workdir, args.inputs, args.labels, args.out, args.coverage)
     return status.code
 
 

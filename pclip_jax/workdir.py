@@ -3,7 +3,8 @@
     WORKDIR/
       config.json                 settings the workdir was trained with (absolute paths, `_format` version)
       results.json                the main job's results (written last: its presence means the job finished)
-      model_info.json             class names, label level, training applications, parameter counts
+      model_info.json             class names, label level, training applications, parameter counts, and the
+                                  taxonomy source the classes came from (`trained_taxonomy`)
       linear_probe.npz            the probe on frozen packet features
       class_text_features.npz     frozen text features of the class prompts (zero-shot)
       kg.yaml                     the graph built from the labels (gnn.kg = ''), edited by the user if they like
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -121,6 +122,26 @@ class Workdir:
         self.require(self.MODEL_INFO)
         return files.read_json(self.file(self.MODEL_INFO))
 
+    def trained_taxonomy(self, settings: Optional[Settings] = None) -> dict:
+        """Where the workdir's classes came from, as training decided it (data/taxonomy.py), so that new captures
+        are named the same way whatever they look like: {"source": hierarchy | graph | raw | mixed | dataset,
+        "sources": {source name: its source} (mixed corpora), "recorded_in": where it was read}.
+
+        model_info.json records it since 2027-01 (`taxonomy`); older workdirs are upgraded from results.json's
+        `data.taxonomy` report (written since the taxonomy existed), else from config.json's `data.taxonomy` when
+        it names a source (format-1 configs upgrade to `hierarchy`, what their code used); an older `auto` workdir
+        without either gives {"source": "auto", "recorded_in": "none"} and the caller matches the labels to the
+        model's classes instead (`evaluate.trained_levels`)."""
+        info = files.read_json(self.file(self.MODEL_INFO)) if self.file(self.MODEL_INFO).is_file() else {}
+        if isinstance(info.get("taxonomy"), dict) and info["taxonomy"].get("source"):
+            return {**info["taxonomy"], "recorded_in": self.MODEL_INFO}
+        if self.file(self.RESULTS).is_file():
+            report = files.read_json(self.file(self.RESULTS)).get("data", {}).get("taxonomy") or {}
+            if report.get("source"):
+                return {**taxonomy_record(report), "recorded_in": self.RESULTS}
+        requested = (settings or self.read_settings()).data.taxonomy
+        return {"source": requested, "recorded_in": self.CONFIG if requested != "auto" else "none"}
+
     def save_probe(self, probe: dict) -> None:
         files.savez(self.file(self.PROBE), **probe)
 
@@ -141,3 +162,12 @@ class Workdir:
 
     def has_gnn(self) -> bool:
         return self.gnn_checkpoints.is_dir()
+
+
+def taxonomy_record(report: dict) -> dict:
+    """What a workdir keeps of a taxonomy report (`data.taxonomy.resolve_levels`, or a mixed corpus's): the chosen
+    source, and each source's choice for a mixed corpus."""
+    out = {"source": report.get("source", "none")}
+    if report.get("sources"):
+        out["sources"] = {name: r.get("source", "none") for name, r in report["sources"].items()}
+    return out

@@ -134,12 +134,26 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     fitted = json.loads((tmp_path / "study.json").read_text())[str(wd)]["fitted_embeddings"]
     assert 0 <= fitted["out_of_fold_training_accuracy"] <= 1 and 0 <= fitted["test_accuracy"] <= 1
     assert "probe on the tower's embeddings" in capsys.readouterr().out
+    # One meaning each: `too_short` = fewer packets than training kept; `low_confidence` = calibrated level-1
+    # probability below the selective threshold fitted on the validation captures (calibration.json);
+    # `out_of_distribution` on its own.
     low = np.array([r["low_confidence"] for r in recs])
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])
     assert ((0 < calibrated) & (calibrated <= 1)).all() and ood.dtype == bool
-    np.testing.assert_array_equal(low, (packets < config.data.min_packets) | (calibrated < 0.5) | ood)
-    assert (low[packets < config.data.min_packets]).all()
+    selective = calibration["selective"]
+    assert selective["score"] == "calibrated level-1 probability" and 0 < selective["threshold"] <= 1
+    np.testing.assert_array_equal(low, calibrated < selective["threshold"])
+    np.testing.assert_array_equal([r["too_short"] for r in recs], packets < config.data.min_packets)
+    # Prediction sets at the default 90 %: the chosen node first, sets never empty; results.json reports their
+    # coverage on the test captures, and the risk-coverage curve of the calibrated probability.
+    for r in recs:
+        ps = r["prediction_set"]
+        assert ps["coverage"] == 0.9 and ps["level1"][0] == r["level1"]["id"]
+        assert len(set(ps["level1"])) == len(ps["level1"]) and (ps["level2"] is None or len(ps["level2"]) >= 1)
+    trust = gnn["trust"]
+    assert 0 <= trust["prediction_sets_level1"]["coverage"] <= 1 and trust["risk_coverage"]["curve"][-1][0] == 1.0
+    assert trust["low_confidence"]["threshold"] == selective["threshold"]
 
     kg = load_kg(pipeline.kg_path(from_config(config)))
     gnn_layers = config.gnn.model.num_layers
@@ -357,6 +371,11 @@ def _compare(onnx_recs, jax_recs, tolerance=1e-4):
     for a, b in zip(onnx_recs, jax_recs):
         assert (a["capture"], a["flow_id"]) == (b["capture"], b["flow_id"])
         assert a["low_confidence"] == b["low_confidence"] and a["out_of_distribution"] == b["out_of_distribution"]
+        assert a["too_short"] == b["too_short"]
+        # The same prediction sets; the order of classes whose probabilities tie within the tolerance may differ.
+        pa, pb = a["prediction_set"], b["prediction_set"]
+        assert pa["coverage"] == pb["coverage"] and sorted(pa["level1"]) == sorted(pb["level1"])
+        assert sorted(pa["level2"] or []) == sorted(pb["level2"] or [])
         for level in ("level1", "level2"):
             if b[level] is None:
                 assert a[level] is None
@@ -553,3 +572,77 @@ def test_live_damaged_stream_is_reported_and_the_flows_before_it_answered(export
     expected = ingest([prefix], IngestConfig.from_data_config(from_config(test_config.get_config()).data),
                       progress=False)
     assert len(records) == len(expected) > 10
+
+
+def _mostly_unknown_captures(ndpi_dir, root, keep_known=100, others=("wechat.pcap", "reddit.pcap")):
+    """gnutella.pcap with nDPI's own result file, cut to all its `Unknown` flows and only the first `keep_known`
+    flows of a protocol, and `others` (captures of web and chat services) with theirs: real captures whose labels
+    the label hierarchy covers for fewer than half of the flows (a user's captures where nDPI names little).
+    Returns (pcap dir, result dir)."""
+    pcaps, results = root / "pcap", root / "result"
+    pcaps.mkdir(parents=True)
+    results.mkdir()
+    for name in ("gnutella.pcap",) + tuple(others):
+        shutil.copy(ndpi_dir / "pcap" / name, pcaps)
+        if name != "gnutella.pcap":
+            shutil.copy(ndpi_dir / "result" / f"{name}.out", results)
+    kept, lines = 0, []
+    for line in (ndpi_dir / "result" / "gnutella.pcap.out").read_text().split("\n"):
+        if re.match(r"^\t\d+\t", line) and "[proto: 0/Unknown]" not in line:
+            kept += 1
+            if kept > keep_known:
+                continue
+        lines.append(line)
+    (results / "gnutella.pcap.out").write_text("\n".join(lines))
+    return pcaps, results
+
+
+def test_evaluate_keeps_the_workdirs_classes_on_captures_the_hierarchy_mostly_misses(workdir, ndpi_dir, tmp_path):
+    from pclip_jax import evaluate
+    from pclip_jax.data import labels as labels_lib
+    from pclip_jax.data import splits as splits_lib
+    from pclip_jax.data import taxonomy
+
+    wd, config = workdir
+    pcaps, results = _mostly_unknown_captures(ndpi_dir, tmp_path / "new")
+    spec = f"ndpi:{results}"
+    table = labels_lib.attach_labels(_ingest(sorted(pcaps.iterdir()), config), spec, progress=False)
+    # The case of the issue: `auto` decided on these captures alone would name every class by its raw label.
+    _, auto = taxonomy.resolve_levels(table, "auto")
+    assert auto["coverage"]["hierarchy"] < 0.5 and auto["source"] == "raw"
+    info = json.loads((wd / "model_info.json").read_text())
+    assert info["taxonomy"] == {"source": "hierarchy"}   # recorded by training
+    names = set(info["class_names"])
+    kept, _ = splits_lib.filter_flows(table, min_packets=config.data.min_packets, drop_one_way=config.data.drop_one_way,
+                                      drop_unlabelled=True, label_column="level1")
+    expected = int(np.isin(kept.meta["level1"].astype(str), sorted(names)).sum())
+    assert expected > 30
+    raw, level1 = table.meta["label"].astype(str), table.meta["level1"].astype(str)
+    unknown_labels = int(((raw != "") & (level1 == "")).sum())
+
+    def check(result, recorded_in):
+        assert result["flows_evaluated"] == expected
+        labels = result["labels"]
+        assert labels["taxonomy"]["source"].split("+")[0] == "hierarchy" and labels["taxonomy"]["recorded_in"] == recorded_in
+        # What the model cannot know is reported with counts: labels the taxonomy does not name, and classes
+        # named but never trained on.
+        assert labels["labels_outside_taxonomy"] == {"Unknown": unknown_labels}
+        other = level1[(raw != "") & (level1 != "") & ~np.isin(level1, sorted(names))]
+        assert labels["other_classes"] == dict(zip(*np.unique(other, return_counts=True))) or not len(other)
+        assert (labels["flows_of_model_classes"] + labels["flows_outside_taxonomy"] + labels["flows_of_other_classes"]
+                == labels["labelled_flows"] == int((raw != "").sum()))
+        assert 0 <= result["gnn"]["level1"]["accuracy"] <= 1
+
+    check(evaluate.evaluate_workdir(wd, [str(pcaps)], spec, out=str(tmp_path / "m.json")), "model_info.json")
+    assert json.loads((tmp_path / "m.json").read_text())["flows_evaluated"] == expected
+    # A workdir from before the record (no `taxonomy` in model_info.json) still evaluates with its classes:
+    # upgraded from results.json's taxonomy report, or, without that either, by matching the model's classes.
+    old = tmp_path / "old_wd"
+    shutil.copytree(wd, old, ignore=shutil.ignore_patterns("xla"))
+    info.pop("taxonomy")
+    (old / "model_info.json").write_text(json.dumps(info))
+    check(evaluate.evaluate_workdir(old, [str(pcaps)], spec), "results.json")
+    res = json.loads((old / "results.json").read_text())
+    res["data"].pop("taxonomy")
+    (old / "results.json").write_text(json.dumps(res))
+    check(evaluate.evaluate_workdir(old, [str(pcaps)], spec), "none")

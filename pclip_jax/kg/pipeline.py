@@ -195,6 +195,8 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
         for level in ("level1", "level2"):
             if block["calibration_fit"].get(f"test_ece_{level}_calibrated") is not None:
                 block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")
+        block["trust"] = block["calibration_fit"].pop("trust")
+        print_trust(block["trust"], "test captures")
     if prepared.sources:  # a mixed corpus: level 1 per source, among the source's own classes
         classes_of = {}
         for name in prepared.sources:
@@ -228,9 +230,17 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
     v1, v2 = slots(prepared.val_idx)
     k1, k2 = v1 >= 0, v2 >= 0
     fitted = calibration_lib.fit(val_pred["prob1"][k1], v1[k1], val_pred["prob2"][k2], v2[k2], z_val, node_text)
+    val_captures = np.asarray(prepared.table.meta["capture"]).astype(str)[prepared.val_idx]
+    # The low-confidence threshold and the prediction sets' calibration scores, on the same validation flows.
+    fitted.update(calibration_lib.fit_trust(
+        val_pred["prob1"][k1], v1[k1], val_captures[k1], val_pred["prob2"][k2], v2[k2], val_captures[k2],
+        {"level1": fitted["level1_temperature"], "level2": fitted.get("level2_temperature")}))
     files.write_json(workdir.gnn_dir / "calibration.json", fitted)
     t1, t2 = slots(test_rows)
-    out = dict(fitted)
+    out = {k: v for k, v in fitted.items() if k != "conformal"}
+    ok1 = t1 >= 0
+    out["trust"] = calibration_lib.trust_report(test_pred["prob1"][ok1], t1[ok1], test_pred["prob2"][ok1],
+                                                t2[ok1], fitted)["all"]
     seen = set(prepared.applications(prepared.train_idx))
     apps = np.asarray(level2).astype(str)
     k_test = t1 >= 0
@@ -258,6 +268,22 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
 
 
 CALIBRATION_FLOWS = "calibration_flows.npz"
+
+
+def print_trust(trust: dict, where: str) -> None:
+    """One stderr line of `calibration.trust_report`'s figures."""
+    low, rc = trust["low_confidence"], trust["risk_coverage"]
+    sets = trust.get("prediction_sets_level1") or {}
+
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"[gnn] {where}: ECE level 1 {f(trust['ece_level1'])} -> {f(trust['ece_level1_calibrated'])} calibrated"
+          f"{'; level 2 ' + f(trust.get('ece_level2')) + ' -> ' + f(trust.get('ece_level2_calibrated')) if 'ece_level2' in trust else ''}; "
+          f"low confidence (calibrated p < {low['threshold']:.3f}) on {low['marked_share']:.1%}: accuracy unmarked "
+          f"{f(low['accuracy_unmarked'])}, marked {f(low['accuracy_marked'])}; accuracy-coverage area {f(rc['area'])} "
+          f"(all {f(rc['accuracy_all'])}); prediction sets level 1 coverage {f(sets.get('coverage'))} "
+          f"(target {sets.get('target', '-')}) mean size {f(sets.get('mean_size'))}", file=sys.stderr)
 
 
 def _save_calibration_flows(workdir: Workdir, captures, node_text, parts: dict, unseen: dict) -> None:
