@@ -514,7 +514,7 @@ def test_onnx_errors_name_the_file(workdir, exported, ndpi_dir, tmp_path, capsys
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Live streams (pclip_jax/classify_live.py)
+# Live streams (the live-stream section of pclip_jax/classify.py)
 
 
 def _by_flow(records):
