@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pclip_jax.compat import compiled_flops, count_params
+from pclip_jax.plumbing.runtime import compiled_flops, count_params
 
 BATCH = 64
 
@@ -23,8 +23,8 @@ def peak_flops(device) -> float | None:
 
 def packet_tower_cost(settings) -> dict:
     """{'params', 'flops_per_flow'} of the packet tower of `settings` (Settings)."""
-    from pclip_jax import embedding
-    from pclip_jax.models.packet_tower import PacketTower
+    from pclip_jax.training import towers as embedding  # models built on use: the peer suite's summary imports this mod
+    from pclip_jax.models.packet_tower import PacketTower  # models built on use: the peer suite's summary imports this 
 
     tower = PacketTower(embedding.model_config(settings).packet)
     b = embedding.dummy_batch(settings, BATCH)
@@ -36,8 +36,8 @@ def packet_tower_cost(settings) -> dict:
 
 
 def two_tower_heads_cost(settings) -> dict:
-    from pclip_jax import embedding
-    from pclip_jax.models.two_towers import TwoTowers
+    from pclip_jax.training import towers as embedding  # models built on use: the peer suite's summary imports this mod
+    from pclip_jax.models.two_towers import TwoTowers  # models built on use: the peer suite's summary imports this modu
 
     model = TwoTowers(embedding.model_config(settings))
     shapes = jax.eval_shape(lambda: embedding.init_params(model, settings, jax.random.PRNGKey(0)))
@@ -46,7 +46,7 @@ def two_tower_heads_cost(settings) -> dict:
 
 
 def bert_cost(bert_config, seq_len: int) -> dict:
-    from pclip_jax.models.bert import BertEncoder
+    from pclip_jax.models.bert import BertEncoder  # models built on use: the peer suite's summary imports this module w
 
     model = BertEncoder(bert_config)
     ids = jnp.ones((1, seq_len), jnp.int32)
@@ -58,9 +58,9 @@ def bert_cost(bert_config, seq_len: int) -> dict:
 
 def gnn_cost(settings) -> dict:
     """{'params', 'flops_per_flow', 'kg', 'kg_nodes'} of the detection stage on the graph `gnn.kg`."""
-    from pclip_jax.kg import graphs as kg_graphs
-    from pclip_jax.kg.gnn import HierarchicalGNN, flops_per_flow
-    from pclip_jax.kg.pipeline import gnn_train_config, load_graph
+    from pclip_jax.models import graph_tuples as kg_graphs  # models built on use: the peer suite's summary imports this
+    from pclip_jax.models.gnn import HierarchicalGNN, flops_per_flow  # models built on use: the peer suite's summary im
+    from pclip_jax.training.detection import gnn_train_config, load_graph  # models built on use: the peer suite's summa
 
     kg = load_graph(settings)
     layout = kg_graphs.kg_layout(kg)
@@ -77,9 +77,9 @@ def gnn_cost(settings) -> dict:
 
 
 def peer_cost(name: str, size: str = "published", num_classes: int = 10) -> dict:
-    """{'params', 'flops_per_flow'} of a peer (pclip_jax/peers/models.py) at `size`, from abstract shapes (nothing
+    """{'params', 'flops_per_flow'} of a peer (pclip_bench/peers/models.py) at `size`, from abstract shapes (nothing
     allocated): parameters of the classifier, FLOPs of its compiled forward pass on a batch of 8."""
-    from pclip_jax.peers import models as peer_models
+    from pclip_bench.peers import models as peer_models  # models built on use: the peer suite's summary imports this mo
 
     spec = peer_models.PEERS[name]
     module = spec.build(num_classes, size)

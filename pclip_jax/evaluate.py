@@ -20,19 +20,20 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from pclip_jax import errors, files, inference, parallel
-from pclip_jax import metrics as metrics_lib
-from pclip_jax.compat import count_params
+from pclip_jax.plumbing import errors, files, runtime
+from pclip_jax.training import restore as inference
+from pclip_jax.plumbing import metrics as metrics_lib
+from pclip_jax.plumbing.runtime import count_params
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
 from pclip_jax.data import taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.embedding import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
-                                 zero_shot_scores)
-from pclip_jax.kg import pipeline, train_gnn
-from pclip_jax.name_features import with_name_features
-from pclip_jax.settings import Settings
-from pclip_jax.workdir import Workdir
+from pclip_jax.training.towers import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
+                                       zero_shot_scores)
+from pclip_jax.training import detection as pipeline, train_gnn
+from pclip_jax.text.name_features import with_name_features
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.workdir import Workdir
 
 
 # ----------------------------------------------------------------------------------------------- the linear probe
@@ -152,7 +153,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     cache_dir = workdir.cache_dir(settings)
     names = prepared.class_names
     embed_fn = make_embed_fn(model)
-    rparams = parallel.replicate(params)
+    rparams = runtime.replicate(params)
     tensors = prepared.table.tensors
     batch = settings.eval.batch_size
     feats_train, z_train = embed_flows(embed_fn, rparams, tensors, prepared.train_idx, batch, progress=True,
@@ -265,7 +266,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     y = np.array([lookup.get(x, -1) for x in labels], np.int32)
     unknown = {str(n): int(c) for n, c in zip(*np.unique(labels[y < 0], return_counts=True))}
     idx = np.nonzero(y >= 0)[0]
-    feats, z = embed_flows(make_embed_fn(model), parallel.replicate(params), table.tensors, idx,
+    feats, z = embed_flows(make_embed_fn(model), runtime.replicate(params), table.tensors, idx,
                            settings.eval.batch_size, progress=True)
     result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
               "label_level": level}

@@ -20,7 +20,7 @@ import time
 
 
 def main(argv=None) -> dict:
-    from pclip_jax.data import tfds_builders
+    from pclip_jax.data import tfds_builders  # TFDS and TensorFlow load when a build runs, not for --help
 
     parser = argparse.ArgumentParser(prog="python -m pclip_jax.data.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(tfds_builders.BUILDERS), help="dataset builder")

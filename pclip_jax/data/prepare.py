@@ -22,9 +22,10 @@ from pclip_jax.data import splits as splits_lib
 from pclip_jax.data import taxonomy
 from pclip_jax.data.capture import find_captures
 from pclip_jax.data.download import download_ndpi
-from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
-from pclip_jax.files import exclusive_lock
-from pclip_jax.settings import DataSettings, split_input
+from pclip_jax.data.flow_table import FlowTable
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.plumbing.files import exclusive_lock
+from pclip_jax.plumbing.settings import DataSettings, split_input
 
 
 @dataclasses.dataclass

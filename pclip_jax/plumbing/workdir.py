@@ -15,7 +15,7 @@
         xla/                      compiled XLA programs of `classify`/`evaluate`, reused by later runs (JAX's cache)
       metrics_train.jsonl, tensorboard/, roc_*.png
 
-Every file is written atomically (`pclip_jax.files`).
+Every file is written atomically (`pclip_jax.plumbing.files`).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from pclip_jax import files
-from pclip_jax import settings as settings_lib
-from pclip_jax.settings import Settings
+from pclip_jax.plumbing import files
+from pclip_jax.plumbing import settings as settings_lib
+from pclip_jax.plumbing.settings import Settings
 
 
 class WorkdirError(FileNotFoundError):

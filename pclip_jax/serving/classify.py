@@ -18,7 +18,7 @@ elsewhere, `off` not at all), so only the first run on a workdir compiles them.
 Captures are ingested as `pclip_jax.ingest` does (same INPUT syntax, same packets/bytes/masking as the workdir's
 config). Every flow is classified, also those the training filters would drop; a flow with fewer packets than the
 config's `data.min_packets`, whose calibrated level-1 probability is below 0.5, or that is out of distribution
-(`pclip_jax/calibration.py`: temperatures and an OOD threshold fitted on the validation captures) is marked
+(`pclip_jax/training/calibration.py`: temperatures and an OOD threshold fitted on the validation captures) is marked
 `"low_confidence": true`. Each flow goes through the packet tower (projected
 embedding, as the GNN was trained on) and the hierarchical GNN over the workdir's knowledge graph, re-weighted by a
 mission when one is given (a name from the graph's `missions:` or a free-text statement).
@@ -28,7 +28,7 @@ One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port
 `level2` (predicted node `id`, `name`, `probability`, `calibrated_probability`; level 2 also
 `conditional_probability` given the class, null when the chosen class has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
 path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
-plus the flow facts the text tower saw; see `pclip_jax.kg.explain`).
+plus the flow facts the text tower saw; see `pclip_jax.serving.explain`).
 
 JSON lines go to `--out` (default: stdout). The summary table, timings and `--explain-text` go to stdout when
 `--out` is a file and to stderr when the JSON lines take stdout. Unreadable captures are reported (file, byte offset,
@@ -50,14 +50,14 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from pclip_jax import calibration as calibration_lib
-from pclip_jax import errors
-from pclip_jax import text as text_lib
-from pclip_jax.data.ingest import (CaptureStream, FlowTable, IngestConfig, IngestError, capture_jobs, ingest,
-                                   keep_freed_memory)
-from pclip_jax.kg.explain import ExplainInfo, explanation_text, explanations
-from pclip_jax.name_features import NameEncoder, with_name_features
-from pclip_jax.settings import Settings
+from pclip_jax.training import calibration as calibration_lib
+from pclip_jax.plumbing import errors
+from pclip_jax.text import prompts as text_lib
+from pclip_jax.data.ingest import CaptureStream, IngestConfig, IngestError, capture_jobs, ingest, keep_freed_memory
+from pclip_jax.data.flow_table import FlowTable
+from pclip_jax.serving.explain import ExplainInfo, explanation_text, explanations
+from pclip_jax.text.name_features import NameEncoder, with_name_features
+from pclip_jax.plumbing.settings import Settings
 
 META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
@@ -106,9 +106,9 @@ class Engine:
 
 def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
     """The JAX backend: the workdir's towers and GNN (`inference.load_classifier`, or an already loaded `clf`)."""
-    from pclip_jax.embedding import embed_flows
-    from pclip_jax.inference import load_classifier
-    from pclip_jax.kg.explain import detection_arrays, detection_fn
+    from pclip_jax.training.towers import embed_flows  # the jax backend on use: the onnx backend runs without JAX
+    from pclip_jax.training.restore import load_classifier
+    from pclip_jax.serving.explain import detection_arrays, detection_fn
 
     clf = clf or load_classifier(workdir, mission)
     fn = detection_fn(clf.gnn_config, clf.gnn_params, clf.kg)
@@ -124,8 +124,8 @@ def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
 
 
 def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> Engine:
-    """The ONNX backend: an export of `pclip_jax.export`, run by onnxruntime (JAX is not imported)."""
-    from pclip_jax.onnx_runtime import OnnxModel
+    """The ONNX backend: an export of `pclip_jax.serving.export`, run by onnxruntime (JAX is not imported)."""
+    from pclip_jax.serving.onnx_runtime import OnnxModel  # onnxruntime (optional extra) only for the onnx backend
 
     t0 = time.perf_counter()
     model = OnnxModel(model_dir, threads=threads)
@@ -254,7 +254,7 @@ class ClassifyRun:
 
 
 def _compilation_counter():
-    from pclip_jax.compat import CompilationCounter
+    from pclip_jax.plumbing.runtime import CompilationCounter  # JAX only for the jax backend
     return CompilationCounter()
 
 
@@ -267,7 +267,7 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
     the models are loaded, or an open text stream), in capture order and flow order within a capture.
 
-    `backend`: "jax" runs the workdir `workdir`; "onnx" runs the export `model` (`pclip_jax.export`) with
+    `backend`: "jax" runs the workdir `workdir`; "onnx" runs the export `model` (`pclip_jax.serving.export`) with
     onnxruntime and `threads` intra-op threads (0: all cores), without importing JAX.
     Captures stream: a background reader ingests up to `read_ahead` captures ahead while the models load and while
     earlier captures are classified, and flows go through the models in groups of about `chunk`, so memory holds a
@@ -288,10 +288,10 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     # Settings and the list of captures first: a missing input (or, with --strict, a capture problem) fails before
     # the models are loaded.
     if backend == "jax":
-        from pclip_jax.workdir import Workdir
+        from pclip_jax.plumbing.workdir import Workdir  # jax backend: the workdir's settings (the onnx branch reads the
         settings = Workdir(workdir).read_settings()
     else:
-        from pclip_jax.onnx_runtime import read_export_settings
+        from pclip_jax.serving.onnx_runtime import read_export_settings  # onnxruntime (optional extra) only for the onn
         settings = read_export_settings(model)
     ingest_config = IngestConfig.from_data_config(settings.data, strict=strict, workers=workers)
     jobs = capture_jobs(inputs)
@@ -440,14 +440,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if (args.backend == "onnx") != (args.model is not None) or (args.backend == "jax" and args.workdir is None):
         print("error: --backend jax needs --workdir W; --backend onnx needs --model DIR (python -m "
-              "pclip_jax.export --workdir W --out DIR writes one)", file=sys.stderr)
+              "pclip_jax.serving.export --workdir W --out DIR writes one)", file=sys.stderr)
         return 2
     keep_freed_memory()  # a process that streams captures (pclip_jax/data/ingest.py)
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
     with errors.cli_errors(args.verbose) as status:
         if args.backend == "jax" and args.compile_cache != "off":
-            from pclip_jax.inference import use_compilation_cache
+            from pclip_jax.training.restore import use_compilation_cache  # the jax backend on use: the onnx backend run
             use_compilation_cache(args.workdir, args.compile_cache, tool="classify")
         try:
             run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,

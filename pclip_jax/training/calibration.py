@@ -70,7 +70,7 @@ def ood_scores(z: np.ndarray, node_text: np.ndarray) -> Optional[np.ndarray]:
 
 def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
     """Temperatures (and the OOD threshold) from validation flows; ECE before and after on them."""
-    from pclip_jax import metrics as metrics_lib  # scikit-learn: not needed where only `scale` runs (classify)
+    from pclip_jax.plumbing import metrics as metrics_lib  # scikit-learn: not needed where only `scale` runs (classify)
 
     out = {"level1_temperature": fit_temperature(prob1, y1), "validation_flows": int(len(y1))}
     out["validation_ece_level1"] = metrics_lib.calibration(y1, prob1 / prob1.sum(1, keepdims=True))["ece"] \
@@ -165,7 +165,7 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
     practice), and how well the OOD score and the top probability separate flows of unseen applications."""
     from sklearn.metrics import roc_auc_score
 
-    from pclip_jax import metrics as metrics_lib
+    from pclip_jax.plumbing import metrics as metrics_lib  # scikit-learn: not needed where only `scale` runs (classify)
 
     def split(name):
         p = np.asarray(flows[f"{name}_prob1"], np.float64)
