@@ -23,11 +23,11 @@ def peak_flops(device) -> float | None:
 
 def packet_tower_cost(settings) -> dict:
     """{'params', 'flops_per_flow'} of the packet tower of `settings` (Settings)."""
-    from pclip_jax.training import towers as embedding  # models built on use: the peer suite's summary imports this mod
+    from pclip_jax.training import towers  # models built on use: the peer suite's summary imports this module
     from pclip_jax.models.packet_tower import PacketTower  # models built on use: the peer suite's summary imports this 
 
-    tower = PacketTower(embedding.model_config(settings).packet)
-    b = embedding.dummy_batch(settings, BATCH)
+    tower = PacketTower(towers.model_config(settings).packet)
+    b = towers.dummy_batch(settings, BATCH)
     args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"], b.get("name_vec"))
     shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
     params = tower.init(jax.random.PRNGKey(0), *args)
@@ -36,12 +36,12 @@ def packet_tower_cost(settings) -> dict:
 
 
 def two_tower_heads_cost(settings) -> dict:
-    from pclip_jax.training import towers as embedding  # models built on use: the peer suite's summary imports this mod
+    from pclip_jax.training import towers  # models built on use: the peer suite's summary imports this module
     from pclip_jax.models.two_towers import TwoTowers  # models built on use: the peer suite's summary imports this modu
 
-    model = TwoTowers(embedding.model_config(settings))
-    shapes = jax.eval_shape(lambda: embedding.init_params(model, settings, jax.random.PRNGKey(0)))
-    counts = embedding.param_counts(shapes)
+    model = TwoTowers(towers.model_config(settings))
+    shapes = jax.eval_shape(lambda: towers.init_params(model, settings, jax.random.PRNGKey(0)))
+    counts = towers.param_counts(shapes)
     return {"params": counts["trainable_total"], "projection_heads": counts["projection_heads"]}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from pclip_jax.plumbing import errors, files, runtime
-from pclip_jax.training import restore as inference
+from pclip_jax.training import restore
 from pclip_jax.plumbing import metrics as metrics_lib
 from pclip_jax.plumbing.runtime import count_params
 from pclip_jax.data import labels as labels_lib
@@ -30,7 +30,7 @@ from pclip_jax.data import taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.training.towers import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
                                        zero_shot_scores)
-from pclip_jax.training import detection as pipeline, train_gnn
+from pclip_jax.training import detection, train_gnn
 from pclip_jax.text.name_features import with_name_features
 from pclip_jax.plumbing.settings import Settings
 from pclip_jax.plumbing.workdir import Workdir
@@ -240,9 +240,9 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     Raises `errors.UserError` subclasses (WorkdirError, ...) for a missing or unfinished workdir and a
     ValueError when no flow of the captures carries a label of the given spec."""
     wd = Workdir(workdir)
-    towers = inference.load_towers(wd)
+    towers = restore.load_towers(wd)
     settings, model, params, info = towers.settings, towers.model, towers.params, towers.info
-    clf = inference.load_classifier(wd, towers=towers) if wd.has_gnn() else None
+    clf = restore.load_classifier(wd, towers=towers) if wd.has_gnn() else None
     probe = wd.load_probe()
     prompt_feats, prompt_class = wd.load_class_text()
     names, level = info["class_names"], info["label_level"]
@@ -252,7 +252,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     table = labels_lib.attach_labels(table, label_spec, inputs=inputs)
     # The classes as the workdir's training named them (the label hierarchy, its graph, or the raw labels).
     table, _ = taxonomy.resolve_levels(table, settings.data.taxonomy,
-                                       pipeline.load_graph(settings) if settings.gnn.kg else None)
+                                       detection.load_graph(settings) if settings.gnn.kg else None)
     table = with_name_features(table, settings)
     labelled_before = int((np.asarray(table.meta[level]).astype(str) != "").sum()) if level in table.meta else 0
     if not labelled_before:
@@ -322,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     with errors.cli_errors(args.verbose) as status:
         if args.compile_cache != "off":
-            inference.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
+            restore.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
         evaluate_workdir(args.workdir, args.inputs, args.labels, args.out)
     return status.code
 

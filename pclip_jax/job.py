@@ -24,7 +24,7 @@ from pclip_jax.plumbing.runtime import data_parallel_implementation, maybe_initi
 from pclip_jax.plumbing.settings import Settings, from_config, with_absolute_paths
 from pclip_jax.plumbing.workdir import Workdir
 from pclip_jax.training import detection, loop
-from pclip_jax.training import pretrain as train
+from pclip_jax.training import pretrain
 from pclip_jax.training.experiment import check_inputs, prepare_experiment, save_embeddings
 from pclip_jax.training.towers import build_model, text_featurizer
 
@@ -67,12 +67,12 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
         settings = graph_for_labels(settings, wd, prepared)
         wd.save_settings(settings)
     featurizer = text_featurizer(settings)
-    pretraining, hidden = train.pretraining_flows(prepared, settings)
-    texts = train.build_train_texts(pretraining, settings, featurizer, cache_dir, hidden)
+    pretraining, hidden = pretrain.pretraining_flows(prepared, settings)
+    texts = pretrain.build_train_texts(pretraining, settings, featurizer, cache_dir, hidden)
     model = build_model(settings)
     t_train = time.time()
-    validate = train.make_validator(settings, model, prepared, featurizer, cache_dir)
-    params, steps = train.pretrain(settings, wd, pretraining, texts, model, validate=validate)
+    validate = pretrain.make_validator(settings, model, prepared, featurizer, cache_dir)
+    params, steps = pretrain.pretrain(settings, wd, pretraining, texts, model, validate=validate)
     t_train = time.time() - t_train
     if model.text_encoder is not None:  # prompts and graph descriptions through the tuned text tower
         featurizer = text_featurizer(settings, params)

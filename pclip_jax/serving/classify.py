@@ -87,7 +87,7 @@ def _py(values: np.ndarray) -> list:
 @dataclasses.dataclass
 class Engine:
     """A trained model as classify runs it, whichever runtime: `embed(tensors, indices) -> z [N, Dp]` (the packet
-    tower), `detect(z) -> arrays` (the GNN's `kg.explain.ARRAY_KEYS` arrays), and what explanations and the
+    tower), `detect(z) -> arrays` (the GNN's `serving.explain.ARRAY_KEYS` arrays), and what explanations and the
     low-confidence rule read. Built by `jax_engine` (a workdir) or `onnx_engine` (an export, without JAX)."""
     backend: str
     settings: Settings
@@ -105,7 +105,7 @@ class Engine:
 
 
 def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
-    """The JAX backend: the workdir's towers and GNN (`inference.load_classifier`, or an already loaded `clf`)."""
+    """The JAX backend: the workdir's towers and GNN (`restore.load_classifier`, or an already loaded `clf`)."""
     from pclip_jax.training.towers import embed_flows  # the jax backend on use: the onnx backend runs without JAX
     from pclip_jax.training.restore import load_classifier
     from pclip_jax.serving.explain import detection_arrays, detection_fn

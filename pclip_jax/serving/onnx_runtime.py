@@ -1,7 +1,7 @@
 """Running an export of `pclip_jax.serving.export` with onnxruntime: no JAX, Flax or jraph imported.
 
 `OnnxModel(DIR)` loads the two ONNX models and the files beside them; `embed` and `detect` run them in batches and
-return numpy arrays (the packet tower's flow embeddings, and the detection arrays of `kg.explain.ARRAY_KEYS`), so
+return numpy arrays (the packet tower's flow embeddings, and the detection arrays of `serving.explain.ARRAY_KEYS`), so
 `classify --backend onnx` explains flows with the same code as the JAX backend.
 """
 from __future__ import annotations

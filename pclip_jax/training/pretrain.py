@@ -21,13 +21,13 @@ from pclip_jax.training import loop, losses
 from pclip_jax.text import prompts as text_lib
 from pclip_jax.data.flow_source import FlowRows, Prefetcher, TableRows
 from pclip_jax.data.prepare import PreparedFlows
-from pclip_jax.training.towers import (AXIS, TENSOR_KEYS, class_text_features, embed_flows, init_params,
+from pclip_jax.training.towers import (AXIS, TENSOR_KEYS, class_text_features, embed_flows,
                                        load_descriptions, make_embed_fn, zero_shot_scores)
 from pclip_jax.plumbing.metrics import classification_report
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowers
 from pclip_jax.data.flow_table import NAME_KEY
-from pclip_jax.plumbing.settings import Settings, TrainSettings
+from pclip_jax.plumbing.settings import Settings
 from pclip_jax.text.feature_cache import TextFeaturizer, cached_text_features
 from pclip_jax.plumbing.workdir import Workdir
 from pclip_jax.training.state import TrainState, create_state, make_optimizer  # noqa: F401  (create_state: tests, benchmarks)

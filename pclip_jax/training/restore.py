@@ -19,7 +19,7 @@ import numpy as np
 from pclip_jax.plumbing import files, runtime
 from pclip_jax.plumbing.checkpointing import Checkpoints
 from pclip_jax.training.towers import build_model, make_embed_fn
-from pclip_jax.training import detection as pipeline
+from pclip_jax.training import detection
 from pclip_jax.models.gnn import GnnConfig
 from pclip_jax.training.train_gnn import GnnTrainConfig, PreparedKG
 from pclip_jax.training.loop import BestKeeper
@@ -92,7 +92,7 @@ class Classifier:
     """Everything needed to classify flows with a trained workdir (see `load_classifier`)."""
     towers: Towers
     replicated_params: Any      # params on every local device, for the pmapped packet tower
-    embed_fn: Any               # embedding.make_embed_fn(model)
+    embed_fn: Any               # towers.make_embed_fn(model)
     gnn_train_config: GnnTrainConfig
     gnn_params: Any
     kg: PreparedKG              # mission applied
@@ -131,13 +131,13 @@ def load_classifier(workdir: Workdir | str, mission: Optional[str] = None, tower
     towers = towers or load_towers(wd)
     params, model = towers.params, towers.model
     featurizer = LazyTextFeaturizer(settings, params=params.get("text_encoder"), module=model.text_encoder)
-    kg = pipeline.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings), mission,
+    kg = detection.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings), mission,
                                        verbose=True)
-    gnn_params = pipeline.load_gnn(wd, settings, kg)
+    gnn_params = detection.load_gnn(wd, settings, kg)
     calibration_file = wd.gnn_dir / "calibration.json"
     calibration = files.read_json(calibration_file) if calibration_file.is_file() else None
     return Classifier(towers=towers, replicated_params=runtime.replicate(params), embed_fn=make_embed_fn(model),
-                      gnn_train_config=pipeline.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
+                      gnn_train_config=detection.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
                       load_seconds=time.perf_counter() - t0, calibration=calibration)
 
 
