@@ -69,7 +69,7 @@ def run_nfstream(files: list[str]) -> dict:
 def run_classify(args: list[str], files: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "preds.jsonl"
-        wall, cpu, stdout, _ = _child([sys.executable, "-m", "pclip_jax.serving.classify", *args, *files, "--out", str(out),
+        wall, cpu, stdout, _ = _child([sys.executable, "-m", "pclip_jax.classify", *args, *files, "--out", str(out),
                                        "--quiet"])
         flows = sum(1 for _ in out.open())
     m = re.search(r"\[load ([\d.]+) s, ingest ([\d.]+) s", stdout)

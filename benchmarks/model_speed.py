@@ -10,8 +10,8 @@ the same device, at the same batch, for each model
   its graph side computed once, as `classify` does; a peer: its classifier), FLOPs per flow from the program
   compiled for the CPU (a multiply-add = 2 FLOPs; XLA:GPU's own count leaves out the cuBLAS matrix products);
 * training: flows/s of one optimizer step (PacketCLIP: the pmap-sharded contrastive pre-training step of
-  `pclip_jax.training.pretrain` over all local devices, its global batch `--batch`, its FLOPs those of the global batch with
-  the optimizer update counted once; a peer: the suite's fine-tuning step,
+  `pclip_jax.training.pretrain` over all local devices, its global batch `--batch`, its FLOPs those of the global
+  batch with the optimizer update counted once; a peer: the suite's fine-tuning step,
   `pclip_bench.peers.train.make_finetune_step`), FLOPs per step, MFU where the device's peak is known;
 * device memory of one training step (arguments, outputs and temporaries, from XLA's memory analysis).
 

@@ -171,7 +171,8 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_the_main_job_sits_above_the_stages_it_runs():
     graph = import_graph()
-    assert {"pclip_jax.training.pretrain", "pclip_jax.evaluate", "pclip_jax.training.detection"} <= graph["pclip_jax.job"]
+    stages = {"pclip_jax.training.pretrain", "pclip_jax.evaluate", "pclip_jax.training.detection"}
+    assert stages <= graph["pclip_jax.job"]
     # Only the flags module imports the main job; the library never imports the benchmark package.
     for module, edges in graph.items():
         if module.startswith("pclip_jax"):

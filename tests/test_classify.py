@@ -307,7 +307,7 @@ def test_workdir_works_from_another_directory_without_re_embedding(workdir, ndpi
 
 def _classify_process(args):
     """`python -m pclip_jax.classify ARGS` in a fresh process, as a user runs it: (stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "pclip_jax.serving.classify", *args, "--quiet"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pclip_jax.classify", *args, "--quiet"], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout, proc.stderr

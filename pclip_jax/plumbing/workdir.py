@@ -79,7 +79,8 @@ class Workdir:
         return pathlib.Path(settings.data.cache_dir) if settings.data.cache_dir else self.path / "cache"
 
     def compilation_cache_dir(self, settings: Settings) -> pathlib.Path:
-        """Where `classify` and `evaluate` keep compiled XLA programs for the next run (`runtime.use_compilation_cache`)."""
+        """Where `classify` and `evaluate` keep compiled XLA programs for the next run
+        (`runtime.use_compilation_cache`)."""
         return self.cache_dir(settings) / "xla"
 
     def plot(self, name: str) -> pathlib.Path:

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import yaml
 
-from pclip_jax.graph.schema import display_name  # noqa: F401  (prompts.display_name: the same names in prompts and graphs)
+from pclip_jax.graph.schema import display_name  # noqa: F401  (the same class names in prompts and graphs)
 
 DEFAULT_DESCRIPTIONS = pathlib.Path(__file__).resolve().parent.parent / "data" / "class_descriptions.yaml"
 _SECTIONS = ("classes", "applications")

@@ -213,7 +213,7 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
 
 def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: Workdir, test_rows,
               test_pred, z_test=None) -> dict:
-    """Temperatures and the OOD threshold fitted on the validation captures (`pclip_jax.training.calibration`), written to
+    """Temperatures and the OOD threshold fitted on the validation captures (`training.calibration`), written to
     WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
     reliability blocks, moved into results.json's level reports by the caller). `test_pred`: the GNN's
     predictions (`train_gnn.predict_arrays`) for the flows `test_rows` (embeddings `z_test`), already computed by

@@ -1,8 +1,9 @@
 """Contrastive pre-training of the packet tower against the text tower, data-parallel over all local devices.
 
 `pretrain(settings, workdir, prepared, texts, model)` runs (or resumes) it through the shared training loop
-(`pclip_jax.training.loop`): a pmapped step with a global contrastive loss (`pclip_jax.training.losses`), batches that are a pure
-function of (seed, step), orbax checkpoints, and the validation-best parameters kept on disk. The whole job is
+(`pclip_jax.training.loop`): a pmapped step with a global contrastive loss (`pclip_jax.training.losses`),
+batches that are a pure function of (seed, step), orbax checkpoints, and the validation-best parameters kept on
+disk. The whole job is
 `pclip_jax.job.train_and_evaluate`.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pclip_jax.data.flow_table import NAME_KEY
 from pclip_jax.plumbing.settings import Settings
 from pclip_jax.text.feature_cache import TextFeaturizer, cached_text_features
 from pclip_jax.plumbing.workdir import Workdir
-from pclip_jax.training.state import TrainState, create_state, make_optimizer  # noqa: F401  (create_state: tests, benchmarks)
+from pclip_jax.training.state import TrainState, create_state, make_optimizer  # noqa: F401  (tests use create_state)
 
 def make_train_step(model: TwoTowers, settings: Settings):
     """The pre-training step, pmap-sharded over the local devices (`runtime.pmap`, axis `AXIS`)."""
