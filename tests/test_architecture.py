@@ -199,3 +199,17 @@ def test_classify_with_jax_imports_no_library_it_does_not_use():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "", f"imported on the classify path: {proc.stdout.strip()}"
+
+
+def test_the_graph_layer_and_ingest_import_no_jax():
+    """The knowledge graph is data (graph/ has no JAX), and ingest stays free of it (start-up time of its CLI)."""
+    import subprocess
+    import sys
+
+    modules = sorted(m for m in import_graph() if m.startswith("pclip_jax.graph")) + ["pclip_jax.data.ingest",
+                                                                                       "pclip_jax.data.flow_table"]
+    probe = (f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+             "print(','.join(m for m in ('jax', 'flax', 'jraph') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"imported by {modules}: {proc.stdout.strip()}"
