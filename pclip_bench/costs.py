@@ -23,8 +23,9 @@ def peak_flops(device) -> float | None:
 
 def packet_tower_cost(settings) -> dict:
     """{'params', 'flops_per_flow'} of the packet tower of `settings` (Settings)."""
-    from pclip_jax.training import towers  # models built on use: the peer suite's summary imports this module
-    from pclip_jax.models.packet_tower import PacketTower  # models built on use: the peer suite's summary imports this 
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.training import towers
+    from pclip_jax.models.packet_tower import PacketTower
 
     tower = PacketTower(towers.model_config(settings).packet)
     b = towers.dummy_batch(settings, BATCH)
@@ -36,8 +37,9 @@ def packet_tower_cost(settings) -> dict:
 
 
 def two_tower_heads_cost(settings) -> dict:
-    from pclip_jax.training import towers  # models built on use: the peer suite's summary imports this module
-    from pclip_jax.models.two_towers import TwoTowers  # models built on use: the peer suite's summary imports this modu
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.training import towers
+    from pclip_jax.models.two_towers import TwoTowers
 
     model = TwoTowers(towers.model_config(settings))
     shapes = jax.eval_shape(lambda: towers.init_params(model, settings, jax.random.PRNGKey(0)))
@@ -46,7 +48,8 @@ def two_tower_heads_cost(settings) -> dict:
 
 
 def bert_cost(bert_config, seq_len: int) -> dict:
-    from pclip_jax.models.bert import BertEncoder  # models built on use: the peer suite's summary imports this module w
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.models.bert import BertEncoder
 
     model = BertEncoder(bert_config)
     ids = jnp.ones((1, seq_len), jnp.int32)
@@ -58,9 +61,10 @@ def bert_cost(bert_config, seq_len: int) -> dict:
 
 def gnn_cost(settings) -> dict:
     """{'params', 'flops_per_flow', 'kg', 'kg_nodes'} of the detection stage on the graph `gnn.kg`."""
-    from pclip_jax.models import graph_tuples as kg_graphs  # models built on use: the peer suite's summary imports this
-    from pclip_jax.models.gnn import HierarchicalGNN, flops_per_flow  # models built on use: the peer suite's summary im
-    from pclip_jax.training.detection import gnn_train_config, load_graph  # models built on use: the peer suite's summa
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.models import graph_tuples as kg_graphs
+    from pclip_jax.models.gnn import HierarchicalGNN, flops_per_flow
+    from pclip_jax.training.detection import gnn_train_config, load_graph
 
     kg = load_graph(settings)
     layout = kg_graphs.kg_layout(kg)
@@ -79,7 +83,8 @@ def gnn_cost(settings) -> dict:
 def peer_cost(name: str, size: str = "published", num_classes: int = 10) -> dict:
     """{'params', 'flops_per_flow'} of a peer (pclip_bench/peers/models.py) at `size`, from abstract shapes (nothing
     allocated): parameters of the classifier, FLOPs of its compiled forward pass on a batch of 8."""
-    from pclip_bench.peers import models as peer_models  # models built on use: the peer suite's summary imports this mo
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_bench.peers import models as peer_models
 
     spec = peer_models.PEERS[name]
     module = spec.build(num_classes, size)

@@ -55,9 +55,10 @@ from pclip_jax.plumbing import errors
 from pclip_jax.text import prompts as text_lib
 from pclip_jax.data.ingest import CaptureStream, IngestConfig, IngestError, capture_jobs, ingest, keep_freed_memory
 from pclip_jax.data.flow_table import FlowTable
-from pclip_jax.serving.explain import ExplainInfo, explanation_text, explanations
+from pclip_jax.serving.explain import ExplainInfo, detection_arrays, detection_fn, explanation_text, explanations
 from pclip_jax.text.name_features import NameEncoder, with_name_features
 from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.workdir import Workdir
 
 META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
@@ -106,9 +107,9 @@ class Engine:
 
 def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
     """The JAX backend: the workdir's towers and GNN (`restore.load_classifier`, or an already loaded `clf`)."""
-    from pclip_jax.training.towers import embed_flows  # the jax backend on use: the onnx backend runs without JAX
+    # the jax backend on use: the onnx backend runs without JAX
+    from pclip_jax.training.towers import embed_flows
     from pclip_jax.training.restore import load_classifier
-    from pclip_jax.serving.explain import detection_arrays, detection_fn
 
     clf = clf or load_classifier(workdir, mission)
     fn = detection_fn(clf.gnn_config, clf.gnn_params, clf.kg)
@@ -125,7 +126,8 @@ def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
 
 def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> Engine:
     """The ONNX backend: an export of `pclip_jax.serving.export`, run by onnxruntime (JAX is not imported)."""
-    from pclip_jax.serving.onnx_runtime import OnnxModel  # onnxruntime (optional extra) only for the onnx backend
+    # onnxruntime (optional extra) only for the onnx backend
+    from pclip_jax.serving.onnx_runtime import OnnxModel
 
     t0 = time.perf_counter()
     model = OnnxModel(model_dir, threads=threads)
@@ -288,10 +290,10 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     # Settings and the list of captures first: a missing input (or, with --strict, a capture problem) fails before
     # the models are loaded.
     if backend == "jax":
-        from pclip_jax.plumbing.workdir import Workdir  # jax backend: the workdir's settings (the onnx branch reads the
         settings = Workdir(workdir).read_settings()
     else:
-        from pclip_jax.serving.onnx_runtime import read_export_settings  # onnxruntime (optional extra) only for the onn
+        # onnxruntime (optional extra) only for the onnx backend
+        from pclip_jax.serving.onnx_runtime import read_export_settings
         settings = read_export_settings(model)
     ingest_config = IngestConfig.from_data_config(settings.data, strict=strict, workers=workers)
     jobs = capture_jobs(inputs)
@@ -447,7 +449,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = sys.stderr if to_stdout else sys.stdout
     with errors.cli_errors(args.verbose) as status:
         if args.backend == "jax" and args.compile_cache != "off":
-            from pclip_jax.training.restore import use_compilation_cache  # the jax backend on use: the onnx backend run
+            # the jax backend on use: the onnx backend runs without JAX
+            from pclip_jax.training.restore import use_compilation_cache
             use_compilation_cache(args.workdir, args.compile_cache, tool="classify")
         try:
             run = classify_captures(args.workdir, args.inputs, sys.stdout if to_stdout else args.out,
