@@ -141,7 +141,6 @@ def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> l
     # what a cell trains loads on use: the summary (tables, plots) runs without it
     from pclip_bench import costs
     from pclip_jax import job
-    from pclip_jax.training import experiment
 
     config, settings = dataset_settings(cell, workdir, overrides)
     with pclip_workdir_lock(workdir, cell):
@@ -213,7 +212,7 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     # what a cell trains loads on use: the summary (tables, plots) runs without it
     from pclip_bench import costs
     from pclip_jax import job
-    from pclip_jax.training import loop
+    from pclip_jax.training import experiment, loop
     from pclip_bench.peers import trees
 
     config, settings = dataset_settings(pclip_cell(cell), workdir, overrides)
@@ -281,7 +280,7 @@ def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], siz
 
 def _prepared(settings):
     # what a cell trains loads on use: the summary (tables, plots) runs without it
-    from pclip_jax import job
+    from pclip_jax.training import experiment
     from pclip_jax.training.detection import load_graph
 
     return experiment.prepare_experiment(settings, settings.data.cache_dir,
