@@ -51,12 +51,13 @@ def main(argv=None) -> int:
 
     from sklearn.ensemble import ExtraTreesClassifier
 
-    from pclip_jax.config_files import load_config
+    from pclip_jax.plumbing.config_files import load_config
     from pclip_jax.data.prepare import prepare_flows
-    from pclip_jax.kg.pipeline import load_graph
-    from pclip_jax.metrics import NOVEL, SEEN, by_application_novelty, classification_report, per_capture_accuracy
-    from pclip_jax.name_features import NameEncoder
-    from pclip_jax.settings import from_config, with_absolute_paths
+    from pclip_jax.training.detection import load_graph
+    from pclip_jax.plumbing.metrics import (NOVEL, SEEN, by_application_novelty, classification_report,
+                                            per_capture_accuracy)
+    from pclip_jax.text.name_features import NameEncoder
+    from pclip_jax.plumbing.settings import from_config, with_absolute_paths
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -8,7 +8,7 @@ temperature the job fits on the validation flows, with temperatures fitted on th
 temperature fitted on the unlabelled test flows to an accuracy estimate (ATC, Garg et al. 2022), and two bounds
 fitted on the test flows themselves; the share of flows of applications unseen in training in both splits, the
 accuracy on seen and unseen ones, and the AUROC of the OOD score and of the top probability as detectors of unseen
-applications (`pclip_jax.calibration.compare_methods`). Where the workdir also has `embeddings.npz` (runs since
+applications (`pclip_jax.training.calibration.compare_methods`). Where the workdir also has `embeddings.npz` (runs since
 2026-12-05), two more things that were tried: the nearest-neighbour score (similarity to the 5 closest training flows
 in the tower's space) as a detector of unseen applications and as the input of a per-flow temperature, and whether
 the tower has fitted its training flows (a probe's accuracy on held-out training captures against the test
@@ -22,17 +22,18 @@ import json
 import sys
 from pathlib import Path
 
-from pclip_jax import calibration, files
-from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
-from pclip_jax.workdir import Workdir
+from pclip_jax.training import calibration
+from pclip_jax.plumbing import files
+from pclip_jax.training.detection import CALIBRATION_FLOWS
+from pclip_jax.plumbing.workdir import Workdir
 
 
 def fitted_check(workdir: str) -> dict:
     """`calibration.fitted_embedding_check` on the run's training and test flows (its flow table and
-    embeddings.npz, checked against each other by `job.load_finished`)."""
-    from pclip_jax import job
+    embeddings.npz, checked against each other by `experiment.load_finished`)."""
+    from pclip_jax.training import experiment
 
-    finished = job.load_finished(Workdir(workdir).read_settings(), workdir)
+    finished = experiment.load_finished(Workdir(workdir).read_settings(), workdir)
     if finished is None:
         raise ValueError("embeddings.npz does not match the run's flows (rerun the job)")
     _, prepared, embeddings = finished

@@ -27,7 +27,7 @@ def _restore_step(ckpts, step: int, like):
     """Parameters of periodic checkpoint `step` (`ckpts`: the workdir's checkpoints, opened for reading)."""
     import jax
 
-    from pclip_jax.train import create_state
+    from pclip_jax.training.state import create_state
 
     shape = jax.eval_shape(lambda: create_state(like.settings, like.model, jax.random.PRNGKey(0)))
     return ckpts.restore(shape, step=step)[0].params
@@ -36,14 +36,16 @@ def _restore_step(ckpts, step: int, like):
 def score_workdir(workdir: str) -> list[dict]:
     """One row per kept pre-training step of `workdir`: probe and zero-shot metrics on validation and test."""
     from pclip_jax import evaluate as ev
-    from pclip_jax import inference, job, metrics, parallel
-    from pclip_jax.checkpointing import Checkpoints
-    from pclip_jax.embedding import embed_flows, make_embed_fn, zero_shot_scores
-    from pclip_jax.loop import BestKeeper
+    from pclip_jax.training import restore as inference
+    from pclip_jax.training import experiment
+    from pclip_jax.plumbing import metrics, runtime
+    from pclip_jax.plumbing.checkpointing import Checkpoints
+    from pclip_jax.training.towers import embed_flows, make_embed_fn, zero_shot_scores
+    from pclip_jax.training.loop import BestKeeper
 
     towers = inference.load_towers(workdir)
     settings, model, wd = towers.settings, towers.model, towers.workdir
-    finished = job.load_finished(settings, workdir)
+    finished = experiment.load_finished(settings, workdir)
     if finished is None:
         raise ValueError(f"{workdir}: not a finished main-job workdir (results.json and embeddings.npz)")
     _, prepared, _ = finished
@@ -60,7 +62,7 @@ def score_workdir(workdir: str) -> list[dict]:
     for step in sorted(set(steps) | {kept}):
         params = (BestKeeper(wd.best_checkpoints).load(towers.params) if step == best
                   else _restore_step(ckpts, step, towers))
-        embed_fn, replicated = make_embed_fn(model), parallel.replicate(params)
+        embed_fn, replicated = make_embed_fn(model), runtime.replicate(params)
         feats, z, y, idx = {}, {}, {}, {}
         for split, attr in (("train", "train_idx"), ("validation", "val_idx"), ("test", "test_idx")):
             r = np.asarray(getattr(prepared, attr))

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from test_trust import _fitted_on_some_captures  # noqa: E402
-from pclip_jax import calibration as cal  # noqa: E402
+from pclip_jax.training import calibration as cal  # noqa: E402
 for seed in range(4):
     proba, y, captures, f, keep = _fitted_on_some_captures(pathlib.Path("../shared/data/ndpi"), seed)
     c, t = (f == 2) & keep, (f == 3) & keep

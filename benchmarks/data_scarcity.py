@@ -32,8 +32,8 @@ def main(argv=None) -> int:
 
     from absl import logging
 
-    from pclip_jax import errors, files
-    from pclip_jax.peers import suite
+    from pclip_jax.plumbing import errors, files
+    from pclip_bench.peers import suite
 
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)

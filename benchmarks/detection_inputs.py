@@ -51,15 +51,16 @@ def raw_features(tensors: dict, rows: np.ndarray, variant: str) -> np.ndarray:
 
 def run_workdir(workdir: str, variants, seeds, out_dir: pathlib.Path) -> list[dict]:
     from pclip_jax import evaluate as evaluate_lib
-    from pclip_jax import inference, job
-    from pclip_jax import metrics as metrics_lib
-    from pclip_jax.embedding import text_featurizer
-    from pclip_jax.kg import pipeline as detection
-    from pclip_jax.kg import train_gnn
+    from pclip_jax.training import restore as inference
+    from pclip_jax.training import experiment
+    from pclip_jax.plumbing import metrics as metrics_lib
+    from pclip_jax.training.towers import text_featurizer
+    from pclip_jax.training import detection
+    from pclip_jax.training import train_gnn
 
     towers = inference.load_towers(workdir)
     settings = towers.settings
-    finished = job.load_finished(settings, workdir)
+    finished = experiment.load_finished(settings, workdir)
     if finished is None:
         raise SystemExit(f"{workdir}: not a finished run with embeddings.npz (rerun its main job to finish it)")
     _, prepared, embeddings = finished

@@ -2,7 +2,7 @@
 
     python benchmarks/flops_params.py [--config configs/default.py] [--json OUT]
 
-The peers (pclip_jax/peers/models.py) at their published sizes are measured the same way; their trained (CPU)
+The peers (pclip_bench/peers/models.py) at their published sizes are measured the same way; their trained (CPU)
 sizes are in the peer suite's rows (benchmarks/peers.py).
 
 FLOPs come from XLA's cost analysis of the compiled forward pass (a multiply-add counts as 2 FLOPs), divided by
@@ -22,7 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-from pclip_jax.costs import bert_cost, gnn_cost, packet_tower_cost, peer_cost, two_tower_heads_cost  # noqa: E402
+from pclip_bench.costs import bert_cost, gnn_cost, packet_tower_cost, peer_cost, two_tower_heads_cost  # noqa: E402
 
 ETBERT_SEQ = 128
 ETBERT_PUBLISHED_PARAMS = 110e6  # BERT-base as usually quoted; the measured model adds ET-BERT's 60k-token vocabulary
@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "default.py"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    from pclip_jax.config_files import load_config
-    from pclip_jax.settings import from_config
+    from pclip_jax.plumbing.config_files import load_config
+    from pclip_jax.plumbing.settings import from_config
 
     config = from_config(load_config(args.config))
 

@@ -25,7 +25,7 @@ def run_main_job(args: argparse.Namespace, name: str, overrides: list[str], bann
     from absl import logging
 
     from pclip_jax import job
-    from pclip_jax.config_files import load_config
+    from pclip_jax.plumbing.config_files import load_config
 
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)

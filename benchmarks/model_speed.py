@@ -10,9 +10,9 @@ the same device, at the same batch, for each model
   its graph side computed once, as `classify` does; a peer: its classifier), FLOPs per flow from the program
   compiled for the CPU (a multiply-add = 2 FLOPs; XLA:GPU's own count leaves out the cuBLAS matrix products);
 * training: flows/s of one optimizer step (PacketCLIP: the pmap-sharded contrastive pre-training step of
-  `pclip_jax.train` over all local devices, its global batch `--batch`, its FLOPs those of the global batch with
-  the optimizer update counted once; a peer: the suite's fine-tuning step,
-  `pclip_jax.peers.train.make_finetune_step`), FLOPs per step, MFU where the device's peak is known;
+  `pclip_jax.training.pretrain` over all local devices, its global batch `--batch`, its FLOPs those of the global
+  batch with the optimizer update counted once; a peer: the suite's fine-tuning step,
+  `pclip_bench.peers.train.make_finetune_step`), FLOPs per step, MFU where the device's peak is known;
 * device memory of one training step (arguments, outputs and temporaries, from XLA's memory analysis).
 
 Inputs are random arrays of the real shapes (speed does not depend on the values); nothing is read from disk, so
@@ -36,7 +36,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pclip_jax.costs import peak_flops  # noqa: E402
+from pclip_bench.costs import peak_flops  # noqa: E402
 
 PEER_NAMES = ("etbert", "yatc", "netmamba", "cnn1d", "fsnet")
 NUM_CLASSES = 16  # classifier width of the peers (speed barely depends on it)
@@ -83,9 +83,9 @@ def peer_speed(name: str, size: str, batch: int, dtype: str, reps: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from pclip_jax.compat import compiled_flops, count_params
-    from pclip_jax.peers import models as peer_models
-    from pclip_jax.peers.train import PeerTrainConfig, cast_floating, make_finetune_step, peer_optimizer
+    from pclip_jax.plumbing.runtime import compiled_flops, count_params
+    from pclip_bench.peers import models as peer_models
+    from pclip_bench.peers.train import PeerTrainConfig, cast_floating, make_finetune_step, peer_optimizer
 
     spec = peer_models.PEERS[name]
     module = spec.build(NUM_CLASSES, size)
@@ -131,14 +131,15 @@ def pclip_speed(config_path: str, overrides: list[str], batch: int, dtype: str, 
     import jax
     import jax.numpy as jnp
 
-    from pclip_jax import compat, embedding, parallel, train
-    from pclip_jax.compat import compiled_flops, count_params
-    from pclip_jax.config_files import load_config
-    from pclip_jax.kg import graphs as kg_graphs
-    from pclip_jax.kg.gnn import dense_scores, dense_structure, graph_constants, init_params
-    from pclip_jax.kg.pipeline import gnn_train_config, load_graph
+    from pclip_jax.plumbing import runtime
+    from pclip_jax.training import towers as embedding, pretrain as train
+    from pclip_jax.plumbing.runtime import compiled_flops, count_params
+    from pclip_jax.plumbing.config_files import load_config
+    from pclip_jax.models import graph_tuples as kg_graphs
+    from pclip_jax.models.gnn import dense_scores, dense_structure, graph_constants, init_params
+    from pclip_jax.training.detection import gnn_train_config, load_graph
     from pclip_jax.models.two_towers import TwoTowers
-    from pclip_jax.settings import from_config
+    from pclip_jax.plumbing.settings import from_config
 
     settings = from_config(load_config(config_path, [*overrides, f"train.dtype={dtype}"]))
     model = embedding.build_model(settings)
@@ -150,7 +151,7 @@ def pclip_speed(config_path: str, overrides: list[str], batch: int, dtype: str, 
     inputs["text"] = rng.standard_normal((batch, text_dim)).astype(np.float32)
     inputs["class_id"] = (np.arange(batch) % NUM_CLASSES).astype(np.int32)
     if settings.data.use_names:
-        from pclip_jax.name_features import NAME_KEY
+        from pclip_jax.data.flow_table import NAME_KEY
 
         inputs[NAME_KEY] = rng.standard_normal((batch, settings.model.name_dim)).astype(np.float16)
 
@@ -174,11 +175,11 @@ def pclip_speed(config_path: str, overrides: list[str], batch: int, dtype: str, 
     infer_flops = compiled_flops(detect_fn, state.params, gnn_params, constants, tower_inputs, on_cpu=True) / batch
 
     # Training: the job's own pmap-sharded step over every local device, global batch `batch`.
-    global_batch = parallel.global_batch_size(batch)
+    global_batch = runtime.global_batch_size(batch)
     train_inputs = {k: v[:global_batch] for k, v in inputs.items()}
-    on_device = compat.shard_local(parallel.shard(train_inputs))
+    on_device = runtime.shard_local(runtime.shard(train_inputs))
     p_step = train.make_train_step(model, settings)
-    rstate, rngs = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
+    rstate, rngs = runtime.replicate(state), runtime.replicate(jax.random.PRNGKey(1))
     memory = _memory_mb(p_step.lower(rstate, on_device, rngs).compile())
     # FLOPs of the whole global batch on one (CPU) device: the same step, its device axis bound by vmap.
     step_flops = compiled_flops(jax.vmap(train.train_step_fn(model, settings), axis_name=embedding.AXIS),

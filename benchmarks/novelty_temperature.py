@@ -14,16 +14,17 @@ import sys
 
 import numpy as np
 
-from pclip_jax import calibration as cal
-from pclip_jax import files, job
-from pclip_jax import metrics as metrics_lib
-from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
-from pclip_jax.workdir import Workdir
+from pclip_jax.training import calibration as cal
+from pclip_jax.plumbing import files
+from pclip_jax.training import experiment
+from pclip_jax.plumbing import metrics as metrics_lib
+from pclip_jax.training.detection import CALIBRATION_FLOWS
+from pclip_jax.plumbing.workdir import Workdir
 
 
 def main(argv=None) -> int:
     w = (argv or sys.argv[1:])[0]
-    finished = job.load_finished(Workdir(w).read_settings(), w)
+    finished = experiment.load_finished(Workdir(w).read_settings(), w)
     if finished is None:
         print(f"error: {w}: not a finished run whose embeddings.npz matches its flows", file=sys.stderr)
         return 2

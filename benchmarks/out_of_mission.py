@@ -18,12 +18,13 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pclip_jax import calibration as cal
-from pclip_jax import classify, files
+from pclip_jax.training import calibration as cal
+from pclip_jax.serving import classify
+from pclip_jax.plumbing import files
 from pclip_jax.data import splits as splits_lib
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
-from pclip_jax.name_features import with_name_features
+from pclip_jax.training.detection import CALIBRATION_FLOWS
+from pclip_jax.text.name_features import with_name_features
 
 
 def main(argv=None) -> int:

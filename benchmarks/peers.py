@@ -10,9 +10,9 @@ from every finished cell, a table per dataset (mean ± sd over seeds), the paper
 (data-scarcity curves, mAUC against FLOPs, reliability diagrams) to W/plots/, everything to W/peers.json and the
 Markdown report (tables per dataset and fraction, the issue's quality bar, the claims, the cells still to run) to
 W/summary.md; `--readme FILE` also rewrites FILE's generated block (the quality bar, the claims, the full-data
-tables) between its two marker lines (`pclip_jax.peers.suite.README_BEGIN` / `README_END`).
+tables) between its two marker lines (`pclip_bench.peers.suite.README_BEGIN` / `README_END`).
 Models: pclip (rows pclip_probe, pclip_zero_shot, pclip_gnn[, pclip_gnn_level1]), extra_trees, lightgbm, cnn1d,
-fsnet, yatc, netmamba, etbert (pclip_jax/peers/). `--size published` trains the papers' sizes (accelerators).
+fsnet, yatc, netmamba, etbert (pclip_bench/peers/). `--size published` trains the papers' sizes (accelerators).
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def main(argv=None) -> int:
 
     from absl import logging
 
-    from pclip_jax import errors
-    from pclip_jax.peers import suite
+    from pclip_jax.plumbing import errors
+    from pclip_bench.peers import suite
 
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)

@@ -50,13 +50,15 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     import jax
     import numpy as np
 
-    from pclip_jax import compat, embedding, job, parallel, train
-    from pclip_jax.costs import peak_flops
-    from pclip_jax.config_files import load_config
+    from pclip_jax.plumbing import runtime
+    from pclip_jax.training import towers as embedding, pretrain as train
+    from pclip_jax.training import experiment
+    from pclip_bench.costs import peak_flops
+    from pclip_jax.plumbing.config_files import load_config
     from pclip_jax.data.flow_source import Prefetcher, TableRows
-    from pclip_jax.embedding import build_model, text_featurizer
-    from pclip_jax.settings import from_config, with_absolute_paths
-    from pclip_jax.workdir import Workdir
+    from pclip_jax.training.towers import build_model, text_featurizer
+    from pclip_jax.plumbing.settings import from_config, with_absolute_paths
+    from pclip_jax.plumbing.workdir import Workdir
 
     log_every = max(1, steps // 5)
     config = load_config(config_path, [*overrides, f"data.dataset={dataset_dir}", f"train.num_steps={steps}",
@@ -68,7 +70,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     text_cache = pathlib.Path(workdir).parent / "text-cache"
     text_cache.mkdir(parents=True, exist_ok=True)
     # The main job's own path with data.dataset: labels read once, packet bytes read per batch.
-    prepared = job.prepare_experiment(settings, text_cache)
+    prepared = experiment.prepare_experiment(settings, text_cache)
     rows = TableRows(prepared.table.tensors, prepared.train_idx)
     featurizer = text_featurizer(settings)
     texts = train.build_train_texts(prepared, settings, featurizer, text_cache)
@@ -81,17 +83,17 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     logged = [r for r in logged if "steps_per_sec" in r]
     timed = logged[1:] or logged  # the first window includes compilation
     steps_per_s = float(np.mean([r["steps_per_sec"] for r in timed]))
-    global_batch = parallel.global_batch_size(settings.train.batch_size)
+    global_batch = runtime.global_batch_size(settings.train.batch_size)
 
     # The input pipeline alone (read, decode, augment, text variants, shard), through the prefetcher training uses
     # (train.prefetch threads): the flows/s it can feed a device.
     known = np.maximum(prepared.class_ids[prepared.train_idx], 0)
-    mine = parallel.process_slice(global_batch)
+    mine = runtime.process_slice(global_batch)
 
     def batch_of(step):
         sample = train.sample_indices(step, len(rows), global_batch, known, settings.train.seed,
                                       settings.train.class_balance)
-        return parallel.shard(train.make_train_batch(prepared, texts, sample, step, settings.train.seed,
+        return runtime.shard(train.make_train_batch(prepared, texts, sample, step, settings.train.seed,
                                                      settings.train.augment, rows, mine))
 
     reads = max(5, min(steps, 20))
@@ -106,13 +108,13 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
     state = train.create_state(settings, model, jax.random.PRNGKey(0), texts.features.shape[1])
     p_step = train.make_train_step(model, settings)
     sample = train.sample_indices(0, len(rows), global_batch, known, 0, 0.5)
-    batch = parallel.shard(train.make_train_batch(prepared, texts, sample, 0, 0, settings.train.augment, rows, mine))
-    on_device = compat.shard_local(batch)
-    rstate, rngs = parallel.replicate(state), parallel.replicate(jax.random.PRNGKey(1))
-    # FLOPs of this process's step, counted on the program compiled for the CPU (compat.compiled_flops): the pmap
+    batch = runtime.shard(train.make_train_batch(prepared, texts, sample, 0, 0, settings.train.augment, rows, mine))
+    on_device = runtime.shard_local(batch)
+    rstate, rngs = runtime.replicate(state), runtime.replicate(jax.random.PRNGKey(1))
+    # FLOPs of this process's step, counted on the program compiled for the CPU (runtime.compiled_flops): the pmap
     # step with its device axis bound by vmap, so the per-device work (the optimizer update too) counts once a device.
     per_device, key = jax.local_device_count(), jax.random.PRNGKey(1)
-    flops_per_step = compat.compiled_flops(
+    flops_per_step = runtime.compiled_flops(
         jax.vmap(train.train_step_fn(model, settings), axis_name=embedding.AXIS),
         jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (per_device,) + np.shape(a)), state), batch,
         np.broadcast_to(np.asarray(key), (per_device,) + np.shape(key)), on_cpu=True) * jax.process_count()
@@ -135,7 +137,7 @@ def train_child(dataset_dir: str, config_path: str, overrides: list[str], steps:
             "input_flows_per_s": input_flows_per_s,
             "flops_per_step": flops_per_step, "mfu": mfu, "peak_rss_mb": _rss_mb(), "rss_before_training_mb": rss_before,
             "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-            "data_parallel": compat.data_parallel_implementation(),  # $PCLIP_DATA_PARALLEL: pmap or shard_map
+            "data_parallel": runtime.data_parallel_implementation(),  # $PCLIP_DATA_PARALLEL: pmap or shard_map
             "distinct_texts": len(texts.texts)}
 
 
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
         parser.error("--corpus-scale values must be >= 1")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     workdir = pathlib.Path(args.workdir).resolve()
-    from pclip_jax.config_files import load_config
+    from pclip_jax.plumbing.config_files import load_config
 
     data = load_config(args.config, args.overrides).data
     rows = []

@@ -4,7 +4,7 @@
 
 W: a workdir of the main job with `gnn/calibration_flows.npz` and `gnn/calibration.json` (`python -m
 pclip_jax.recalibrate --workdir W` brings an older one up to date). The choice between the conformal methods of
-`pclip_jax.calibration.conformal_threshold` is made on the *validation* captures alone: they are split at random,
+`pclip_jax.training.calibration.conformal_threshold` is made on the *validation* captures alone: they are split at random,
 by capture, into two halves `--repeats` times; each method is calibrated on one half and its level-1 sets' coverage
 measured on the other; the method whose coverage is closest to the target on average wins. The test captures are
 then reported for every method (never used to choose), with the low-confidence flag's accuracies and the
@@ -18,9 +18,9 @@ import sys
 
 import numpy as np
 
-from pclip_jax import calibration as cal
-from pclip_jax import files
-from pclip_jax.kg.pipeline import CALIBRATION_FLOWS
+from pclip_jax.training import calibration as cal
+from pclip_jax.plumbing import files
+from pclip_jax.training.detection import CALIBRATION_FLOWS
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pclip_jax.compat import compiled_flops, count_params
+from pclip_jax.plumbing.runtime import compiled_flops, count_params
 
 BATCH = 64
 
@@ -23,11 +23,12 @@ def peak_flops(device) -> float | None:
 
 def packet_tower_cost(settings) -> dict:
     """{'params', 'flops_per_flow'} of the packet tower of `settings` (Settings)."""
-    from pclip_jax import embedding
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.training import towers
     from pclip_jax.models.packet_tower import PacketTower
 
-    tower = PacketTower(embedding.model_config(settings).packet)
-    b = embedding.dummy_batch(settings, BATCH)
+    tower = PacketTower(towers.model_config(settings).packet)
+    b = towers.dummy_batch(settings, BATCH)
     args = (b["bytes"], b["sizes"], b["iat"], b["tcp_flags"], b.get("name_vec"))
     shapes = jax.eval_shape(lambda: tower.init(jax.random.PRNGKey(0), *args))
     params = tower.init(jax.random.PRNGKey(0), *args)
@@ -36,16 +37,18 @@ def packet_tower_cost(settings) -> dict:
 
 
 def two_tower_heads_cost(settings) -> dict:
-    from pclip_jax import embedding
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.training import towers
     from pclip_jax.models.two_towers import TwoTowers
 
-    model = TwoTowers(embedding.model_config(settings))
-    shapes = jax.eval_shape(lambda: embedding.init_params(model, settings, jax.random.PRNGKey(0)))
-    counts = embedding.param_counts(shapes)
+    model = TwoTowers(towers.model_config(settings))
+    shapes = jax.eval_shape(lambda: towers.init_params(model, settings, jax.random.PRNGKey(0)))
+    counts = towers.param_counts(shapes)
     return {"params": counts["trainable_total"], "projection_heads": counts["projection_heads"]}
 
 
 def bert_cost(bert_config, seq_len: int) -> dict:
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
     from pclip_jax.models.bert import BertEncoder
 
     model = BertEncoder(bert_config)
@@ -58,9 +61,10 @@ def bert_cost(bert_config, seq_len: int) -> dict:
 
 def gnn_cost(settings) -> dict:
     """{'params', 'flops_per_flow', 'kg', 'kg_nodes'} of the detection stage on the graph `gnn.kg`."""
-    from pclip_jax.kg import graphs as kg_graphs
-    from pclip_jax.kg.gnn import HierarchicalGNN, flops_per_flow
-    from pclip_jax.kg.pipeline import gnn_train_config, load_graph
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_jax.models import graph_tuples as kg_graphs
+    from pclip_jax.models.gnn import HierarchicalGNN, flops_per_flow
+    from pclip_jax.training.detection import gnn_train_config, load_graph
 
     kg = load_graph(settings)
     layout = kg_graphs.kg_layout(kg)
@@ -77,9 +81,10 @@ def gnn_cost(settings) -> dict:
 
 
 def peer_cost(name: str, size: str = "published", num_classes: int = 10) -> dict:
-    """{'params', 'flops_per_flow'} of a peer (pclip_jax/peers/models.py) at `size`, from abstract shapes (nothing
+    """{'params', 'flops_per_flow'} of a peer (pclip_bench/peers/models.py) at `size`, from abstract shapes (nothing
     allocated): parameters of the classifier, FLOPs of its compiled forward pass on a batch of 8."""
-    from pclip_jax.peers import models as peer_models
+    # only the cost that needs it loads it: callers of `peak_flops` (train_throughput) load no model
+    from pclip_bench.peers import models as peer_models
 
     spec = peer_models.PEERS[name]
     module = spec.build(num_classes, size)

@@ -24,20 +24,22 @@ from typing import Optional, Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from pclip_jax import calibration as calibration_lib
-from pclip_jax import errors, files, inference, parallel
-from pclip_jax import metrics as metrics_lib
-from pclip_jax.compat import count_params
+from pclip_jax.plumbing import errors, files, runtime
+from pclip_jax.training import restore
+from pclip_jax.plumbing import metrics as metrics_lib
+from pclip_jax.plumbing.runtime import count_params
+from pclip_jax.training import calibration as calibration_lib
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
 from pclip_jax.data import taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.embedding import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
-                                 zero_shot_scores)
-from pclip_jax.kg import pipeline, train_gnn
-from pclip_jax.name_features import with_name_features
-from pclip_jax.settings import Settings
-from pclip_jax.workdir import Workdir, taxonomy_record
+from pclip_jax.training.towers import (class_text_features, embed_flows, load_descriptions, make_embed_fn, param_counts,
+                                       zero_shot_scores)
+from pclip_jax.models import graph_tuples as kg_graphs
+from pclip_jax.training import detection, train_gnn
+from pclip_jax.text.name_features import with_name_features
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.workdir import Workdir, taxonomy_record
 
 
 # ----------------------------------------------------------------------------------------------- the linear probe
@@ -157,7 +159,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     cache_dir = workdir.cache_dir(settings)
     names = prepared.class_names
     embed_fn = make_embed_fn(model)
-    rparams = parallel.replicate(params)
+    rparams = runtime.replicate(params)
     tensors = prepared.table.tensors
     batch = settings.eval.batch_size
     feats_train, z_train = embed_flows(embed_fn, rparams, tensors, prepared.train_idx, batch, progress=True,
@@ -243,8 +245,6 @@ def trust_block(clf, settings: Settings, table, idx: np.ndarray, z: np.ndarray, 
                 coverage: float) -> dict:
     """`calibration.trust_report` of the GNN on labelled flows: the flows training keeps (`idx` of `table`, packet
     embeddings `z`) and the short ones (`short_table`, fewer packets than training keeps) apart and together."""
-    from pclip_jax.kg import graphs as kg_graphs
-
     zs = np.zeros((0, z.shape[1]), np.float32)
     if len(short_table):
         zs = embed_flows(make_embed_fn(clf.towers.model), clf.replicated_params, short_table.tensors,
@@ -264,7 +264,7 @@ def trust_block(clf, settings: Settings, table, idx: np.ndarray, z: np.ndarray, 
                                                                              "level2_temperature")}
     for name in ("in_scope", "short"):
         if name in report:
-            pipeline.print_trust(report[name], f"{name.replace('_', '-')} flows")
+            detection.print_trust(report[name], f"{name.replace('_', '-')} flows")
     return report
 
 
@@ -331,9 +331,9 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     if not 0 < coverage < 1:
         raise ValueError(f"--coverage {coverage}: must be between 0 and 1 (e.g. 0.9)")
     wd = Workdir(workdir)
-    towers = inference.load_towers(wd)
+    towers = restore.load_towers(wd)
     settings, model, params, info = towers.settings, towers.model, towers.params, towers.info
-    clf = inference.load_classifier(wd, towers=towers) if wd.has_gnn() else None
+    clf = restore.load_classifier(wd, towers=towers) if wd.has_gnn() else None
     probe = wd.load_probe()
     prompt_feats, prompt_class = wd.load_class_text()
     names, level = info["class_names"], info["label_level"]
@@ -348,7 +348,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     # The classes as the workdir's training named them (the taxonomy source it recorded), never re-decided from
     # the new captures.
     table, labels_report = trained_levels(table, wd, settings, names, level,
-                                          pipeline.load_graph(settings) if settings.gnn.kg else None)
+                                          detection.load_graph(settings) if settings.gnn.kg else None)
     print(f"[evaluate] classes from the {labels_report['taxonomy']['source']} taxonomy the workdir was trained "
           f"with ({labels_report['taxonomy']['recorded_in']}); {labels_report['labelled_flows']} labelled flows: "
           f"{labels_report['flows_of_model_classes']} of the model's {len(names)} classes, "
@@ -369,7 +369,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     y = np.array([lookup.get(x, -1) for x in labels], np.int32)
     unknown = {str(n): int(c) for n, c in zip(*np.unique(labels[y < 0], return_counts=True))}
     idx = np.nonzero(y >= 0)[0]
-    feats, z = embed_flows(make_embed_fn(model), parallel.replicate(params), table.tensors, idx,
+    feats, z = embed_flows(make_embed_fn(model), runtime.replicate(params), table.tensors, idx,
                            settings.eval.batch_size, progress=True)
     result = {"flows_evaluated": int(len(idx)), "unknown_classes": unknown, "dropped": dropped,
               "label_level": level, "labels": labels_report}
@@ -428,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     with errors.cli_errors(args.verbose) as status:
         if args.compile_cache != "off":
-            inference.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
+            restore.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
         evaluate_workdir(args.workdir, args.inputs, args.labels, args.out, args.coverage)
     return status.code
 

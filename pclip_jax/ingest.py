@@ -10,7 +10,7 @@ import sys
 
 from pclip_jax.data.ingest import IngestConfig, ingest, keep_freed_memory
 from pclip_jax.data.labels import attach_labels
-from pclip_jax.errors import cli_errors
+from pclip_jax.plumbing.errors import cli_errors
 
 
 def build_parser() -> argparse.ArgumentParser:

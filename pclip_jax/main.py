@@ -16,7 +16,8 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pclip_jax import errors, job
+from pclip_jax.plumbing import errors
+from pclip_jax import job
 from pclip_jax.configs import SHIPPED, shipped_config_path
 
 FLAGS = flags.FLAGS

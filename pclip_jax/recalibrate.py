@@ -16,9 +16,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pclip_jax import errors, inference, job
-from pclip_jax.kg import pipeline, train_gnn
-from pclip_jax.workdir import Workdir
+from pclip_jax.plumbing import errors
+from pclip_jax.training import restore as inference
+from pclip_jax.training import experiment
+from pclip_jax.training import detection as pipeline, train_gnn
+from pclip_jax.plumbing.workdir import Workdir
 
 
 def recalibrate(workdir: str | pathlib.Path) -> dict:
@@ -28,7 +30,7 @@ def recalibrate(workdir: str | pathlib.Path) -> dict:
     an older pclip_jax. Returns the new `gnn` block."""
     wd = Workdir(workdir)
     settings = wd.read_settings()
-    finished = job.load_finished(settings, str(wd.path))
+    finished = experiment.load_finished(settings, str(wd.path))
     if finished is None:
         raise ValueError(f"{wd.path}: not a finished run whose embeddings.npz matches its flows (rerun the job)")
     results, prepared, embeddings = finished

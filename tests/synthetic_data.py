@@ -11,7 +11,7 @@ seeded generator: two builds are byte-identical.
 
 `build_text_encoder(root)` writes a one-layer BERT (width 384, MiniLM's: configs size `model.name_dim` by it) with a WordPiece vocabulary of the words the project's
 texts use: `config.json`, `model.safetensors`, `tokenizer.json`, `vocab.txt`, `sentence_bert_config.json`, ...
-(the layout of all-MiniLM-L6-v2, which pclip_jax/models/text_tower.py and pclip_jax/model_files.py read).
+(the layout of all-MiniLM-L6-v2, which pclip_jax/models/text_tower.py and pclip_jax/plumbing/model_files.py read).
 
 What these cannot stand in for: anything about the real corpus (its counts, nDPI agreement on it, malformed real
 captures). Tests of that take the `real_ndpi_dir` / `real_minilm_dir` fixtures and are skipped without ../shared.

@@ -1,4 +1,5 @@
-"""The package's module structure: no import circles (imports inside functions counted), configs as data."""
+"""The package's module structure: every module in its layer and importing nothing above it, no import circles
+(imports inside functions counted), own-module imports inside functions only with a stated reason."""
 import ast
 import pathlib
 
@@ -6,8 +7,36 @@ import pclip_jax
 
 PACKAGE = pathlib.Path(pclip_jax.__file__).resolve().parent
 
+# The layers, lowest first (docs/architecture.md). A module may import modules of its own layer or of a layer
+# below; every module of the package must be in one. `pclip_bench` (peers, costs) sits on top of all of them.
+LAYERS = (
+    ("root", ("pclip_jax",)),  # the package's own __init__: the version
+    ("plumbing", ("pclip_jax.plumbing",)),
+    ("graph", ("pclip_jax.graph",)),
+    ("data", ("pclip_jax.data",)),
+    ("models", ("pclip_jax.models",)),
+    ("text", ("pclip_jax.text",)),
+    ("training", ("pclip_jax.training",)),
+    ("serving", ("pclip_jax.serving",)),
+    ("entry points", ("pclip_jax.job", "pclip_jax.main", "pclip_jax.ingest", "pclip_jax.evaluate",
+                      "pclip_jax.classify", "pclip_jax.export", "pclip_jax.recalibrate", "pclip_jax.configs",
+                      "pclip_jax.kg")),
+    ("benchmarks", ("pclip_bench",)),
+)
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the layer that owns `module` (the longest matching prefix), or -1."""
+    best, best_len = -1, -1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    return best
+
 
 def _module_name(path: pathlib.Path) -> str:
+    """pclip_jax/training/loop.py → pclip_jax.training.loop (also for pclip_bench, beside pclip_jax)."""
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -17,28 +46,57 @@ def _is_module(name: str) -> bool:
     return (PACKAGE.parent / rel).with_suffix(".py").is_file() or (PACKAGE.parent / rel / "__init__.py").is_file()
 
 
+def _sources():
+    yield from PACKAGE.rglob("*.py")
+    bench = PACKAGE.parent / "pclip_bench"
+    if bench.is_dir():
+        yield from bench.rglob("*.py")
+
+
+def _reason(lines: list[str], index: int) -> str:
+    """The comment that gives an import's reason: on its line, or on the block of imports it continues (a
+    comment line just above, or an import above it with one)."""
+    while index >= 0:
+        line = lines[index].strip()
+        if "#" in line:
+            return line.split("#", 1)[1].strip()
+        if not line.startswith(("from ", "import ")):
+            return ""
+        index -= 1
+    return ""
+
+
+def imports_of(path: pathlib.Path):
+    """(imported module, line, inside a function?, the line's comment) of every own-package import in `path`."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source, str(path))
+    in_function = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            in_function |= {id(inner) for inner in ast.walk(node) if inner is not node}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
+        else:
+            continue
+        comment = _reason(lines, node.lineno - 1)
+        for target in targets:
+            if target.split(".")[0] in ("pclip_jax", "pclip_bench") and target != name and _is_module(target):
+                yield target, node.lineno, id(node) in in_function, comment
+
+
 def import_graph() -> dict[str, set[str]]:
     """module → the package modules it imports anywhere in its source (module top, functions, classes)."""
-    graph = {}
-    for path in PACKAGE.rglob("*.py"):
-        name = _module_name(path)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        edges = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([base] if base else []))
-                # `from pkg import mod` imports pkg.mod when it is a module, else a name of pkg.
-                targets = [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
-            else:
-                continue
-            edges |= {t for t in targets if t.split(".")[0] == "pclip_jax" and t != name and _is_module(t)}
-        graph[name] = edges
-    return graph
+    return {_module_name(path): {target for target, *_ in imports_of(path)} for path in _sources()}
 
 
 def find_cycle(graph: dict[str, set[str]]):
@@ -67,9 +125,41 @@ def find_cycle(graph: dict[str, set[str]]):
     return None
 
 
+def test_every_module_has_a_layer_and_imports_nothing_above_it():
+    graph = import_graph()
+    assert len(graph) > 60 and "pclip_jax.job" in graph and "pclip_jax.training.pretrain" in graph
+    unplaced = sorted(m for m in graph if layer_of(m) < 0)
+    assert not unplaced, f"modules in no layer (add them to LAYERS and docs/architecture.md): {unplaced}"
+    upward = []
+    for path in _sources():
+        module = _module_name(path)
+        for target, line, _, _ in imports_of(path):
+            if layer_of(target) > layer_of(module):
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module} ({LAYERS[layer_of(module)][0]}) "
+                              f"imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_names_an_upward_import():
+    assert layer_of("pclip_jax.data.flow_table") == 3 and layer_of("pclip_jax.plumbing") == 1
+    assert layer_of("pclip_jax.training.loop") > layer_of("pclip_jax.text.prompts") > layer_of("pclip_jax.data.ingest")
+    assert layer_of("pclip_jax.classify") > layer_of("pclip_jax.serving.classify")
+    assert layer_of("pclip_bench.peers.suite") == len(LAYERS) - 1
+    assert layer_of("pclip_jaxx") == -1
+
+
+def test_own_module_imports_inside_functions_give_their_reason():
+    """An import of the package's own module inside a function hides an edge of the layer map from a reader; each
+    says why on its line (an optional dependency, keeping JAX off the onnx path, start-up time, ...)."""
+    silent = [f"{path.relative_to(PACKAGE.parent)}:{line}: {target}"
+              for path in _sources() for target, line, inside, comment in imports_of(path)
+              if inside and not comment]
+    assert not silent, "own-module imports inside functions without a `# reason`:\n" + "\n".join(silent)
+
+
 def test_no_module_imports_another_in_a_circle():
     graph = import_graph()
-    assert len(graph) > 40 and "pclip_jax.job" in graph
+    assert len(graph) > 60 and "pclip_jax.job" in graph
     # The graph sees imports inside functions: the ones that remain are real edges.
     assert "pclip_jax.data.tfds_builders" in graph["pclip_jax.data.input_pipeline"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
@@ -82,14 +172,19 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_the_main_job_sits_above_the_stages_it_runs():
     graph = import_graph()
-    assert {"pclip_jax.train", "pclip_jax.evaluate", "pclip_jax.kg.pipeline"} <= graph["pclip_jax.job"]
-    for stage in ("pclip_jax.train", "pclip_jax.evaluate", "pclip_jax.kg.pipeline", "pclip_jax.inference",
-                  "pclip_jax.classify"):
-        assert "pclip_jax.job" not in graph[stage], stage
-    # Nothing below reaches up into evaluate or classify.
+    stages = {"pclip_jax.training.pretrain", "pclip_jax.evaluate", "pclip_jax.training.detection"}
+    assert stages <= graph["pclip_jax.job"]
+    # Only the flags module imports the main job; the library never imports the benchmark package.
     for module, edges in graph.items():
-        if module not in ("pclip_jax.job", "pclip_jax.main"):
-            assert "pclip_jax.classify" not in edges, module
+        if module.startswith("pclip_jax"):
+            assert module == "pclip_jax.main" or "pclip_jax.job" not in edges, module
+            assert not any(edge.startswith("pclip_bench") for edge in edges), module
+    # Nothing below reaches up into evaluate or classify (`pclip_jax.classify` is the command's path).
+    for module, edges in graph.items():
+        if module not in ("pclip_jax.job", "pclip_jax.main", "pclip_jax.classify"):
+            assert "pclip_jax.serving.classify" not in edges and "pclip_jax.classify" not in edges, module
+        if module not in ("pclip_jax.job", "pclip_jax.main") and not module.startswith("pclip_bench"):
+            assert "pclip_jax.evaluate" not in edges, module
 
 
 def test_classify_with_jax_imports_no_library_it_does_not_use():
@@ -99,8 +194,23 @@ def test_classify_with_jax_imports_no_library_it_does_not_use():
     import sys
 
     heavy = ("sklearn", "scipy", "pandas", "tensorflow", "tensorflow_datasets", "matplotlib")
-    probe = ("import sys, pclip_jax.classify, pclip_jax.inference, pclip_jax.embedding, pclip_jax.kg.explain; "
+    probe = ("import sys, pclip_jax.classify, pclip_jax.training.restore, pclip_jax.training.towers, "
+             "pclip_jax.serving.explain; "
              f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "", f"imported on the classify path: {proc.stdout.strip()}"
+
+
+def test_the_graph_layer_and_ingest_import_no_jax():
+    """The knowledge graph is data (graph/ has no JAX), and ingest stays free of it (start-up time of its CLI)."""
+    import subprocess
+    import sys
+
+    modules = sorted(m for m in import_graph() if m.startswith("pclip_jax.graph")) + ["pclip_jax.data.ingest",
+                                                                                       "pclip_jax.data.flow_table"]
+    probe = (f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+             "print(','.join(m for m in ('jax', 'flax', 'jraph') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"imported by {modules}: {proc.stdout.strip()}"

@@ -15,7 +15,8 @@ import pytest
 
 from pclip_jax import ingest as ingest_cli
 from pclip_jax.data import capture, flows
-from pclip_jax.data.ingest import FlowTable, ingest
+from pclip_jax.data.flow_table import FlowTable
+from pclip_jax.data.ingest import ingest
 from tests import capture_fuzz as cf
 
 PACKETS = cf.conversations(n_flows=6, packets=8)

@@ -12,22 +12,23 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from pclip_jax import classify, export
-from pclip_jax import text as text_lib
-from pclip_jax import inference, job
+from pclip_jax.serving import classify, export
+from pclip_jax.text import prompts as text_lib
+from pclip_jax.training import restore as inference
+from pclip_jax import job
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.kg import pipeline
-from pclip_jax.kg.missions import mission_from_statement
-from pclip_jax.kg.schema import KGValidationError, load_kg
-from pclip_jax.settings import from_config
-from pclip_jax.workdir import WorkdirError
+from pclip_jax.training import detection as pipeline
+from pclip_jax.graph.missions import mission_from_statement
+from pclip_jax.graph.schema import KGValidationError, load_kg
+from pclip_jax.plumbing.settings import from_config
+from pclip_jax.plumbing.workdir import WorkdirError
 
 # Training captures: several service classes, few flows (the sentence encoder embeds each flow's texts).
 TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap",
          "whatsapp_login_chat.pcap", "telegram.pcap", "1kxun.pcap", "wireguard.pcap"]  # 2 validation captures
 TARGET = "zoom.pcap"          # not seen in training; has VLAN-tagged flows and flows of 1-2 packets
 DAMAGED = "KakaoTalk_chat.pcap"
-MISSION = "vpn_remote_access"  # declared in pclip_jax/kg/shipped/ndpi.yaml: VPN/Tunnel and RemoteAccess weighted ×2
+MISSION = "vpn_remote_access"  # declared in pclip_jax/graph/shipped/ndpi.yaml: VPN/Tunnel and RemoteAccess weighted ×2
 STATEMENT = "catch anyone hiding their traffic from us"   # names no node of the graph
 
 
@@ -91,7 +92,7 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     assert fit["test_ece_level1_best_temperature"] <= gnn["level1"]["calibrated"]["ece"] + 1e-9
     # The calibration study (benchmarks/calibration_study.py) reads the flows the job saved and refits the job's
     # temperature from them: the same temperature, the same test ECE, the same bound.
-    from pclip_jax import calibration as calibration_lib
+    from pclip_jax.training import calibration as calibration_lib
     study = calibration_lib.compare_methods(dict(np.load(wd / "gnn" / "calibration_flows.npz")))
     job_fit = study["methods"]["validation NLL (the job's)"]
     assert np.isclose(job_fit["temperature"], calibration["level1_temperature"])
@@ -463,7 +464,7 @@ BLOCK_JAX = textwrap.dedent("""
             if name.split(".")[0] in {"jax", "jaxlib", "flax", "jraph", "optax", "orbax", "chex", "jax2onnx"}:
                 raise ImportError(f"{name} is not installed on this device (blocked by the test)")
     sys.meta_path.insert(0, Block())
-    from pclip_jax import classify
+    from pclip_jax.serving import classify
     rc = classify.main(sys.argv[1:])
     assert not any(m.split(".")[0] in {"jax", "flax", "jraph"} for m in sys.modules), "JAX was imported"
     sys.exit(rc)
@@ -514,7 +515,7 @@ def test_onnx_errors_name_the_file(workdir, exported, ndpi_dir, tmp_path, capsys
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Live streams (the live-stream section of pclip_jax/classify.py)
+# Live streams (the live-stream section of pclip_jax/serving/classify.py)
 
 
 def _by_flow(records):

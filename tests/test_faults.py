@@ -11,12 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from pclip_jax import embedding, evaluate, files, job
-from pclip_jax import train as train_lib
-from pclip_jax.checkpointing import DIGESTS_FILE, CheckpointError, Checkpoints
+from pclip_jax.training import towers as embedding
+from pclip_jax import evaluate
+from pclip_jax.training import experiment
+from pclip_jax.plumbing import files
+from pclip_jax.training import pretrain as train_lib
+from pclip_jax.plumbing.checkpointing import DIGESTS_FILE, CheckpointError, Checkpoints
 from pclip_jax.data.prepare import prepare_flows
-from pclip_jax.settings import SettingsError, from_config
-from pclip_jax.workdir import Workdir
+from pclip_jax.plumbing.settings import SettingsError, from_config
+from pclip_jax.plumbing.workdir import Workdir
 from tests.test_train import _config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -101,7 +104,7 @@ def test_a_lock_makes_the_second_process_wait_and_dies_with_its_holder(tmp_path)
 
 
 def test_damaged_text_feature_cache_is_recomputed(settings, tmp_path, capsys):
-    from pclip_jax.text_features import cached_text_features
+    from pclip_jax.text.feature_cache import cached_text_features
 
     featurizer = embedding.text_featurizer(settings)
     texts = ["an encrypted video stream", "a DNS lookup"]
@@ -120,7 +123,7 @@ def test_damaged_text_feature_cache_is_recomputed(settings, tmp_path, capsys):
 def trained(settings, tmp_path_factory):
     """A pre-training run of 4 steps with checkpoints at steps 2 and 4, and its inputs for reruns."""
     cache = tmp_path_factory.mktemp("cache")
-    prepared = job.prepare_experiment(settings, cache)
+    prepared = experiment.prepare_experiment(settings, cache)
     texts = train_lib.build_train_texts(prepared, settings, embedding.text_featurizer(settings), cache)
     model = embedding.build_model(settings)
     wd = Workdir(tmp_path_factory.mktemp("straight"))
@@ -275,7 +278,8 @@ def test_labels_that_match_nothing_are_an_error_not_zero_flows(trained, settings
 
 def test_saving_a_table_into_a_folder_keeps_the_users_other_files(ndpi_dir, tmp_path):
     """`ingest --out DIR` into a folder that holds other files writes the table beside them, touching nothing."""
-    from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
+    from pclip_jax.data.flow_table import FlowTable
+    from pclip_jax.data.ingest import IngestConfig, ingest
 
     table = ingest([str(ndpi_dir / "pcap" / "ftp.pcap")], IngestConfig(), progress=False)
     (tmp_path / "notes.txt").write_text("mine")

@@ -10,14 +10,16 @@ import pytest
 from configs import test as test_config
 import tensorflow_datasets as tfds
 
-from pclip_jax import job, train
+from pclip_jax import job
+from pclip_jax.training import pretrain as train
 from pclip_jax.data import flow_source, input_pipeline, tfds_builders
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.embedding import build_model
-from pclip_jax.name_features import NAME_KEY, NameEncoder
-from pclip_jax.settings import from_config
-from pclip_jax.text_features import TextFeaturizer
-from pclip_jax.workdir import Workdir
+from pclip_jax.training.towers import build_model
+from pclip_jax.data.flow_table import NAME_KEY
+from pclip_jax.text.name_features import NameEncoder
+from pclip_jax.plumbing.settings import from_config
+from pclip_jax.text.feature_cache import TextFeaturizer
+from pclip_jax.plumbing.workdir import Workdir
 from tests.test_tfds import CAPTURES, _manual_dir
 
 K, B = 4, 32

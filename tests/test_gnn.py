@@ -9,15 +9,14 @@ import pytest
 
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.data.labels import attach_labels
-from pclip_jax.kg import graphs as G
-from pclip_jax.kg.explain import explain_flows, explanation_text
-from pclip_jax.compat import count_params
-from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, gnn_loss, init_params,
-                              predict)
-from pclip_jax.kg.missions import Mission, parse_mission
-from pclip_jax.kg.schema import load_kg, shipped_kg_path
-from pclip_jax.kg.train_gnn import GnnTrainConfig, evaluate_gnn, prepare_kg, train_gnn
-from pclip_jax.text_features import TextFeaturizer
+from pclip_jax.models import graph_tuples as G
+from pclip_jax.serving.explain import explain_flows, explanation_text
+from pclip_jax.plumbing.runtime import count_params
+from pclip_jax.models.gnn import GnnConfig, HierarchicalGNN, flops_per_flow, gnn_loss, init_params, predict
+from pclip_jax.graph.missions import Mission, parse_mission
+from pclip_jax.graph.schema import load_kg, shipped_kg_path
+from pclip_jax.training.train_gnn import GnnTrainConfig, evaluate_gnn, prepare_kg, train_gnn
+from pclip_jax.text.feature_cache import TextFeaturizer
 
 CAPTURES = ["openvpn.pcap", "ssh.pcap", "rdp.pcap", "KakaoTalk_chat.pcap", "netflix.pcap", "wireguard.pcap",
             "teams.pcap", "dnscrypt.pcap"]
@@ -220,9 +219,9 @@ def test_pmap_batches_stack_per_device(prepared, flows):
 def test_node_prompts_pull_class_nodes_to_the_zero_shot_prompts(encoder):
     """With gnn.node_prompts, a level-1 node's text embedding moves towards the mean of the zero-shot prompts of
     its class (what the towers were aligned on); nodes without phrasings and the explanation slots are untouched."""
-    from pclip_jax import text as text_lib
-    from pclip_jax.kg.pipeline import blend_pretraining_prompts
-    from pclip_jax.settings import Settings
+    from pclip_jax.text import prompts as text_lib
+    from pclip_jax.training.detection import blend_pretraining_prompts
+    from pclip_jax.plumbing.settings import Settings
 
     kg = load_kg(shipped_kg_path("ndpi"))
     plain = prepare_kg(kg, encoder)
@@ -282,8 +281,8 @@ def test_dense_factored_forward_equals_the_module_on_graphs(prepared, flows):
     """`dense_forward` (what classify and the ONNX export run: no per-flow graphs, the graph side computed once)
     gives the factored module's per-level log-probabilities, node scores and attention on `build_batch` graphs,
     under a mission prior; the description-slot stack of `dense_detection` scores each slot as one pass would."""
-    from pclip_jax.kg.explain import dense_detection, slot_tables
-    from pclip_jax.kg.gnn import dense_forward, dense_structure, per_level_outputs
+    from pclip_jax.serving.explain import dense_detection, slot_tables
+    from pclip_jax.models.gnn import dense_forward, dense_structure, per_level_outputs
 
     xs, _, _ = flows
     lay = prepared.layout
@@ -321,7 +320,7 @@ def test_extra_flow_features_enter_through_their_own_layer(prepared, flows):
     """`flow_features=F`: the last F columns of the flow input (raw sizes and timing in
     benchmarks/detection_inputs.py) reach the flow node through `features_in`, not the similarity term; the dense
     path (classify, ONNX) gives the module's outputs, and changing only those columns changes the decision scores."""
-    from pclip_jax.kg.gnn import dense_forward, dense_structure, per_level_outputs
+    from pclip_jax.models.gnn import dense_forward, dense_structure, per_level_outputs
 
     xs, _, _ = flows
     lay = prepared.layout

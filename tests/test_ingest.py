@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from pclip_jax.data.ingest import META_COLUMNS, FlowTable, IngestConfig, IngestError, ingest
+from pclip_jax.data.flow_table import META_COLUMNS, FlowTable
+from pclip_jax.data.ingest import IngestConfig, IngestError, ingest
 
 CAPTURES = ["tls_certificate_too_long.pcap", "quic_interop_V.pcapng", "KakaoTalk_chat.pcap", "nats.pcap",
             "dlt_ppp.pcap", "6in4tunnel.pcap"]
@@ -173,7 +174,7 @@ def test_processes_sharing_a_flow_table_cache_take_turns(real_ndpi_dir, tmp_path
     import time
 
     from pclip_jax.data import prepare
-    from pclip_jax.files import exclusive_lock
+    from pclip_jax.plumbing.files import exclusive_lock
 
     inputs, cache_root = [str(real_ndpi_dir / "pcap")], tmp_path / "cache"
     code = ("import sys, pathlib; from pclip_jax.data.ingest import IngestConfig; "

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from pclip_jax.kg import generate
-from pclip_jax.kg.schema import load_kg
+from pclip_jax.graph import generate
+from pclip_jax.graph.schema import load_kg
 
 DATA = pathlib.Path(__file__).parent / "data"
 

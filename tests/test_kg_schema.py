@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from pclip_jax.data.labels import load_hierarchy
-from pclip_jax.kg.missions import Mission, apply_mission, mission_from_statement, missions_of, resolve_mission
-from pclip_jax.kg.schema import KGValidationError, load_kg, parse_kg, save_kg, shipped_kg_path
+from pclip_jax.graph.missions import Mission, apply_mission, mission_from_statement, missions_of, resolve_mission
+from pclip_jax.graph.schema import KGValidationError, load_kg, parse_kg, save_kg, shipped_kg_path
 
 SMALL = {
     "name": "small",
@@ -118,7 +118,7 @@ def test_mission_from_statement_and_zero_shot_extra_node():
     raw = {"statement": "find onion routing", "focus": ["VPN/Tunnel"],
            "extra_nodes": [{"id": "I2P", "level": 2, "parent": "VPN/Tunnel", "name": "I2P",
                             "descriptions": ["I2P garlic routing between peers over UDP and TCP"]}]}
-    from pclip_jax.kg.missions import parse_mission
+    from pclip_jax.graph.missions import parse_mission
     sub, _ = apply_mission(kg, parse_mission("onion", raw))
     assert sub.node("I2P").parent == "VPN/Tunnel" and "I2P" in sub.children("VPN/Tunnel")
     with pytest.raises(KGValidationError, match=r"mission 'onion'.*extra_nodes\[0\].*at least one description"):

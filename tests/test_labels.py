@@ -390,7 +390,7 @@ def test_dpi_labels_agree_with_the_ndpi_result_files(real_ndpi_dir, tmp_path):
     import subprocess
     import sys
 
-    from pclip_jax.data.ingest import FlowTable
+    from pclip_jax.data.flow_table import FlowTable
 
     captures = sorted(p for p in (real_ndpi_dir / "pcap").iterdir() if p.is_file())[::4]
     r = subprocess.run([sys.executable, "-m", "pclip_jax.ingest", *map(str, captures), "--labels", "dpi",

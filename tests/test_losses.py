@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from pclip_jax import losses
-from pclip_jax.compat import count_params, replicate_local, tree_map
+from pclip_jax.training import losses
+from pclip_jax.plumbing.runtime import count_params, replicate_local, tree_map
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.models.packet_tower import PacketTowerConfig
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers

@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from pclip_jax import embedding, evaluate, job, loop, train
-from pclip_jax.settings import from_config
-from pclip_jax.workdir import Workdir
+from pclip_jax.training import towers as embedding, loop, pretrain as train
+from pclip_jax import evaluate, job
+from pclip_jax.training import experiment
+from pclip_jax.plumbing.settings import from_config
+from pclip_jax.plumbing.workdir import Workdir
 from tests.test_train import _config
 
 EVAL_CAPTURES = ["wireguard.pcap", "tls_verylong_certificate.pcap", "nintendo.pcap", "ftp.pcap", "smtp.pcap"]
@@ -78,7 +80,7 @@ def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, real_nd
 def test_nan_guard_names_the_step(real_ndpi_dir, real_minilm_dir, tmp_path):
     """A flow whose timing is NaN (e.g. a broken capture clock) makes the loss NaN: training stops and says when."""
     settings = from_config(_config(real_ndpi_dir, real_minilm_dir, 4))
-    prepared = job.prepare_experiment(settings, tmp_path / "cache")
+    prepared = experiment.prepare_experiment(settings, tmp_path / "cache")
     texts = train.build_train_texts(prepared, settings, embedding.text_featurizer(settings), None)
     prepared.table.tensors["iat"] = np.full_like(prepared.table.tensors["iat"], np.nan)
     with pytest.raises(loop.NanLossError, match="at step 1"):
@@ -142,7 +144,7 @@ def test_detection_inputs_benchmark_reproduces_the_jobs_gnn(workdir, tmp_path):
     import importlib.util
     import pathlib
 
-    from pclip_jax.kg.pipeline import gnn_train_config
+    from pclip_jax.training.detection import gnn_train_config
 
     path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "detection_inputs.py"
     spec = importlib.util.spec_from_file_location("detection_inputs", path)

@@ -1,11 +1,11 @@
-"""pclip_jax.metrics against values computed by hand: per-class AUC, mAUC, accuracy, macro-F1, the confusion
+"""pclip_jax.plumbing.metrics against values computed by hand: per-class AUC, mAUC, accuracy, macro-F1, the confusion
 matrix, ECE; classes whose AUC is undefined (absent from the labels, or the only class) are listed, not averaged."""
 import math
 
 import numpy as np
 import pytest
 
-from pclip_jax import metrics
+from pclip_jax.plumbing import metrics
 
 NAMES = ["Chat", "VPN", "Web"]
 Y = np.array([0, 0, 1, 1, 2])

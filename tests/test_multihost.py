@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from pclip_jax import inference, job
-from pclip_jax.workdir import Workdir
+from pclip_jax.training import restore as inference
+from pclip_jax import job
+from pclip_jax.plumbing.workdir import Workdir
 from tests.conftest import REPO
 from tests.test_train import _config
 

@@ -95,7 +95,7 @@ def test_netbios_names_are_decoded():
 
 
 def test_name_features(real_minilm_dir, ndpi_table):
-    from pclip_jax.name_features import NameEncoder
+    from pclip_jax.text.name_features import NameEncoder
 
     enc = NameEncoder(real_minilm_dir)
     got = ndpi_table.meta["server_name"][:400]

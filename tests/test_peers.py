@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from pclip_jax.compat import count_params
+from pclip_jax.plumbing.runtime import count_params
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.peers import inputs, models, suite
-from pclip_jax.peers import train as peer_train
+from pclip_bench.peers import inputs, models, suite
+from pclip_bench.peers import train as peer_train
 from tests.conftest import REPO
 
 CAPTURES = ["1kxun.pcap", "zoom.pcap", "443-chrome.pcap", "signal.pcap", "dns-exf.pcap", "ftp.pcap"]

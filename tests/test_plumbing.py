@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from pclip_jax import costs, errors, parallel
+from pclip_bench import costs
+from pclip_jax.plumbing import errors, runtime as parallel
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -99,7 +100,7 @@ def test_bert_cost_counts_parameters_as_by_hand():
 
 def test_packet_tower_cost_grows_with_its_width():
     from configs import test as test_config
-    from pclip_jax.settings import from_config
+    from pclip_jax.plumbing.settings import from_config
 
     narrow = from_config(test_config.get_config())
     wide = narrow.replace(model={"width": 2 * narrow.model.width})
@@ -113,7 +114,7 @@ def test_packet_tower_cost_grows_with_its_width():
 
 def test_onnx_runtime_refuses_a_bad_export_directory(tmp_path):
     pytest.importorskip("onnxruntime")
-    from pclip_jax import onnx_runtime
+    from pclip_jax.serving import onnx_runtime
 
     with pytest.raises(onnx_runtime.ExportError, match="no such export directory"):
         onnx_runtime.OnnxModel(tmp_path / "missing")

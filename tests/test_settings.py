@@ -5,7 +5,7 @@ import pytest
 
 from configs import default as default_config
 from configs import quickstart as quickstart_config
-from pclip_jax import settings as S
+from pclip_jax.plumbing import settings as S
 
 
 def test_the_default_config_is_the_settings_defaults():

@@ -4,7 +4,7 @@ relative ones are anchored at the base directory."""
 import os
 
 from configs import test as test_config
-from pclip_jax.settings import from_config, with_absolute_paths
+from pclip_jax.plumbing.settings import from_config, with_absolute_paths
 
 
 def test_absolute_paths_through_a_symlink_are_kept_and_relative_ones_anchored(tmp_path):

@@ -12,8 +12,8 @@ from pclip_jax import job
 from pclip_jax.data import splits, taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.data.labels import attach_labels
-from pclip_jax.kg.from_labels import graph_from_labels
-from pclip_jax.kg.schema import load_kg, shipped_kg_path
+from pclip_jax.graph.from_labels import graph_from_labels
+from pclip_jax.graph.schema import load_kg, shipped_kg_path
 
 IOT = ["HueBridge", "D-LinkSiren", "EdimaxPlug1101W"]
 

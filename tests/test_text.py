@@ -6,7 +6,7 @@ import dpkt
 import numpy as np
 import pytest
 
-from pclip_jax import text
+from pclip_jax.text import prompts as text
 from pclip_jax.data import labels as labels_lib
 
 K = 32

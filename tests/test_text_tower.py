@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pclip_jax.compat import count_params
+from pclip_jax.plumbing.runtime import count_params
 from pclip_jax.models.bert import BertConfig, BertEncoder
 from pclip_jax.models.text_tower import (TextTokenizer, init_text_encoder, load_text_encoder,
                                          resolve_model_dir)

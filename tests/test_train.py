@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from pclip_jax import embedding, job, loop
-from pclip_jax import text as text_lib
-from pclip_jax import train as train_lib
+from pclip_jax.training import towers as embedding, loop
+from pclip_jax.training import experiment
+from pclip_jax.text import prompts as text_lib
+from pclip_jax.training import pretrain as train_lib
 from pclip_jax.models.text_tower import load_text_encoder
-from pclip_jax.settings import from_config
-from pclip_jax.text_features import TextFeaturizer
-from pclip_jax.workdir import Workdir
+from pclip_jax.plumbing.settings import from_config
+from pclip_jax.text.feature_cache import TextFeaturizer
+from pclip_jax.plumbing.workdir import Workdir
 
 CAPTURES = ["1kxun.pcap", "443-chrome.pcap", "443-firefox.pcap", "dns_long_domainname.pcap", "quic.pcap",
             "signal.pcap", "whatsapp_login_call.pcap", "skype.pcap", "bittorrent.pcap", "ookla.pcap",
@@ -36,7 +37,7 @@ def _config(ndpi_dir, minilm_dir, steps):
 def setup(ndpi_dir, minilm_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     settings = from_config(_config(ndpi_dir, minilm_dir, 20)).replace(data={"cache_dir": str(cache)})
-    prepared = job.prepare_experiment(settings, cache)
+    prepared = experiment.prepare_experiment(settings, cache)
     featurizer = TextFeaturizer(settings.text.encoder, max_len=settings.text.max_len)
     texts = train_lib.build_train_texts(prepared, settings, featurizer, cache)
     return settings, prepared, featurizer, texts
@@ -59,7 +60,7 @@ def test_unlabelled_pretraining_hides_the_labels_outside_the_fraction(setup):
     settings, _, featurizer, _ = setup
     cache = settings.data.cache_dir
     scarce = settings.replace(data={"fraction": 0.3, "unlabelled_pretraining": True})
-    prepared = job.prepare_experiment(scarce, cache)
+    prepared = experiment.prepare_experiment(scarce, cache)
     pool, fraction = prepared.train_pool_idx, prepared.train_idx
     assert pool is not None and set(fraction) < set(pool) and len(fraction) < 0.5 * len(pool)
     view, hidden = train_lib.pretraining_flows(prepared, scarce)
@@ -82,7 +83,7 @@ def test_unlabelled_pretraining_hides_the_labels_outside_the_fraction(setup):
     # The probe and the GNN fit on the fraction: the prepared flows keep it.
     assert prepared.train_idx is fraction
     for off in (scarce.replace(data={"unlabelled_pretraining": False}), settings):
-        same, none = train_lib.pretraining_flows(job.prepare_experiment(off, cache), off)
+        same, none = train_lib.pretraining_flows(experiment.prepare_experiment(off, cache), off)
         assert none is None and len(same.train_idx) == (len(fraction) if off is not settings else len(pool))
 
 

@@ -1,9 +1,9 @@
-"""How far an answer can be trusted (pclip_jax/calibration.py): the risk–coverage curve, the low-confidence flag's
+"""How far an answer can be trusted (pclip_jax/training/calibration.py): the risk–coverage curve, the low-confidence flag's
 meaning, and conformal prediction sets calibrated on some captures and measured on others (real nDPI captures)."""
 import numpy as np
 import pytest
 
-from pclip_jax import calibration as cal
+from pclip_jax.training import calibration as cal
 
 
 def test_risk_coverage_is_monotone_when_confidence_ranks_right_answers_first():

@@ -1,5 +1,6 @@
 """Peers of PacketCLIP, re-implemented from their papers on the project's own flow tables (same masking, flows,
-capture-disjoint splits and classes), for the benchmark suite `benchmarks/peers.py`:
+capture-disjoint splits and classes), for the benchmark suite `benchmarks/peers.py` (part of `pclip_bench`:
+may import anything in `pclip_jax`, which never imports it):
 
 * `models.py`: ET-BERT, YaTC, NetMamba, the 1D-CNN of Wang et al. (2017) and FS-Net as Flax modules, each at its
   published size (`published`) and a size that trains on a 2-core CPU (`cpu`);

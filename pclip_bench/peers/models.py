@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from pclip_jax.models.bert import BertConfig, BertEmbeddings, BertLayer
-from pclip_jax.peers import inputs
+from pclip_bench.peers import inputs
 
 Array = Any
 

@@ -23,8 +23,11 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from pclip_jax import files
-from pclip_jax import metrics as metrics_lib
+from pclip_jax.configs import shipped_config_path
+from pclip_jax.plumbing import files
+from pclip_jax.plumbing import metrics as metrics_lib
+from pclip_jax.plumbing.config_files import load_config
+from pclip_jax.plumbing.settings import from_config, with_absolute_paths
 
 DATASETS = {"ndpi": "quickstart", "iot_sentinel": "iot_sentinel"}
 TREES = ("extra_trees", "lightgbm")
@@ -104,10 +107,6 @@ def cell_file(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
 
 
 def dataset_settings(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = ()):
-    from pclip_jax.config_files import load_config
-    from pclip_jax.configs import shipped_config_path
-    from pclip_jax.settings import from_config, with_absolute_paths
-
     config = load_config(shipped_config_path(DATASETS[cell.dataset]),
                          [*overrides, f"data.split_seed={cell.seed}", f"data.fraction={cell.fraction}"])
     if not config.data.cache_dir:
@@ -139,7 +138,9 @@ def _row(cell: Cell, model: str, report: dict, **extra) -> dict:
 def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
     """The main job (resumed when its workdir exists) and its rows: probe, zero-shot, GNN at the evaluated level
     (`pclip_gnn`) and, when that is level 2, at level 1 (`pclip_gnn_level1`: a coarser task, not comparable)."""
-    from pclip_jax import costs, job
+    # what a cell trains loads on use: the summary (tables, plots) runs without it
+    from pclip_bench import costs
+    from pclip_jax import job
 
     config, settings = dataset_settings(cell, workdir, overrides)
     with pclip_workdir_lock(workdir, cell):
@@ -180,7 +181,8 @@ def _evaluate(cell, model, prepared, test_idx, y_test, proba, seconds_per_flow, 
 
 
 def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepared=None) -> list[dict]:
-    from pclip_jax.peers import trees
+    # what a cell trains loads on use: the summary (tables, plots) runs without it
+    from pclip_bench.peers import trees
 
     _, settings = dataset_settings(cell, workdir, overrides)
     prepared = prepared or _prepared(settings)
@@ -207,13 +209,16 @@ def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepa
 def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
     """`pclip_trees`: ExtraTrees (as `extra_trees`) on the tree features and the packet tower's shared-space
     embedding of each flow, from the pclip cell's workdir (trained there if that cell has not run)."""
-    from pclip_jax import costs, job, loop
-    from pclip_jax.peers import trees
+    # what a cell trains loads on use: the summary (tables, plots) runs without it
+    from pclip_bench import costs
+    from pclip_jax import job
+    from pclip_jax.training import experiment, loop
+    from pclip_bench.peers import trees
 
     config, settings = dataset_settings(pclip_cell(cell), workdir, overrides)
     run = str(pclip_workdir(workdir, cell))
     with pclip_workdir_lock(workdir, cell):
-        finished = job.load_finished(config, run)  # the pclip cell's towers and embeddings, when it ran
+        finished = experiment.load_finished(config, run)  # the pclip cell's towers and embeddings, when it ran
         if finished is None:
             out: dict = {}
             results = job.train_and_evaluate(config, run, outputs=out)
@@ -247,8 +252,9 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
 
 def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], size: str = "cpu",
                 train_config=None, prepared=None, progress: bool = True) -> list[dict]:
-    from pclip_jax.peers import train as peer_train
-    from pclip_jax.peers.models import PEERS
+    # what a cell trains loads on use: the summary (tables, plots) runs without it
+    from pclip_bench.peers import train as peer_train
+    from pclip_bench.peers.models import PEERS
 
     _, settings = dataset_settings(cell, workdir, overrides)
     prepared = prepared or _prepared(settings.replace(data={"bytes": max(settings.data.bytes, PEER_BYTES)}))
@@ -273,10 +279,11 @@ def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], siz
 
 
 def _prepared(settings):
-    from pclip_jax import job
-    from pclip_jax.kg.pipeline import load_graph
+    # what a cell trains loads on use: the summary (tables, plots) runs without it
+    from pclip_jax.training import experiment
+    from pclip_jax.training.detection import load_graph
 
-    return job.prepare_experiment(settings, settings.data.cache_dir,
+    return experiment.prepare_experiment(settings, settings.data.cache_dir,
                                   load_graph(settings) if settings.gnn.kg else None)
 
 
@@ -656,7 +663,7 @@ def markdown_report(rows: Sequence[dict], aggregated: Sequence[dict], claim: dic
     """The sweep's results as one Markdown document: per dataset and fraction a table sorted by mAUC (the best
     value of each metric column in bold), the issue's quality bar, the paper's four claims, and what remains."""
     lines = ["# Peer sweep: PacketCLIP against its peers", "",
-             f"Generated from the finished cells by `{command}` (`pclip_jax/peers/suite.py`, `markdown_report`); "
+             f"Generated from the finished cells by `{command}` (`pclip_bench/peers/suite.py`, `markdown_report`); "
              "do not edit by hand. Level-1 service classes on nDPI, devices on IoT Sentinel; per flow on the test "
              "captures of capture-disjoint splits (split = seed), mean ± sd over the seeds that have run (`n`).",
              "", _status_line(status)]

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pclip_jax import metrics as metrics_lib
-from pclip_jax.compat import compiled_flops, count_params
-from pclip_jax.peers.models import PeerSpec
+from pclip_jax.plumbing import metrics as metrics_lib
+from pclip_jax.plumbing.runtime import compiled_flops, count_params
+from pclip_bench.peers.models import PeerSpec
 
 
 @dataclasses.dataclass(frozen=True)

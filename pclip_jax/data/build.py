@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 
-from pclip_jax.errors import cli_errors
+from pclip_jax.plumbing.errors import cli_errors
 
 
 def main(argv=None) -> int:
@@ -36,6 +36,7 @@ def run(argv=None) -> dict:
 
 
 def _parse(argv):
+    # TFDS and TensorFlow load when a build runs, not at import (the CLI's --help and errors stay fast)
     from pclip_jax.data import tfds_builders
 
     parser = argparse.ArgumentParser(prog="python -m pclip_jax.data.build", description=__doc__.split("\n\n")[0])
@@ -58,6 +59,7 @@ def _parse(argv):
 
 
 def _build(args) -> dict:
+    # TFDS and TensorFlow load when a build runs, not at import (the CLI's --help and errors stay fast)
     from pclip_jax.data import tfds_builders
 
     t0 = time.perf_counter()

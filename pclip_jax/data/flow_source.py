@@ -20,7 +20,9 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from pclip_jax.data.input_pipeline import get_many
-from pclip_jax.name_features import NAME_KEY
+from pclip_jax.data import splits as splits_lib
+from pclip_jax.data.flow_table import NAME_KEY, FlowTable
+from pclip_jax.data.prepare import PreparedFlows, check_split, keep_every_class_in_train
 
 TENSOR_KEYS = ("bytes", "sizes", "iat", "tcp_flags")  # per-packet inputs of the packet tower [N, K, ...]
 # Columns of a built dataset that `dataset_flows` keeps in memory: a few bytes to a few dozen per flow.
@@ -200,10 +202,6 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
     Test = the dataset's test split (capture-disjoint, made by its builder); validation = whole training captures
     (`data.validation_fraction`, as `prepare_flows` does); `data.fraction` subsets the training flows. The
     builder's filters and labels are used as built."""
-    from pclip_jax.data import splits as splits_lib
-    from pclip_jax.data.ingest import FlowTable
-    from pclip_jax.data.prepare import PreparedFlows, check_split, keep_every_class_in_train
-
     builder = open_dataset(data_config.dataset)
     sources = builder.as_data_source()
     missing = {"train", "test"} - set(sources)

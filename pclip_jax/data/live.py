@@ -26,7 +26,8 @@ import dataclasses
 import numpy as np
 
 from pclip_jax.data import capture, flows, tensors
-from pclip_jax.data.ingest import FlowTable, IngestConfig, _columns
+from pclip_jax.data.flow_table import FlowTable
+from pclip_jax.data.ingest import IngestConfig, _columns
 
 KINDS = ("early", "ended", "evicted", "partial", "final")
 

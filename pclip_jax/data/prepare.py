@@ -15,16 +15,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pclip_jax import __version__
-from pclip_jax.data import capture, flows, names, tensors
+from pclip_jax.data import capture, flow_table, flows, names, tensors
 from pclip_jax.data import ingest as ingest_module
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import splits as splits_lib
 from pclip_jax.data import taxonomy
 from pclip_jax.data.capture import find_captures
 from pclip_jax.data.download import download_ndpi
-from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest
-from pclip_jax.files import exclusive_lock
-from pclip_jax.settings import DataSettings, split_input
+from pclip_jax.data.flow_table import FlowTable
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.plumbing.files import exclusive_lock
+from pclip_jax.plumbing.settings import DataSettings, split_input
 
 
 @dataclasses.dataclass
@@ -162,7 +163,7 @@ def _ingest_code_digest() -> str:
     """Digest of the modules and data files that decide a flow table's content: a changed parser, mask or label
     rule invalidates cached tables even without a version bump."""
     h = hashlib.sha256()
-    for mod in (capture, flows, ingest_module, labels_lib, names, tensors):
+    for mod in (capture, flow_table, flows, ingest_module, labels_lib, names, tensors):
         h.update(pathlib.Path(mod.__file__).read_bytes())
     if capture._capture_c is not None:  # the compiled helpers as built (equal output to the above, but a fix there
         h.update(pathlib.Path(capture._capture_c.__file__).read_bytes())  # must not be hidden by the cache)

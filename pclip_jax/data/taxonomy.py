@@ -22,7 +22,7 @@ import dataclasses
 from collections import Counter
 import numpy as np
 
-from pclip_jax.data.ingest import FlowTable
+from pclip_jax.data.flow_table import FlowTable
 
 SOURCES = ("auto", "hierarchy", "graph", "raw")
 COVERAGE = 0.5

@@ -27,9 +27,10 @@ import tensorflow_datasets as tfds
 from pclip_jax.data import labels as labels_lib
 from pclip_jax.data import taxonomy
 from pclip_jax.data import capture
-from pclip_jax.data.ingest import FlowTable, IngestConfig, ingest_file, merge_summaries
+from pclip_jax.data.flow_table import FlowTable, merge_summaries
+from pclip_jax.data.ingest import IngestConfig, ingest_file
 from pclip_jax.data.tensors import STATS_NAMES
-from pclip_jax.kg.schema import load_kg, shipped_kg_path
+from pclip_jax.graph.schema import load_kg, shipped_kg_path
 from pclip_jax.data import splits as splits_lib
 
 from pclip_jax.data.download import NDPI_ARCHIVE_URL, NDPI_COMMIT, reachable as _reachable  # noqa: F401

@@ -13,8 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pclip_jax.kg.schema import KnowledgeGraph, parse_kg
-from pclip_jax.text import display_name
+from pclip_jax.graph.schema import KnowledgeGraph, display_name, parse_kg
 
 _TRANSPORT = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
 
@@ -73,5 +72,5 @@ def graph_from_labels(meta: dict, train_rows: Sequence[int], name: str = "labels
                           "descriptions": [f"Network traffic of {display_name(leaf)}, a kind of {display_name(c)}.",
                                            f"{display_name(leaf)}: {_facts(meta, leaf_rows)}."]})
     return parse_kg({"name": name, "description": f"Built from the labels of {name} by pclip_jax "
-                                                  "(pclip_jax/kg/from_labels.py); edit freely.",
+                                                  "(pclip_jax/graph/from_labels.py); edit freely.",
                      "nodes": nodes}, source=f"graph built from the labels of {name}")

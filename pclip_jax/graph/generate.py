@@ -3,10 +3,10 @@
     python -m pclip_jax.kg.generate --mission "find VPN tunnels and remote access" \
         --endpoint http://localhost:8000/v1 --model NAME --out kg.yaml
 
-The reply must be a YAML (or JSON) knowledge graph in the schema of `pclip_jax.kg.schema`; it is validated before
+The reply must be a YAML (or JSON) knowledge graph in the schema of `pclip_jax.graph.schema`; it is validated before
 anything is written, and an invalid reply is rejected with the reason (`--attempts N` re-asks, quoting the reason).
 Only the standard library talks HTTP (urllib). The API key, if the endpoint needs one, is read from the environment
-variable named by `--api-key-env` (default OPENAI_API_KEY). Offline, use the shipped graphs in pclip_jax/kg/shipped/.
+variable named by `--api-key-env` (default OPENAI_API_KEY). Offline, use the shipped graphs in pclip_jax/graph/shipped/.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Sequence
 
 import yaml
 
-from pclip_jax.errors import cli_errors
-from pclip_jax.kg.schema import KGValidationError, KnowledgeGraph, parse_kg, save_kg
+from pclip_jax.plumbing.errors import cli_errors
+from pclip_jax.graph.schema import KGValidationError, KnowledgeGraph, parse_kg, save_kg
 
 SERVICE_CLASSES = ("Web, Chat, VoIP, Streaming, FileTransfer, P2P, VPN/Tunnel, Email, Game, RemoteAccess, "
                    "Collaboration, Infrastructure, SocialNetwork, Cloud, IoT/Industrial, Database, CryptoCurrency, "

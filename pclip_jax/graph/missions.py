@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pclip_jax.kg.schema import KGNode, KGValidationError, KnowledgeGraph, parse_kg
+from pclip_jax.graph.schema import KGNode, KGValidationError, KnowledgeGraph, parse_kg
 
 _MISSION_FIELDS = {"statement", "focus", "weights", "keep_others", "extra_nodes"}
 

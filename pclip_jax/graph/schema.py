@@ -19,7 +19,7 @@ A graph is a YAML mapping::
     edges:                          # optional extra edges, same meaning as the node fields
       - {type: child, source: VPN/Tunnel, target: WireGuard}   # source is the parent of target
       - {type: related, source: VPN/Tunnel, target: RemoteAccess}
-    missions: {...}                 # optional, read by pclip_jax.kg.missions
+    missions: {...}                 # optional, read by pclip_jax.graph.missions
 
 Validation (`parse_kg`) raises `KGValidationError` naming the file and the node for: duplicate id, missing or
 unknown parent, a node with two parents, a cycle in the hierarchy, a level that is not one below its parent's,
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 from typing import Any, Iterable, Mapping
 
 import yaml
@@ -324,7 +325,7 @@ def graph_path(name_or_path: str) -> pathlib.Path:
 
 
 def shipped_kg_path(name: str) -> pathlib.Path:
-    """Path of a graph shipped with the package in `pclip_jax/kg/shipped/` (e.g. 'ndpi', 'iscx_vpn2016',
+    """Path of a graph shipped with the package in `pclip_jax/graph/shipped/` (e.g. 'ndpi', 'iscx_vpn2016',
     'ustc_tfc2016'); package data, so a non-editable install finds it from any directory."""
     path = pathlib.Path(__file__).resolve().parent / "shipped" / f"{name}.yaml"
     if not path.is_file():
@@ -332,3 +333,11 @@ def shipped_kg_path(name: str) -> pathlib.Path:
         raise FileNotFoundError(f"gnn.kg={name!r}: no such shipped knowledge graph (available: "
                                 f"{', '.join(avail)}; or give a path to a YAML file)")
     return path
+
+
+def display_name(name: str) -> str:
+    """How a class name reads in a sentence: `FileTransfer` → `File Transfer`,
+    `VPN/Tunnel` → `VPN or Tunnel`, `Skype_Teams` → `Skype Teams` (acronyms like VoIP kept)."""
+    s = re.sub(r"(?<=[a-z])(?=[A-Z][a-z])", " ", name.strip())
+    s = s.replace("_", " ").replace("/", " or ")
+    return " ".join(s.split())

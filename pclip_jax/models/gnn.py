@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from pclip_jax import compat
-from pclip_jax.kg.graphs import EDGE_TYPES, FLOW_LEVEL, KGLayout
+from pclip_jax.plumbing import runtime
+from pclip_jax.models.graph_tuples import EDGE_TYPES, FLOW_LEVEL, KGLayout
 
 NUM_LEVEL_EMBEDDINGS = FLOW_LEVEL + 1
 
@@ -488,6 +488,6 @@ def flops_per_flow(config: GnnConfig, params: Any, graphs: jraph.GraphsTuple, kg
     model = HierarchicalGNN(config)
     def fn(p, gr, kg):
         return model.apply({"params": p}, gr, kg)["logp"]
-    flops = compat.compiled_flops(fn, params, graphs, kg_embeddings)
+    flops = runtime.compiled_flops(fn, params, graphs, kg_embeddings)
     real = int(np.asarray(jraph.get_graph_padding_mask(graphs)).sum())
     return flops / max(real, 1)

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 import jraph
 import numpy as np
 
-from pclip_jax.kg.schema import KnowledgeGraph
+from pclip_jax.graph.schema import KnowledgeGraph
 
 EDGE_TYPES = ("parent_to_child", "child_to_parent", "related", "flow_to_node", "node_to_flow")
 FLOW_LEVEL = 3

@@ -9,7 +9,7 @@ Design (small on purpose; PacketCLIP's point is efficiency):
    in K×B, unlike a byte-level transformer.
 3. Packet features (log size, direction, log inter-arrival time, TCP flag bits, "is padding") are projected and
    added to the packet token, with a learned packet-index embedding.
-4. With `names`: the flow's server-name vector (pclip_jax/name_features.py) is projected into one more token,
+4. With `names`: the flow's server-name vector (pclip_jax/text/name_features.py) is projected into one more token,
    masked when the flow has no name, so packets can attend to it (a DNS query and a TLS session to the same
    name are different traffic).
 5. A `depth`-layer pre-LN transformer over the K packet tokens (padding packets masked), then masked mean pooling.
@@ -93,7 +93,7 @@ class PacketTower(nn.Module):
     def __call__(self, byte_rows, sizes, iat, tcp_flags, name_vec=None, deterministic: bool = True):
         cfg = self.config
         if cfg.names and name_vec is None:
-            raise ValueError("this packet tower reads server names: pass name_vec (pclip_jax.name_features)")
+            raise ValueError("this packet tower reads server names: pass name_vec (pclip_jax.text.name_features)")
         n, k, b = byte_rows.shape
         if b % cfg.patch_size:
             raise ValueError(f"bytes per packet ({b}) must be a multiple of patch_size ({cfg.patch_size})")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pclip_jax.model_files import MODEL_FILES as _MODEL_FILES, resolve_model_dir
+from pclip_jax.plumbing.model_files import MODEL_FILES as _MODEL_FILES, resolve_model_dir
 from pclip_jax.models.bert import BertConfig, BertEncoder
 
 __all__ = ["BertConfig", "BertEncoder", "TextTokenizer", "load_text_encoder",

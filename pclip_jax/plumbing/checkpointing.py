@@ -15,7 +15,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from pclip_jax import files
+from pclip_jax.plumbing import files
 
 DIGESTS_FILE = "digests.json"
 

@@ -1,7 +1,13 @@
-"""The few JAX calls whose API drifted across versions, wrapped in one place.
+"""The JAX runtime in one place: devices, data parallelism (pmap or its shard_map form, replicate, shard,
+unreplicate), the persistent compilation cache, FLOPs and parameter counts, and the few JAX calls whose API drifted
+across versions.
 
 Everything else in the project calls these helpers instead of the drifting API, so a JAX upgrade touches this
 file only (tested versions: see setup.cfg).
+
+Data parallelism, as pre-training, embedding and the GNN use it: each process feeds its local devices; a global
+batch is cut into `process_count` slices, each process takes its own and reshapes it to
+[local_devices, per_device, ...] for the mapped step (`pmap`).
 """
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 
 def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
@@ -86,7 +93,6 @@ def _pmap_on_shard_map(fn: Callable, axis_name: str, donate_argnums: tuple) -> C
     after. Arguments and results are this process's [local_devices, ...] slices, as with pmap; in a multi-process
     run they are joined into global arrays for the program and cut back after it, both without copying device
     buffers where a leaf already holds one slice per local device."""
-    import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     spec = PartitionSpec(axis_name)
@@ -136,8 +142,6 @@ def replicate_local(tree: Any) -> Any:
     Replaces `jax.device_put_replicated` (deprecated in JAX 0.8, removed later): the stacked copies are placed with
     a sharding over the local devices, so pmap consumes them without another transfer.
     """
-    import numpy as np
-
     devices = jax.local_devices()
     mesh = jax.sharding.Mesh(np.array(devices), ("local_devices",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("local_devices"))
@@ -149,8 +153,6 @@ def replicate_local(tree: Any) -> Any:
 def shard_local(tree: Any) -> Any:
     """Leaves [local_devices, ...] placed one slice per local device, as `jax.pmap` expects (replaces the
     deprecated `jax.device_put_sharded`)."""
-    import numpy as np
-
     devices = jax.local_devices()
     mesh = jax.sharding.Mesh(np.array(devices), ("local_devices",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("local_devices"))
@@ -247,3 +249,52 @@ def maybe_initialize_distributed() -> bool:
         jax.distributed.initialize()
         return True
     return False
+
+
+# Data-parallel helpers (were pclip_jax/parallel.py).
+def replicate(tree: Any) -> Any:
+    return replicate_local(tree)
+
+
+def _first_replica(x):
+    # Copy device 0's shard to the host instead of indexing the device-sharded array: indexing dispatches an XLA
+    # gather across all local devices for every leaf, which is slow and was seen to abort the CPU runtime under
+    # load with 8 host devices.
+    shards = getattr(x, "addressable_shards", None)
+    if shards:
+        return np.asarray(shards[0].data)[0, ...]
+    return np.asarray(x)[0, ...]
+
+
+def unreplicate(tree: Any) -> Any:
+    """Host (numpy) copy of the first replica of a replicated tree."""
+    return tree_map(_first_replica, tree)
+
+
+def process_slice(global_size: int) -> slice:
+    """This process's rows of a global batch of `global_size` rows."""
+    n = jax.process_count()
+    if global_size % n:
+        raise ValueError(f"global batch {global_size} is not divisible by the {n} processes")
+    per = global_size // n
+    start = jax.process_index() * per
+    return slice(start, start + per)
+
+
+def shard(batch: Any) -> Any:
+    """[local_batch, ...] numpy → [local_devices, local_batch / local_devices, ...]."""
+    d = jax.local_device_count()
+
+    def _reshape(x):
+        x = np.asarray(x)
+        if x.shape[0] % d:
+            raise ValueError(f"local batch {x.shape[0]} is not divisible by the {d} local devices")
+        return x.reshape((d, x.shape[0] // d) + x.shape[1:])
+
+    return tree_map(_reshape, batch)
+
+
+def global_batch_size(requested: int) -> int:
+    """Rounds a requested global batch up to a multiple of the total device count."""
+    n = jax.device_count()
+    return max(n, ((requested + n - 1) // n) * n)

@@ -226,7 +226,7 @@ class GnnModelSettings:
     similarity_prior: bool = True
     similarity_init: float = 1.0
     level_loss_weights: tuple = (1.0, 1.0)
-    factored: bool = True                    # graph message passing once per model, not per flow (kg/gnn.py);
+    factored: bool = True                    # graph message passing once per model, not per flow (models/gnn.py);
                                              # False: the per-flow formulation (a copy of the graph per flow)
 
     def validate(self, prefix: str = "gnn.model") -> None:

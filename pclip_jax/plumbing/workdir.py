@@ -16,7 +16,7 @@
         xla/                      compiled XLA programs of `classify`/`evaluate`, reused by later runs (JAX's cache)
       metrics_train.jsonl, tensorboard/, roc_*.png
 
-Every file is written atomically (`pclip_jax.files`).
+Every file is written atomically (`pclip_jax.plumbing.files`).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pclip_jax import files
-from pclip_jax import settings as settings_lib
-from pclip_jax.settings import Settings
+from pclip_jax.plumbing import files
+from pclip_jax.plumbing import settings as settings_lib
+from pclip_jax.plumbing.settings import Settings
 
 
 class WorkdirError(FileNotFoundError):
@@ -80,7 +80,8 @@ class Workdir:
         return pathlib.Path(settings.data.cache_dir) if settings.data.cache_dir else self.path / "cache"
 
     def compilation_cache_dir(self, settings: Settings) -> pathlib.Path:
-        """Where `classify` and `evaluate` keep compiled XLA programs for the next run (`compat.use_compilation_cache`)."""
+        """Where `classify` and `evaluate` keep compiled XLA programs for the next run
+        (`runtime.use_compilation_cache`)."""
         return self.cache_dir(settings) / "xla"
 
     def plot(self, name: str) -> pathlib.Path:

@@ -20,7 +20,7 @@ config). Every flow is classified, also those the training filters would drop; a
 config's `data.min_packets` is marked `"too_short": true` (the figures below hold for the others). A flow whose
 calibrated level-1 probability is below the threshold fitted on the validation captures is marked
 `"low_confidence": true`: the threshold is the lowest at which the validation flows kept were right at least 80 %
-of the time (`calibration.selective_threshold`; the accuracy measured on test captures is in results.json's
+of the time (`training.calibration.selective_threshold`; the accuracy measured on test captures is in results.json's
 `gnn.trust`). `"out_of_distribution"` is its own field (embedding far from every class text). `"prediction_set"`
 gives, per level, the classes that hold the true one with probability `--coverage` (default 0.9): conformal sets
 calibrated on the validation captures (split conformal, or capture-weighted when the validation captures say it
@@ -34,7 +34,7 @@ One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port
 `level2` (predicted node `id`, `name`, `probability`, `calibrated_probability`; level 2 also
 `conditional_probability` given the class, null when the chosen class has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
 path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
-plus the flow facts the text tower saw; see `pclip_jax.kg.explain`).
+plus the flow facts the text tower saw; see `pclip_jax.serving.explain`).
 
 Standard input (`-`), a FIFO, `--interface NAME` or `--live` classify a live stream instead: each flow's line as soon
 as it has the packets the model reads, memory bounded on an endless stream (the live-stream section below).
@@ -62,17 +62,19 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from pclip_jax import calibration as calibration_lib
-from pclip_jax import errors
-from pclip_jax import text as text_lib
 from pclip_jax.data import capture
 from pclip_jax.data.capture import file_size
-from pclip_jax.data.ingest import (CaptureStream, FlowTable, IngestConfig, IngestError, capture_jobs, ingest,
-                                   keep_freed_memory, report_skipped)
+from pclip_jax.data.flow_table import FlowTable
+from pclip_jax.data.ingest import (CaptureStream, IngestConfig, IngestError, capture_jobs, ingest, keep_freed_memory,
+                                   report_skipped)
 from pclip_jax.data.live import LiveFlows
-from pclip_jax.kg.explain import ExplainInfo, explanation_text, explanations
-from pclip_jax.name_features import NameEncoder, with_name_features
-from pclip_jax.settings import Settings
+from pclip_jax.plumbing import errors
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.workdir import Workdir
+from pclip_jax.serving.explain import ExplainInfo, detection_arrays, detection_fn, explanation_text, explanations
+from pclip_jax.text import prompts as text_lib
+from pclip_jax.text.name_features import NameEncoder, with_name_features
+from pclip_jax.training import calibration as calibration_lib
 
 META_FIELDS = ("capture", "flow_id", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
                "first_ts", "last_ts", "c2s_packets", "s2c_packets", "c2s_bytes", "s2c_bytes", "server_name")
@@ -102,7 +104,7 @@ def _py(values: np.ndarray) -> list:
 @dataclasses.dataclass
 class Engine:
     """A trained model as classify runs it, whichever runtime: `embed(tensors, indices) -> z [N, Dp]` (the packet
-    tower), `detect(z) -> arrays` (the GNN's `kg.explain.ARRAY_KEYS` arrays), and what explanations and the
+    tower), `detect(z) -> arrays` (the GNN's `serving.explain.ARRAY_KEYS` arrays), and what explanations and the
     low-confidence rule read. Built by `jax_engine` (a workdir) or `onnx_engine` (an export, without JAX)."""
     backend: str
     settings: Settings
@@ -120,10 +122,10 @@ class Engine:
 
 
 def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
-    """The JAX backend: the workdir's towers and GNN (`inference.load_classifier`, or an already loaded `clf`)."""
-    from pclip_jax.embedding import embed_flows
-    from pclip_jax.inference import load_classifier
-    from pclip_jax.kg.explain import detection_arrays, detection_fn
+    """The JAX backend: the workdir's towers and GNN (`restore.load_classifier`, or an already loaded `clf`)."""
+    # the jax backend on use: the onnx backend runs without JAX
+    from pclip_jax.training.towers import embed_flows
+    from pclip_jax.training.restore import load_classifier
 
     clf = clf or load_classifier(workdir, mission)
     fn = detection_fn(clf.gnn_config, clf.gnn_params, clf.kg)
@@ -139,8 +141,9 @@ def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
 
 
 def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> Engine:
-    """The ONNX backend: an export of `pclip_jax.export`, run by onnxruntime (JAX is not imported)."""
-    from pclip_jax.onnx_runtime import OnnxModel
+    """The ONNX backend: an export of `pclip_jax.serving.export`, run by onnxruntime (JAX is not imported)."""
+    # onnxruntime (optional extra) only for the onnx backend
+    from pclip_jax.serving.onnx_runtime import OnnxModel
 
     t0 = time.perf_counter()
     model = OnnxModel(model_dir, threads=threads)
@@ -308,7 +311,7 @@ class ClassifyRun:
 
 
 def _compilation_counter():
-    from pclip_jax.compat import CompilationCounter
+    from pclip_jax.plumbing.runtime import CompilationCounter  # JAX only for the jax backend
     return CompilationCounter()
 
 
@@ -322,7 +325,7 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
     the models are loaded, or an open text stream), in capture order and flow order within a capture.
 
-    `backend`: "jax" runs the workdir `workdir`; "onnx" runs the export `model` (`pclip_jax.export`) with
+    `backend`: "jax" runs the workdir `workdir`; "onnx" runs the export `model` (`pclip_jax.serving.export`) with
     onnxruntime and `threads` intra-op threads (0: all cores), without importing JAX.
     Captures stream: a background reader ingests up to `read_ahead` captures ahead while the models load and while
     earlier captures are classified, and flows go through the models in groups of about `chunk`, so memory holds a
@@ -345,10 +348,10 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     # Settings and the list of captures first: a missing input (or, with --strict, a capture problem) fails before
     # the models are loaded.
     if backend == "jax":
-        from pclip_jax.workdir import Workdir
         settings = Workdir(workdir).read_settings()
     else:
-        from pclip_jax.onnx_runtime import read_export_settings
+        # onnxruntime (optional extra) only for the onnx backend
+        from pclip_jax.serving.onnx_runtime import read_export_settings
         settings = read_export_settings(model)
     ingest_config = IngestConfig.from_data_config(settings.data, strict=strict, workers=workers)
     skipped: list = []
@@ -458,7 +461,7 @@ def format_report(run: ClassifyRun) -> str:
              f"facts {t.get('classify_facts', 0):.2f} s, records {t.get('classify_records', 0):.2f} s]",
              f"end to end: {t['total']:.2f} s, {rate(t['total'])}  [load {t['load']:.2f} s, "
              f"ingest {t['ingest']:.2f} s, write {t['write']:.2f} s]"]
-    if s.get("answers"):  # a live stream: how the flows were answered (the live-stream section of pclip_jax/classify.py)
+    if s.get("answers"):  # a live stream: how the flows were answered (the live-stream section of pclip_jax/serving/classify.py)
         lines.append(f"stream: {s.get('packets', 0):,} packets; answers: "
                      + ", ".join(f"{k} {v:,}" for k, v in sorted(s["answers"].items())))
     if t.get("compiled_programs"):
@@ -711,14 +714,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if (args.backend == "onnx") != (args.model is not None) or (args.backend == "jax" and args.workdir is None):
         print("error: --backend jax needs --workdir W; --backend onnx needs --model DIR (python -m "
-              "pclip_jax.export --workdir W --out DIR writes one)", file=sys.stderr)
+              "pclip_jax.serving.export --workdir W --out DIR writes one)", file=sys.stderr)
         return 2
     keep_freed_memory()  # a process that streams captures (pclip_jax/data/ingest.py)
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
     with errors.cli_errors(args.verbose) as status:
         if args.backend == "jax" and args.compile_cache != "off":
-            from pclip_jax.inference import use_compilation_cache
+            # the jax backend on use: the onnx backend runs without JAX
+            from pclip_jax.training.restore import use_compilation_cache
             use_compilation_cache(args.workdir, args.compile_cache, tool="classify")
         if not args.inputs and not args.interface:
             raise ValueError("give captures, folders, `-` (standard input) or --interface NAME")

@@ -22,6 +22,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from pclip_jax.training.calibration import scale
+
 # Per flow: prob1 [C1] = P(class), prob2 [C2] = P(app), cond2 [C2] = P(app | class), attention [L, M] (mean over
 # heads of the flow's attention to each KG node per layer), slot_scores [S, M] (each node's score under each of its
 # description slots).
@@ -79,8 +81,6 @@ def explanations(arrays: dict, info: ExplainInfo, flow_facts: Sequence[str] | No
                  calibration: dict | None = None) -> list[dict]:
     """One explanation dict per flow (see the module docstring) from `detection_arrays`-style arrays. With
     `calibration` (WORKDIR/gnn/calibration.json) each level also gets `calibrated_probability`."""
-    from pclip_jax.calibration import scale
-
     t1 = (calibration or {}).get("level1_temperature")
     t2 = (calibration or {}).get("level2_temperature")
     prob1, prob2, cond2 = (np.asarray(arrays[k], np.float64) for k in ("prob1", "prob2", "cond2"))
@@ -163,11 +163,12 @@ def slot_tables(prepared) -> np.ndarray:
 def dense_detection(model_config, params, prepared):
     """A pure function of the flow embeddings [G, Dp] → the `ARRAY_KEYS` arrays as [G, ...] (attention [G, L, M],
     slot_scores [G, S, M]), for the factored GNN, with its parameters, the graph and the mission as constants: what
-    `detection_fn` compiles and `pclip_jax.export` converts to ONNX."""
+    `detection_fn` compiles and `pclip_jax.serving.export` converts to ONNX."""
     import jax
     import jax.numpy as jnp
 
-    from pclip_jax.kg import gnn as gnn_lib
+    # JAX/jraph only for the jax backend (the onnx path imports this module)
+    from pclip_jax.models import gnn as gnn_lib
 
     # The graph side is computed here, once per model, for the node table and every description slot's table
     # (one stack): the returned function holds it as constants and computes only what depends on the flows.
@@ -194,13 +195,15 @@ def detection_fn(model_config, params, prepared):
     import jax
     import jax.numpy as jnp
 
-    from pclip_jax.kg import gnn as gnn_lib
+    # JAX/jraph only for the jax backend (the onnx path imports this module)
+    from pclip_jax.models import gnn as gnn_lib
 
     if model_config.factored:
         compiled = jax.jit(dense_detection(model_config, params, prepared))
         return lambda z: jax.device_get(compiled(jnp.asarray(z, jnp.float32)))
 
-    from pclip_jax.kg import graphs as kg_graphs
+    # JAX/jraph only for the jax backend (the onnx path imports this module)
+    from pclip_jax.models import graph_tuples as kg_graphs
 
     layout = prepared.layout
     table, slots = jnp.asarray(prepared.embeddings), jnp.asarray(slot_tables(prepared))

@@ -44,9 +44,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pclip_jax import __version__, errors, files
+from pclip_jax import __version__
+from pclip_jax.plumbing import errors, files
 
-from pclip_jax.onnx_runtime import EXPORT_FORMAT, SLOT_BUCKETS, TOWER_INPUTS, OnnxModel, tower_file
+from pclip_jax.serving.onnx_runtime import EXPORT_FORMAT, SLOT_BUCKETS, TOWER_INPUTS, OnnxModel, tower_file
 
 TOWER_FILE, DETECTION_FILE, MANIFEST_FILE = "packet_tower.onnx", "detection.onnx", "manifest.json"
 PARITY_TOLERANCE = 1e-4
@@ -102,11 +103,12 @@ def quantization_check(workdir, settings, layout, float_model: OnnxModel, quanti
                        max_flows: int = QUANTIZE_CHECK_FLOWS) -> dict:
     """The quantized towers against the float ones on the workdir's test flows (module docstring); with labels,
     also both level-1 mAUC / accuracy / macro-F1 on them (`layout`: the detection graph's)."""
-    from pclip_jax import job, metrics
-    from pclip_jax.kg.graphs import labels_to_slots
-    from pclip_jax.workdir import Workdir
+    from pclip_jax.training import experiment  # only `--quantize int8` needs the test flows (data, towers)
+    from pclip_jax.plumbing import metrics
+    from pclip_jax.models.graph_tuples import labels_to_slots
+    from pclip_jax.plumbing.workdir import Workdir
 
-    prepared = job.workdir_flows(settings, Workdir(workdir))
+    prepared = experiment.workdir_flows(settings, Workdir(workdir))
     rows = np.asarray(prepared.test_idx)[:max_flows]
     tensors = prepared.table.tensors
     z_f, z_q = float_model.embed(tensors, rows), quantized_model.embed(tensors, rows)
@@ -144,12 +146,13 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     import jax
     import jax.numpy as jnp
 
-    from pclip_jax import compat
-    from pclip_jax.calibration import ood_node_text
-    from pclip_jax.inference import load_classifier
-    from pclip_jax.kg.explain import ARRAY_KEYS, ExplainInfo, dense_detection
+    from pclip_jax.plumbing import runtime  # JAX and the models load when an export runs, not for --help
+    from pclip_jax.training.calibration import ood_node_text
+    from pclip_jax.training.restore import load_classifier
+    from pclip_jax.serving.explain import ARRAY_KEYS, ExplainInfo, dense_detection
     from pclip_jax.models.two_towers import TwoTowers
-    from pclip_jax.name_features import NAME_KEY, NameEncoder
+    from pclip_jax.data.flow_table import NAME_KEY
+    from pclip_jax.text.name_features import NameEncoder
 
     t0 = time.perf_counter()
     clf = load_classifier(workdir, mission)
@@ -202,12 +205,12 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
 
     # Parity on a probe batch: onnxruntime against the JAX path the classify backend uses.
     probe = probe_batch(settings)
-    runtime = OnnxModel(out, check_manifest=False, slot_files=slot_files)
-    z_onnx = runtime.embed_batch(probe)
+    onnx_model = OnnxModel(out, check_manifest=False, slot_files=slot_files)
+    z_onnx = onnx_model.embed_batch(probe)
     short_probe = probe_batch(settings, seed=1, max_packets=3)
-    short = runtime.embed(short_probe, np.arange(len(short_probe["sizes"])))  # through the 4-slot tower
+    short = onnx_model.embed(short_probe, np.arange(len(short_probe["sizes"])))  # through the 4-slot tower
     z_jax = np.asarray(jax.jit(tower)(*[probe[n] for n in names_in]))
-    arrays_onnx = runtime.detect_batch(z_jax)
+    arrays_onnx = onnx_model.detect_batch(z_jax)
     arrays_jax = jax.device_get(jax.jit(detect)(jnp.asarray(z_jax)))
     short_jax = np.asarray(jax.jit(tower)(*[short_probe[n] for n in names_in]))
     diffs = {"embedding": float(np.abs(z_onnx - z_jax).max()),
@@ -224,9 +227,9 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     quantization = None
     if quantize is not None:
         progress(f"[export] packet towers: weights to {quantize}; compared with the float ones on the test flows")
-        quantize_towers(out, list(slot_files.values()))  # `runtime` keeps the float towers it loaded
+        quantize_towers(out, list(slot_files.values()))  # `onnx_model` keeps the float towers it loaded
         try:
-            quantization = quantization_check(workdir, settings, clf.kg.layout, runtime,
+            quantization = quantization_check(workdir, settings, clf.kg.layout, onnx_model,
                                               OnnxModel(out, check_manifest=False, slot_files=slot_files))
         except (OSError, ValueError) as e:  # the workdir's captures are not here (exported on another machine)
             progress(f"[export] warning: the int8 towers were not checked on the test flows: {e}")
@@ -246,11 +249,11 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
         "packet_tower": {"file": TOWER_FILE, "slot_files": {str(n): f for n, f in slot_files.items()},
                          "inputs": list(names_in), "outputs": ["embedding"],
                          "packets": k, "bytes": b, "embedding_dim": dim,
-                         "params": compat.count_params(towers.params.get("packet_tower", {}))
-                         + compat.count_params(towers.params.get("packet_head", {}))},
+                         "params": runtime.count_params(towers.params.get("packet_tower", {}))
+                         + runtime.count_params(towers.params.get("packet_head", {}))},
         "detection": {"file": DETECTION_FILE, "inputs": ["embedding"], "outputs": list(ARRAY_KEYS),
                       "classes_level1": len(layout.level_nodes[1]), "classes_level2": len(layout.level_nodes[2]),
-                      "graph_nodes": layout.num_kg_nodes, "params": compat.count_params(clf.gnn_params)},
+                      "graph_nodes": layout.num_kg_nodes, "params": runtime.count_params(clf.gnn_params)},
         "parity_max_abs_diff": diffs,
         "quantization": quantization,
         "files": {name: {"bytes": (out / name).stat().st_size, "sha256": files.file_digest(out / name)}

@@ -1,7 +1,7 @@
-"""Running an export of `pclip_jax.export` with onnxruntime: no JAX, Flax or jraph imported.
+"""Running an export of `pclip_jax.serving.export` with onnxruntime: no JAX, Flax or jraph imported.
 
 `OnnxModel(DIR)` loads the two ONNX models and the files beside them; `embed` and `detect` run them in batches and
-return numpy arrays (the packet tower's flow embeddings, and the detection arrays of `kg.explain.ARRAY_KEYS`), so
+return numpy arrays (the packet tower's flow embeddings, and the detection arrays of `serving.explain.ARRAY_KEYS`), so
 `classify --backend onnx` explains flows with the same code as the JAX backend.
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Optional
 
 import numpy as np
 
-from pclip_jax import files
-from pclip_jax import settings as settings_lib
-from pclip_jax.kg.explain import ARRAY_KEYS, ExplainInfo
-from pclip_jax.name_features import NAME_KEY, NameEncoder
+from pclip_jax.plumbing import files
+from pclip_jax.plumbing import settings as settings_lib
+from pclip_jax.serving.explain import ARRAY_KEYS, ExplainInfo
+from pclip_jax.data.flow_table import NAME_KEY
+from pclip_jax.text.name_features import NameEncoder
 
 EXPORT_FORMAT = 1
 SLOT_BUCKETS = (2, 4, 8)   # packet-slot counts of the extra towers for short flows (below data.packets)
@@ -44,7 +45,7 @@ def read_export_settings(directory: str | pathlib.Path) -> settings_lib.Settings
 
 
 class OnnxModel:
-    """A deployment directory written by `pclip_jax.export`, ready to run.
+    """A deployment directory written by `pclip_jax.serving.export`, ready to run.
 
     `threads`: onnxruntime intra-op threads (0 = its default, all cores). `check_manifest`: verify every file's
     SHA-256 against manifest.json (a damaged or edited export fails with the file's name).
@@ -61,7 +62,7 @@ class OnnxModel:
         if not d.is_dir():
             raise ExportError(f"{d}: no such export directory")
         if not (d / "packet_tower.onnx").is_file():
-            raise ExportError(f"{d}: not an export of pclip_jax.export (no packet_tower.onnx); write one with "
+            raise ExportError(f"{d}: not an export of pclip_jax.serving.export (no packet_tower.onnx); write one with "
                               f"python -m pclip_jax.export --workdir W --out {d}")
         self.manifest = files.read_json(d / "manifest.json") if (d / "manifest.json").is_file() else None
         if check_manifest:

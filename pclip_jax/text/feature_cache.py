@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from pclip_jax import files
+from pclip_jax.plumbing import files
 from pclip_jax.models.text_tower import load_text_encoder, resolve_model_dir
 
 

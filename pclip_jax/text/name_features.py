@@ -16,12 +16,12 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from pclip_jax.data.ingest import FlowTable
+from pclip_jax.data.flow_table import NAME_KEY, FlowTable
 from pclip_jax.data.names import name_words
-from pclip_jax.model_files import resolve_model_dir
-from pclip_jax.settings import Settings
+from pclip_jax.plumbing.model_files import resolve_model_dir
+from pclip_jax.plumbing.settings import Settings
 
-NAME_KEY = "name_vec"
+__all__ = ["NAME_KEY", "NameEncoder", "with_name_features"]
 _TABLE_SUFFIX = "word_embeddings.weight"
 
 

@@ -19,7 +19,9 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import yaml
 
-DEFAULT_DESCRIPTIONS = pathlib.Path(__file__).resolve().parent / "data" / "class_descriptions.yaml"
+from pclip_jax.graph.schema import display_name  # noqa: F401  (the same class names in prompts and graphs)
+
+DEFAULT_DESCRIPTIONS = pathlib.Path(__file__).resolve().parent.parent / "data" / "class_descriptions.yaml"
 _SECTIONS = ("classes", "applications")
 
 # "{name}" is the class's display name, "{description}" one of its phrasings.
@@ -100,14 +102,6 @@ def load_class_descriptions(path: Optional[Union[str, pathlib.Path]] = None,
             seen[normalize_name(name)] = section
             out[name] = clean
     return out
-
-
-def display_name(name: str) -> str:
-    """How a class name reads in a sentence: `FileTransfer` → `File Transfer`,
-    `VPN/Tunnel` → `VPN or Tunnel`, `Skype_Teams` → `Skype Teams` (acronyms like VoIP kept)."""
-    s = re.sub(r"(?<=[a-z])(?=[A-Z][a-z])", " ", name.strip())
-    s = s.replace("_", " ").replace("/", " or ")
-    return " ".join(s.split())
 
 
 def normalize_name(name: str) -> str:

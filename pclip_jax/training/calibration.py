@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 
+from pclip_jax.plumbing import metrics as metrics_lib
+
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 90))
 OOD_QUANTILE = 0.05
@@ -76,7 +78,6 @@ def ood_scores(z: np.ndarray, node_text: np.ndarray) -> Optional[np.ndarray]:
 
 def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
     """Temperatures (and the OOD threshold) from validation flows; ECE before and after on them."""
-    from pclip_jax import metrics as metrics_lib  # scikit-learn: not needed where only `scale` runs (classify)
 
     out = {"level1_temperature": fit_temperature(prob1, y1), "validation_flows": int(len(y1))}
     out["validation_ece_level1"] = metrics_lib.calibration(y1, prob1 / prob1.sum(1, keepdims=True))["ece"] \
@@ -171,7 +172,6 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
     practice), and how well the OOD score and the top probability separate flows of unseen applications."""
     from sklearn.metrics import roc_auc_score
 
-    from pclip_jax import metrics as metrics_lib
 
     def split(name):
         p = np.asarray(flows[f"{name}_prob1"], np.float64)
@@ -484,8 +484,6 @@ def trust_report(prob1, y1, prob2=None, y2=None, calibration: Optional[dict] = N
     the flows the low-confidence flag leaves unmarked and of those it marks; the prediction sets' empirical
     coverage and mean size at `coverage`. With `short` (bool per flow: fewer packets than training keeps), the
     figures are also given for the flows training keeps (`in_scope`) and the short ones apart."""
-    from pclip_jax import metrics as metrics_lib
-
     y1 = np.asarray(y1)
     out: dict = {}
     groups = {"all": np.ones(len(y1), bool)}

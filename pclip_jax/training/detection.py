@@ -15,23 +15,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pclip_jax import calibration as calibration_lib
-from pclip_jax import files
-from pclip_jax import metrics as metrics_lib
-from pclip_jax import text as text_lib
-from pclip_jax.checkpointing import Checkpoints
-from pclip_jax.embedding import load_descriptions, shared_space_encoder
-from pclip_jax.kg import graphs as kg_graphs
-from pclip_jax.kg import schema, train_gnn
-from pclip_jax.kg.gnn import HierarchicalGNN
-from pclip_jax.kg.missions import mission_from_statement, missions_of
+from pclip_jax.training import calibration as calibration_lib
+from pclip_jax.plumbing import files
+from pclip_jax.plumbing import metrics as metrics_lib
+from pclip_jax.text import prompts as text_lib
+from pclip_jax.plumbing.checkpointing import Checkpoints
+from pclip_jax.training.towers import load_descriptions, shared_space_encoder
+from pclip_jax.models import graph_tuples as kg_graphs
+from pclip_jax.graph import schema
+from pclip_jax.training import train_gnn
+from pclip_jax.models.gnn import HierarchicalGNN
+from pclip_jax.graph.missions import mission_from_statement, missions_of
 from pclip_jax.models.two_towers import TwoTowerConfig
-from pclip_jax.settings import Settings
-from pclip_jax.workdir import Workdir
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.workdir import Workdir
 
 
 def kg_path(settings: Settings) -> pathlib.Path:
-    """The graph file of `gnn.kg`: a YAML path, or the name of a graph shipped in `pclip_jax/kg/shipped/`."""
+    """The graph file of `gnn.kg`: a YAML path, or the name of a graph shipped in `pclip_jax/graph/shipped/`."""
     return schema.graph_path(settings.gnn.kg)
 
 
@@ -214,7 +215,7 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
 
 def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: Workdir, test_rows,
               test_pred, z_test=None) -> dict:
-    """Temperatures and the OOD threshold fitted on the validation captures (`pclip_jax.calibration`), written to
+    """Temperatures and the OOD threshold fitted on the validation captures (`training.calibration`), written to
     WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
     reliability blocks, moved into results.json's level reports by the caller). `test_pred`: the GNN's
     predictions (`train_gnn.predict_arrays`) for the flows `test_rows` (embeddings `z_test`), already computed by

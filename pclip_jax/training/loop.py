@@ -4,7 +4,7 @@ validation with the best parameters kept on disk.
 A stage supplies its state (unreplicated), a pmapped step `(replicated_state, batch) -> (state, metrics)` and the
 batches from a given step on; the loop does the rest the same way for both stages:
 
-* resume from the newest intact checkpoint in `checkpoint_dir` (`pclip_jax.checkpointing`);
+* resume from the newest intact checkpoint in `checkpoint_dir` (`pclip_jax.plumbing.checkpointing`);
 * every `log_every` steps: metrics averaged over the window (plus steps/s and examples/s) to the metric writer and
   the progress bar; a non-finite loss stops with `NanLossError` naming the step;
 * every `eval_every` steps (and at the end): `validate(params)`, the best parameters kept in `best_dir` with their
@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from pclip_jax import checkpointing, files, parallel
-from pclip_jax.metric_writer import MetricWriter
+from pclip_jax.plumbing import checkpointing, files, runtime
+from pclip_jax.plumbing.metric_writer import MetricWriter
 
 
 class NanLossError(FloatingPointError):
@@ -123,7 +123,7 @@ def run(spec: LoopSpec, state: Any, p_step: Callable, batches_from: Callable[[in
         score = float(validate(initial))
         best.offer(0, score, initial)
         writer.write(0, {spec.validation_metric: score})
-    rstate = parallel.replicate(state)
+    rstate = runtime.replicate(state)
     bar = tqdm(total=spec.num_steps, initial=start, desc=spec.name, unit="step", file=sys.stderr,
                disable=not progress or jax.process_index() != 0)
     batches = batches_from(start)
@@ -153,7 +153,7 @@ def run(spec: LoopSpec, state: Any, p_step: Callable, batches_from: Callable[[in
             bar.update(len(window))
             t0, window_start = time.time(), done
         if best is not None and (done % spec.eval_every == 0 or done == last_step):
-            now = jax.device_get(params_of(parallel.unreplicate(rstate)))
+            now = jax.device_get(params_of(runtime.unreplicate(rstate)))
             score = float(validate(now))
             improved = best.offer(done, score, now)
             writer.write(done, {spec.validation_metric: score})
@@ -162,11 +162,11 @@ def run(spec: LoopSpec, state: Any, p_step: Callable, batches_from: Callable[[in
                           f"{' (best)' if improved else f' (best {best.score:.4f} at step {best.step})'}",
                           file=sys.stderr)
         if (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == last_step:
-            ckpts.save(done, parallel.unreplicate(rstate), force=done == last_step)
+            ckpts.save(done, runtime.unreplicate(rstate), force=done == last_step)
     bar.close()
     writer.close()
     ckpts.close()
-    final = jax.device_get(parallel.unreplicate(rstate))
+    final = jax.device_get(runtime.unreplicate(rstate))
     params = jax.device_get(params_of(final))
     if best is not None:
         kept = best.load(params)

@@ -1,8 +1,9 @@
 """Contrastive pre-training of the packet tower against the text tower, data-parallel over all local devices.
 
 `pretrain(settings, workdir, prepared, texts, model)` runs (or resumes) it through the shared training loop
-(`pclip_jax.loop`): a pmapped step with a global contrastive loss (`pclip_jax.losses`), batches that are a pure
-function of (seed, step), orbax checkpoints, and the validation-best parameters kept on disk. The whole job is
+(`pclip_jax.training.loop`): a pmapped step with a global contrastive loss (`pclip_jax.training.losses`),
+batches that are a pure function of (seed, step), orbax checkpoints, and the validation-best parameters kept on
+disk. The whole job is
 `pclip_jax.job.train_and_evaluate`.
 """
 from __future__ import annotations
@@ -15,42 +16,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
 
-from pclip_jax import compat, loop, losses, parallel
-from pclip_jax import text as text_lib
+from pclip_jax.plumbing import runtime
+from pclip_jax.training import loop, losses
+from pclip_jax.text import prompts as text_lib
 from pclip_jax.data.flow_source import FlowRows, Prefetcher, TableRows
 from pclip_jax.data.prepare import PreparedFlows
-from pclip_jax.embedding import (AXIS, TENSOR_KEYS, class_text_features, embed_flows, init_params,
-                                 load_descriptions, make_embed_fn, zero_shot_scores)
-from pclip_jax.metrics import classification_report
+from pclip_jax.training.towers import (AXIS, TENSOR_KEYS, class_text_features, embed_flows,
+                                       load_descriptions, make_embed_fn, zero_shot_scores)
+from pclip_jax.plumbing.metrics import classification_report
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowers
-from pclip_jax.name_features import NAME_KEY
-from pclip_jax.settings import Settings, TrainSettings
-from pclip_jax.text_features import TextFeaturizer, cached_text_features
-from pclip_jax.workdir import Workdir
-
-TrainState = train_state.TrainState
-
-
-def make_optimizer(train: TrainSettings):
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train.learning_rate, warmup_steps=train.warmup_steps,
-        decay_steps=max(train.num_steps, train.warmup_steps + 1), end_value=0.0)
-    return optax.chain(optax.clip_by_global_norm(train.grad_clip),
-                       optax.adamw(schedule, weight_decay=train.weight_decay)), schedule
-
-
-def create_state(settings: Settings, model: TwoTowers, rng, text_dim: int = 384, text_params=None) -> TrainState:
-    tx, _ = make_optimizer(settings.train)
-    params = init_params(model, settings, rng, text_dim, text_params)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
+from pclip_jax.data.flow_table import NAME_KEY
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.text.feature_cache import TextFeaturizer, cached_text_features
+from pclip_jax.plumbing.workdir import Workdir
+from pclip_jax.training.state import TrainState, create_state, make_optimizer  # noqa: F401  (tests use create_state)
 
 def make_train_step(model: TwoTowers, settings: Settings):
-    """The pre-training step, pmap-sharded over the local devices (`compat.pmap`, axis `AXIS`)."""
-    return compat.pmap(train_step_fn(model, settings), axis_name=AXIS, donate_argnums=(0,))
+    """The pre-training step, pmap-sharded over the local devices (`runtime.pmap`, axis `AXIS`)."""
+    return runtime.pmap(train_step_fn(model, settings), axis_name=AXIS, donate_argnums=(0,))
 
 
 def train_step_fn(model: TwoTowers, settings: Settings):
@@ -251,20 +236,20 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
     if model.text_encoder is not None and not settings.text.from_scratch:
         text_params = load_text_encoder(settings.text.encoder)[1]  # tuned: start from the pretrained weights
     state = create_state(settings, model, init_rng, texts.features.shape[1], text_params)
-    global_batch = parallel.global_batch_size(train.batch_size)
+    global_batch = runtime.global_batch_size(train.batch_size)
     p_step = make_train_step(model, settings)
-    step_rngs = parallel.replicate(step_rng)
+    step_rngs = runtime.replicate(step_rng)
     train_classes = prepared.class_ids[prepared.train_idx]
     known = np.where(train_classes >= 0, train_classes, train_classes.max() + 1)
 
-    mine = parallel.process_slice(global_batch)
+    mine = runtime.process_slice(global_batch)
     prefetchers = []
 
     def batch_of(step: int):
         rows = sample_indices(step, len(prepared.train_idx), global_batch, known, train.seed, train.class_balance)
         # The global batch's rows, augmentation and text variants, of which this process reads and prepares only
         # its own: every process count sees the same batch, so a multi-process run equals one process.
-        return parallel.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment, flows, mine))
+        return runtime.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment, flows, mine))
 
     def batches_from(start: int):
         prefetchers.append(Prefetcher(batch_of, start, depth=train.prefetch))
@@ -301,7 +286,7 @@ def make_validator(settings: Settings, model: TwoTowers, prepared: PreparedFlows
     embed_fn = make_embed_fn(model)
 
     def validate(params) -> float:
-        _, z = embed_flows(embed_fn, parallel.replicate(params), prepared.table.tensors, idx,
+        _, z = embed_flows(embed_fn, runtime.replicate(params), prepared.table.tensors, idx,
                            settings.eval.batch_size)
         scores = zero_shot_scores(params, model, z, prompt_feats, prompt_class, len(names))
         return classification_report(y, scores, names)["mauc"]

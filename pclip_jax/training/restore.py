@@ -16,18 +16,18 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from pclip_jax import compat, files, parallel
-from pclip_jax.checkpointing import Checkpoints
-from pclip_jax.embedding import build_model, make_embed_fn
-from pclip_jax.kg import pipeline
-from pclip_jax.kg.gnn import GnnConfig
-from pclip_jax.kg.train_gnn import GnnTrainConfig, PreparedKG
-from pclip_jax.loop import BestKeeper
+from pclip_jax.plumbing import files, runtime
+from pclip_jax.plumbing.checkpointing import Checkpoints
+from pclip_jax.training.towers import build_model, make_embed_fn
+from pclip_jax.training import detection
+from pclip_jax.models.gnn import GnnConfig
+from pclip_jax.training.train_gnn import GnnTrainConfig, PreparedKG
+from pclip_jax.training.loop import BestKeeper
 from pclip_jax.models.two_towers import TwoTowers
-from pclip_jax.settings import Settings
-from pclip_jax.text_features import TextFeaturizer, encoder_identity, params_tag
-from pclip_jax.train import create_state
-from pclip_jax.workdir import Workdir, WorkdirError
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.text.feature_cache import TextFeaturizer, encoder_identity, params_tag
+from pclip_jax.training.state import create_state
+from pclip_jax.plumbing.workdir import Workdir, WorkdirError
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ class Classifier:
     """Everything needed to classify flows with a trained workdir (see `load_classifier`)."""
     towers: Towers
     replicated_params: Any      # params on every local device, for the pmapped packet tower
-    embed_fn: Any               # embedding.make_embed_fn(model)
+    embed_fn: Any               # towers.make_embed_fn(model)
     gnn_train_config: GnnTrainConfig
     gnn_params: Any
     kg: PreparedKG              # mission applied
@@ -131,13 +131,13 @@ def load_classifier(workdir: Workdir | str, mission: Optional[str] = None, tower
     towers = towers or load_towers(wd)
     params, model = towers.params, towers.model
     featurizer = LazyTextFeaturizer(settings, params=params.get("text_encoder"), module=model.text_encoder)
-    kg = pipeline.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings), mission,
+    kg = detection.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings), mission,
                                        verbose=True)
-    gnn_params = pipeline.load_gnn(wd, settings, kg)
+    gnn_params = detection.load_gnn(wd, settings, kg)
     calibration_file = wd.gnn_dir / "calibration.json"
     calibration = files.read_json(calibration_file) if calibration_file.is_file() else None
-    return Classifier(towers=towers, replicated_params=parallel.replicate(params), embed_fn=make_embed_fn(model),
-                      gnn_train_config=pipeline.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
+    return Classifier(towers=towers, replicated_params=runtime.replicate(params), embed_fn=make_embed_fn(model),
+                      gnn_train_config=detection.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
                       load_seconds=time.perf_counter() - t0, calibration=calibration)
 
 
@@ -153,7 +153,7 @@ def use_compilation_cache(workdir, directory=None, tool: str = "pclip_jax") -> O
     else:
         w = Workdir(workdir)
         path = w.compilation_cache_dir(w.read_settings())
-    if compat.use_compilation_cache(path):
+    if runtime.use_compilation_cache(path):
         return path
     print(f"[{tool}] note: {path} cannot be written; compiling without a persistent cache", file=sys.stderr)
     return None

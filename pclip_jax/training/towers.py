@@ -11,18 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from pclip_jax import compat, parallel
-from pclip_jax import text as text_lib
-from pclip_jax.compat import count_params
-from pclip_jax.kg import schema
+from pclip_jax.plumbing import runtime
+from pclip_jax.text import prompts as text_lib
+from pclip_jax.plumbing.runtime import count_params
+from pclip_jax.graph import schema
 from pclip_jax.models.bert import BertConfig, BertEncoder
 from pclip_jax.models.packet_tower import PacketTowerConfig
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
 from pclip_jax.data.flow_source import TENSOR_KEYS, tower_inputs  # noqa: F401  (re-exported)
-from pclip_jax.name_features import NAME_KEY
-from pclip_jax.settings import Settings
-from pclip_jax.text_features import TextFeaturizer, cached_text_features, params_tag
+from pclip_jax.data.flow_table import NAME_KEY
+from pclip_jax.plumbing.settings import Settings
+from pclip_jax.text.feature_cache import TextFeaturizer, cached_text_features, params_tag
 
 AXIS = "batch"
 
@@ -104,7 +104,7 @@ def make_embed_fn(model: TwoTowers):
         feats = model.apply({"params": params}, batch, method=TwoTowers.packet_features)
         z = model.apply({"params": params}, batch, method=TwoTowers.embed_packets)
         return feats, z
-    return compat.pmap(embed, axis_name=AXIS)
+    return runtime.pmap(embed, axis_name=AXIS)
 
 
 def embed_flows(embed_fn, replicated_params, tensors: dict, indices: np.ndarray, batch_size: int,
@@ -118,7 +118,7 @@ def embed_flows(embed_fn, replicated_params, tensors: dict, indices: np.ndarray,
         pad = batch_size - len(idx)
         take = np.concatenate([idx, np.repeat(idx[:1], pad)]) if pad else idx
         batch = tower_inputs(tensors, take)
-        f, z = embed_fn(replicated_params, parallel.shard(batch))
+        f, z = embed_fn(replicated_params, runtime.shard(batch))
         feats.append(np.asarray(f).reshape(batch_size, -1)[:len(idx)])
         embs.append(np.asarray(z).reshape(batch_size, -1)[:len(idx)])
     if not feats:

@@ -3,7 +3,7 @@
 Data-parallel with the shared machinery: `jax.pmap` over the local devices (one device works too), gradients and
 metrics summed over the `batch` axis so the loss equals the single-device loss on the whole step; checkpoints,
 resume, NaN guard, logging and the validation-best parameters through the loop pre-training uses too
-(`pclip_jax.loop`).
+(`pclip_jax.training.loop`).
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from pclip_jax import compat, files, loop, parallel
-from pclip_jax.compat import count_params
-from pclip_jax.kg import graphs as kg_graphs
-from pclip_jax.kg.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, graph_mask, init_params, per_level_outputs,
-                              predict, top_down_decisions)
-from pclip_jax.kg.missions import Mission, apply_mission
-from pclip_jax.kg.schema import KnowledgeGraph
-from pclip_jax.metrics import by_application_novelty, classification_report, per_capture_accuracy
+from pclip_jax.plumbing import files, runtime
+from pclip_jax.training import loop
+from pclip_jax.plumbing.runtime import count_params
+from pclip_jax.models import graph_tuples as kg_graphs
+from pclip_jax.models.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, graph_mask, init_params,
+                                  per_level_outputs, predict, top_down_decisions)
+from pclip_jax.graph.missions import Mission, apply_mission
+from pclip_jax.graph.schema import KnowledgeGraph
+from pclip_jax.plumbing.metrics import by_application_novelty, classification_report, per_capture_accuracy
 
 AXIS = "batch"
 # Under the stage's directory (the workdir's `gnn/`): the last states, and the validation-best parameters.
@@ -163,7 +164,7 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
               kg: PreparedKG, workdir: str | pathlib.Path, progress: bool = True,
               validate: Callable[[Any], float] | None = None, eval_every: int = 25,
               validation_level: int = 1) -> tuple[Any, list[dict]]:
-    """Trains the GNN head on frozen flow embeddings through the shared loop (`pclip_jax.loop`); resumes from
+    """Trains the GNN head on frozen flow embeddings through the shared loop (`pclip_jax.training.loop`); resumes from
     `workdir/gnn_checkpoints` when present.
 
     Args:
@@ -208,11 +209,11 @@ def train_gnn(config: Any, train_embeddings: np.ndarray, train_labels_level1, tr
                             optax.adamw(schedule, weight_decay=cfg.weight_decay))
     state = {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.zeros((), jnp.int32)}
 
-    p_step = compat.pmap(_make_train_step(model, layout, optimizer, cfg.model.level_loss_weights), axis_name=AXIS,
+    p_step = runtime.pmap(_make_train_step(model, layout, optimizer, cfg.model.level_loss_weights), axis_name=AXIS,
                          donate_argnums=(0,))
-    r_kg = parallel.replicate(jnp.asarray(kg.embeddings))
-    r_cw = parallel.replicate(jnp.asarray(class_weight, jnp.float32))
-    r_rng = parallel.replicate(jax.random.PRNGKey(cfg.seed + 1))
+    r_kg = runtime.replicate(jnp.asarray(kg.embeddings))
+    r_cw = runtime.replicate(jnp.asarray(class_weight, jnp.float32))
+    r_rng = runtime.replicate(jax.random.PRNGKey(cfg.seed + 1))
     labelled = np.flatnonzero(y1 >= 0)
 
     def batches_from(start: int):
