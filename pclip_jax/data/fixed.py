@@ -48,18 +48,19 @@ def _fixed_name(split: str, key: str) -> str:
 def write_fixed(dataset_dir: str | pathlib.Path, chunk: int = 4096, progress: bool = True) -> pathlib.Path:
     """Writes DATASET_DIR/fixed/ (see the module docstring) from the built dataset's records; returns its path.
     Rewrites it when it is missing or stale, leaves an up-to-date one as it is."""
+    import tensorflow_datasets as tfds
     from tqdm import tqdm
 
-    from pclip_jax.data.flow_source import _feature_from_record, open_dataset
-
     dataset_dir = pathlib.Path(dataset_dir).expanduser()
+    if not (dataset_dir / "dataset_info.json").is_file():
+        raise FileNotFoundError(f"{dataset_dir}: not a built dataset (no dataset_info.json)")
     target = dataset_dir / FIXED_DIR
     try:
         if open_fixed(dataset_dir) is not None:
             return target
     except StaleFixedError as e:
         print(f"[fixed] {e}; writing it again", file=sys.stderr)
-    builder = open_dataset(dataset_dir)
+    builder = tfds.builder_from_directory(str(dataset_dir))
     sources = builder.as_data_source()
     features = builder.info.features
     manifest = {"format": FORMAT, "splits": {}}
@@ -78,13 +79,24 @@ def write_fixed(dataset_dir: str | pathlib.Path, chunk: int = 4096, progress: bo
                                   disable=not progress, dynamic_ncols=True):
                     stop = min(start + chunk, n)
                     for j, record in enumerate(raw.__getitems__(list(range(start, stop)))):
-                        out[start + j] = _feature_from_record(record, key, dtype, shape)
+                        out[start + j] = _feature(record, key, dtype, shape)
                 out.flush()
                 del out
                 entry["arrays"][key] = {"shape": [n, *shape], "dtype": dtype.str}
             manifest["splits"][split] = entry
         files.write_json(tmp / MANIFEST, manifest)
     return target
+
+
+def _feature(record: bytes, key: str, dtype, shape) -> np.ndarray:
+    """One tensor feature of a serialised tf.Example as TFDS wrote it: raw bytes, or an int64 / float list."""
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    feature = tf_example_pb2.Example.FromString(record).features.feature[key]
+    kind = feature.WhichOneof("kind")
+    if kind == "bytes_list":
+        return np.frombuffer(feature.bytes_list.value[0], dtype).reshape(shape)
+    return np.asarray(getattr(feature, kind).value, dtype).reshape(shape)
 
 
 def open_fixed(dataset_dir: str | pathlib.Path, splits: Optional[Sequence[str]] = None) -> Optional[dict]:
