@@ -1,7 +1,7 @@
 """Inference and training speed of PacketCLIP and every peer on the device at hand, in float32 and bfloat16.
 
     python benchmarks/model_speed.py [--config configs/default.py] [--size published] [--models pclip,etbert,...]
-        [--batch 1024] [--dtypes float32,bfloat16] [--reps 20] [--json OUT]
+        [--batch 1024[,8192]] [--dtypes float32,bfloat16] [--reps 20] [--json OUT]
 
 Cost in FLOPs (`benchmarks/flops_params.py`) says what a model asks of a chip; this says what the chip gives: on
 the same device, at the same batch, for each model
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                         help="PacketCLIP config override (repeatable)")
     parser.add_argument("--size", default="published", choices=("published", "cpu"), help="the peers' size")
     parser.add_argument("--models", default="pclip," + ",".join(PEER_NAMES))
-    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--batch", default="1024", help="batch size, or a comma list of them (each measured)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (after 2 untimed)")
     parser.add_argument("--json", default=None)
@@ -222,7 +222,11 @@ def main(argv=None) -> int:
     bad = sorted(set(dtypes) - {"float32", "bfloat16"})
     if bad:
         parser.error(f"--dtypes: unknown {', '.join(bad)} (float32, bfloat16)")
-    if args.batch < 1 or args.reps < 1:
+    try:
+        batches = [int(b) for b in str(args.batch).split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batch: integers, comma-separated, got {args.batch!r}")
+    if not batches or min(batches) < 1 or args.reps < 1:
         parser.error("--batch and --reps must be >= 1")
 
     import jax
@@ -230,36 +234,41 @@ def main(argv=None) -> int:
     device = jax.local_devices()[0]
     peak = peak_flops(device)
     rows = []
-    for name in models:
-        for dtype in dtypes:
-            print(f"[model_speed] {name} ({dtype}) ...", file=sys.stderr, flush=True)
-            try:
-                row = (pclip_speed(args.config, args.overrides, args.batch, dtype, args.reps) if name == "pclip"
-                       else peer_speed(name, args.size, args.batch, dtype, args.reps))
-            except Exception as e:  # noqa: BLE001 — one model out of memory must not cost the others' rows
-                if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
-                    raise
-                print(f"[model_speed] {name} ({dtype}) at batch {args.batch}: out of device memory, skipped "
-                      f"(run it alone with a smaller --batch)", file=sys.stderr, flush=True)
-                continue
-            row["mfu"] = (row["train_flops_per_step"] / (row["train_step_ms"] / 1e3) / (peak * jax.local_device_count())
-                          if peak else None)
-            row["device"], row["devices"] = device.device_kind, jax.local_device_count()
-            rows.append(row)
-            print("RESULT " + json.dumps(row), file=sys.stderr, flush=True)
+    for name, batch, dtype in ((n, b, d) for n in models for b in batches for d in dtypes):
+        print(f"[model_speed] {name} ({dtype}, batch {batch}) ...", file=sys.stderr, flush=True)
+        try:
+            row = (pclip_speed(args.config, args.overrides, batch, dtype, args.reps) if name == "pclip"
+                   else peer_speed(name, args.size, batch, dtype, args.reps))
+        except Exception as e:  # noqa: BLE001 — one model out of memory must not cost the others' rows
+            if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                raise
+            print(f"[model_speed] {name} ({dtype}) at batch {batch}: out of device memory, skipped "
+                  f"(run it alone with a smaller --batch)", file=sys.stderr, flush=True)
+            continue
+        row["config"] = pathlib.Path(args.config).stem if name == "pclip" else None
+        row["mfu"] = (row["train_flops_per_step"] / (row["train_step_ms"] / 1e3) / (peak * jax.local_device_count())
+                      if peak else None)
+        row["device"], row["devices"] = device.device_kind, jax.local_device_count()
+        rows.append(row)
+        print("RESULT " + json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"\n{'model':<10}{'dtype':>10}{'params':>14}{'MFLOPs/flow':>13}{'infer flows/s':>15}"
+    print(f"\n{'model':<10}{'batch':>7}{'dtype':>10}{'params':>14}{'MFLOPs/flow':>13}{'infer flows/s':>15}"
           f"{'train flows/s':>15}{'GFLOP/step':>12}{'MFU':>7}{'step MB':>9}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
         mem = f"{r['train_step_memory_mb']:.0f}" if r["train_step_memory_mb"] is not None else "—"
-        print(f"{r['model']:<10}{r['dtype']:>10}{r['params']:>14,d}{r['infer_flops_per_flow'] / 1e6:>13.1f}"
+        print(f"{r['model']:<10}{r['batch']:>7}{r['dtype']:>10}{r['params']:>14,d}{r['infer_flops_per_flow'] / 1e6:>13.1f}"
               f"{r['infer_flows_per_s']:>15,.0f}{r['train_flows_per_s']:>15,.0f}"
               f"{r['train_flops_per_step'] / 1e9:>12.1f}{mfu:>7}{mem:>9}")
-    base = {r["dtype"]: r for r in rows if r["model"] == "pclip"}
+    base = {(r["dtype"], r["batch"]): r for r in rows if r["model"] == "pclip"}
     for r in rows:
-        if r["model"] != "pclip" and r["dtype"] in base:
-            b = base[r["dtype"]]
+        if r["model"] == "pclip" and r["dtype"] == "bfloat16" and ("float32", r["batch"]) in base:
+            f32 = base[("float32", r["batch"])]
+            print(f"pclip at batch {r['batch']}: bfloat16 trains {r['train_flows_per_s'] / f32['train_flows_per_s']:.2f}x "
+                  f"the flows/s of float32")
+    for r in rows:
+        if r["model"] != "pclip" and (r["dtype"], r["batch"]) in base:
+            b = base[(r["dtype"], r["batch"])]
             print(f"pclip vs {r['model']} ({r['dtype']}): inference {b['infer_flows_per_s'] / r['infer_flows_per_s']:.1f}x "
                   f"the flows/s, training {b['train_flows_per_s'] / r['train_flows_per_s']:.1f}x")
     print(f"device: {device.device_kind} x {jax.local_device_count()}; batch {args.batch}; peers at size "

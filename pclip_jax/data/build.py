@@ -7,7 +7,9 @@
 
 Beam: one element per capture file → ingest → labels → filters; the per-capture label summaries are combined into
 the capture-disjoint split (a side input); each split is written by TFDS's Beam writer. Both ways print one JSON
-line: dataset, config, version, per-split example counts, a content digest (equal for both ways), seconds.
+line: dataset, config, version, per-split example counts, a content digest (equal for both ways), seconds. Then the
+packet bytes are also written in the fixed layout that training reads fastest (`pclip_jax.data.fixed`; `--no_fixed`
+skips it, `python -m pclip_jax.data.fixed DATASET_DIR` writes it for a dataset built before).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ def _parse(argv):
                         help="DirectRunner worker processes (multi-processing mode when > 1)")
     parser.add_argument("--beam_args", default="", help="further Beam pipeline options, one string")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
+    parser.add_argument("--no_fixed", action="store_true",
+                        help="skip the fixed layout (DATASET/fixed/: the packet bytes as memory-mapped raw rows, read "
+                             "per training batch; pclip_jax.data.fixed), e.g. for a data_dir on object storage")
     args = parser.parse_args(argv)
     if args.beam_workers < 1:
         parser.error(f"--beam_workers must be >= 1, got {args.beam_workers}")
@@ -66,6 +71,11 @@ def _build(args) -> dict:
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress on stdout; stdout is the JSON line
         builder = tfds_builders.build(args.name, args.data_dir, args.manual_dir, args.config, args.beam_runner,
                                       args.beam_workers, shlex.split(args.beam_args))
+        if not args.no_fixed:
+            # only a build that writes the fixed layout needs it (it reads the built TFDS dataset back)
+            from pclip_jax.data import fixed
+
+            fixed.write_fixed(str(builder.data_dir))
     result = {"dataset": args.name, "config": builder.builder_config.name, "version": str(builder.version),
               "runner": args.beam_runner or "single-process", **tfds_builders.dataset_digest(builder),
               "data_dir": str(builder.data_dir), "seconds": round(time.perf_counter() - t0, 1)}

@@ -121,27 +121,46 @@ def _feature_value(feature, dtype, shape):
 
 class NameColumn:
     """Server-name vectors made when rows are asked for (a built dataset keeps the names, not the vectors), each
-    distinct name once: memory grows with the distinct names seen, not with the flows."""
+    distinct name once, kept in a table of the distinct names (768 bytes a name): memory grows with the distinct
+    names, not with the flows, and a batch's vectors are one gather."""
 
     def __init__(self, encoder, names: np.ndarray):
         self.encoder = encoder
         self.distinct, self.inverse = np.unique(np.asarray(names).astype(str), return_inverse=True)
         self.inverse = self.inverse.reshape(-1).astype(np.int32)
         self.shape, self.dtype = (len(self.inverse), int(encoder.dim)), np.dtype(np.float16)
-        self._vectors: dict[int, np.ndarray] = {}
+        self._table = np.zeros((len(self.distinct), self.shape[1]), self.dtype)  # rows of unseen names: zeros
+        self._seen = np.zeros(len(self.distinct), bool)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
         which = self.inverse[np.atleast_1d(np.asarray(rows, np.int64))]
-        new = [int(i) for i in np.unique(which) if int(i) not in self._vectors]
-        if new:  # dict updates are atomic: prefetch threads may fill it at once, with the same values
-            self._vectors.update(zip(new, self.encoder(self.distinct[new])))
-        out = np.empty((len(which), self.shape[1]), self.dtype)
-        for j, i in enumerate(which.tolist()):
-            out[j] = self._vectors[i]
-        return out
+        self.ensure(which)
+        return self._table[which]
+
+    def ensure(self, which: np.ndarray) -> None:
+        """Encodes the distinct names `which` (indices into `distinct`) not encoded yet."""
+        new = np.unique(which[~self._seen[which]])
+        if len(new):  # prefetch threads may encode the same names at once, with the same values
+            self._table[new] = np.asarray(self.encoder(self.distinct[new]), self.dtype)
+            self._seen[new] = True  # after the vectors: a thread that sees the flag sees them
+
+    def __getstate__(self):
+        # Pickled to worker processes (data.batches) without the encoder: they read names encoded here
+        # (`BatchRecipe.for_workers`) and fail on any other rather than load a text model each.
+        return {**self.__dict__, "encoder": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.encoder is None:
+            self.encoder = _no_encoder
+
+
+def _no_encoder(names):
+    raise RuntimeError(f"server names {list(names)[:3]} were not encoded before the worker processes started "
+                       f"(BatchRecipe.for_workers)")
 
 
 def open_dataset(dataset_dir: str | pathlib.Path):
@@ -154,6 +173,31 @@ def open_dataset(dataset_dir: str | pathlib.Path):
         raise FileNotFoundError(f"data.dataset={path}: not a built dataset (no dataset_info.json); build one with "
                                 f"python -m pclip_jax.data.build NAME --manual_dir DIR --data_dir OUT")
     return tfds.builder_from_directory(str(path))
+
+
+def disk_columns(dataset_dir, sources: dict, reader: str = "auto") -> dict:
+    """The per-batch columns (the packet bytes) of a built dataset's train and test splits: from its fixed
+    layout (`pclip_jax.data.fixed`, memory-mapped raw rows) with `reader` 'fixed', or 'auto' when the dataset has
+    one; else parsed from the tf.Examples (`DiskColumn`)."""
+    # fixed imports this module (DiskColumn's protocol): imported here to keep the two out of an import circle
+    from pclip_jax.data import fixed
+
+    if reader != "tfds":
+        try:
+            arrays = fixed.open_fixed(dataset_dir, ("train", "test"))
+        except fixed.StaleFixedError as e:
+            if reader == "fixed":
+                raise
+            print(f"[data] {e}; reading the tf.Examples instead (slower)", file=sys.stderr)
+            arrays = None
+        if arrays is not None and {"train", "test"} <= set(arrays):
+            return {k: fixed.FixedColumn([arrays["train"][k], arrays["test"][k]]) for k in _DISK_TENSORS}
+        if reader == "fixed":
+            raise FileNotFoundError(f"data.reader=fixed but {dataset_dir} has no fixed layout; write it with "
+                                    f"python -m pclip_jax.data.fixed {dataset_dir}")
+        print(f"[data] {dataset_dir}: no fixed layout, packet bytes parsed from the tf.Examples per batch (about "
+              f"10x slower); python -m pclip_jax.data.fixed {dataset_dir} writes it", file=sys.stderr)
+    return {k: DiskColumn([sources["train"], sources["test"]], k) for k in _DISK_TENSORS}
 
 
 def _text(value) -> str:
@@ -215,7 +259,7 @@ def prepare_from_dataset(data_config, name_encoder=None, chunk: int = 2048, prog
     parts = [_small_columns(sources[s], chunk, f"{s} labels", progress) for s in ("train", "test")]
     meta = {k: np.concatenate([m[k] for m, _ in parts]) for k in parts[0][0]}
     tensors = {k: np.concatenate([t[k] for _, t in parts]) for k in parts[0][1]}
-    tensors.update({k: DiskColumn([sources["train"], sources["test"]], k) for k in _DISK_TENSORS})
+    tensors.update(disk_columns(data_config.dataset, sources, getattr(data_config, "reader", "auto")))
     if name_encoder is not None:
         tensors[NAME_KEY] = NameColumn(name_encoder, meta["server_name"])
     table = FlowTable(meta, tensors, list(builder.info.metadata.get("stats_names", [])), {})

@@ -1,5 +1,9 @@
 """Orbax checkpoints with integrity: periodic saves, keep N, resume from the newest *intact* checkpoint.
 
+A checkpoint holds the training state (orbax item `default`) and, from pre-training, the data iterator's state
+(item `data_iterator`, JSON: `data.batches.StepBatches.get_state`), so a resumed run continues the same batches;
+checkpoints written before it had that item restore as before.
+
 Each finished save records a SHA-256 of its step directory in `DIR/digests.json`. A restore checks the digest
 first (a truncated file, an emptied `_METADATA` or a flipped bit is caught before orbax reads anything), says which
 step is damaged and falls back to the next older intact one. A writing run moves damaged steps aside (to
@@ -18,6 +22,8 @@ import orbax.checkpoint as ocp
 from pclip_jax.plumbing import files
 
 DIGESTS_FILE = "digests.json"
+STATE_ITEM = "default"            # the saved tree (the item name orbax gives a checkpoint of one item)
+DATA_ITEM = "data_iterator"       # the training data iterator's state (JSON), when the loop gave one
 
 
 class CheckpointError(RuntimeError):
@@ -35,7 +41,10 @@ class Checkpoints:
         # A reader never saves; orbax's read_only mode would only add warnings, so it is enforced here instead.
         options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, int(save_every)),
                                                max_to_keep=int(keep) if writable else None, create=writable)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Two named items from the start: a manager left to guess takes a checkpoint with a `default` item for a
+        # one-item checkpoint and refuses to restore it as two.
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+        self.data_state: Optional[dict] = None  # the data iterator state of the checkpoint restored last, if any
 
     # ------------------------------------------------------------------------------------------- digests
     def _digests(self) -> dict:
@@ -57,11 +66,15 @@ class Checkpoints:
         files.write_json(self.directory / DIGESTS_FILE, {str(k): v for k, v in sorted(digests.items())})
 
     # ------------------------------------------------------------------------------------------- save
-    def save(self, step: int, tree: Any, force: bool = False) -> bool:
-        """Saves `tree` at `step` (when the interval says so or `force`); the digest is recorded once written."""
+    def save(self, step: int, tree: Any, force: bool = False, data_state: Optional[dict] = None) -> bool:
+        """Saves `tree` at `step` (when the interval says so or `force`), with the data iterator's state
+        `data_state` (JSON) beside it when given; the digest is recorded once written."""
         if not self.writable:
             raise RuntimeError(f"{self.directory}: opened for reading, not for saving")
-        saved = self.manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+        items = {STATE_ITEM: ocp.args.StandardSave(tree)}
+        if data_state is not None:
+            items[DATA_ITEM] = ocp.args.JsonSave(data_state)
+        saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
         if saved:
             self.manager.wait_until_finished()
             self._record_digests()
@@ -96,9 +109,14 @@ class Checkpoints:
                 reason = "its files differ from the digest recorded when it was saved"
             else:
                 try:
-                    args = ocp.args.StandardRestore(abstract) if abstract is not None else ocp.args.StandardRestore()
+                    items = {STATE_ITEM: ocp.args.StandardRestore(abstract) if abstract is not None
+                             else ocp.args.StandardRestore()}
+                    if (self.directory / str(step) / DATA_ITEM).is_dir():
+                        items[DATA_ITEM] = ocp.args.JsonRestore()
                     with _quiet_orbax():
-                        return self.manager.restore(step, args=args), step
+                        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                    self.data_state = restored[DATA_ITEM] if DATA_ITEM in items else None
+                    return restored[STATE_ITEM], step
                 except Exception as e:  # orbax raises many types for damaged files; all mean "not usable"
                     reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'unreadable'}"
             damaged.append(step)

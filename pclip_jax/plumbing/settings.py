@@ -54,6 +54,9 @@ class DataSettings:
     dataset: str = ""                        # a built dataset dir (python -m pclip_jax.data.build; data_dir/name/
                                              # config/version): flows, labels and test split from it, packet bytes
                                              # read per batch; manual_dir/inputs/labels then unused
+    reader: str = "auto"                     # how a built dataset's packet bytes are read per batch: 'fixed' (its
+                                             # fixed/ raw rows, memory-mapped: pclip_jax.data.fixed), 'tfds' (one
+                                             # tf.Example parse a flow), 'auto' = fixed when the dataset has it
     packets: int = 16
     bytes: int = 128
     mask: bool = True
@@ -80,6 +83,7 @@ class DataSettings:
         _one_of(f"{prefix}.label_level", self.label_level, LABEL_COLUMNS)
         _one_of(f"{prefix}.taxonomy", self.taxonomy, ("auto", "hierarchy", "graph", "raw"))
         _one_of(f"{prefix}.split", self.split, ("capture", "time"))
+        _one_of(f"{prefix}.reader", self.reader, ("auto", "fixed", "tfds"))
         if self.dataset:
             _check(self.split == "capture", f"{prefix}.split", self.split,
                    "'capture' with data.dataset (a built dataset is split by capture when it is built)")
@@ -189,12 +193,14 @@ class TrainSettings:
     eval_every: int = 250                    # validation zero-shot mAUC, keeps the best parameters
     keep_checkpoints: int = 3
     stop_after: int = 0                      # >0: stop at this step with the full run's schedule (preemption drills)
-    prefetch: int = 2                        # batches read and prepared ahead, by as many threads
+    prefetch: int = 2                        # batches read and prepared ahead, by as many threads (per worker)
+    workers: int = 0                         # >0: batches made in this many worker processes (Grain), each
+                                             # `prefetch` batches ahead; 0 = threads of the training process
 
     def validate(self, prefix: str = "train") -> None:
         for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "prefetch"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
-        for name in ("warmup_steps", "eval_every", "stop_after"):
+        for name in ("warmup_steps", "eval_every", "stop_after", "workers"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
         _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")

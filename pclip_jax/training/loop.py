@@ -4,7 +4,9 @@ validation with the best parameters kept on disk.
 A stage supplies its state (unreplicated), a pmapped step `(replicated_state, batch) -> (state, metrics)` and the
 batches from a given step on; the loop does the rest the same way for both stages:
 
-* resume from the newest intact checkpoint in `checkpoint_dir` (`pclip_jax.plumbing.checkpointing`);
+* resume from the newest intact checkpoint in `checkpoint_dir` (`pclip_jax.plumbing.checkpointing`), the batches too: an
+  iterator with `get_state` / `set_state` (`data.batches.StepBatches`) has its state saved with each checkpoint and
+  restored with it;
 * every `log_every` steps: metrics averaged over the window (plus steps/s and examples/s) to the metric writer and
   the progress bar; a non-finite loss stops with `NanLossError` naming the step;
 * every `eval_every` steps (and at the end): `validate(params)`, the best parameters kept in `best_dir` with their
@@ -127,6 +129,8 @@ def run(spec: LoopSpec, state: Any, p_step: Callable, batches_from: Callable[[in
     bar = tqdm(total=spec.num_steps, initial=start, desc=spec.name, unit="step", file=sys.stderr,
                disable=not progress or jax.process_index() != 0)
     batches = batches_from(start)
+    if ckpts.data_state is not None and hasattr(batches, "set_state"):
+        batches.set_state(ckpts.data_state)  # the iterator state saved with the checkpoint (data.batches)
     pending, t0, window_start = [], time.time(), start
     for step in range(start, last_step):
         rstate, metrics = p_step(rstate, next(batches))
@@ -162,7 +166,8 @@ def run(spec: LoopSpec, state: Any, p_step: Callable, batches_from: Callable[[in
                           f"{' (best)' if improved else f' (best {best.score:.4f} at step {best.step})'}",
                           file=sys.stderr)
         if (spec.checkpoint_every and done % spec.checkpoint_every == 0) or done == last_step:
-            ckpts.save(done, runtime.unreplicate(rstate), force=done == last_step)
+            ckpts.save(done, runtime.unreplicate(rstate), force=done == last_step,
+                       data_state=batches.get_state() if hasattr(batches, "get_state") else None)
     bar.close()
     writer.close()
     ckpts.close()

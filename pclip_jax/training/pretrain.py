@@ -20,10 +20,12 @@ import optax
 from pclip_jax.plumbing import runtime
 from pclip_jax.training import loop, losses
 from pclip_jax.text import prompts as text_lib
-from pclip_jax.data.flow_source import FlowRows, Prefetcher, TableRows
+from pclip_jax.data.batches import (BatchRecipe, StepBatches, augment_flows, batch_from_rows,  # noqa: F401
+                                    sample_indices)
+from pclip_jax.data.flow_source import FlowRows, TableRows
 from pclip_jax.data.prepare import PreparedFlows
-from pclip_jax.training.towers import (AXIS, TENSOR_KEYS, class_text_features, embed_flows,
-                                       load_descriptions, make_embed_fn, zero_shot_scores)
+from pclip_jax.training.towers import (AXIS, class_text_features, embed_flows, init_params, load_descriptions,
+                                       make_embed_fn, zero_shot_scores)
 from pclip_jax.plumbing.metrics import classification_report
 from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowers
@@ -136,55 +138,7 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
 
 # ----------------------------------------------------------------------------------------------- sampling
 
-def sample_indices(step: int, n: int, batch: int, class_ids: np.ndarray, seed: int, balance: float) -> np.ndarray:
-    """The global batch of step `step`: a deterministic function of (seed, step), so resume replays exactly.
-
-    Flows are drawn with weight count(class)^-balance: 0 = uniform over flows, 1 = uniform over classes.
-    """
-    rng = np.random.default_rng([seed, step])
-    counts = np.bincount(class_ids, minlength=class_ids.max() + 1).astype(np.float64)
-    weights = counts[class_ids] ** (-balance)
-    return rng.choice(n, size=batch, replace=n < batch, p=weights / weights.sum())
-
-
-def augment_flows(batch: dict, rng: np.random.Generator, augment, mine: slice = slice(None),
-                  batch_size: Optional[int] = None) -> dict:
-    """Capture-invariance augmentations: what changes between two captures of the same application.
-
-    * `iat_scale`: multiply each flow's inter-arrival times by a log-uniform factor in [1/s, s] (another network,
-      another round-trip time);
-    * `byte_dropout`: zero a random fraction of the payload/header bytes (other session ids, other randoms);
-    * `packet_dropout`: drop non-first packets with this probability, shifting later ones up (lost ACKs,
-      coalesced segments, another capture point);
-    * `name_dropout`: hide the server name of this fraction of flows (Encrypted Client Hello, resumed sessions,
-      flows whose handshake was not captured), so the tower does not depend on names alone.
-
-    `batch` holds the rows `mine` of a global batch of `batch_size` rows (default: all of it). The random draws are
-    made for the whole global batch and cut to `mine`, so a process that reads only its own rows augments them
-    exactly as a single process augmenting the whole batch would.
-    """
-    batch = dict(batch)
-    n, k = batch["sizes"].shape
-    total = n if batch_size is None else batch_size
-    if augment.iat_scale > 1:
-        factor = np.exp(rng.uniform(-1, 1, size=(total, 1))[mine] * np.log(augment.iat_scale)).astype(np.float32)
-        batch["iat"] = batch["iat"] * factor
-    if augment.byte_dropout > 0:
-        keep = rng.random((total,) + batch["bytes"].shape[1:])[mine] >= augment.byte_dropout
-        batch["bytes"] = batch["bytes"] * keep.astype(np.uint8)
-    if augment.packet_dropout > 0:
-        drop = (rng.random((total, k))[mine] < augment.packet_dropout) & (batch["sizes"] != 0)
-        drop[:, 0] = False
-        order = np.argsort(drop, axis=1, kind="stable")  # kept packets first, in their original order
-        for key in TENSOR_KEYS:
-            arr = np.take_along_axis(batch[key], order.reshape(order.shape + (1,) * (batch[key].ndim - 2)), 1)
-            dropped_sorted = np.take_along_axis(drop, order, 1)
-            mask = dropped_sorted.reshape(dropped_sorted.shape + (1,) * (arr.ndim - 2))
-            batch[key] = np.where(mask, np.zeros_like(arr), arr)
-    if augment.name_dropout > 0 and NAME_KEY in batch:
-        hide = rng.random(total)[mine] < augment.name_dropout
-        batch[NAME_KEY] = np.where(hide[:, None], np.zeros_like(batch[NAME_KEY]), batch[NAME_KEY])
-    return batch
+# sample_indices, augment_flows: pclip_jax.data.batches (no JAX there: worker processes make batches with them)
 
 
 def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarray, step: int, seed: int,
@@ -193,23 +147,10 @@ def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarra
 
     `flows` reads the tower inputs of training rows (default: prepared.table's tensors). Only the rows `mine` are
     read; augmentation and text variants are drawn for all of `rows`, so every process count trains on the same
-    global batch."""
-    rng = np.random.default_rng([seed, step, 1])
+    global batch (`data.batches.batch_from_rows`)."""
     flows = flows if flows is not None else TableRows(prepared.table.tensors, prepared.train_idx)
-    own = rows[mine]
-    batch = flows.read(own)
-    if augment is not None:
-        batch = augment_flows(batch, rng, augment, mine, len(rows))
-    variant = rng.integers(0, texts.variants.shape[1], size=len(rows))[mine]
-    chosen = texts.variants[own, variant]
-    if texts.tokens is not None:
-        batch["input_ids"] = texts.tokens["input_ids"][chosen]
-        batch["attention_mask"] = texts.tokens["attention_mask"][chosen]
-    else:
-        batch["text"] = texts.features[chosen].astype(np.float32)
-    batch["valid"] = np.ones(len(own), bool)
-    batch["class_id"] = prepared.class_ids[prepared.train_idx[own]]
-    return batch
+    return batch_from_rows(flows, np.asarray(prepared.class_ids)[prepared.train_idx], texts.features,
+                           texts.variants, texts.tokens, rows, step, seed, augment, mine)
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -239,20 +180,16 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
     global_batch = runtime.global_batch_size(train.batch_size)
     p_step = make_train_step(model, settings)
     step_rngs = runtime.replicate(step_rng)
-    train_classes = prepared.class_ids[prepared.train_idx]
-    known = np.where(train_classes >= 0, train_classes, train_classes.max() + 1)
-
-    mine = runtime.process_slice(global_batch)
+    # The global batch's rows, augmentation and text variants, of which this process reads and prepares only its
+    # own: every process count sees the same batch, so a multi-process run equals one process.
+    recipe = BatchRecipe.of(prepared, texts, train, global_batch, runtime.process_slice(global_batch), flows)
     prefetchers = []
 
-    def batch_of(step: int):
-        rows = sample_indices(step, len(prepared.train_idx), global_batch, known, train.seed, train.class_balance)
-        # The global batch's rows, augmentation and text variants, of which this process reads and prepares only
-        # its own: every process count sees the same batch, so a multi-process run equals one process.
-        return runtime.shard(make_train_batch(prepared, texts, rows, step, train.seed, train.augment, flows, mine))
-
     def batches_from(start: int):
-        prefetchers.append(Prefetcher(batch_of, start, depth=train.prefetch))
+        # Sharded and sent to the devices ahead of their step (runtime.shard_local: no transfer inside the step).
+        prefetchers.append(StepBatches(recipe, start, stop=train.num_steps, workers=train.workers,
+                                       prefetch=train.prefetch,
+                                       post=lambda batch: runtime.shard_local(runtime.shard(batch))))
         return prefetchers[-1]
 
     spec = loop.LoopSpec(name="pre-training", num_steps=train.num_steps, log_every=train.log_every,
