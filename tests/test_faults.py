@@ -80,12 +80,12 @@ def test_a_lock_makes_the_second_process_wait_and_dies_with_its_holder(tmp_path)
     """`files.exclusive_lock` (the peer suite holds it while a cell trains a PacketCLIP workdir): a second process
     waits, says for what and who holds it, and gets the lock as soon as the holder is killed."""
     lock = tmp_path / "run.lock"
-    hold = ("import sys, time; from pclip_jax import files\n"
+    hold = ("import sys, time; from pclip_jax.plumbing import files\n"
             "with files.exclusive_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"
-        wait = ("import sys, time; from pclip_jax import files\nt = time.time()\n"
+        wait = ("import sys, time; from pclip_jax.plumbing import files\nt = time.time()\n"
                 "with files.exclusive_lock(sys.argv[1], waiting='training W'):\n    print(f'{time.time() - t:.1f}')")
         waiter = subprocess.Popen([sys.executable, "-c", wait, str(lock)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, cwd=REPO)
