@@ -426,8 +426,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "'off': none)")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = parser.parse_args(argv)
-    with errors.cli_errors(args.verbose) as status:
-        if args.compile_cache != "off":
+    with errors.cli_errors(args.verbose) as status, runtime.restored_compilation_cache():
+        if args.compile_cache != "off":  # process-wide: undone when main returns
             restore.use_compilation_cache(args.workdir, args.compile_cache, tool="evaluate")
         evaluate_workdir(args.workdir, args.inputs, args.labels, args.out, args.coverage)
     return status.code

@@ -11,8 +11,9 @@ batch is cut into `process_count` slices, each process takes its own and reshape
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -193,6 +194,31 @@ def use_compilation_cache(directory: Any) -> bool:
     except ImportError:
         pass
     return True
+
+
+_CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                   "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
+
+
+@contextlib.contextmanager
+def restored_compilation_cache() -> Iterator[None]:
+    """JAX's persistent-cache settings as they are when the block starts, put back when it ends (and the cache JAX
+    opened from them dropped), so an entry point called in-process (tests, notebooks: `classify.main([...])`) leaves
+    no process-wide cache behind for whatever compiles next. Drift wrapped here: `jax._src.compilation_cache`'s
+    `reset_cache` (jax 0.4.2x-0.10)."""
+    before = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS if hasattr(jax.config, name)}
+    try:
+        yield
+    finally:
+        changed = any(getattr(jax.config, name) != value for name, value in before.items())
+        for name, value in before.items():
+            jax.config.update(name, value)
+        if changed:
+            try:
+                from jax._src import compilation_cache  # private: reopened from the settings on next use
+                compilation_cache.reset_cache()
+            except (ImportError, AttributeError):
+                pass
 
 
 class CompilationCounter:

@@ -714,15 +714,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if (args.backend == "onnx") != (args.model is not None) or (args.backend == "jax" and args.workdir is None):
         print("error: --backend jax needs --workdir W; --backend onnx needs --model DIR (python -m "
-              "pclip_jax.serving.export --workdir W --out DIR writes one)", file=sys.stderr)
+              "pclip_jax.export --workdir W --out DIR writes one)", file=sys.stderr)
         return 2
     keep_freed_memory()  # a process that streams captures (pclip_jax/data/ingest.py)
     to_stdout = args.out in (None, "-")
     report = sys.stderr if to_stdout else sys.stdout
-    with errors.cli_errors(args.verbose) as status:
+    with errors.cli_errors(args.verbose) as status, contextlib.ExitStack() as scope:
         if args.backend == "jax" and args.compile_cache != "off":
             # the jax backend on use: the onnx backend runs without JAX
+            from pclip_jax.plumbing.runtime import restored_compilation_cache
             from pclip_jax.training.restore import use_compilation_cache
+            scope.enter_context(restored_compilation_cache())  # process-wide: undone when main returns
             use_compilation_cache(args.workdir, args.compile_cache, tool="classify")
         if not args.inputs and not args.interface:
             raise ValueError("give captures, folders, `-` (standard input) or --interface NAME")
