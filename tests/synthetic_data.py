@@ -340,8 +340,8 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def _project_words() -> list[str]:
     """Lower-case words of the texts the project writes (prompts, class descriptions, graph, label names)."""
-    sources = [REPO / "pclip_jax" / "text.py", REPO / "pclip_jax" / "data" / "class_descriptions.yaml",
-               REPO / "pclip_jax" / "data" / "label_hierarchy.yaml", *sorted((REPO / "pclip_jax" / "kg").rglob("*.yaml"))]
+    sources = [REPO / "pclip_jax" / "text" / "prompts.py", REPO / "pclip_jax" / "data" / "class_descriptions.yaml",
+               REPO / "pclip_jax" / "data" / "label_hierarchy.yaml", *sorted((REPO / "pclip_jax" / "graph").rglob("*.yaml"))]
     words = set()
     for path in sources:
         words.update(w.lower() for w in re.findall(r"[A-Za-z]{2,}", path.read_text()))

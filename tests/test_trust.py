@@ -99,8 +99,8 @@ def _fitted_on_some_captures(ndpi_dir, seed=0):
 
 
 @pytest.fixture(scope="module")
-def fitted(ndpi_dir):
-    return _fitted_on_some_captures(ndpi_dir)
+def fitted(real_ndpi_dir):
+    return _fitted_on_some_captures(real_ndpi_dir)  # the figures are about the real corpus: not on stand-ins
 
 
 def test_conformal_sets_cover_exchangeable_flows_of_real_captures(fitted):
