@@ -598,6 +598,7 @@ def _mostly_unknown_captures(ndpi_dir, root, keep_known=100, others=("wechat.pca
     return pcaps, results
 
 
+@pytest.mark.real_data  # built from real nDPI captures and their result files (gnutella's unknown flows)
 def test_evaluate_keeps_the_workdirs_classes_on_captures_the_hierarchy_mostly_misses(workdir, ndpi_dir, tmp_path):
     from pclip_jax import evaluate
     from pclip_jax.data import labels as labels_lib

@@ -186,10 +186,11 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
     prefetchers = []
 
     def batches_from(start: int):
-        # Sharded and sent to the devices ahead of their step (runtime.shard_local: no transfer inside the step).
+        # Made and split per device ahead of their step in the prefetch threads; placed on the devices on this
+        # thread just before the step (`runtime.shard_local`, asynchronous on accelerators): device transfers from
+        # the prefetch threads while this thread compiled crashed XLA:CPU in the long-lived test process.
         prefetchers.append(StepBatches(recipe, start, stop=train.num_steps, workers=train.workers,
-                                       prefetch=train.prefetch,
-                                       post=lambda batch: runtime.shard_local(runtime.shard(batch))))
+                                       prefetch=train.prefetch, post=runtime.shard))
         return prefetchers[-1]
 
     spec = loop.LoopSpec(name="pre-training", num_steps=train.num_steps, log_every=train.log_every,
@@ -202,7 +203,7 @@ def pretrain(settings: Settings, workdir: Workdir, prepared: PreparedFlows, text
                          postfix=(("loss", "loss"), ("acc", "p2t_accuracy"), ("steps_s", "steps_per_sec"),
                                   ("flows_s", "flows_per_sec")))
     try:
-        result = loop.run(spec, state, lambda s, batch: p_step(s, batch, step_rngs), batches_from,
+        result = loop.run(spec, state, lambda s, batch: p_step(s, runtime.shard_local(batch), step_rngs), batches_from,
                           checkpoint_dir=workdir.checkpoints, metrics_dir=workdir.path, metrics_name="train",
                           params_of=lambda s: s.params, validate=validate, best_dir=workdir.best_checkpoints,
                           progress=progress)
