@@ -1,0 +1,102 @@
+"""The benchmark protocol's statistics and guards (pclip_bench.protocol) on hand-built cases."""
+import numpy as np
+import pytest
+
+from pclip_bench import protocol
+from pclip_jax.plumbing import metrics as metrics_lib
+
+
+def _onehot_scores(pred, classes, sharp=0.9):
+    s = np.full((len(pred), classes), (1 - sharp) / (classes - 1))
+    s[np.arange(len(pred)), pred] = sharp
+    return s
+
+
+def test_weighted_metrics_equal_the_report_at_unit_weights_and_follow_the_weights():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    y[:4] = np.arange(4)
+    scores = rng.random((300, 4)) + np.eye(4)[y] * rng.random((300, 1))
+    scores /= scores.sum(1, keepdims=True)
+    scores[:40, 1] = 0.25  # tied scores within a class count one half, as sklearn does
+    report = metrics_lib.classification_report(y, scores, list("abcd"))
+    for name in ("mauc", "macro_f1", "accuracy"):
+        got = protocol.weighted_metric(name, y, scores, np.ones((1, 300)))[0]
+        assert got == pytest.approx(report[name], abs=1e-12), name
+    # Integer weights are the same as repeating the flows.
+    w = rng.integers(0, 3, 300)
+    rep = np.repeat(np.arange(300), w)
+    rep_report = metrics_lib.classification_report(y[rep], scores[rep], list("abcd"))
+    for name in ("mauc", "macro_f1", "accuracy"):
+        got = protocol.weighted_metric(name, y, scores, w[None].astype(float))[0]
+        assert got == pytest.approx(rep_report[name], abs=1e-12), name
+
+
+def test_paired_bootstrap_on_two_captures_gives_the_enumerable_interval():
+    """A is right on capture X and wrong on Y, B the opposite (10 flows each). Resampling two captures gives
+    (X, X) with probability 1/4 → A − B accuracy = +1, (Y, Y) 1/4 → −1, mixed 1/2 → 0: margin 0, 95 % interval
+    [−1, +1], neither ahead nor behind."""
+    y = np.zeros(20, int)
+    y[::2] = 1
+    captures = np.array(["X"] * 10 + ["Y"] * 10)
+    wrong = 1 - y
+    a = protocol.SplitPredictions(y, _onehot_scores(np.r_[y[:10], wrong[10:]], 2), captures)
+    b = protocol.SplitPredictions(y, _onehot_scores(np.r_[wrong[:10], y[10:]], 2), captures)
+    out = protocol.paired_bootstrap([a], [b], "accuracy", replicates=4000, seed=1)
+    assert out["margin"] == 0.0
+    assert out["low"] == -1.0 and out["high"] == 1.0
+    assert not out["ahead"] and not out["behind"]
+    # The replicate margins take the three values in the stated proportions.
+    draws = np.random.default_rng(1).integers(0, 2, size=(4000, 2))
+    ma = protocol.weighted_metric("accuracy", a.y_true, a.scores, protocol.capture_weights(captures, draws,
+                                                                                            np.array(["X", "Y"])))
+    mb = protocol.weighted_metric("accuracy", b.y_true, b.scores, protocol.capture_weights(captures, draws,
+                                                                                            np.array(["X", "Y"])))
+    values, counts = np.unique(np.round(ma - mb, 9), return_counts=True)
+    assert values.tolist() == [-1.0, 0.0, 1.0]
+    assert counts / 4000 == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+
+
+def test_paired_bootstrap_says_ahead_only_when_every_capture_agrees():
+    rng = np.random.default_rng(3)
+    splits_a, splits_b = [], []
+    for split in range(3):
+        y = rng.integers(0, 3, 240)
+        captures = np.repeat([f"s{split}c{i}" for i in range(12)], 20)
+        splits_a.append(protocol.SplitPredictions(y, _onehot_scores(np.where(rng.random(240) < 0.9, y, (y + 1) % 3),
+                                                                    3), captures))
+        splits_b.append(protocol.SplitPredictions(y, _onehot_scores(np.where(rng.random(240) < 0.5, y, (y + 1) % 3),
+                                                                    3), captures))
+    ahead = protocol.paired_bootstrap(splits_a, splits_b, "macro_f1", replicates=500)
+    assert ahead["ahead"] and ahead["low"] > 0.2 and ahead["margin"] > ahead["low"]
+    behind = protocol.paired_bootstrap(splits_b, splits_a, "mauc", replicates=500)
+    assert behind["behind"] and not behind["ahead"]
+    same = protocol.paired_bootstrap(splits_a, splits_a, "mauc", replicates=200)
+    assert same["margin"] == 0.0 and same["low"] == 0.0 == same["high"] and not same["ahead"]
+    single = protocol.bootstrap_interval(splits_a, "accuracy", replicates=500)
+    assert single["low"] <= single["mean"] <= single["high"] and 0.8 < single["mean"] < 1.0
+    with pytest.raises(ValueError, match="different test captures"):
+        other = protocol.SplitPredictions(splits_b[0].y_true, splits_b[0].scores,
+                                          np.repeat([f"z{i}" for i in range(12)], 20))
+        protocol.paired_bootstrap(splits_a[:1], [other], "mauc")
+
+
+def test_selection_takes_validation_figures_and_is_refused_after_test_is_opened():
+    sealed = protocol.SealedTest({"y": np.arange(3)})
+    assert sealed.select("declared_evaluation", {"probe": 0.71, "zero_shot": 0.69, "gnn": float("nan")}) == "probe"
+    assert sealed.choices["declared_evaluation"]["choice"] == "probe"
+    assert sealed.open()["y"].tolist() == [0, 1, 2]
+    with pytest.raises(protocol.TestReadBeforeSelection, match="declared_evaluation"):
+        sealed.select("declared_evaluation", {"probe": 0.5})
+    with pytest.raises(ValueError, match="no finite validation score"):
+        protocol.select_on_validation({"a": float("nan"), "b": None})
+    # `tune` hands the fitting function a configuration only and keeps the best validation score (first on ties).
+    seen = []
+
+    def fit(config):
+        seen.append(config)
+        return {1e-3: 0.7, 3e-3: 0.8}[config["lr"]] - 0.01 * config["steps"] / 100
+
+    out = protocol.tune({"lr": (1e-3, 3e-3), "steps": (100, 200)}, fit)
+    assert out["chosen"] == {"lr": 3e-3, "steps": 100}
+    assert seen == protocol.grid({"lr": (1e-3, 3e-3), "steps": (100, 200)}) and len(out["candidates"]) == 4
