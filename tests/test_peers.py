@@ -13,7 +13,8 @@ import pytest
 
 from pclip_jax.plumbing.runtime import count_params
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_bench.peers import inputs, models, suite
+from pclip_bench import protocol
+from pclip_bench.peers import inputs, models, suite, tuning
 from pclip_bench.peers import train as peer_train
 from tests.conftest import REPO
 
@@ -123,6 +124,21 @@ def test_cells_shard_and_resume(real_ndpi_dir, tmp_path):
     assert {"accuracy", "macro_f1", "trainable_params", "flops_per_flow", "train_seconds", "infer_flows_per_s",
             "ece"} <= set(rows[0])
     assert "extra_trees" in first.stdout and "=== cell 1/1" in first.stderr
+    # The protocol: the model was tuned first on the tuning split (validation scores only), the cell records the
+    # frozen configuration it ran with, its declared evaluation and its per-flow answers on validation and test.
+    tuned = json.loads((workdir / "tuned" / "ndpi" / "extra_trees.json").read_text())
+    assert tuned["split_seed"] == tuning.TUNING_SEED and len(tuned["candidates"]) == 4
+    assert tuned["chosen"] == max(tuned["candidates"], key=lambda c: c["validation"])["config"]
+    for candidate in (workdir / "tuning" / "ndpi" / "extra_trees").glob("*.json"):
+        assert set(json.loads(candidate.read_text())) == {"candidate", "validation_mauc", "seconds"}
+    record = json.loads(cell.read_text())
+    assert record["protocol"] == 2 and record["tuned"] == {"extra_trees": tuned["chosen"]}
+    assert record["declared_evaluation"] == "extra_trees"
+    answers = suite.read_answers(workdir, suite.Cell("ndpi", "extra_trees", 0.1, 0))
+    test = answers["extra_trees"]["test"]
+    assert set(answers["extra_trees"]) == {"validation", "test"} and len(test["y_true"]) == rows[0]["num_flows"]
+    assert protocol.weighted_metric("mauc", test["y_true"], test["scores"], np.ones((1, len(test["y_true"]))))[0] \
+        == pytest.approx(rows[0]["mauc"], abs=1e-6)
     # The next cells of a model are announced with the time its finished cells took.
     typical = suite.typical_seconds(workdir)
     took = json.loads(cell.read_text())["seconds"]
@@ -199,7 +215,7 @@ def test_summary_report_from_the_committed_cells(tmp_path):
     """The Markdown report from the sweep's real cells: every table, the quality bar recomputed here from the
     aggregated rows, and the cells still to run of the default sweep."""
     shutil.copytree(REPO / "benchmarks" / "results" / "peers" / "cells", tmp_path / "cells")
-    cells = suite.make_cells(list(suite.DATASETS), suite.MODELS, [1.0, 0.3, 0.1], [0, 1, 2])
+    cells = suite.make_cells(["ndpi", "iot_sentinel"], suite.MODELS, [1.0, 0.3, 0.1], [0, 1, 2])
     (tmp_path / "cells" / "ndpi" / "lightgbm-f1-s2.json").unlink()  # one cell certainly missing
     report = suite.summarize(tmp_path, cells=cells, command="peers.py --summary-only")
     text = (tmp_path / "summary.md").read_text()
@@ -209,7 +225,7 @@ def test_summary_report_from_the_committed_cells(tmp_path):
     assert status["finished"] == len(cells) - len(status["missing"]) < 162
     assert "`peers.py --summary-only`" in text
     agg = {(a["dataset"], a["model"], a["fraction"]): a for a in report["aggregated"]}
-    for dataset in suite.DATASETS:
+    for dataset in ("ndpi", "iot_sentinel"):
         assert f"## {dataset}" in text and "### 100% of the training data" in text
     # The quality bar compares means over the seeds every compared model has run; recomputed here from the rows.
     value = {(r["dataset"], r["model"], r["fraction"], r["seed"]): r for r in report["rows"]}

@@ -100,3 +100,47 @@ def test_selection_takes_validation_figures_and_is_refused_after_test_is_opened(
     out = protocol.tune({"lr": (1e-3, 3e-3), "steps": (100, 200)}, fit)
     assert out["chosen"] == {"lr": 3e-3, "steps": 100}
     assert seen == protocol.grid({"lr": (1e-3, 3e-3), "steps": (100, 200)}) and len(out["candidates"]) == 4
+
+
+def _answers(y, scores, captures):
+    return {"y_true": np.asarray(y), "scores": np.asarray(scores, np.float32), "captures": np.asarray(captures),
+            "class_names": np.array(["a", "b"])}
+
+
+def test_declared_evaluation_follows_validation_even_when_test_would_pick_another_row():
+    from pclip_bench.peers import suite
+
+    y = np.array([0, 1] * 10)
+    caps = np.repeat(["c0", "c1"], 10)
+    right, wrong = _onehot_scores(y, 2), _onehot_scores(1 - y, 2)
+    answers = {"probe": {"validation": _answers(y, right, caps), "test": _answers(y, wrong, caps)},
+               "zero_shot": {"validation": _answers(y, wrong, caps), "test": _answers(y, right, caps)},
+               "gnn_level1": {"validation": _answers(y, 0.5 * right + 0.5 * wrong, caps),
+                              "test": _answers(y, right, caps)}}
+    rows = [{"model": m, "mauc": 0.0} for m in ("pclip_probe", "pclip_zero_shot", "pclip_gnn")]
+    out = suite.declare_evaluation(rows, answers, "level1")
+    assert {r["declared_evaluation"] for r in out} == {"pclip_probe"}
+    assert [r["validation_mauc"] for r in out] == [1.0, 0.0, 0.5]
+    assert all(set(r[suite.ANSWERS]) == {"validation", "test"} for r in out)
+
+
+def test_every_neural_model_gets_the_same_budget_of_training_flows():
+    from pclip_bench.peers import tuning
+
+    for candidate in protocol.grid(tuning.NEURAL_SPACE):
+        over = dict(o.split("=") for o in tuning.pclip_overrides(candidate))
+        pclip_flows = int(over["train.num_steps"]) * int(over["train.batch_size"])
+        assert int(over["train.eval_every"]) * tuning.CHECKS <= int(over["train.num_steps"])
+        for has_pretraining in (True, False):
+            config = tuning.peer_train_config(candidate, seed=3, has_pretraining=has_pretraining)
+            peer_flows = (config.pretrain_steps + config.steps) * config.batch_size
+            assert peer_flows == pytest.approx(pclip_flows, rel=0.01)
+            assert pclip_flows == pytest.approx(candidate["length"] * tuning.FLOWS_SEEN, rel=0.01)
+            assert config.steps // config.eval_every == tuning.CHECKS and config.seed == 3
+            assert config.learning_rate == candidate["learning_rate"]
+            assert (config.pretrain_steps > 0) == has_pretraining
+    # Every model of the suite has a declared search space, directly or through the models it is built from.
+    from pclip_bench.peers import suite
+    for model in suite.MODELS:
+        assert all(m in tuning.SEARCH_SPACES for m in tuning.TUNED_AS.get(model, (model,))), model
+    assert tuning.TUNING_SEED not in tuning.EVALUATION_SEEDS and len(tuning.EVALUATION_SEEDS) == 5

@@ -23,13 +23,23 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from pclip_bench import protocol
+from pclip_bench.peers import tuning
 from pclip_jax.configs import shipped_config_path
 from pclip_jax.plumbing import files
+from pclip_jax.plumbing.workdir import Workdir
 from pclip_jax.plumbing import metrics as metrics_lib
 from pclip_jax.plumbing.config_files import load_config
 from pclip_jax.plumbing.settings import from_config, with_absolute_paths
 
-DATASETS = {"ndpi": "quickstart", "iot_sentinel": "iot_sentinel"}
+# Dataset name → (shipped config, its overrides). nDPI is two tasks under the protocol (docs/labels.md, "nDPI
+# tasks"): `ndpi_closed`, capture splits where every test application has training captures, and `ndpi_novel`,
+# whole applications held out of training; `ndpi` is the capture split that mixes both (the sweep before it).
+DATASETS = {"ndpi": "quickstart", "iot_sentinel": "iot_sentinel", "ndpi_closed": "quickstart",
+            "ndpi_novel": "quickstart"}
+DATASET_OVERRIDES = {"ndpi_closed": ("data.split=seen_applications",),
+                     "ndpi_novel": ("data.split=novel_applications",)}
+PROTOCOL_DATASETS = ("ndpi_closed", "ndpi_novel", "iot_sentinel")
 TREES = ("extra_trees", "lightgbm")
 NEURAL = ("cnn1d", "fsnet", "yatc", "netmamba", "etbert")
 # ExtraTrees on the trees' features plus PacketCLIP's flow embedding (the pclip cell's towers, resumed): whether the
@@ -38,6 +48,7 @@ HYBRID = ("pclip_trees",)
 MODELS = ("pclip",) + HYBRID + TREES + NEURAL
 PCLIP_ROWS = ("pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1")
 PEER_BYTES = 320
+PROTOCOL = 2  # cells tuned on the tuning split, with declared evaluations and per-flow answers (docs/peers.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +119,8 @@ def cell_file(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
 
 def dataset_settings(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = ()):
     config = load_config(shipped_config_path(DATASETS[cell.dataset]),
-                         [*overrides, f"data.split_seed={cell.seed}", f"data.fraction={cell.fraction}"])
+                         [*DATASET_OVERRIDES.get(cell.dataset, ()), *overrides, f"data.split_seed={cell.seed}",
+                          f"data.fraction={cell.fraction}"])
     if not config.data.cache_dir:
         config.data.cache_dir = str(pathlib.Path(workdir) / "cache")
     return config, with_absolute_paths(from_config(config))
@@ -135,13 +147,23 @@ def _row(cell: Cell, model: str, report: dict, **extra) -> dict:
             "num_flows": report["num_flows"], "per_class_recall": per_class_recall(report), **extra}
 
 
-def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
+def pclip_overrides(cell: Cell, tuned: Optional[dict]) -> list[str]:
+    """PacketCLIP's tuned budget and learning rate (`tuning.pclip_overrides`) and the cell's initialisation seed
+    (varied with the split, as every peer's is); nothing when the cell runs untuned."""
+    if tuned is None:
+        return []
+    return [*tuning.pclip_overrides(tuned["pclip"]), f"train.seed={cell.seed}"]
+
+
+def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], tuned: Optional[dict] = None
+               ) -> list[dict]:
     """The main job (resumed when its workdir exists) and its rows: probe, zero-shot, GNN at the evaluated level
     (`pclip_gnn`) and, when that is level 2, at level 1 (`pclip_gnn_level1`: a coarser task, not comparable)."""
     # what a cell trains loads on use: the summary (tables, plots) runs without it
     from pclip_bench import costs
     from pclip_jax import job
 
+    overrides = [*overrides, *pclip_overrides(cell, tuned)]
     config, settings = dataset_settings(cell, workdir, overrides)
     with pclip_workdir_lock(workdir, cell):
         results = job.train_and_evaluate(config, str(pclip_workdir(workdir, cell)))
@@ -163,6 +185,36 @@ def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> l
         rows.append(_row(cell, "pclip_gnn", gnn[level], **extra))
         if level == "level2":
             rows.append(_row(cell, "pclip_gnn_level1", gnn["level1"], **extra))
+    return declare_evaluation(rows, Workdir(pclip_workdir(workdir, cell)).load_answers(), level)
+
+
+# The workdir's answer files behind each PacketCLIP row (`Workdir.save_answers`).
+_PCLIP_ANSWERS = {"pclip_probe": "probe", "pclip_zero_shot": "zero_shot"}
+DECLARABLE = ("pclip_probe", "pclip_zero_shot", "pclip_gnn")  # pclip_gnn_level1 is a coarser task
+
+
+def declare_evaluation(rows: list[dict], answers: dict, gnn_level: str = "level1") -> list[dict]:
+    """Attaches each PacketCLIP row's per-flow answers and marks the one evaluation the comparisons use: the
+    declarable row with the best mAUC on the validation captures, chosen before the test answers are opened
+    (`protocol.SealedTest`), recorded on every row (`declared_evaluation`, `validation_mauc`)."""
+    source = {**_PCLIP_ANSWERS, "pclip_gnn": f"gnn_{gnn_level}", "pclip_gnn_level1": "gnn_level1"}
+    sealed = protocol.SealedTest({row["model"]: answers.get(source[row["model"]], {}).get("test") for row in rows})
+    validation_mauc = {}
+    for row in rows:
+        val = answers.get(source[row["model"]], {}).get("validation")
+        if val is not None and len(val["y_true"]):
+            validation_mauc[row["model"]] = float(protocol.weighted_metric(
+                "mauc", val["y_true"], val["scores"], np.ones((1, len(val["y_true"]))))[0])
+    declarable = {m: validation_mauc.get(m, float("nan")) for m in DECLARABLE if any(r["model"] == m for r in rows)}
+    declared = sealed.select("declared_evaluation", declarable) if any(
+        np.isfinite(v) for v in declarable.values()) else None
+    test = sealed.open()
+    for row in rows:
+        row["declared_evaluation"] = declared
+        row["validation_mauc"] = validation_mauc.get(row["model"])
+        split_answers = {split: dict(arrays) for split, arrays in answers.get(source[row["model"]], {}).items()}
+        if test.get(row["model"]) is not None:
+            row[ANSWERS] = split_answers
     return rows
 
 
@@ -173,14 +225,56 @@ def _split_arrays(prepared):
     return keep, {name: prepared.class_ids[idx] for name, idx in keep.items()}
 
 
-def _evaluate(cell, model, prepared, test_idx, y_test, proba, seconds_per_flow, **extra) -> dict:
-    captures = np.asarray(prepared.table.meta["capture"]).astype(str)[test_idx]
+def _evaluate(cell, model, prepared, test_idx, y_test, proba, seconds_per_flow, validation=None, **extra) -> dict:
+    """A peer's row from its test probabilities; `validation` = (rows, y, probabilities) on the validation
+    captures. Both splits' per-flow answers ride along under ANSWERS (written to the cell's .npz, not its JSON)."""
+    all_captures = np.asarray(prepared.table.meta["capture"]).astype(str)
+    captures = all_captures[test_idx]
     report = metrics_lib.classification_report(y_test, proba, prepared.class_names)
     report["per_capture"] = metrics_lib.per_capture_accuracy(y_test, proba, captures, prepared.class_names)
-    return _row(cell, model, report, infer_flows_per_s=round(1.0 / max(seconds_per_flow, 1e-12), 1), **extra)
+    answers = {"test": answer(y_test, proba, captures, prepared.class_names)}
+    if validation is not None and len(validation[0]):
+        rows, y_val, p_val = validation
+        answers["validation"] = answer(y_val, p_val, all_captures[rows], prepared.class_names)
+    return _row(cell, model, report, infer_flows_per_s=round(1.0 / max(seconds_per_flow, 1e-12), 1),
+                **{ANSWERS: answers}, **extra)
 
 
-def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepared=None) -> list[dict]:
+ANSWERS = "_answers"  # a row's per-flow answers {split: arrays} until the cell writes them to <cell>.npz
+
+
+def answer(y_true, scores, captures, class_names) -> dict:
+    return {"y_true": np.asarray(y_true, np.int32), "scores": np.asarray(scores, np.float32),
+            "captures": np.asarray(captures).astype(str), "class_names": np.asarray(list(class_names)).astype(str)}
+
+
+def answers_file(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:
+    """The cell's per-flow answers (`<row>.<split>.<field>` arrays) beside its JSON."""
+    return cell_file(workdir, cell).with_suffix(".npz")
+
+
+def write_answers(workdir: pathlib.Path, cell: Cell, rows: Sequence[dict]) -> list[dict]:
+    """Writes the rows' answers to the cell's .npz and returns the rows without them."""
+    arrays = {f"{row['model']}.{split}.{field}": value for row in rows
+              for split, fields in (row.get(ANSWERS) or {}).items() for field, value in fields.items()}
+    if arrays:
+        files.savez(answers_file(workdir, cell), **arrays)
+    return [{k: v for k, v in row.items() if k != ANSWERS} for row in rows]
+
+
+def read_answers(workdir: pathlib.Path, cell: Cell) -> dict:
+    """{row: {split: {field: array}}} of a finished cell ({} for cells from before answers were kept)."""
+    path = answers_file(workdir, cell)
+    out: dict = {}
+    if path.is_file():
+        for key, value in files.load_npz(path).items():
+            row, split, field = key.split(".")
+            out.setdefault(row, {}).setdefault(split, {})[field] = value
+    return out
+
+
+def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepared=None,
+              tuned: Optional[dict] = None) -> list[dict]:
     # what a cell trains loads on use: the summary (tables, plots) runs without it
     from pclip_bench.peers import trees
 
@@ -192,21 +286,26 @@ def tree_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], prepa
     def feats(rows):
         return trees.tree_features(t, rows, settings.data.bytes, settings.data.use_names)
 
+    knobs = dict((tuned or {}).get(cell.model) or {})
     if cell.model == "extra_trees":
         predict, info, comparisons = trees.fit_extra_trees(feats(idx["train"]), y["train"],
-                                                           len(prepared.class_names), seed=cell.seed)
+                                                           len(prepared.class_names), seed=cell.seed, **knobs)
     else:
         predict, info, comparisons = trees.fit_lightgbm(feats(idx["train"]), y["train"], len(prepared.class_names),
-                                                        feats(idx["validation"]), y["validation"], seed=cell.seed)
+                                                        feats(idx["validation"]), y["validation"], seed=cell.seed,
+                                                        **knobs)
     x_test = feats(idx["test"])
     started = time.perf_counter()
     proba = predict(x_test)
     per_flow = (time.perf_counter() - started) / max(len(x_test), 1)
-    return [_evaluate(cell, cell.model, prepared, idx["test"], y["test"], proba, per_flow,
+    validation = (idx["validation"], y["validation"],
+                  predict(feats(idx["validation"])) if len(idx["validation"]) else None)
+    return [_evaluate(cell, cell.model, prepared, idx["test"], y["test"], proba, per_flow, validation=validation,
                       flops_per_flow=comparisons(x_test), cost_unit="node tests", **info)]
 
 
-def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> list[dict]:
+def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], tuned: Optional[dict] = None
+                ) -> list[dict]:
     """`pclip_trees`: ExtraTrees (as `extra_trees`) on the tree features and the packet tower's shared-space
     embedding of each flow, from the pclip cell's workdir (trained there if that cell has not run)."""
     # what a cell trains loads on use: the summary (tables, plots) runs without it
@@ -215,7 +314,8 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     from pclip_jax.training import experiment, loop
     from pclip_bench.peers import trees
 
-    config, settings = dataset_settings(pclip_cell(cell), workdir, overrides)
+    config, settings = dataset_settings(pclip_cell(cell), workdir,
+                                        [*overrides, *pclip_overrides(pclip_cell(cell), tuned)])
     run = str(pclip_workdir(workdir, cell))
     with pclip_workdir_lock(workdir, cell):
         finished = experiment.load_finished(config, run)  # the pclip cell's towers and embeddings, when it ran
@@ -235,7 +335,12 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
 
     x_train, _, y_train = feats("train", prepared.train_idx)
     x_test, test_idx, y_test = feats("test", prepared.test_idx)
-    predict, info, comparisons = trees.fit_extra_trees(x_train, y_train, len(prepared.class_names), seed=cell.seed)
+    predict, info, comparisons = trees.fit_extra_trees(x_train, y_train, len(prepared.class_names), seed=cell.seed,
+                                                       **dict((tuned or {}).get("extra_trees") or {}))
+    validation = None
+    if embeddings.get("validation") is not None and len(prepared.val_idx):
+        x_val, val_idx, y_val = feats("validation", prepared.val_idx)
+        validation = (val_idx, y_val, predict(x_val))
     started = time.perf_counter()
     proba = predict(x_test)
     embed_rate = results["test"].get("embed_flows_per_s")
@@ -244,14 +349,15 @@ def hybrid_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str]) -> 
     # The towers' pre-training time from the run's own log (results.json of runs from before 2026-12-05 holds the
     # time of the invocation that wrote it, ~0 for a resumed run).
     tower_seconds = loop.logged_seconds(pathlib.Path(run) / "metrics_train.jsonl") or results["train_seconds"]
-    return [_evaluate(cell, "pclip_trees", prepared, test_idx, y_test, proba, per_flow,
+    return [_evaluate(cell, "pclip_trees", prepared, test_idx, y_test, proba, per_flow, validation=validation,
                       trainable_params=results["num_params"]["trainable_total"], tree_nodes=info["trainable_params"],
                       flops_per_flow=tower["flops_per_flow"], tree_node_tests=comparisons(x_test),
                       train_seconds=tower_seconds + info["train_seconds"], tree_train_seconds=info["train_seconds"])]
 
 
 def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], size: str = "cpu",
-                train_config=None, prepared=None, progress: bool = True) -> list[dict]:
+                train_config=None, prepared=None, progress: bool = True, tuned: Optional[dict] = None
+                ) -> list[dict]:
     # what a cell trains loads on use: the summary (tables, plots) runs without it
     from pclip_bench.peers import train as peer_train
     from pclip_bench.peers.models import PEERS
@@ -262,6 +368,8 @@ def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], siz
     idx, y = _split_arrays(prepared)
     t = prepared.table.tensors
     x = {name: spec.features(t, rows) for name, rows in idx.items()}
+    if train_config is None and tuned is not None:
+        train_config = tuning.peer_train_config(tuned[cell.model], cell.seed, spec.pretrain)
     config = train_config or peer_train.PeerTrainConfig(seed=cell.seed)
     # data.unlabelled_pretraining: a peer's self-supervised pre-training reads every training flow of the split, as
     # PacketCLIP's does (train.pretraining_flows); fine-tuning keeps the labelled fraction.
@@ -274,8 +382,11 @@ def neural_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], siz
     proba = peer_train.predict_proba(fitted.module, fitted.params, x["test"])
     per_flow = (time.perf_counter() - started) / max(len(idx["test"]), 1)
     flops = peer_train.flops_per_flow(fitted.module, fitted.params, x["test"])
-    return [_evaluate(cell, cell.model, prepared, idx["test"], y["test"], proba, per_flow, flops_per_flow=flops,
-                      size=size, **fitted.info)]
+    validation = (idx["validation"], y["validation"],
+                  peer_train.predict_proba(fitted.module, fitted.params, x["validation"])
+                  if len(idx["validation"]) else None)
+    return [_evaluate(cell, cell.model, prepared, idx["test"], y["test"], proba, per_flow, validation=validation,
+                      flops_per_flow=flops, size=size, **fitted.info)]
 
 
 def _prepared(settings):
@@ -288,21 +399,85 @@ def _prepared(settings):
 
 
 def run_cell(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",
-             train_config=None, progress: bool = True) -> list[dict]:
-    """The rows of one cell, computed now (no resume; see `run_cells`)."""
+             train_config=None, progress: bool = True, tuned: Optional[dict] = None) -> list[dict]:
+    """The rows of one cell, computed now (no resume; see `run_cells`). `tuned`: {model: chosen configuration} of
+    the models the cell trains (`tuning`; None: the models' fixed defaults, the protocol before tuning)."""
     if cell.model == "pclip":
-        return pclip_rows(cell, workdir, overrides)
+        return pclip_rows(cell, workdir, overrides, tuned)
     if cell.model in HYBRID:
-        return hybrid_rows(cell, workdir, overrides)
+        return hybrid_rows(cell, workdir, overrides, tuned)
     if cell.model in TREES:
-        return tree_rows(cell, workdir, overrides)
-    return neural_rows(cell, workdir, overrides, size, train_config, progress=progress)
+        return tree_rows(cell, workdir, overrides, tuned=tuned)
+    return neural_rows(cell, workdir, overrides, size, train_config, progress=progress, tuned=tuned)
+
+
+# ----------------------------------------------------------------------------------------------- tuning
+
+def tuned_file(workdir: pathlib.Path, dataset: str, model: str) -> pathlib.Path:
+    return pathlib.Path(workdir) / "tuned" / dataset / f"{model}.json"
+
+
+def candidate_file(workdir: pathlib.Path, dataset: str, model: str, candidate: dict) -> pathlib.Path:
+    return pathlib.Path(workdir) / "tuning" / dataset / model / f"{tuning.candidate_name(candidate)}.json"
+
+
+def validation_score(rows: Sequence[dict]) -> float:
+    """A tuning candidate's score: the validation-capture mAUC of its declared evaluation (PacketCLIP: the best of
+    its declarable rows, as declared) or of its one row; computed from validation answers only."""
+    declared = [r for r in rows if r.get("declared_evaluation") and r["model"] == r["declared_evaluation"]]
+    row = declared[0] if declared else rows[0]
+    if row.get("validation_mauc") is not None:
+        return float(row["validation_mauc"])
+    val = (row.get(ANSWERS) or {}).get("validation")
+    if val is None or not len(val["y_true"]):
+        return float("nan")
+    return float(protocol.weighted_metric("mauc", val["y_true"], val["scores"], np.ones((1, len(val["y_true"]))))[0])
+
+
+def tune_model(dataset: str, model: str, workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",
+               progress: bool = True) -> dict:
+    """The frozen configuration of (dataset, model), tuned now if it was not (`tuning`): every candidate of the
+    model's search space trained on the tuning split at full data and scored on its validation captures; each
+    candidate's score is its own file (a rerun resumes), test answers are dropped unread. Returns the record."""
+    path = tuned_file(workdir, dataset, model)
+    if path.is_file():
+        return files.read_json(path)
+    space = tuning.SEARCH_SPACES[model]
+    cell = Cell(dataset, model, 1.0, tuning.TUNING_SEED)
+    # Candidates train in their own folders (PacketCLIP workdirs per candidate) and share the sweep's flow cache.
+    cache = [f"data.cache_dir={pathlib.Path(workdir).resolve() / 'cache'}"]
+
+    def fit_and_validate(candidate: dict) -> float:
+        done = candidate_file(workdir, dataset, model, candidate)
+        if done.is_file():
+            return files.read_json(done)["validation_mauc"]
+        print(f"=== tuning {dataset} {model}: {tuning.candidate_name(candidate)} ===", file=sys.stderr, flush=True)
+        started = time.time()
+        rows = run_cell(cell, done.with_suffix(""), [*cache, *tuning.protocol_overrides(dataset), *overrides], size,
+                        progress=progress, tuned={model: candidate})
+        score = validation_score(rows)
+        files.write_json(done, {"candidate": candidate, "validation_mauc": score,
+                                "seconds": round(time.time() - started, 1)})
+        return score
+
+    chosen = protocol.tune(space, fit_and_validate)
+    record = tuning.Tuned(model, dataset, chosen["chosen"], chosen["candidates"]).record()
+    files.write_json(path, record)
+    return record
+
+
+def tuned_configs(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",
+                  progress: bool = True) -> dict:
+    """{model: chosen configuration} of every model `cell` trains, tuned first where needed."""
+    models = tuning.TUNED_AS.get(cell.model, (cell.model,))
+    return {m: tune_model(cell.dataset, m, workdir, overrides, size, progress)["chosen"] for m in models}
 
 
 def run_cells(cells: Iterable[Cell], workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",
-              train_config=None, progress: bool = True) -> list[dict]:
+              train_config=None, progress: bool = True, tune: bool = True) -> list[dict]:
     """Runs the cells that have no result file yet (a finished cell is read, not recomputed) and returns every
-    given cell's rows. A cell's file is written atomically when it finishes."""
+    given cell's rows. A cell's file is written atomically when it finishes. With `tune` (the protocol), each
+    (dataset, model) is tuned on the tuning split before its first cell and the cell records the configuration."""
     cells = list(cells)
     rows = []
     typical = typical_seconds(workdir)
@@ -315,9 +490,15 @@ def run_cells(cells: Iterable[Cell], workdir: pathlib.Path, overrides: Sequence[
         print(f"=== cell {i + 1}/{len(cells)}: {cell.dataset} {cell.name} ==={_eta(cell, pending, typical)}",
               file=sys.stderr, flush=True)
         pending = pending[pending.index(cell) + 1:] if cell in pending else pending
+        tuned = tuned_configs(cell, workdir, overrides, size, progress) if tune and train_config is None else None
         started = time.time()
-        cell_rows = run_cell(cell, workdir, overrides, size, train_config, progress)
+        rules = tuning.protocol_overrides(cell.dataset) if tuned is not None else []
+        cell_rows = write_answers(workdir, cell, run_cell(cell, workdir, [*rules, *overrides], size, train_config,
+                                                          progress, tuned=tuned))
+        declared = next((r["declared_evaluation"] for r in cell_rows if r.get("declared_evaluation")), None)
         files.write_json(path, {"cell": dataclasses.asdict(cell), "size": size, "overrides": list(overrides),
+                                "protocol": PROTOCOL if tuned is not None else 1, "tuned": tuned,
+                                "declared_evaluation": declared or (cell.model if cell.model != "pclip" else None),
                                 "seconds": round(time.time() - started, 1), "rows": cell_rows})
         rows += cell_rows
     return rows

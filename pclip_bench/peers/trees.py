@@ -32,11 +32,15 @@ def _spread(proba: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndar
     return out
 
 
-def fit_extra_trees(x_train, y_train, num_classes: int, seed: int = 0, trees: int = 500):
+def fit_extra_trees(x_train, y_train, num_classes: int, seed: int = 0, trees: int = 500,
+                    max_features="sqrt", min_samples_leaf: int = 1):
+    """ExtraTrees with balanced class weights; `max_features` and `min_samples_leaf` are the tuned knobs
+    (`pclip_bench.peers.tuning`)."""
     from sklearn.ensemble import ExtraTreesClassifier
 
     started = time.time()
-    clf = ExtraTreesClassifier(trees, n_jobs=-1, random_state=seed, class_weight="balanced")
+    clf = ExtraTreesClassifier(trees, n_jobs=-1, random_state=seed, class_weight="balanced",
+                               max_features=max_features, min_samples_leaf=min_samples_leaf)
     clf.fit(x_train, y_train)
     seconds = time.time() - started
 
@@ -51,12 +55,15 @@ def fit_extra_trees(x_train, y_train, num_classes: int, seed: int = 0, trees: in
     return predict, {"trainable_params": nodes, "train_seconds": round(seconds, 1)}, comparisons
 
 
-def fit_lightgbm(x_train, y_train, num_classes: int, x_val=None, y_val=None, seed: int = 0, rounds: int = 500):
-    """LightGBM, early-stopped on the validation captures when they have ≥ 2 classes."""
+def fit_lightgbm(x_train, y_train, num_classes: int, x_val=None, y_val=None, seed: int = 0, rounds: int = 500,
+                 num_leaves: int = 31, learning_rate: float = 0.05):
+    """LightGBM, early-stopped on the validation captures when they have ≥ 2 classes; `num_leaves` and
+    `learning_rate` are the tuned knobs (`pclip_bench.peers.tuning`)."""
     import lightgbm as lgb
 
     started = time.time()
-    clf = lgb.LGBMClassifier(n_estimators=rounds, learning_rate=0.05, num_leaves=31, class_weight="balanced",
+    clf = lgb.LGBMClassifier(n_estimators=rounds, learning_rate=learning_rate, num_leaves=num_leaves,
+                             class_weight="balanced",
                              subsample=0.8, subsample_freq=1, colsample_bytree=0.5, random_state=seed, n_jobs=2,
                              verbose=-1)
     fit_args = {}

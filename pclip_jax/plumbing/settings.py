@@ -147,6 +147,9 @@ class TextSettings:
     batch_size: int = 128
     variants_per_flow: int = 4
     p_facts: float = 0.5
+    # Pre-training texts may name the flow's application (its level-2 label) beside its class; False: the class
+    # only, so that no label finer than the evaluated classes reaches the model (the peer suite's protocol rule).
+    application_texts: bool = True
 
     @property
     def trained(self) -> bool:

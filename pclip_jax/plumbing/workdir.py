@@ -44,6 +44,7 @@ class Workdir:
     GENERATED_KG = "kg.yaml"      # the graph built from the labels when gnn.kg = '' (editable)
     SPLIT = "split.json"          # the captures of each split (train / validation / test)
     EMBEDDINGS = "embeddings.npz"  # the packet tower's embeddings of each split's flows, with their table rows
+    ANSWERS = "answers"           # each evaluation's per-flow answers on validation and test (`save_answers`)
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path).absolute()
@@ -157,6 +158,24 @@ class Workdir:
         self.require(self.CLASS_TEXT)
         arrays = files.load_npz(self.file(self.CLASS_TEXT))
         return arrays["features"], arrays["prompt_class"]
+
+    def save_answers(self, evaluation: str, split: str, y_true: np.ndarray, scores: np.ndarray,
+                     captures: np.ndarray, class_names) -> None:
+        """One evaluation's (`probe`, `zero_shot`, `gnn_level1`, ...) per-flow answers on one split: true class ids,
+        class scores and each flow's capture, the input of the benchmark protocol's declared evaluation (chosen on
+        validation) and its capture-bootstrap intervals (`pclip_bench.protocol`)."""
+        files.savez(self.file(self.ANSWERS) / f"{evaluation}.{split}.npz", y_true=np.asarray(y_true, np.int32),
+                    scores=np.asarray(scores, np.float32), captures=np.asarray(captures).astype(str),
+                    class_names=np.asarray(list(class_names)).astype(str))
+
+    def load_answers(self) -> dict[str, dict[str, dict]]:
+        """{evaluation: {split: arrays}} of every `save_answers` file in the workdir ({} when none)."""
+        out: dict = {}
+        folder = self.file(self.ANSWERS)
+        for path in sorted(folder.glob("*.npz")) if folder.is_dir() else ():
+            evaluation, split = path.name[:-len(".npz")].rsplit(".", 1)
+            out.setdefault(evaluation, {})[split] = files.load_npz(path)
+        return out
 
     def write_results(self, results: dict[str, Any]) -> None:
         files.write_text(self.file(self.RESULTS), json.dumps(results, indent=2))

@@ -148,6 +148,24 @@ def gnn_validator(gcfg, pkg, prepared, level1, z_val, level2=None):
     return validate
 
 
+def save_gnn_answers(workdir: Workdir, gcfg, gnn_params, pkg, prepared, level1, level2, embeddings) -> None:
+    """The GNN's per-flow answers at level 1 and level 2 on the validation and test flows of the evaluated classes
+    (`Workdir.save_answers`: `gnn_level1`, `gnn_level2`), for the benchmark protocol."""
+    captures = np.asarray(prepared.table.meta["capture"]).astype(str)
+    for split, idx, z in (("test", prepared.test_idx, embeddings.get("test")),
+                          ("validation", prepared.val_idx, embeddings.get("validation"))):
+        if z is None or not len(idx):
+            continue
+        keep = prepared.class_ids[idx] >= 0
+        pred = train_gnn.predict_arrays(gcfg, gnn_params, np.asarray(z)[keep], pkg)
+        y1, y2, _ = kg_graphs.labels_to_slots(pkg.layout, list(level1[idx][keep]), list(level2[idx][keep]))
+        for level, y in ((1, y1), (2, y2)):
+            known = y >= 0
+            if known.any():
+                workdir.save_answers(f"gnn_level{level}", split, y[known], pred[f"prob{level}"][known],
+                                     captures[idx][keep][known], pkg.layout.class_names(level))
+
+
 def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model, params, featurizer, embeddings,
                            cache_dir) -> dict:
     """Trains the GNN on the train flows' embeddings, evaluates it on the test flows of the evaluated classes."""
@@ -198,6 +216,7 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
                 block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")
         block["trust"] = block["calibration_fit"].pop("trust")
         print_trust(block["trust"], "test captures")
+    save_gnn_answers(workdir, gcfg, gnn_params, pkg, prepared, level1, level2, embeddings)
     if prepared.sources:  # a mixed corpus: level 1 per source, among the source's own classes
         classes_of = {}
         for name in prepared.sources:

@@ -122,7 +122,10 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
     vocabulary: dict[str, int] = {}
     variants = np.zeros((len(prepared.train_idx), settings.text.variants_per_flow), np.int32)
     for v in range(settings.text.variants_per_flow):
-        names = [["", ""] if hidden is not None and hidden[i] else [labels[i], apps[i]] for i in prepared.train_idx]
+        # An application named only when allowed, or when the applications are the evaluated classes (level 2).
+        name_apps = settings.text.application_texts or level == "level2"
+        names = [["", ""] if hidden is not None and hidden[i] else [labels[i], apps[i] if name_apps else ""]
+                 for i in prepared.train_idx]
         texts = text_lib.sample_flow_texts(rng, names, facts, descriptions, p_facts=settings.text.p_facts)
         for row, t in enumerate(texts):
             variants[row, v] = vocabulary.setdefault(t, len(vocabulary))

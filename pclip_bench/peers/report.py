@@ -1,0 +1,160 @@
+"""The protocol's report from finished cells: every figure from the cells' per-flow answers (`<cell>.npz`), as a
+mean over the evaluation splits with a capture-bootstrap interval, and margins as paired intervals
+(`pclip_bench.protocol`). Nothing here trains or reads a test answer to choose anything: the PacketCLIP row that
+comparisons use is each cell's declared evaluation (chosen on validation when the cell ran), and "the best tree" /
+"the best neural peer" are chosen by their mean *validation* mAUC over the splits.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pclip_bench import protocol
+from pclip_jax.plumbing import files
+
+DECLARED = "pclip_declared"  # PacketCLIP's declared evaluation, cell by cell
+TREES = ("extra_trees", "lightgbm")
+NEURAL = ("cnn1d", "fsnet", "yatc", "netmamba", "etbert")
+SHOWN_METRICS = (("mauc", "mAUC"), ("macro_f1", "macro-F1"), ("accuracy", "accuracy"))
+LABELS = {DECLARED: "**PacketCLIP, declared evaluation**", "pclip_probe": "PacketCLIP linear probe",
+          "pclip_zero_shot": "PacketCLIP zero-shot", "pclip_gnn": "PacketCLIP hierarchical GNN",
+          "pclip_gnn_level1": "PacketCLIP GNN, level 1", "pclip_trees": "ExtraTrees + PacketCLIP embedding"}
+
+
+def load_protocol_cells(workdir: pathlib.Path) -> list[dict]:
+    """Every finished cell of protocol 2 under `workdir/cells` with its answers: [{cell, rows, answers, ...}]."""
+    out = []
+    for path in sorted((pathlib.Path(workdir) / "cells").glob("*/*.json")):
+        done = files.read_json(path)
+        if done.get("protocol") != 2:
+            continue
+        answers_path = path.with_suffix(".npz")
+        answers: dict = {}
+        if answers_path.is_file():
+            for key, value in files.load_npz(answers_path).items():
+                row, split, field = key.split(".")
+                answers.setdefault(row, {}).setdefault(split, {})[field] = value
+        out.append({**done, "answers": answers})
+    return out
+
+
+def _predictions(arrays: dict) -> protocol.SplitPredictions:
+    return protocol.SplitPredictions(arrays["y_true"], arrays["scores"], arrays["captures"])
+
+
+def collect(cells: Sequence[dict]) -> dict:
+    """{(dataset, fraction): {row: {seed: {split: SplitPredictions}}}}, with PacketCLIP's declared row added as
+    `DECLARED` (the declared evaluation's answers of each pclip cell)."""
+    table: dict = {}
+    for done in cells:
+        c = done["cell"]
+        block = table.setdefault((c["dataset"], float(c["fraction"])), {})
+        for row, splits in done["answers"].items():
+            block.setdefault(row, {})[int(c["seed"])] = {s: _predictions(a) for s, a in splits.items()}
+        declared = done.get("declared_evaluation")
+        if c["model"] == "pclip" and declared in done["answers"]:
+            block.setdefault(DECLARED, {})[int(c["seed"])] = {
+                s: _predictions(a) for s, a in done["answers"][declared].items()}
+    return table
+
+
+def _validation_mean(per_seed: dict, seeds: Sequence[int]) -> float:
+    scores = [protocol.weighted_metric("mauc", p.y_true, p.scores, np.ones((1, len(p.y_true))))[0]
+              for s in seeds if (p := per_seed[s].get("validation")) is not None and len(p.y_true)]
+    return float(np.nanmean(scores)) if scores else float("nan")
+
+
+def best_on_validation(block: dict, candidates: Sequence[str]) -> Optional[str]:
+    """The candidate row with the best mean validation mAUC over the seeds all candidates share (None if none)."""
+    present = [m for m in candidates if m in block]
+    if not present:
+        return None
+    seeds = sorted(set.intersection(*(set(block[m]) for m in present)))
+    scores = {m: _validation_mean(block[m], seeds) for m in present}
+    try:
+        return protocol.select_on_validation(scores)
+    except ValueError:
+        return None
+
+
+def dataset_fraction_report(block: dict, replicates: int = 1000) -> dict:
+    """Per row: splits, mean [interval] per metric; margins of the declared PacketCLIP row over the best tree and the
+    best neural peer (chosen on validation), paired over the splits both have."""
+    rows = {}
+    for name, per_seed in block.items():
+        seeds = sorted(s for s, sp in per_seed.items() if "test" in sp)
+        preds = [per_seed[s]["test"] for s in seeds]
+        if preds:
+            rows[name] = {"seeds": seeds, **{m: protocol.bootstrap_interval(preds, m, replicates)
+                                             for m, _ in SHOWN_METRICS}}
+    margins = {}
+    for label, group in (("best_tree", TREES), ("best_neural_peer", NEURAL)):
+        rival = best_on_validation(block, group)
+        if rival is None or DECLARED not in block:
+            continue
+        seeds = sorted(set(s for s, sp in block[DECLARED].items() if "test" in sp)
+                       & set(s for s, sp in block[rival].items() if "test" in sp))
+        if not seeds:
+            continue
+        a = [block[DECLARED][s]["test"] for s in seeds]
+        b = [block[rival][s]["test"] for s in seeds]
+        margins[label] = {"rival": rival, "seeds": seeds,
+                          **{m: protocol.paired_bootstrap(a, b, m, replicates) for m in ("mauc", "macro_f1")}}
+    return {"rows": rows, "margins": margins}
+
+
+def protocol_report(workdir: pathlib.Path, replicates: int = 1000) -> dict:
+    """{'dataset fraction': report} from every protocol-2 cell under `workdir`, plus the tuned configurations."""
+    table = collect(load_protocol_cells(workdir))
+    tuned = {}
+    for path in sorted((pathlib.Path(workdir) / "tuned").glob("*/*.json")):
+        record = files.read_json(path)
+        tuned[f"{record['dataset']}/{record['model']}"] = record
+    return {"tables": {f"{d} {f:g}": dataset_fraction_report(block, replicates)
+                       for (d, f), block in sorted(table.items(), key=lambda kv: (kv[0][0], -kv[0][1]))},
+            "tuned": tuned}
+
+
+def markdown(report: dict, command: str) -> str:
+    """The report as Markdown: one table per (dataset, fraction), the margins, the tuned configurations."""
+    lines = ["# Peer benchmark under the protocol (generated; do not edit)", "",
+             f"Regenerate: `{command}`. Each figure: mean over the evaluation splits present, with the 95 % "
+             "interval of a bootstrap over each split's test captures; a margin is 'ahead' only when its paired "
+             "interval excludes zero. PacketCLIP's declared evaluation is, cell by cell, the row its validation "
+             "captures chose before test was read.", ""]
+    for key, block in report["tables"].items():
+        dataset, fraction = key.rsplit(" ", 1)
+        lines += [f"## {dataset}, {float(fraction):.0%} of the training data", "",
+                  "| model | splits | " + " | ".join(label for _, label in SHOWN_METRICS) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in SHOWN_METRICS) + " |"]
+        order = [DECLARED, "pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1", "pclip_trees",
+                 *TREES, *NEURAL]
+        for name in sorted(block["rows"], key=lambda n: order.index(n) if n in order else len(order)):
+            r = block["rows"][name]
+            lines.append(f"| {LABELS.get(name, name)} | {len(r['seeds'])} | "
+                         + " | ".join(protocol.interval_text(r[m]) for m, _ in SHOWN_METRICS) + " |")
+        for label, m in block["margins"].items():
+            verdict = {True: "ahead", False: "not ahead"}
+            parts = []
+            for metric, name in (("mauc", "mAUC"), ("macro_f1", "macro-F1")):
+                st = m[metric]
+                parts.append(f"{name} {protocol.interval_text(st)} "
+                             f"({'ahead' if st['ahead'] else 'behind' if st['behind'] else verdict[False]})")
+            lines.append("")
+            lines.append(f"Declared PacketCLIP − {label.replace('_', ' ')} ({m['rival']}, chosen on validation; "
+                         f"splits {', '.join(map(str, m['seeds']))}): " + "; ".join(parts) + ".")
+        lines.append("")
+    if report["tuned"]:
+        lines += ["## Tuned configurations (tuning split, validation mAUC)", "",
+                  "| dataset/model | chosen | validation mAUC of each candidate |", "| --- | --- | --- |"]
+        for key, record in report["tuned"].items():
+            cands = "; ".join(f"{_config_text(c['config'])}: {c['validation']:.3f}" for c in record["candidates"])
+            lines.append(f"| {key} | {_config_text(record['chosen'])} | {cands} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _config_text(config: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
