@@ -84,33 +84,21 @@ def capture_classes(table, label_column: str = "level1") -> dict[str, str]:
     return out
 
 
-def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_column: str = "level1",
-                     validation_fraction: float = 0.0) -> dict[str, np.ndarray]:
-    """Capture-disjoint split, stratified by each capture's dominant class. Returns {split: sorted row indices}.
+def _assign_units(units, size: dict, stratum: dict, seed: int, target: dict, singles_to_train: bool = False) -> dict:
+    """{unit: split} for whole units (captures, applications) of `size` flows each, stratified by `stratum[unit]`.
 
-    Per class, captures are visited in a seeded order and each goes to the split furthest below its flow target
-    (test_fraction, validation_fraction, rest train); then a class with >= 2 captures is guaranteed captures in
-    both train and test (and, with a validation split and >= 3 captures, in validation). A class with one capture
-    lands where it helps the overall flow fractions most. Keys: 'train', 'test' (+ 'validation' if asked).
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0.0 <= validation_fraction < 1.0 - test_fraction:
-        raise ValueError(f"validation_fraction must be in [0, 1 - test_fraction), got {validation_fraction}")
-    captures = _column(table, "capture").astype(str)
-    uniq, inverse, sizes = np.unique(captures, return_inverse=True, return_counts=True)
-    size = dict(zip(uniq.tolist(), sizes.tolist()))
-    dominant = capture_classes(table, label_column)
-    splits = ["train", "test"] + (["validation"] if validation_fraction > 0 else [])
-    target = {"train": 1.0 - test_fraction - validation_fraction, "test": test_fraction,
-              "validation": validation_fraction}
-    by_class: dict[str, list] = defaultdict(list)
-    for c in uniq.tolist():
-        by_class[dominant[c]].append(c)
+    `target` is {split: flow fraction}, 'train' first. Per stratum, units are visited in a seeded order and each
+    goes to the split furthest below its flow target; then a stratum with >= 2 units is guaranteed units in
+    'train' and the second split (and, with three splits and >= 3 units, in the third). A stratum with one unit
+    goes to 'train' when `singles_to_train`, else to whichever split is furthest below its share of all flows."""
+    splits = list(target)
+    by_stratum: dict[str, list] = defaultdict(list)
+    for u in units:
+        by_stratum[stratum[u]].append(u)
     assign: dict[str, str] = {}
     singles = []
-    for cls in sorted(by_class):
-        caps = _seeded_order(by_class[cls], seed, cls)
+    for cls in sorted(by_stratum):
+        caps = _seeded_order(by_stratum[cls], seed, cls)
         if len(caps) == 1:
             singles.append(caps[0])
             continue
@@ -121,8 +109,8 @@ def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_col
             s = max(splits, key=lambda s: (target[s] * total - got[s], -splits.index(s)))
             got[s] += size[c]
             members[s].append(c)
-        # Guarantee presence: take the smallest capture from the split that has most captures to spare.
-        need = ["test", "train"] + (["validation"] if "validation" in splits and len(caps) >= 3 else [])
+        # Guarantee presence: take the smallest unit from the split that has most units to spare.
+        need = [splits[1], "train"] + ([splits[2]] if len(splits) > 2 and len(caps) >= 3 else [])
         for s in need:
             if not members[s]:
                 donor = max((d for d in splits if len(members[d]) > 1), key=lambda d: len(members[d]))
@@ -132,16 +120,47 @@ def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_col
         for s, cs in members.items():
             for c in cs:
                 assign[c] = s
-    # One-capture classes: greedily fill whichever split is furthest below its share of all flows.
-    n = len(captures)
+    if singles_to_train:
+        assign.update({c: "train" for c in singles})
+        return assign
+    # One-unit strata: greedily fill whichever split is furthest below its share of all flows.
+    n = sum(size[u] for u in units)
     got = {s: sum(size[c] for c, a in assign.items() if a == s) for s in splits}
     for c in _seeded_order(singles, seed, "\x00singles"):
         s = max(splits, key=lambda s: (target[s] * n - got[s], -splits.index(s)))
         assign[c] = s
         got[s] += size[c]
+    return assign
+
+
+def _check_fractions(test_fraction: float, validation_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= validation_fraction < 1.0 - test_fraction:
+        raise ValueError(f"validation_fraction must be in [0, 1 - test_fraction), got {validation_fraction}")
+
+
+def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_column: str = "level1",
+                     validation_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """Capture-disjoint split, stratified by each capture's dominant class. Returns {split: sorted row indices}.
+
+    Per class, captures are visited in a seeded order and each goes to the split furthest below its flow target
+    (test_fraction, validation_fraction, rest train); then a class with >= 2 captures is guaranteed captures in
+    both train and test (and, with a validation split and >= 3 captures, in validation). A class with one capture
+    lands where it helps the overall flow fractions most. Keys: 'train', 'test' (+ 'validation' if asked).
+    """
+    _check_fractions(test_fraction, validation_fraction)
+    captures = _column(table, "capture").astype(str)
+    uniq, inverse, sizes = np.unique(captures, return_inverse=True, return_counts=True)
+    size = dict(zip(uniq.tolist(), sizes.tolist()))
+    dominant = capture_classes(table, label_column)
+    target = {"train": 1.0 - test_fraction - validation_fraction, "test": test_fraction}
+    if validation_fraction > 0:
+        target["validation"] = validation_fraction
+    assign = _assign_units(uniq.tolist(), size, dominant, seed, target)
     capture_split = np.array([assign[c] for c in uniq.tolist()], dtype=object)
-    row_split = capture_split[inverse] if n else np.array([], dtype=object)
-    return {s: np.flatnonzero(row_split == s) for s in splits}
+    row_split = capture_split[inverse] if len(captures) else np.array([], dtype=object)
+    return {s: np.flatnonzero(row_split == s) for s in target}
 
 
 def split_by_time(table, test_fraction: float = 0.3, gap_fraction: float = 0.05) -> dict[str, np.ndarray]:
