@@ -156,8 +156,11 @@ def test_novel_applications_on_a_hand_built_table(validation):
         for cls in ("Web", "Streaming", "Infra", "Remote"):
             assert any(table.meta["level1"][i] == cls for i in split["train"]), cls
         assert "ssh0" in got["train"] and "noapp" in got["train"]
-        if validation:
-            assert validated, "no validation application"
+        if validation:  # a class with >= 3 applications holds one out for validation too
+            app_side = {a: side_of[next(iter(cs))] for a, cs in captures_of.items() if a}
+            for cls, members in (("Web", {"Google", "Facebook", "Reddit"}),
+                                 ("Streaming", {"YouTube", "NetFlix", "Spotify"})):
+                assert {app_side[a] for a in members} == {"train", "validation", "test"}, (cls, app_side)
         again = splits.split_novel_applications(table, 0.3, seed, validation)
         assert all(np.array_equal(split[k], again[k]) for k in split)
         perm = np.random.default_rng(seed).permutation(len(table))
@@ -220,6 +223,8 @@ def test_seen_applications_on_real_ndpi(filtered):  # noqa: F811
         assert novel == 0 and seen == len(split["test"]) >= 150
         got = _captures(table, split)
         assert all(any(dominant[c] == a for c in got["test"]) for a in multi)  # every testable application
+        for a in {a for a, n in collections.Counter(dominant.values()).items() if n >= 3}:
+            assert any(dominant[c] == a for c in got["validation"]), a  # >= 3 captures: one validates
         assert len(set(table.meta["level1"][split["test"]])) >= 14
         assert len(split["excluded"]) < 20  # minority flows of unseen applications in test/validation captures
         assignments.add(tuple(sorted(_assignment(table, split).items())))

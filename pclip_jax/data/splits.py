@@ -84,13 +84,16 @@ def capture_classes(table, label_column: str = "level1") -> dict[str, str]:
     return out
 
 
-def _assign_units(units, size: dict, stratum: dict, seed: int, target: dict, singles_to_train: bool = False) -> dict:
+def _assign_units(units, size: dict, stratum: dict, seed: int, target: dict, singles_to_train: bool = False,
+                  reserve_train: bool = False) -> dict:
     """{unit: split} for whole units (captures, applications) of `size` flows each, stratified by `stratum[unit]`.
 
     `target` is {split: flow fraction}, 'train' first. Per stratum, units are visited in a seeded order and each
     goes to the split furthest below its flow target; then a stratum with >= 2 units is guaranteed units in
-    'train' and the second split (and, with three splits and >= 3 units, in the third). A stratum with one unit
-    goes to 'train' when `singles_to_train`, else to whichever split is furthest below its share of all flows."""
+    'train' and the second split (and, with three splits and >= 3 units, in the third). With `reserve_train`, a
+    stratum with >= 3 units also keeps >= 2 in 'train' (room for a validation unit carved out of train later). A
+    stratum with one unit goes to 'train' when `singles_to_train`, else to whichever split is furthest below its
+    share of all flows."""
     splits = list(target)
     by_stratum: dict[str, list] = defaultdict(list)
     for u in units:
@@ -117,6 +120,11 @@ def _assign_units(units, size: dict, stratum: dict, seed: int, target: dict, sin
                 c = min(members[donor], key=lambda c: (size[c], c))
                 members[donor].remove(c)
                 members[s].append(c)
+        while reserve_train and len(caps) >= 3 and len(members["train"]) < 2:
+            donor = max((d for d in splits[1:] if len(members[d]) > 1), key=lambda d: len(members[d]))
+            c = min(members[donor], key=lambda c: (size[c], c))
+            members[donor].remove(c)
+            members["train"].append(c)
         for s, cs in members.items():
             for c in cs:
                 assign[c] = s
@@ -197,10 +205,10 @@ def split_seen_applications(table, test_fraction: float = 0.3, seed: int = 0, va
 
     Each capture belongs to its dominant application (`capture_classes` on `application_column`). An application
     with >= 2 captures gets captures in train and test (`_assign_units`: about `test_fraction` of its flows to
-    test); one with a single capture goes to train only (its flows cannot be tested closed-set), as do captures
-    without any application. Validation is then carved out of the training captures the same way
-    (`validation_fraction` of their flows; an application with >= 3 captures keeps >= 1 in train), so the test
-    split is the same with or without validation. Test and validation flows whose application no training flow
+    test), one with >= 3 keeps >= 2 in train; one with a single capture goes to train only (its flows cannot be
+    tested closed-set), as do captures without any application. Validation is then carved out of the training
+    captures the same way (`validation_fraction` of their flows), so an application with >= 3 captures has captures
+    in train, validation and test, and the test captures are the same with or without validation. Test and validation flows whose application no training flow
     has (minority applications inside a capture, or no application) are left out: key 'excluded' (rows of no
     split). Keys: 'train', 'test', ('validation'), 'excluded'. Deterministic per table and seed.
     """
@@ -215,7 +223,7 @@ def split_seen_applications(table, test_fraction: float = 0.3, seed: int = 0, va
     with_app = [c for c in uniq.tolist() if dominant[c]]
     assign = {c: "train" for c in uniq.tolist()}
     assign.update(_assign_units(with_app, size, dominant, seed, {"train": 1.0 - test_fraction, "test": test_fraction},
-                                singles_to_train=True))
+                                singles_to_train=True, reserve_train=True))
     if validation_fraction > 0:
         inner = [c for c in with_app if assign[c] == "train"]
         assign.update(_assign_units(inner, size, dominant, seed,
@@ -235,8 +243,8 @@ def split_novel_applications(table, test_fraction: float = 0.3, seed: int = 0, v
     Each capture belongs to its dominant application; an application's size is the flows of its captures and its
     class the most frequent `class_column` value of its flows. Per class, applications are visited in a seeded
     order and held out for test until about `test_fraction` of the class's flows are (`_assign_units` on
-    applications): a class with >= 2 applications keeps >= 1 in training and holds >= 1 out; a class with one
-    application keeps it in training (that class gets no novel test flows). Validation applications are then
+    applications): a class with >= 2 applications keeps >= 1 in training (>= 2 with >= 3 applications) and holds
+    >= 1 out; a class with one application keeps it in training (that class gets no novel test flows). Validation applications are then
     held out of the remaining training applications the same way (`validation_fraction` of their flows; a class
     keeps >= 1 training application), so validation is novel to training too and the test split is the same with
     or without it. Every capture of a held-out application goes to its side (capture-disjoint by construction);
@@ -263,7 +271,7 @@ def split_novel_applications(table, test_fraction: float = 0.3, seed: int = 0, v
     units = sorted(app_size)
     stratum = {a: app_class.get(a, "") for a in units}
     held = _assign_units(units, app_size, stratum, seed, {"train": 1.0 - test_fraction, "test": test_fraction},
-                         singles_to_train=True)
+                         singles_to_train=True, reserve_train=True)
     if validation_fraction > 0:
         inner = [a for a in units if held[a] == "train"]
         held.update(_assign_units(inner, app_size, stratum, seed,
