@@ -6,6 +6,7 @@ so every experiment filters and splits the same documented way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -252,8 +253,19 @@ def check_split(table: FlowTable, train_idx, val_idx, test_idx, class_ids, class
 
 
 def _split(table: FlowTable, data_config: DataSettings, level: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, validation, test) rows: by capture (validation = whole training captures) or by time (validation =
-    the last part in time of each capture's training part)."""
+    """(train, validation, test) rows: by capture (validation = whole training captures), by time (validation =
+    the last part in time of each capture's training part) or by application (the nDPI tasks: validation = whole
+    training captures of seen applications, or of other held-out applications; flows outside the task are in no
+    split, `splits.split_seen_applications` / `split_novel_applications`)."""
+    if data_config.split in splits_lib.APPLICATION_SPLITS:
+        if not np.any(np.asarray(table.meta.get("level2", np.zeros(0, str))).astype(str) != ""):
+            raise ValueError(f"data.split={data_config.split!r} needs applications (level-2 labels) and these flows "
+                             f"have none; use data.split='capture'")
+        split_fn = (splits_lib.split_seen_applications if data_config.split == "seen_applications"
+                    else functools.partial(splits_lib.split_novel_applications, class_column=level))
+        split = split_fn(table, test_fraction=data_config.test_fraction, seed=data_config.split_seed,
+                         validation_fraction=data_config.validation_fraction)
+        return split["train"], split.get("validation", np.zeros((0,), np.int64)), split["test"]
     if data_config.split == "time":
         outer = splits_lib.split_by_time(table, data_config.test_fraction)
         train_idx, test_idx = outer["train"], outer["test"]
@@ -332,9 +344,22 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
     dropped = dict(dropped)
     dropped["class_below_min_train_flows"] = int((class_ids == -1).sum())
     notes: list = []
+    if data_config.split in splits_lib.APPLICATION_SPLITS:
+        # Flows of the split's captures that the application task leaves out (docs/labels.md, "nDPI tasks").
+        dropped["outside_application_task"] = int(len(table) - len(train_idx) - len(val_idx) - len(test_idx))
     if class_names:
         train_idx, val_idx, notes = check_split(table, train_idx, val_idx, test_idx, class_ids, class_names, level,
                                                 data_config)
+        if data_config.split in splits_lib.APPLICATION_SPLITS and notes:
+            # Captures moved to validation change the training applications: keep the task's promise.
+            before = len(val_idx) + len(test_idx)
+            val_idx, test_idx = splits_lib.restrict_to_task(table.meta["level2"], data_config.split, train_idx,
+                                                            val_idx, test_idx)
+            if len(val_idx) + len(test_idx) < before:
+                moved = before - len(val_idx) - len(test_idx)
+                dropped["outside_application_task"] += moved
+                notes.append(f"{moved} validation/test flows left out: after that move their application no longer "
+                             f"fits data.split={data_config.split!r}")
     train_pool_idx = None
     if data_config.fraction < 1.0:
         train_pool_idx = np.asarray(train_idx)

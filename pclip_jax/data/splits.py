@@ -84,33 +84,24 @@ def capture_classes(table, label_column: str = "level1") -> dict[str, str]:
     return out
 
 
-def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_column: str = "level1",
-                     validation_fraction: float = 0.0) -> dict[str, np.ndarray]:
-    """Capture-disjoint split, stratified by each capture's dominant class. Returns {split: sorted row indices}.
+def _assign_units(units, size: dict, stratum: dict, seed: int, target: dict, singles_to_train: bool = False,
+                  reserve_train: bool = False) -> dict:
+    """{unit: split} for whole units (captures, applications) of `size` flows each, stratified by `stratum[unit]`.
 
-    Per class, captures are visited in a seeded order and each goes to the split furthest below its flow target
-    (test_fraction, validation_fraction, rest train); then a class with >= 2 captures is guaranteed captures in
-    both train and test (and, with a validation split and >= 3 captures, in validation). A class with one capture
-    lands where it helps the overall flow fractions most. Keys: 'train', 'test' (+ 'validation' if asked).
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0.0 <= validation_fraction < 1.0 - test_fraction:
-        raise ValueError(f"validation_fraction must be in [0, 1 - test_fraction), got {validation_fraction}")
-    captures = _column(table, "capture").astype(str)
-    uniq, inverse, sizes = np.unique(captures, return_inverse=True, return_counts=True)
-    size = dict(zip(uniq.tolist(), sizes.tolist()))
-    dominant = capture_classes(table, label_column)
-    splits = ["train", "test"] + (["validation"] if validation_fraction > 0 else [])
-    target = {"train": 1.0 - test_fraction - validation_fraction, "test": test_fraction,
-              "validation": validation_fraction}
-    by_class: dict[str, list] = defaultdict(list)
-    for c in uniq.tolist():
-        by_class[dominant[c]].append(c)
+    `target` is {split: flow fraction}, 'train' first. Per stratum, units are visited in a seeded order and each
+    goes to the split furthest below its flow target; then a stratum with >= 2 units is guaranteed units in
+    'train' and the second split (and, with three splits and >= 3 units, in the third). With `reserve_train`, a
+    stratum with >= 3 units also keeps >= 2 in 'train' (room for a validation unit carved out of train later). A
+    stratum with one unit goes to 'train' when `singles_to_train`, else to whichever split is furthest below its
+    share of all flows."""
+    splits = list(target)
+    by_stratum: dict[str, list] = defaultdict(list)
+    for u in units:
+        by_stratum[stratum[u]].append(u)
     assign: dict[str, str] = {}
     singles = []
-    for cls in sorted(by_class):
-        caps = _seeded_order(by_class[cls], seed, cls)
+    for cls in sorted(by_stratum):
+        caps = _seeded_order(by_stratum[cls], seed, cls)
         if len(caps) == 1:
             singles.append(caps[0])
             continue
@@ -121,27 +112,200 @@ def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_col
             s = max(splits, key=lambda s: (target[s] * total - got[s], -splits.index(s)))
             got[s] += size[c]
             members[s].append(c)
-        # Guarantee presence: take the smallest capture from the split that has most captures to spare.
-        need = ["test", "train"] + (["validation"] if "validation" in splits and len(caps) >= 3 else [])
+        # Guarantee presence: take the smallest unit from the split that has most units to spare.
+        need = [splits[1], "train"] + ([splits[2]] if len(splits) > 2 and len(caps) >= 3 else [])
         for s in need:
             if not members[s]:
                 donor = max((d for d in splits if len(members[d]) > 1), key=lambda d: len(members[d]))
                 c = min(members[donor], key=lambda c: (size[c], c))
                 members[donor].remove(c)
                 members[s].append(c)
+        while reserve_train and len(caps) >= 3 and len(members["train"]) < 2:
+            donor = max((d for d in splits[1:] if len(members[d]) > 1), key=lambda d: len(members[d]))
+            c = min(members[donor], key=lambda c: (size[c], c))
+            members[donor].remove(c)
+            members["train"].append(c)
         for s, cs in members.items():
             for c in cs:
                 assign[c] = s
-    # One-capture classes: greedily fill whichever split is furthest below its share of all flows.
-    n = len(captures)
+    if singles_to_train:
+        assign.update({c: "train" for c in singles})
+        return assign
+    # One-unit strata: greedily fill whichever split is furthest below its share of all flows.
+    n = sum(size[u] for u in units)
     got = {s: sum(size[c] for c, a in assign.items() if a == s) for s in splits}
     for c in _seeded_order(singles, seed, "\x00singles"):
         s = max(splits, key=lambda s: (target[s] * n - got[s], -splits.index(s)))
         assign[c] = s
         got[s] += size[c]
+    return assign
+
+
+def _check_fractions(test_fraction: float, validation_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= validation_fraction < 1.0 - test_fraction:
+        raise ValueError(f"validation_fraction must be in [0, 1 - test_fraction), got {validation_fraction}")
+
+
+def split_by_capture(table, test_fraction: float = 0.3, seed: int = 0, label_column: str = "level1",
+                     validation_fraction: float = 0.0) -> dict[str, np.ndarray]:
+    """Capture-disjoint split, stratified by each capture's dominant class. Returns {split: sorted row indices}.
+
+    Per class, captures are visited in a seeded order and each goes to the split furthest below its flow target
+    (test_fraction, validation_fraction, rest train); then a class with >= 2 captures is guaranteed captures in
+    both train and test (and, with a validation split and >= 3 captures, in validation). A class with one capture
+    lands where it helps the overall flow fractions most. Keys: 'train', 'test' (+ 'validation' if asked).
+    """
+    _check_fractions(test_fraction, validation_fraction)
+    captures = _column(table, "capture").astype(str)
+    uniq, inverse, sizes = np.unique(captures, return_inverse=True, return_counts=True)
+    size = dict(zip(uniq.tolist(), sizes.tolist()))
+    dominant = capture_classes(table, label_column)
+    target = {"train": 1.0 - test_fraction - validation_fraction, "test": test_fraction}
+    if validation_fraction > 0:
+        target["validation"] = validation_fraction
+    assign = _assign_units(uniq.tolist(), size, dominant, seed, target)
     capture_split = np.array([assign[c] for c in uniq.tolist()], dtype=object)
-    row_split = capture_split[inverse] if n else np.array([], dtype=object)
-    return {s: np.flatnonzero(row_split == s) for s in splits}
+    row_split = capture_split[inverse] if len(captures) else np.array([], dtype=object)
+    return {s: np.flatnonzero(row_split == s) for s in target}
+
+
+# The application tasks (docs/labels.md, "nDPI tasks"): `split_seen_applications` (closed set: every tested
+# application has training flows) and `split_novel_applications` (open set: no tested application has any).
+APPLICATION_SPLITS = ("seen_applications", "novel_applications")
+
+
+def _majority(keys: np.ndarray, values: np.ndarray) -> dict[str, str]:
+    """{key: its most frequent non-empty value (ties: the alphabetically first)}; keys with none are left out."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for k, v in zip(keys.tolist(), values.tolist()):
+        if v:
+            counts[k][v] += 1
+    return {k: min((-n, v) for v, n in cnt.items())[1] for k, cnt in counts.items()}
+
+
+def _rows_by_split(captures: np.ndarray, assign: dict) -> dict[str, np.ndarray]:
+    row_split = np.array([assign[c] for c in captures.tolist()], dtype=object)
+    return {s: np.flatnonzero(row_split == s) for s in ("train", "test", "validation")}
+
+
+def _task_result(n: int, parts: dict, validation: bool) -> dict[str, np.ndarray]:
+    keys = ["train", "test"] + (["validation"] if validation else [])
+    out = {k: np.sort(np.asarray(parts[k], np.int64)) for k in keys}
+    used = np.concatenate([out[k] for k in keys]) if n else np.zeros(0, np.int64)
+    out["excluded"] = np.setdiff1d(np.arange(n), used)
+    return out
+
+
+def split_seen_applications(table, test_fraction: float = 0.3, seed: int = 0, validation_fraction: float = 0.0,
+                            application_column: str = "level2") -> dict[str, np.ndarray]:
+    """Closed-set application task: a capture-disjoint split stratified by each capture's dominant application,
+    in which every tested (and validation) flow's application has training flows. Returns {split: sorted rows}.
+
+    Each capture belongs to its dominant application (`capture_classes` on `application_column`). An application
+    with >= 2 captures gets captures in train and test (`_assign_units`: about `test_fraction` of its flows to
+    test), one with >= 3 keeps >= 2 in train; one with a single capture goes to train only (its flows cannot be
+    tested closed-set), as do captures without any application. Validation is then carved out of the training
+    captures the same way (`validation_fraction` of their flows), so an application with >= 3 captures has captures
+    in train, validation and test, and the test captures are the same with or without validation. Test and validation flows whose application no training flow
+    has (minority applications inside a capture, or no application) are left out: key 'excluded' (rows of no
+    split). Keys: 'train', 'test', ('validation'), 'excluded'. Deterministic per table and seed.
+    """
+    _check_fractions(test_fraction, 0.0)
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    captures = _column(table, "capture").astype(str)
+    apps = _column(table, application_column).astype(str)
+    uniq, sizes = np.unique(captures, return_counts=True)
+    size = dict(zip(uniq.tolist(), sizes.tolist()))
+    dominant = capture_classes(table, application_column)
+    with_app = [c for c in uniq.tolist() if dominant[c]]
+    assign = {c: "train" for c in uniq.tolist()}
+    assign.update(_assign_units(with_app, size, dominant, seed, {"train": 1.0 - test_fraction, "test": test_fraction},
+                                singles_to_train=True, reserve_train=True))
+    if validation_fraction > 0:
+        inner = [c for c in with_app if assign[c] == "train"]
+        assign.update(_assign_units(inner, size, dominant, seed,
+                                    {"train": 1.0 - validation_fraction, "validation": validation_fraction},
+                                    singles_to_train=True))
+    parts = _rows_by_split(captures, assign)
+    seen = sorted(set(apps[parts["train"]].tolist()) - {""})
+    for s in ("test", "validation"):
+        parts[s] = parts[s][np.isin(apps[parts[s]], seen)]
+    return _task_result(len(captures), parts, validation_fraction > 0)
+
+
+def split_novel_applications(table, test_fraction: float = 0.3, seed: int = 0, validation_fraction: float = 0.0,
+                             application_column: str = "level2", class_column: str = "level1") -> dict[str, np.ndarray]:
+    """Open-set application task: whole applications held out of training. Returns {split: sorted rows}.
+
+    Each capture belongs to its dominant application; an application's size is the flows of its captures and its
+    class the most frequent `class_column` value of its flows. Per class, applications are visited in a seeded
+    order and held out for test until about `test_fraction` of the class's flows are (`_assign_units` on
+    applications): a class with >= 2 applications keeps >= 1 in training (>= 2 with >= 3 applications) and holds
+    >= 1 out; a class with one application keeps it in training (that class gets no novel test flows). Validation applications are then
+    held out of the remaining training applications the same way (`validation_fraction` of their flows; a class
+    keeps >= 1 training application), so validation is novel to training too and the test split is the same with
+    or without it. Every capture of a held-out application goes to its side (capture-disjoint by construction);
+    captures without an application stay in train.
+
+    Flows are then kept so that the sides hold exactly what the task means: training drops the flows of held-out
+    applications that sit inside training captures (minority flows), test keeps only flows whose application has
+    no training flow and is no validation application, validation only flows whose application has no training
+    flow and no test flow. The rest is key 'excluded'. Keys: 'train', 'test', ('validation'), 'excluded'.
+    """
+    _check_fractions(test_fraction, 0.0)
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    captures = _column(table, "capture").astype(str)
+    apps = _column(table, application_column).astype(str)
+    classes = _column(table, class_column).astype(str)
+    uniq, sizes = np.unique(captures, return_counts=True)
+    dominant = capture_classes(table, application_column)
+    app_size: Counter = Counter()
+    for c, n in zip(uniq.tolist(), sizes.tolist()):
+        if dominant[c]:
+            app_size[dominant[c]] += n
+    app_class = _majority(apps, classes)
+    units = sorted(app_size)
+    stratum = {a: app_class.get(a, "") for a in units}
+    held = _assign_units(units, app_size, stratum, seed, {"train": 1.0 - test_fraction, "test": test_fraction},
+                         singles_to_train=True, reserve_train=True)
+    if validation_fraction > 0:
+        inner = [a for a in units if held[a] == "train"]
+        held.update(_assign_units(inner, app_size, stratum, seed,
+                                  {"train": 1.0 - validation_fraction, "validation": validation_fraction},
+                                  singles_to_train=True))
+    assign = {c: held[dominant[c]] if dominant[c] else "train" for c in uniq.tolist()}
+    parts = _rows_by_split(captures, assign)
+    out_of_training = sorted(a for a, s in held.items() if s != "train")
+    parts["train"] = parts["train"][~np.isin(apps[parts["train"]], out_of_training)]
+    trained = sorted(set(apps[parts["train"]].tolist()))
+    validation_apps = sorted(a for a, s in held.items() if s == "validation")
+    test = parts["test"]
+    parts["test"] = test[(apps[test] != "") & ~np.isin(apps[test], trained + validation_apps)]
+    tested = sorted(set(apps[parts["test"]].tolist()))
+    val = parts["validation"]
+    parts["validation"] = val[(apps[val] != "") & ~np.isin(apps[val], trained + tested)]
+    return _task_result(len(captures), parts, validation_fraction > 0)
+
+
+def restrict_to_task(applications, split: str, train_idx, val_idx, test_idx) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, test) rows that still fit application task `split` after training rows changed (whole
+    captures moved by `ensure_validation_classes`): 'seen_applications' keeps the flows whose application has
+    training flows, 'novel_applications' those whose application has none (and, in validation, no test flow).
+    Any other split: unchanged."""
+    if split not in APPLICATION_SPLITS:
+        return np.asarray(val_idx), np.asarray(test_idx)
+    apps = np.asarray(applications).astype(str)
+    val_idx, test_idx = np.asarray(val_idx, np.int64), np.asarray(test_idx, np.int64)
+    trained = sorted(set(apps[np.asarray(train_idx, np.int64)].tolist()) - {""})
+    if split == "seen_applications":
+        return val_idx[np.isin(apps[val_idx], trained)], test_idx[np.isin(apps[test_idx], trained)]
+    test_idx = test_idx[(apps[test_idx] != "") & ~np.isin(apps[test_idx], trained)]
+    tested = sorted(set(apps[test_idx].tolist()))
+    return val_idx[(apps[val_idx] != "") & ~np.isin(apps[val_idx], trained + tested)], test_idx
 
 
 def split_by_time(table, test_fraction: float = 0.3, gap_fraction: float = 0.05) -> dict[str, np.ndarray]:

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Optional
 SETTINGS_FORMAT = 2
 LABEL_COLUMNS = ("level1", "level2", "label", "app", "category")
 LABEL_KINDS = ("ndpi", "folder", "csv", "rules", "dpi")
+# data.split: by capture, by time within captures, and the two application tasks (data/splits.py, docs/labels.md).
+SPLITS = ("capture", "time", "seen_applications", "novel_applications")
 SOURCE_SEP = "="  # `data.inputs` entry "PATH=LABELS": a source with its own label spec (a mixed corpus)
 
 
@@ -66,7 +68,10 @@ class DataSettings:
     drop_one_way: bool = True
     label_level: str = "level1"              # the evaluated level: level1 (service class, device type), level2, ...
     taxonomy: str = "auto"                   # where level1/level2 come from: auto, hierarchy, graph, raw (data/taxonomy.py)
-    split: str = "capture"                   # "capture": whole captures to train or test; "time": per capture, by time
+    split: str = "capture"                   # "capture": whole captures to train or test; "time": per capture, by
+                                             # time; the nDPI application tasks (docs/labels.md): "seen_applications"
+                                             # (closed set: every tested application has training captures),
+                                             # "novel_applications" (whole applications held out of training)
     min_class_flows: int = 20
     test_fraction: float = 0.3
     validation_fraction: float = 0.15
@@ -82,7 +87,11 @@ class DataSettings:
         _check(self.min_packets >= 1, f"{prefix}.min_packets", self.min_packets, "an integer >= 1")
         _one_of(f"{prefix}.label_level", self.label_level, LABEL_COLUMNS)
         _one_of(f"{prefix}.taxonomy", self.taxonomy, ("auto", "hierarchy", "graph", "raw"))
-        _one_of(f"{prefix}.split", self.split, ("capture", "time"))
+        _one_of(f"{prefix}.split", self.split, SPLITS)
+        if self.split == "novel_applications":
+            _check(self.label_level in ("level1", "category"), f"{prefix}.label_level", self.label_level,
+                   "'level1' or 'category' with data.split='novel_applications' (the evaluated classes must be "
+                   "coarser than the held-out applications)")
         _one_of(f"{prefix}.reader", self.reader, ("auto", "fixed", "tfds"))
         if self.dataset:
             _check(self.split == "capture", f"{prefix}.split", self.split,
