@@ -11,6 +11,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -59,6 +61,27 @@ def minilm_dir(tmp_path_factory):
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_data: needs the real captures and weights of ../shared (facts about "
                                        "the real corpus, or not yet checked on the stand-ins); skipped without them")
+    config.addinivalue_line("markers", "fresh_process: the test's body runs in a new Python process (its own JAX "
+                                       "runtime and compiler state), its result reported here")
+
+
+FRESH_PROCESS = "PCLIP_FRESH_PROCESS"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Runs a `fresh_process` test as its own pytest process. Why: after a few hundred tests had compiled their
+    programs in one process, XLA:CPU's compiler segfaulted compiling the pre-training pmap step of test_train's
+    tests (CI and here, three runs; each test alone passes), so the tests that train the towers start clean."""
+    if not pyfuncitem.get_closest_marker("fresh_process") or os.environ.get(FRESH_PROCESS) == "1":
+        return None
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+                          cwd=str(REPO), env={**os.environ, FRESH_PROCESS: "1"}, capture_output=True, text=True,
+                          timeout=1800)
+    if proc.returncode != 0 or "1 passed" not in proc.stdout:
+        pytest.fail(f"{pyfuncitem.nodeid} in a fresh process: exit {proc.returncode}\n{proc.stdout[-4000:]}"
+                    f"{proc.stderr[-2000:]}", pytrace=False)
+    return True
 
 
 def pytest_collection_modifyitems(config, items):

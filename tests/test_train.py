@@ -1,9 +1,5 @@
 """Pre-training on real captures with the tiny test config: capture-disjoint split, resume, tuned text tower."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,7 +15,6 @@ from pclip_jax.plumbing.settings import from_config
 from pclip_jax.text.feature_cache import TextFeaturizer
 from pclip_jax.plumbing.workdir import Workdir
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CAPTURES = ["1kxun.pcap", "443-chrome.pcap", "443-firefox.pcap", "dns_long_domainname.pcap", "quic.pcap",
             "signal.pcap", "whatsapp_login_call.pcap", "skype.pcap", "bittorrent.pcap", "ookla.pcap",
@@ -93,17 +88,10 @@ def test_unlabelled_pretraining_hides_the_labels_outside_the_fraction(setup):
         assert none is None and len(same.train_idx) == (len(fraction) if off is not settings else len(pool))
 
 
+@pytest.mark.fresh_process
 def test_resume_equals_straight_run(request, tmp_path):
-    """Runs in a fresh process: in the full suite's long-lived process XLA:CPU's compiler segfaulted compiling this
-    test's pmap step (twice in a row, after the suite grew; alone it passes), as test_multihost's checks do."""
-    if os.environ.get("PCLIP_FRESH_PROCESS") != "1":
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               f"{__file__}::test_resume_equals_straight_run"],
-                              env={**os.environ, "PCLIP_FRESH_PROCESS": "1"}, capture_output=True, text=True,
-                              timeout=1800, cwd=str(REPO_ROOT))
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-        assert "1 passed" in proc.stdout, proc.stdout[-2000:]
-        return
+    """Stopped after 10 of 20 steps and resumed, pre-training ends where a straight run does. The module's data
+    fixture is taken lazily: in the suite's process this test only starts its fresh one (conftest)."""
     settings, prepared, _, texts = request.getfixturevalue("setup")
     model = embedding.build_model(settings)
     straight, steps = train_lib.pretrain(settings, Workdir(tmp_path / "a"), prepared, texts, model, progress=False)
@@ -138,6 +126,7 @@ def test_resume_equals_straight_run(request, tmp_path):
     assert loop.logged_seconds(tmp_path / "no_such_file.jsonl") is None
 
 
+@pytest.mark.fresh_process
 @pytest.mark.parametrize("trainable,from_scratch,dtype",
                          [(True, False, "float32"), (False, True, "float32"), (False, False, "bfloat16")])
 def test_tuned_text_tower_and_bf16_train(setup, tmp_path, trainable, from_scratch, dtype):
