@@ -485,7 +485,7 @@ static void mask_handshake(uint8_t *row, Py_ssize_t w, int64_t pay, int dtls) {
     int typ;
     int64_t hs_len, body, end;
     if (dtls) {
-        if (pay + 25 > w || row[pay + 3] || row[pay + 4] || row[pay + 19] || row[pay + 20] || row[pay + 21])
+        if (pay + 25 > w || row[pay + 3] || row[pay + 4]) /* not epoch 0 */
             return;
         typ = row[pay + 13];
         hs_len = ((int64_t)row[pay + 14] << 16) | rd16(row, pay + 15);
@@ -493,6 +493,11 @@ static void mask_handshake(uint8_t *row, Py_ssize_t w, int64_t pay, int dtls) {
         end = body + (((int64_t)row[pay + 22] << 16) | rd16(row, pay + 23));
         if (end > w)
             end = w;
+        if (row[pay + 19] || row[pay + 20] || row[pay + 21]) { /* a later fragment: tickets and keys zeroed whole */
+            if (typ == 4 || typ == 16)
+                zero_range(row, w, body, end);
+            return;
+        }
     } else {
         typ = row[pay + 5];
         body = pay + 9;
@@ -577,6 +582,16 @@ static void mask_handshake(uint8_t *row, Py_ssize_t w, int64_t pay, int dtls) {
     }
 }
 
+/* tensors._mask_dtls_records: every DTLS record whose header the row holds */
+static void mask_dtls_records(uint8_t *row, Py_ssize_t w, int64_t pay) {
+    while (pay + 13 <= w && row[pay] >= 20 && row[pay] <= 25 && row[pay + 1] == 0xFE &&
+           (row[pay + 2] == 0xFF || row[pay + 2] == 0xFD || row[pay + 2] == 0xFC)) {
+        if (row[pay] == 0x16)
+            mask_handshake(row, w, pay, 1);
+        pay += 13 + rd16(row, pay + 11);
+    }
+}
+
 static void mask_session_row(uint8_t *row, Py_ssize_t w, int proto, int64_t l4) {
     if (proto == 6 && l4 >= 0 && l4 + 13 <= w) {
         int64_t hlen = (row[l4 + 12] >> 4) * 4, pos = l4 + 20, end = l4 + hlen < w ? l4 + hlen : w;
@@ -605,7 +620,7 @@ static void mask_session_row(uint8_t *row, Py_ssize_t w, int proto, int64_t l4) 
                 zero_span(row, w, at + 1, slen);
         }
         if (row[p] == 0x16 && row[p + 1] == 0xFE && (row[p + 2] == 0xFF || row[p + 2] == 0xFD || row[p + 2] == 0xFC))
-            mask_handshake(row, w, p, 1); /* a DTLS handshake record starting the payload */
+            mask_dtls_records(row, w, p); /* DTLS records from a handshake record starting the payload */
     }
 }
 

@@ -116,7 +116,8 @@ def _mask_handshake(row: bytearray, pay: int, dtls: bool) -> None:
     Every read is inside the row; no declared length is trusted to be inside the row. Fixed-position fields
     (random, session id, cookies) are zeroed wherever the row holds them; the extension walk stops at the end of
     the row, of the extensions block, of each extension and, for DTLS, of the record's handshake fragment (what
-    follows it is another record).
+    follows it is another record). A later DTLS fragment of a ticket or client key exchange is zeroed whole (it
+    is all ticket or key); later fragments of hellos cannot be parsed alone and are kept.
     """
     w = len(row)
 
@@ -137,10 +138,14 @@ def _mask_handshake(row: bytearray, pay: int, dtls: bool) -> None:
             q = a + n + post
 
     if dtls:  # record header 13 bytes (type, version, epoch, sequence, length), handshake header 12
-        if pay + 25 > w or row[pay + 3] or row[pay + 4] or row[pay + 19] or row[pay + 20] or row[pay + 21]:
-            return  # not epoch 0 (encrypted), or not the first fragment of the message
+        if pay + 25 > w or row[pay + 3] or row[pay + 4]:
+            return  # not epoch 0 (encrypted)
         typ, hs_len, body = row[pay + 13], row[pay + 14] << 16 | be16(pay + 15), pay + 25
         end = min(w, body + (row[pay + 22] << 16 | be16(pay + 23)))  # the fragment's end
+        if row[pay + 19] or row[pay + 20] or row[pay + 21]:  # not the message's first fragment
+            if typ in (HS_NEW_SESSION_TICKET, HS_CLIENT_KEY_EXCHANGE):
+                zero(body, end)
+            return
     else:  # record header 5 bytes, handshake header 4
         typ, body, end = row[pay + 5], pay + 9, w
         hs_len = row[pay + 6] << 16 | be16(pay + 7) if pay + 9 <= w else 0
@@ -209,6 +214,17 @@ def _mask_handshake(row: bytearray, pay: int, dtls: bool) -> None:
         q = v + n
 
 
+def _mask_dtls_records(row: bytearray, pay: int) -> None:
+    """Every DTLS record of the datagram whose header the row holds (a flight packs several: certificate, client
+    key exchange, ticket fragments...): the handshake ones masked (``_mask_handshake``), the others stepped over;
+    the walk stops at anything that is not a DTLS record header."""
+    w = len(row)
+    while pay + 13 <= w and 20 <= row[pay] <= 25 and row[pay + 1] == 0xFE and row[pay + 2] in DTLS_VERSIONS:
+        if row[pay] == 0x16:
+            _mask_handshake(row, pay, True)
+        pay += 13 + (row[pay + 11] << 8 | row[pay + 12])
+
+
 def mask_session_ids(rows: np.ndarray, proto: np.ndarray, l4: np.ndarray) -> None:
     """Zero per-connection random values that name one session, not the traffic (in place; docs/masking.md):
     TCP timestamp option values (a per-host clock), QUIC long-header connection ids, and in TLS and DTLS
@@ -269,7 +285,10 @@ def mask_session_ids(rows: np.ndarray, proto: np.ndarray, l4: np.ndarray) -> Non
                           np.concatenate(hs_pay or [np.zeros(0, np.int64)]).tolist(),
                           np.concatenate(hs_dtls or [np.zeros(0, bool)]).tolist()):
         row = bytearray(rows[r].tobytes())
-        _mask_handshake(row, pay, dt)
+        if dt:
+            _mask_dtls_records(row, pay)
+        else:
+            _mask_handshake(row, pay, False)
         rows[r] = np.frombuffer(row, np.uint8)
 
 
