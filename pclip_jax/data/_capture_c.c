@@ -458,6 +458,140 @@ static void mask_row(uint8_t *row, Py_ssize_t w, int ipver, int proto, int64_t l
     }
 }
 
+/* row[a:b] = 0, clipped to the row */
+static void zero_range(uint8_t *row, Py_ssize_t w, int64_t a, int64_t b) {
+    if (b > w)
+        b = w;
+    if (a < 0)
+        a = 0;
+    if (a < b)
+        memset(row + a, 0, (size_t)(b - a));
+}
+
+static int64_t rd16(const uint8_t *row, int64_t i) { return ((int64_t)row[i] << 8) | row[i + 1]; }
+
+/* tensors._mask_handshake's items: a list of [pre bytes kept][length, size bytes][value][post bytes] up to x */
+static void hs_items(uint8_t *row, Py_ssize_t w, int64_t q, int64_t x, int pre, int size, int post) {
+    while (q + pre + size <= x) {
+        int64_t n = size == 1 ? row[q + pre] : rd16(row, q + pre), a = q + pre + size;
+        zero_range(row, w, a, a + n + post < x ? a + n + post : x);
+        q = a + n + post;
+    }
+}
+
+/* tensors._mask_handshake: per-session values of the TLS (dtls 0: TCP payload at pay) or DTLS handshake record
+ * starting at pay; every read inside the row (x_all, x and the item bounds are all <= w) */
+static void mask_handshake(uint8_t *row, Py_ssize_t w, int64_t pay, int dtls) {
+    int typ;
+    int64_t hs_len, body, end;
+    if (dtls) {
+        if (pay + 25 > w || row[pay + 3] || row[pay + 4]) /* not epoch 0 */
+            return;
+        typ = row[pay + 13];
+        hs_len = ((int64_t)row[pay + 14] << 16) | rd16(row, pay + 15);
+        body = pay + 25;
+        end = body + (((int64_t)row[pay + 22] << 16) | rd16(row, pay + 23));
+        if (end > w)
+            end = w;
+        if (row[pay + 19] || row[pay + 20] || row[pay + 21]) { /* a later fragment: tickets and keys zeroed whole */
+            if (typ == 4 || typ == 16)
+                zero_range(row, w, body, end);
+            return;
+        }
+    } else {
+        typ = row[pay + 5];
+        body = pay + 9;
+        end = w;
+        hs_len = pay + 9 <= w ? ((int64_t)row[pay + 6] << 16) | rd16(row, pay + 7) : 0;
+    }
+    if (typ == 3 && dtls) { /* HelloVerifyRequest: cookie */
+        if (body + 2 < w)
+            zero_range(row, w, body + 3, body + 3 + row[body + 2]);
+        return;
+    }
+    if (typ == 4) { /* NewSessionTicket: lifetime hint (4), ticket length (2), ticket */
+        if (body + 6 <= w) {
+            int64_t b = body + 6 + rd16(row, body + 4);
+            zero_range(row, w, body + 6, b < end ? b : end);
+        }
+        return;
+    }
+    if (typ == 16) { /* ClientKeyExchange: after a 1-byte (ECDHE point) or 2-byte length */
+        if (body < w) {
+            int64_t keep = row[body] == hs_len - 1 ? 1 : 2, b = body + hs_len;
+            zero_range(row, w, body + keep, b < end ? b : end);
+        }
+        return;
+    }
+    if (typ != 1 && typ != 2)
+        return;
+    int client = typ == 1;
+    zero_range(row, w, body + 2, body + 34); /* random */
+    int64_t s = body + 34;
+    if (s >= w)
+        return;
+    int64_t sid = row[s];
+    zero_range(row, w, s + 1, s + 1 + (sid < 32 ? sid : 32)); /* session id */
+    if (sid > 32)
+        return;
+    int64_t q = s + 1 + sid;
+    if (client && dtls) { /* cookie */
+        if (q >= w)
+            return;
+        int64_t c = row[q];
+        zero_range(row, w, q + 1, q + 1 + c);
+        q += 1 + c;
+    }
+    if (client) {
+        if (q + 2 > w)
+            return;
+        q += 2 + rd16(row, q); /* cipher suites */
+        if (q >= w)
+            return;
+        q += 1 + row[q]; /* compression methods */
+    } else {
+        q += 3;
+    }
+    if (q + 2 > w)
+        return;
+    int64_t x_all = q + 2 + rd16(row, q);
+    if (x_all > end)
+        x_all = end;
+    q += 2;
+    while (q + 4 <= x_all) {
+        int64_t t = rd16(row, q), n = rd16(row, q + 2), v = q + 4, x = v + n < x_all ? v + n : x_all;
+        if (t == 0) { /* server_name */
+            hs_items(row, w, v + 2, x, 1, 2, 0);
+        } else if (t == 51) { /* key_share */
+            hs_items(row, w, client ? v + 2 : v, x, 2, 2, 0);
+        } else if (t == 41 && client) { /* pre_shared_key: identities (+ ticket age), binders */
+            if (v + 2 <= x) {
+                int64_t ids_end = v + 2 + rd16(row, v);
+                hs_items(row, w, v + 2, ids_end < x ? ids_end : x, 0, 2, 4);
+                hs_items(row, w, ids_end + 2, x, 0, 1, 0);
+            }
+        } else if (t == 44) { /* cookie */
+            hs_items(row, w, v, x, 0, 2, 0);
+        } else if (t == 0xFE0D && client) { /* ECH outer: suite, config id, enc, payload */
+            if (v < x && row[v] == 0)
+                hs_items(row, w, v + 6, x, 0, 2, 0);
+        } else if (t == 35 || t == 21 || t == 0xFFCE || t == 0xFE0D) { /* session_ticket, padding, ESNI, HRR ECH */
+            zero_range(row, w, v, x);
+        }
+        q = v + n;
+    }
+}
+
+/* tensors._mask_dtls_records: every DTLS record whose header the row holds */
+static void mask_dtls_records(uint8_t *row, Py_ssize_t w, int64_t pay) {
+    while (pay + 13 <= w && row[pay] >= 20 && row[pay] <= 25 && row[pay + 1] == 0xFE &&
+           (row[pay + 2] == 0xFF || row[pay + 2] == 0xFD || row[pay + 2] == 0xFC)) {
+        if (row[pay] == 0x16)
+            mask_handshake(row, w, pay, 1);
+        pay += 13 + rd16(row, pay + 11);
+    }
+}
+
 static void mask_session_row(uint8_t *row, Py_ssize_t w, int proto, int64_t l4) {
     if (proto == 6 && l4 >= 0 && l4 + 13 <= w) {
         int64_t hlen = (row[l4 + 12] >> 4) * 4, pos = l4 + 20, end = l4 + hlen < w ? l4 + hlen : w;
@@ -472,12 +606,9 @@ static void mask_session_row(uint8_t *row, Py_ssize_t w, int proto, int64_t l4) 
             pos = p + (nop ? 1 : (ln > 2 ? ln : 2));
             live = kind != 0 && (nop || ln >= 2) && pos < end;
         }
-        int64_t pay = l4 + hlen; /* TLS ClientHello/ServerHello: random and session id */
-        if (pay + 44 <= w && hlen >= 20 && row[pay] == 0x16 && row[pay + 1] == 0x03 &&
-            (row[pay + 5] == 1 || row[pay + 5] == 2)) {
-            zero_span(row, w, pay + 11, 32);
-            zero_span(row, w, pay + 44, row[pay + 43] < 32 ? row[pay + 43] : 32);
-        }
+        int64_t pay = l4 + hlen; /* a TLS handshake record starting the payload */
+        if (pay + 6 <= w && hlen >= 20 && row[pay] == 0x16 && row[pay + 1] == 0x03)
+            mask_handshake(row, w, pay, 0);
     }
     if (proto == 17 && l4 >= 0 && l4 + 8 + 6 <= w) { /* QUIC long header: connection ids */
         int64_t p = l4 + 8, dlen = row[p + 5];
@@ -488,6 +619,8 @@ static void mask_session_row(uint8_t *row, Py_ssize_t w, int proto, int64_t l4) 
             if (at < w && slen <= 20)
                 zero_span(row, w, at + 1, slen);
         }
+        if (row[p] == 0x16 && row[p + 1] == 0xFE && (row[p + 2] == 0xFF || row[p + 2] == 0xFD || row[p + 2] == 0xFC))
+            mask_dtls_records(row, w, p); /* DTLS records from a handshake record starting the payload */
     }
 }
 

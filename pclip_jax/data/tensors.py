@@ -99,15 +99,145 @@ def _zero_spans(rows, r, start, length) -> None:
         rows[r[ok], (start + j)[ok]] = 0
 
 
+# TLS/DTLS handshake walk (docs/masking.md, "Per-session random values"). Extensions whose value bytes are
+# zeroed; their type and length fields, and the length fields inside them, are kept.
+EXT_SERVER_NAME, EXT_PADDING, EXT_SESSION_TICKET, EXT_PRE_SHARED_KEY = 0, 21, 35, 41
+EXT_COOKIE, EXT_KEY_SHARE, EXT_ESNI, EXT_ECH = 44, 51, 0xFFCE, 0xFE0D
+HS_CLIENT_HELLO, HS_SERVER_HELLO, HS_HELLO_VERIFY, HS_NEW_SESSION_TICKET, HS_CLIENT_KEY_EXCHANGE = 1, 2, 3, 4, 16
+DTLS_VERSIONS = (0xFF, 0xFD, 0xFC)  # second byte of 0xfeff (DTLS 1.0), 0xfefd (1.2), 0xfefc (1.3)
+
+
+def _mask_handshake(row: bytearray, pay: int, dtls: bool) -> None:
+    """Zero the per-session values of the TLS (``dtls`` False: TCP payload at ``pay``) or DTLS (UDP payload at
+    ``pay``) handshake record that starts there, in place; the row already starts with a handshake record header
+    (checked by the caller). Scalar on purpose: few rows are handshakes, and this is the reference that
+    _capture_c.c's ``mask_handshake`` follows line for line.
+
+    Every read is inside the row; no declared length is trusted to be inside the row. Fixed-position fields
+    (random, session id, cookies) are zeroed wherever the row holds them; the extension walk stops at the end of
+    the row, of the extensions block, of each extension and, for DTLS, of the record's handshake fragment (what
+    follows it is another record). A later DTLS fragment of a ticket or client key exchange is zeroed whole (it
+    is all ticket or key); later fragments of hellos cannot be parsed alone and are kept.
+    """
+    w = len(row)
+
+    def zero(a: int, b: int) -> None:  # row[a:b] = 0, clipped to the row
+        b = min(b, w)
+        if a < b:
+            row[a:b] = bytes(b - a)
+
+    def be16(i: int) -> int:
+        return row[i] << 8 | row[i + 1]
+
+    def items(q: int, x: int, pre: int, size: int, post: int) -> None:
+        """A list of [pre bytes kept][length, size bytes][value][post bytes] up to x: value and post zeroed."""
+        while q + pre + size <= x:
+            n = row[q + pre] if size == 1 else be16(q + pre)
+            a = q + pre + size
+            zero(a, min(a + n + post, x))
+            q = a + n + post
+
+    if dtls:  # record header 13 bytes (type, version, epoch, sequence, length), handshake header 12
+        if pay + 25 > w or row[pay + 3] or row[pay + 4]:
+            return  # not epoch 0 (encrypted)
+        typ, hs_len, body = row[pay + 13], row[pay + 14] << 16 | be16(pay + 15), pay + 25
+        end = min(w, body + (row[pay + 22] << 16 | be16(pay + 23)))  # the fragment's end
+        if row[pay + 19] or row[pay + 20] or row[pay + 21]:  # not the message's first fragment
+            if typ in (HS_NEW_SESSION_TICKET, HS_CLIENT_KEY_EXCHANGE):
+                zero(body, end)
+            return
+    else:  # record header 5 bytes, handshake header 4
+        typ, body, end = row[pay + 5], pay + 9, w
+        hs_len = row[pay + 6] << 16 | be16(pay + 7) if pay + 9 <= w else 0
+    if typ == HS_HELLO_VERIFY and dtls:
+        if body + 2 < w:
+            zero(body + 3, body + 3 + row[body + 2])  # cookie
+        return
+    if typ == HS_NEW_SESSION_TICKET:  # TLS 1.2 / DTLS: lifetime hint (4), ticket length (2), ticket
+        if body + 6 <= w:
+            zero(body + 6, min(body + 6 + be16(body + 4), end))
+        return
+    if typ == HS_CLIENT_KEY_EXCHANGE:  # the client's key share: an ECDHE point (1-byte length) or DH/RSA (2)
+        if body < w:
+            keep = 1 if row[body] == hs_len - 1 else 2
+            zero(body + keep, min(body + hs_len, end))
+        return
+    if typ not in (HS_CLIENT_HELLO, HS_SERVER_HELLO):
+        return
+    client = typ == HS_CLIENT_HELLO
+    zero(body + 2, body + 34)  # random
+    s = body + 34
+    if s >= w:
+        return
+    sid = row[s]
+    zero(s + 1, s + 1 + min(sid, 32))  # session id (its length byte kept)
+    if sid > 32:
+        return  # not a hello: nothing after it can be located
+    q = s + 1 + sid
+    if client and dtls:
+        if q >= w:
+            return
+        zero(q + 1, q + 1 + row[q])  # cookie
+        q += 1 + row[q]
+    if client:
+        if q + 2 > w:
+            return
+        q += 2 + be16(q)  # cipher suites
+        if q >= w:
+            return
+        q += 1 + row[q]  # compression methods
+    else:
+        q += 3  # cipher suite, compression method
+    if q + 2 > w:
+        return
+    x_all = min(q + 2 + be16(q), end)
+    q += 2
+    while q + 4 <= x_all:
+        t, n, v = be16(q), be16(q + 2), q + 4
+        x = min(v + n, x_all)
+        if t == EXT_SERVER_NAME:  # list length, then [name type][length][host name]
+            items(v + 2, x, 1, 2, 0)
+        elif t == EXT_KEY_SHARE:  # client: list length, then [group][length][key]; server: one entry
+            items(v + 2 if client else v, x, 2, 2, 0)
+        elif t == EXT_PRE_SHARED_KEY and client:  # [identity length][identity][ticket age (4)]..., binders
+            if v + 2 <= x:
+                ids_end = v + 2 + be16(v)
+                items(v + 2, min(ids_end, x), 0, 2, 4)
+                items(ids_end + 2, x, 0, 1, 0)  # [binder length (1)][binder]...
+        elif t == EXT_COOKIE:
+            items(v, x, 0, 2, 0)
+        elif t == EXT_ECH and client:  # outer (type 0): suite (4), config id (1), [enc], [payload]
+            if v < x and row[v] == 0:
+                items(v + 6, x, 0, 2, 0)
+        elif t in (EXT_SESSION_TICKET, EXT_PADDING, EXT_ESNI) or t == EXT_ECH:  # ECH in a HelloRetryRequest
+            zero(v, x)
+        q = v + n
+
+
+def _mask_dtls_records(row: bytearray, pay: int) -> None:
+    """Every DTLS record of the datagram whose header the row holds (a flight packs several: certificate, client
+    key exchange, ticket fragments...): the handshake ones masked (``_mask_handshake``), the others stepped over;
+    the walk stops at anything that is not a DTLS record header."""
+    w = len(row)
+    while pay + 13 <= w and 20 <= row[pay] <= 25 and row[pay + 1] == 0xFE and row[pay + 2] in DTLS_VERSIONS:
+        if row[pay] == 0x16:
+            _mask_handshake(row, pay, True)
+        pay += 13 + (row[pay + 11] << 8 | row[pay + 12])
+
+
 def mask_session_ids(rows: np.ndarray, proto: np.ndarray, l4: np.ndarray) -> None:
     """Zero per-connection random values that name one session, not the traffic (in place; docs/masking.md):
-    TCP timestamp option values (a per-host clock), TLS ClientHello/ServerHello random and session id, and
-    QUIC long-header connection ids. A model that sees them can memorise training flows one by one.
+    TCP timestamp option values (a per-host clock), QUIC long-header connection ids, and in TLS and DTLS
+    handshakes the hello random and session id, the DTLS cookie, the values of the server_name, key_share,
+    pre_shared_key, session_ticket, cookie, ECH/ESNI and padding extensions, session tickets and the client's
+    key exchange. A model that sees them can memorise training flows one by one (or read the server name that is
+    its own explicit input).
     """
     n, width = rows.shape
     r_all = np.arange(n)
     tcp = (proto == 6) & (l4 >= 0) & (l4 + 13 <= width)
     t = r_all[tcp]
+    hs_rows, hs_pay, hs_dtls = [], [], []
     if len(t):
         base = l4[t]
         hlen = (rows[t, base + 12] >> 4).astype(np.int64) * 4
@@ -126,15 +256,11 @@ def mask_session_ids(rows: np.ndarray, proto: np.ndarray, l4: np.ndarray) -> Non
             nop = kind == 1
             pos[i] = p + np.where(nop, 1, np.maximum(ln, 2))
             live[i] = (kind != 0) & (nop | (ln >= 2)) & (pos[i] < end[i])
-        # TLS handshake records that start the payload: hello random (32 bytes) and session id.
+        # TLS handshake records that start the payload
         pay = base + hlen
-        hs = (pay + 44 <= width) & (hlen >= 20)
-        hs[hs] &= (rows[t[hs], pay[hs]] == 0x16) & (rows[t[hs], pay[hs] + 1] == 0x03) & np.isin(
-            rows[t[hs], pay[hs] + 5], (1, 2))
-        if hs.any():
-            h, ph = t[hs], pay[hs]
-            _zero_spans(rows, h, ph + 11, np.full(len(h), 32))
-            _zero_spans(rows, h, ph + 44, np.minimum(rows[h, ph + 43].astype(np.int64), 32))
+        hs = (pay + 6 <= width) & (hlen >= 20)
+        hs[hs] &= (rows[t[hs], pay[hs]] == 0x16) & (rows[t[hs], pay[hs] + 1] == 0x03)
+        hs_rows.append(t[hs]), hs_pay.append(pay[hs]), hs_dtls.append(np.zeros(int(hs.sum()), bool))
     udp = (proto == 17) & (l4 >= 0) & (l4 + 8 + 6 <= width)
     u = r_all[udp]
     if len(u):
@@ -152,6 +278,18 @@ def mask_session_ids(rows: np.ndarray, proto: np.ndarray, l4: np.ndarray) -> Non
             slen[ok] = rows[q[ok], at[ok]]
             ok &= slen <= 20
             _zero_spans(rows, q[ok], at[ok] + 1, slen[ok])
+        # DTLS handshake records that start the payload
+        dtls = (rows[u, p] == 0x16) & (rows[u, p + 1] == 0xFE) & np.isin(rows[u, p + 2], DTLS_VERSIONS)
+        hs_rows.append(u[dtls]), hs_pay.append(p[dtls]), hs_dtls.append(np.ones(int(dtls.sum()), bool))
+    for r, pay, dt in zip(np.concatenate(hs_rows or [np.zeros(0, np.int64)]).tolist(),
+                          np.concatenate(hs_pay or [np.zeros(0, np.int64)]).tolist(),
+                          np.concatenate(hs_dtls or [np.zeros(0, bool)]).tolist()):
+        row = bytearray(rows[r].tobytes())
+        if dt:
+            _mask_dtls_records(row, pay)
+        else:
+            _mask_handshake(row, pay, False)
+        rows[r] = np.frombuffer(row, np.uint8)
 
 
 _SCRUB_FROM = 20  # IPv4 header end; IPv6 addresses (bytes 8-39) are zeroed by mask_rows before the scrub
