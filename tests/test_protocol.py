@@ -144,3 +144,51 @@ def test_every_neural_model_gets_the_same_budget_of_training_flows():
     for model in suite.MODELS:
         assert all(m in tuning.SEARCH_SPACES for m in tuning.TUNED_AS.get(model, (model,))), model
     assert tuning.TUNING_SEED not in tuning.EVALUATION_SEEDS and len(tuning.EVALUATION_SEEDS) == 5
+
+
+def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validation(tmp_path):
+    """Hand-built protocol cells on three splits: the declared PacketCLIP row, the best tree chosen by validation
+    (lightgbm: better on validation, worse on test than extra_trees), and intervals recomputed from the answers."""
+    from pclip_bench.peers import report, suite
+
+    rng = np.random.default_rng(0)
+
+    def preds(acc, n=120, k=3):
+        y = rng.integers(0, k, n)
+        return y, _onehot_scores(np.where(rng.random(n) < acc, y, (y + 1) % k), k), np.repeat(
+            [f"c{i}" for i in range(n // 10)], 10)
+
+    quality = {"pclip_probe": (0.8, 0.7), "pclip_zero_shot": (0.5, 0.9), "extra_trees": (0.5, 0.75),
+               "lightgbm": (0.7, 0.6)}  # (validation accuracy, test accuracy)
+    for seed in range(3):
+        for model, rows in (("pclip", ("pclip_probe", "pclip_zero_shot")), ("extra_trees", ("extra_trees",)),
+                            ("lightgbm", ("lightgbm",))):
+            cell = suite.Cell("ndpi_closed", model, 1.0, seed)
+            built = []
+            answers = {}
+            for row in rows:
+                val_acc, test_acc = quality[row]
+                answers[row] = {split: suite.answer(*preds(acc), ["a", "b", "c"])
+                                for split, acc in (("validation", val_acc), ("test", test_acc))}
+                built.append({"model": row, suite.ANSWERS: answers[row]})
+            if model == "pclip":
+                validation = {r: float(protocol.weighted_metric("mauc", a["validation"]["y_true"],
+                                                                a["validation"]["scores"], np.ones((1, 120)))[0])
+                              for r, a in answers.items()}
+                declared = protocol.select_on_validation(validation)
+            else:
+                declared = model
+            kept = suite.write_answers(tmp_path, cell, built)
+            suite.files.write_json(suite.cell_file(tmp_path, cell), {
+                "cell": {"dataset": "ndpi_closed", "model": model, "fraction": 1.0, "seed": seed}, "protocol": 2,
+                "declared_evaluation": declared, "tuned": {}, "rows": kept})
+    out = report.protocol_report(tmp_path, replicates=200)
+    block = out["tables"]["ndpi_closed 1"]
+    assert block["rows"][report.DECLARED]["seeds"] == [0, 1, 2]
+    assert block["rows"][report.DECLARED]["accuracy"]["mean"] == pytest.approx(
+        block["rows"]["pclip_probe"]["accuracy"]["mean"])  # the probe wins validation on every split
+    assert block["margins"]["best_tree"]["rival"] == "lightgbm"  # chosen on validation, not on test
+    margin = block["margins"]["best_tree"]["mauc"]
+    assert margin["low"] <= margin["margin"] <= margin["high"] and margin["ahead"]
+    text = report.markdown(out, "peers.py --summary-only")
+    assert "ndpi_closed, 100% of the training data" in text and "(lightgbm, chosen on validation" in text
