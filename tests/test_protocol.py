@@ -190,5 +190,9 @@ def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validati
     assert block["margins"]["best_tree"]["rival"] == "lightgbm"  # chosen on validation, not on test
     margin = block["margins"]["best_tree"]["mauc"]
     assert margin["low"] <= margin["margin"] <= margin["high"] and margin["ahead"]
+    claim = out["claims"]["ndpi_closed"]
+    assert claim["mauc"]["mean"] == pytest.approx(block["rows"][report.DECLARED]["mauc"]["mean"])
+    assert "auc_gain_over_etbert" not in claim and "mauc_kept_low_data" not in claim  # no ET-BERT, no 10 % cells
     text = report.markdown(out, "peers.py --summary-only")
+    assert "The paper's four claims" in text
     assert "ndpi_closed, 100% of the training data" in text and "(lightgbm, chosen on validation" in text
