@@ -58,13 +58,14 @@ def fit_extra_trees(x_train, y_train, num_classes: int, seed: int = 0, trees: in
 def fit_lightgbm(x_train, y_train, num_classes: int, x_val=None, y_val=None, seed: int = 0, rounds: int = 500,
                  num_leaves: int = 31, learning_rate: float = 0.05):
     """LightGBM, early-stopped on the validation captures when they have ≥ 2 classes; `num_leaves` and
-    `learning_rate` are the tuned knobs (`pclip_bench.peers.tuning`)."""
+    `learning_rate` are the tuned knobs (`pclip_bench.peers.tuning`). One thread: with two, OpenMP's spinning
+    threads made a niced sweep process 20× slower whenever another process held a core (1,206 s for one fit)."""
     import lightgbm as lgb
 
     started = time.time()
     clf = lgb.LGBMClassifier(n_estimators=rounds, learning_rate=learning_rate, num_leaves=num_leaves,
                              class_weight="balanced",
-                             subsample=0.8, subsample_freq=1, colsample_bytree=0.5, random_state=seed, n_jobs=2,
+                             subsample=0.8, subsample_freq=1, colsample_bytree=0.5, random_state=seed, n_jobs=1,
                              verbose=-1)
     fit_args = {}
     if x_val is not None and len(x_val) and len(np.unique(y_val)) >= 2 and set(np.unique(y_val)) <= set(y_train):
