@@ -235,26 +235,34 @@ class EvalSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class GnnModelSettings:
+class GnnConfig:
+    """Hyper-parameters of the hierarchical GNN (`models/gnn.py`; defaults: ~0.2M parameters for Dp=256, Dt=384).
+    The model's own config and the settings' `gnn.model` section alike: its fields are declared here only."""
     hidden: int = 96
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 2
     dropout: float = 0.1
-    similarity_prior: bool = True
-    similarity_init: float = 1.0
-    level_loss_weights: tuple = (1.0, 1.0)
-    factored: bool = True                    # graph message passing once per model, not per flow (models/gnn.py);
-                                             # False: the per-flow formulation (a copy of the graph per flow)
+    similarity_prior: bool = True        # add α·cos(flow, node text) when Dp == Dt (towers in one space)
+    similarity_init: float = 1.0         # α at init; the main job sets the pre-trained temperature, so the GNN
+                                         # starts from the zero-shot decision and learns corrections to it
+    level_loss_weights: tuple[float, float] = (1.0, 1.0)
+    factored: bool = True                # graph nodes do not read the flow: their message passing runs once per
+                                         # model, not per flow (models/gnn.py, "Factored"); False: the per-flow
+                                         # formulation (a copy of the graph per flow)
+    flow_features: int = 0               # trailing columns of the flow input that are not the shared-space
+                                         # embedding (e.g. raw packet sizes and timing): projected by a layer of
+                                         # their own and kept out of the similarity term
 
     def validate(self, prefix: str = "gnn.model") -> None:
         for name in ("hidden", "num_layers", "num_heads", "mlp_ratio"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         _check(self.hidden % self.num_heads == 0, f"{prefix}.num_heads", self.num_heads,
-               f"a divisor of gnn.model.hidden={self.hidden}")
+               f"a divisor of {prefix}.hidden={self.hidden}")
         _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
         _check(len(self.level_loss_weights) == 2 and all(w >= 0 for w in self.level_loss_weights),
                f"{prefix}.level_loss_weights", self.level_loss_weights, "two weights >= 0")
+        _check(self.flow_features >= 0, f"{prefix}.flow_features", self.flow_features, "an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +283,7 @@ class GnnSettings:
     eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
     fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
     seed: int = -1                           # the GNN's initialisation and batch order; -1: train.seed
-    model: GnnModelSettings = GnnModelSettings()
+    model: GnnConfig = GnnConfig()
 
     def validate(self, prefix: str = "gnn") -> None:
         for name in ("batch_size", "num_steps", "log_every", "min_flows_level2", "eval_every"):
@@ -287,6 +295,9 @@ class GnnSettings:
         _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
         _check(self.seed >= -1, f"{prefix}.seed", self.seed, "an integer >= 0, or -1 for train.seed")
         self.model.validate(f"{prefix}.model")
+        # The job's GNN reads the towers' embedding alone (benchmarks/detection_inputs.py adds raw features).
+        _check(self.model.flow_features == 0, f"{prefix}.model.flow_features", self.model.flow_features,
+               "0 in a job's settings (its GNN reads the towers' embedding only)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,11 +348,14 @@ def _coerce(value: Any, kind: Any, field: str) -> Any:
         if not isinstance(value, str):
             raise SettingsError(f"config.{field}={value!r}: must be a string")
         return value
-    if kind is tuple:
+    if kind is tuple or typing.get_origin(kind) is tuple:
         if isinstance(value, str):  # `--config.data.inputs=DIR` from the command line: one input
             return (value,) if value else ()
         if not isinstance(value, (list, tuple)):
             raise SettingsError(f"config.{field}={value!r}: must be a tuple")
+        items = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        if len(set(items)) == 1:  # tuple[float, float], tuple[str, ...]: each item as that type
+            return tuple(_coerce(v, items[0], f"{field}[{i}]") for i, v in enumerate(value))
         return tuple(value)
     raise TypeError(f"settings field {field}: unsupported type {kind}")
 
