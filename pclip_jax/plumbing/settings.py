@@ -266,38 +266,84 @@ class GnnConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GnnSettings:
-    enabled: bool = True
-    kg: str = "ndpi"                         # a shipped graph name, a YAML path, or '' = built from the labels
-    mission: str = ""                        # a mission name from the graph, or a statement
-    node_prompts: bool = True                # node text = graph descriptions + pre-training prompts
-    similarity_from_temperature: bool = True  # the similarity term starts at the towers' learned temperature
+class GnnTrainConfig:
+    """How to train the GNN head (`training/train_gnn.py`); `batch_size` is global (split over local devices). The
+    settings' `gnn` section (`GnnSettings`) is these fields and the job's own."""
+    model: GnnConfig = GnnConfig()
     batch_size: int = 64
     num_steps: int = 300
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 0                # 0 = only at the end
-    min_flows_level2: int = 5
-    eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
-    fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
-    seed: int = -1                           # the GNN's initialisation and batch order; -1: train.seed
-    model: GnnConfig = GnnConfig()
+    keep_checkpoints: int = 2
+    class_balanced: bool = True              # weight level-1 classes by 1/sqrt(frequency): rare classes count for mAUC
+
+    @classmethod
+    def from_config(cls, config: Any) -> "GnnTrainConfig":
+        """From an ml_collections ConfigDict / mapping with the same field names (`model` a mapping of GnnConfig
+        fields)."""
+        if isinstance(config, cls):
+            return config
+        d = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+        model = d.pop("model", {}) or {}
+        model = model if isinstance(model, GnnConfig) else GnnConfig(**{
+            k: tuple(v) if isinstance(v, list) else v for k, v in dict(model).items()})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GNN training option(s) {sorted(unknown)}; known {sorted(known)}")
+        return cls(model=model, **d)
 
     def validate(self, prefix: str = "gnn") -> None:
-        for name in ("batch_size", "num_steps", "log_every", "min_flows_level2", "eval_every"):
+        for name in ("batch_size", "num_steps", "log_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         for name in ("warmup_steps", "checkpoint_every"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
         _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
-        _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
-        _check(self.seed >= -1, f"{prefix}.seed", self.seed, "an integer >= 0, or -1 for train.seed")
+        _check(self.grad_clip > 0, f"{prefix}.grad_clip", self.grad_clip, "> 0")
+        self._validate_seed(prefix)
         self.model.validate(f"{prefix}.model")
+
+    def _validate_seed(self, prefix: str) -> None:
+        _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class GnnSettings(GnnTrainConfig):
+    """The detection stage: the GNN's training config (`GnnTrainConfig`'s fields, `model` included) and what the
+    job decides around it (the graph, its mission, node texts, early stopping, what it fits on)."""
+    enabled: bool = True
+    kg: str = "ndpi"                         # a shipped graph name, a YAML path, or '' = built from the labels
+    mission: str = ""                        # a mission name from the graph, or a statement
+    node_prompts: bool = True                # node text = graph descriptions + pre-training prompts
+    similarity_from_temperature: bool = True  # the similarity term starts at the towers' learned temperature
+    min_flows_level2: int = 5
+    eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
+    fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
+    # GnnTrainConfig.seed with the job's default: -1 takes train.seed (the GNN's initialisation and batch order).
+    seed: int = -1
+
+    def validate(self, prefix: str = "gnn") -> None:
+        super().validate(prefix)
+        for name in ("min_flows_level2", "eval_every"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
         # The job's GNN reads the towers' embedding alone (benchmarks/detection_inputs.py adds raw features).
         _check(self.model.flow_features == 0, f"{prefix}.model.flow_features", self.model.flow_features,
                "0 in a job's settings (its GNN reads the towers' embedding only)")
+
+    def _validate_seed(self, prefix: str) -> None:
+        _check(self.seed >= -1, f"{prefix}.seed", self.seed, "an integer >= 0, or -1 for train.seed")
+
+    def train_config(self, **changes: Any) -> GnnTrainConfig:
+        """This section as the GNN's own training config (its `GnnTrainConfig` fields), with `changes`."""
+        return GnnTrainConfig(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(GnnTrainConfig)},
+                                 **changes})
 
 
 @dataclasses.dataclass(frozen=True)
