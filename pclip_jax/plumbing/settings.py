@@ -118,31 +118,58 @@ class DataSettings:
         return any(split_input(entry)[1] is not None for entry in self.inputs)
 
 
+def field_values(section: Any, fields_of: type) -> dict:
+    """The values of `section` (a settings section) for the fields that `fields_of` declares, a dataclass the
+    section inherits: the section handed to the model config that shares its field list."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(fields_of)}
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelSettings:
+class PacketTowerFields:
+    """The packet tower's architecture, declared once: the settings' `model` section (`ModelSettings`) and the
+    tower's own config (`models/packet_tower.py`'s `PacketTowerConfig`, which adds what other sections decide: the
+    input shape from data.packets/bytes, the name token from data.use_names, the compute dtype from train.dtype)."""
     width: int = 192
     depth: int = 3
     heads: int = 6
     patch_size: int = 8
-    pool_queries: int = 1
+    pool_queries: int = 1                    # learned queries pooling each packet's patches (several read several
+                                             # fields)
     byte_dim: int = 16
     mlp_ratio: int = 2
     dropout: float = 0.1
-    embed_dim: int = 256
-    name_dim: int = 384                      # server-name vector width = the text encoder's hidden size
-    name_fusion: str = "both"                # "token": the name as a token only; "both": also added to the pool
+    name_fusion: str = "both"                # "token": the name as one more transformer token only; "both": also
+                                             # added to the pooled output
     size_embed_dim: int = 0                  # > 0: each packet's exact size also through a learned table of that
                                              # width (models/packet_tower.py); 0: the log size only
 
     def validate(self, prefix: str = "model") -> None:
-        for name in ("width", "depth", "heads", "patch_size", "pool_queries", "byte_dim", "mlp_ratio", "embed_dim",
-                     "name_dim"):
+        for name in ("width", "depth", "heads", "patch_size", "pool_queries", "byte_dim", "mlp_ratio"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         _check(self.width % self.heads == 0, f"{prefix}.heads", self.heads,
-               f"a divisor of model.width={self.width}")
+               f"a divisor of {prefix}.width={self.width}")
         _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
         _one_of(f"{prefix}.name_fusion", self.name_fusion, ("token", "both"))
         _check(self.size_embed_dim >= 0, f"{prefix}.size_embed_dim", self.size_embed_dim, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerFields:
+    """The two towers' shared space, declared once: the settings' `model` section and `models/two_towers.py`'s
+    `TwoTowerConfig` (which adds the packet tower and the temperature and bias it starts from)."""
+    embed_dim: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings(TwoTowerFields, PacketTowerFields):
+    """The towers: the packet tower's architecture (`PacketTowerFields`), the shared space (`TwoTowerFields`) and
+    the width of the server-name vectors the packet tower reads."""
+    name_dim: int = 384                      # server-name vector width = the text encoder's hidden size
+
+    def validate(self, prefix: str = "model") -> None:
+        PacketTowerFields.validate(self, prefix)
+        for name in ("embed_dim", "name_dim"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,8 +369,7 @@ class GnnSettings(GnnTrainConfig):
 
     def train_config(self, **changes: Any) -> GnnTrainConfig:
         """This section as the GNN's own training config (its `GnnTrainConfig` fields), with `changes`."""
-        return GnnTrainConfig(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(GnnTrainConfig)},
-                                 **changes})
+        return GnnTrainConfig(**{**field_values(self, GnnTrainConfig), **changes})
 
 
 @dataclasses.dataclass(frozen=True)
