@@ -85,6 +85,8 @@ def test_each_model_has_one_field_list():
     g = detection.gnn_train_config(s)
     assert g.model == s.gnn.model and g.model.hidden == 48 and g.model.level_loss_weights == (1.0, 0.0)
     assert g.grad_clip == 0.5 and g.seed == 7 and type(g) is GnnTrainConfig
+    # The section itself handed to train_gnn is read as its GnnTrainConfig fields (the checkpoints' stamp).
+    assert type(GnnTrainConfig.from_config(s.gnn)) is GnnTrainConfig
     with pytest.raises(S.SettingsError, match=r"config.gnn.model.level_loss_weights\[1\]='x': must be a number"):
         s.replace(gnn={"model": {"level_loss_weights": [1.0, "x"]}})
     with pytest.raises(S.SettingsError, match="config.gnn.model.flow_features=2: must be 0 in a job's settings"):

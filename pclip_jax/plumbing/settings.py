@@ -312,9 +312,9 @@ class GnnTrainConfig:
     @classmethod
     def from_config(cls, config: Any) -> "GnnTrainConfig":
         """From an ml_collections ConfigDict / mapping with the same field names (`model` a mapping of GnnConfig
-        fields)."""
+        fields); a subclass (the settings' `gnn` section) as its fields of this class."""
         if isinstance(config, cls):
-            return config
+            return config if type(config) is cls else cls(**field_values(config, cls))
         d = dict(config.to_dict() if hasattr(config, "to_dict") else config)
         model = d.pop("model", {}) or {}
         model = model if isinstance(model, GnnConfig) else GnnConfig(**{
