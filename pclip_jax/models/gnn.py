@@ -46,28 +46,10 @@ import jraph
 import numpy as np
 
 from pclip_jax.plumbing import runtime
+from pclip_jax.plumbing.settings import GnnConfig  # the field list, shared with the settings' gnn.model
 from pclip_jax.models.graph_tuples import EDGE_TYPES, FLOW_LEVEL, KGLayout
 
 NUM_LEVEL_EMBEDDINGS = FLOW_LEVEL + 1
-
-
-@dataclasses.dataclass(frozen=True)
-class GnnConfig:
-    """Hyper-parameters of the hierarchical GNN (defaults: ~0.2M parameters for Dp=256, Dt=384)."""
-    hidden: int = 96
-    num_layers: int = 2
-    num_heads: int = 4
-    mlp_ratio: int = 2
-    dropout: float = 0.1
-    similarity_prior: bool = True        # add α·cos(flow, node text) when Dp == Dt (towers in one space)
-    similarity_init: float = 1.0         # α at init; the main job sets the pre-trained temperature, so the GNN
-                                         # starts from the zero-shot decision and learns corrections to it
-    level_loss_weights: tuple[float, float] = (1.0, 1.0)
-    factored: bool = True                # graph nodes do not read the flow: their message passing runs once per
-                                         # model, not per flow (module docstring, "Factored"); False: per flow
-    flow_features: int = 0               # trailing columns of the flow input that are not the shared-space
-                                         # embedding (e.g. raw packet sizes and timing): projected by a layer of
-                                         # their own and kept out of the similarity term
 
 
 class _AttentionLayer(nn.Module):

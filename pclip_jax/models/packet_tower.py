@@ -14,7 +14,8 @@ Design (small on purpose; PacketCLIP's point is efficiency):
    name are different traffic).
 5. A `depth`-layer pre-LN transformer over the K packet tokens (padding packets masked), then masked mean pooling.
 
-Defaults (width 128, depth 2, K=16, B=128, patch 8) give ~0.5M parameters and ~30 MFLOPs per flow.
+Defaults (the settings' `model` section: width 192, depth 3, heads 6, patch 8; K=16, B=128) with server names give
+1,076,160 parameters and 47.1 MFLOPs per flow (docs/model.md).
 """
 from __future__ import annotations
 
@@ -24,26 +25,21 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pclip_jax.plumbing.settings import PacketTowerFields  # the field list, shared with the settings' model section
+
 
 # Sizes at or above this share the last row of the size table (the log size still tells them apart).
 MAX_EMBEDDED_SIZE = 1535
 
 
 @dataclasses.dataclass(frozen=True)
-class PacketTowerConfig:
+class PacketTowerConfig(PacketTowerFields):
+    """The architecture (`PacketTowerFields`: width, depth, heads, patch_size, pool_queries, byte_dim, mlp_ratio,
+    dropout, name_fusion, size_embed_dim; `size_embed_dim` > 0: a learned vector per exact packet size
+    0..MAX_EMBEDDED_SIZE joins the features) and what the job takes from other settings sections."""
     packets: int = 16          # K
     bytes: int = 128           # B
-    patch_size: int = 8
-    pool_queries: int = 1      # learned queries pooling each packet's patches (several read several fields)
-    byte_dim: int = 16
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2
-    dropout: float = 0.0
     names: bool = False        # a server-name token (needs `name_vec` inputs)
-    name_fusion: str = "token"  # "token": one more transformer token; "both": also added to the pooled output
-    size_embed_dim: int = 0    # > 0: a learned vector per exact packet size (0..MAX_EMBEDDED_SIZE) joins the features
     dtype: Any = jnp.float32   # compute dtype (bf16 on accelerators); parameters stay float32
 
 

@@ -13,13 +13,14 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from pclip_jax.plumbing.settings import TwoTowerFields  # the field list, shared with the settings' model section
 from pclip_jax.models.packet_tower import PacketTower, PacketTowerConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class TwoTowerConfig:
+class TwoTowerConfig(TwoTowerFields):
+    """The shared space (`TwoTowerFields`: embed_dim), the packet tower, and the temperature and bias at start."""
     packet: PacketTowerConfig = PacketTowerConfig()
-    embed_dim: int = 128
     init_temperature: float = 10.0   # logit scale = exp(log(10)) at start
     init_bias: float = -10.0         # SigLIP's recommended start
     max_log_scale: float = 4.6052    # log(100), the CLIP clamp

@@ -118,31 +118,58 @@ class DataSettings:
         return any(split_input(entry)[1] is not None for entry in self.inputs)
 
 
+def field_values(section: Any, fields_of: type) -> dict:
+    """The values of `section` (a settings section) for the fields that `fields_of` declares, a dataclass the
+    section inherits: the section handed to the model config that shares its field list."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(fields_of)}
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelSettings:
+class PacketTowerFields:
+    """The packet tower's architecture, declared once: the settings' `model` section (`ModelSettings`) and the
+    tower's own config (`models/packet_tower.py`'s `PacketTowerConfig`, which adds what other sections decide: the
+    input shape from data.packets/bytes, the name token from data.use_names, the compute dtype from train.dtype)."""
     width: int = 192
     depth: int = 3
     heads: int = 6
     patch_size: int = 8
-    pool_queries: int = 1
+    pool_queries: int = 1                    # learned queries pooling each packet's patches (several read several
+                                             # fields)
     byte_dim: int = 16
     mlp_ratio: int = 2
     dropout: float = 0.1
-    embed_dim: int = 256
-    name_dim: int = 384                      # server-name vector width = the text encoder's hidden size
-    name_fusion: str = "both"                # "token": the name as a token only; "both": also added to the pool
+    name_fusion: str = "both"                # "token": the name as one more transformer token only; "both": also
+                                             # added to the pooled output
     size_embed_dim: int = 0                  # > 0: each packet's exact size also through a learned table of that
                                              # width (models/packet_tower.py); 0: the log size only
 
     def validate(self, prefix: str = "model") -> None:
-        for name in ("width", "depth", "heads", "patch_size", "pool_queries", "byte_dim", "mlp_ratio", "embed_dim",
-                     "name_dim"):
+        for name in ("width", "depth", "heads", "patch_size", "pool_queries", "byte_dim", "mlp_ratio"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         _check(self.width % self.heads == 0, f"{prefix}.heads", self.heads,
-               f"a divisor of model.width={self.width}")
+               f"a divisor of {prefix}.width={self.width}")
         _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
         _one_of(f"{prefix}.name_fusion", self.name_fusion, ("token", "both"))
         _check(self.size_embed_dim >= 0, f"{prefix}.size_embed_dim", self.size_embed_dim, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerFields:
+    """The two towers' shared space, declared once: the settings' `model` section and `models/two_towers.py`'s
+    `TwoTowerConfig` (which adds the packet tower and the temperature and bias it starts from)."""
+    embed_dim: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings(TwoTowerFields, PacketTowerFields):
+    """The towers: the packet tower's architecture (`PacketTowerFields`), the shared space (`TwoTowerFields`) and
+    the width of the server-name vectors the packet tower reads."""
+    name_dim: int = 384                      # server-name vector width = the text encoder's hidden size
+
+    def validate(self, prefix: str = "model") -> None:
+        PacketTowerFields.validate(self, prefix)
+        for name in ("embed_dim", "name_dim"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,58 +262,114 @@ class EvalSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class GnnModelSettings:
+class GnnConfig:
+    """Hyper-parameters of the hierarchical GNN (`models/gnn.py`; defaults: ~0.2M parameters for Dp=256, Dt=384).
+    The model's own config and the settings' `gnn.model` section alike: its fields are declared here only."""
     hidden: int = 96
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 2
     dropout: float = 0.1
-    similarity_prior: bool = True
-    similarity_init: float = 1.0
-    level_loss_weights: tuple = (1.0, 1.0)
-    factored: bool = True                    # graph message passing once per model, not per flow (models/gnn.py);
-                                             # False: the per-flow formulation (a copy of the graph per flow)
+    similarity_prior: bool = True        # add α·cos(flow, node text) when Dp == Dt (towers in one space)
+    similarity_init: float = 1.0         # α at init; the main job sets the pre-trained temperature, so the GNN
+                                         # starts from the zero-shot decision and learns corrections to it
+    level_loss_weights: tuple[float, float] = (1.0, 1.0)
+    factored: bool = True                # graph nodes do not read the flow: their message passing runs once per
+                                         # model, not per flow (models/gnn.py, "Factored"); False: the per-flow
+                                         # formulation (a copy of the graph per flow)
+    flow_features: int = 0               # trailing columns of the flow input that are not the shared-space
+                                         # embedding (e.g. raw packet sizes and timing): projected by a layer of
+                                         # their own and kept out of the similarity term
 
     def validate(self, prefix: str = "gnn.model") -> None:
         for name in ("hidden", "num_layers", "num_heads", "mlp_ratio"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         _check(self.hidden % self.num_heads == 0, f"{prefix}.num_heads", self.num_heads,
-               f"a divisor of gnn.model.hidden={self.hidden}")
+               f"a divisor of {prefix}.hidden={self.hidden}")
         _check(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "in [0, 1)")
         _check(len(self.level_loss_weights) == 2 and all(w >= 0 for w in self.level_loss_weights),
                f"{prefix}.level_loss_weights", self.level_loss_weights, "two weights >= 0")
+        _check(self.flow_features >= 0, f"{prefix}.flow_features", self.flow_features, "an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
-class GnnSettings:
-    enabled: bool = True
-    kg: str = "ndpi"                         # a shipped graph name, a YAML path, or '' = built from the labels
-    mission: str = ""                        # a mission name from the graph, or a statement
-    node_prompts: bool = True                # node text = graph descriptions + pre-training prompts
-    similarity_from_temperature: bool = True  # the similarity term starts at the towers' learned temperature
+class GnnTrainConfig:
+    """How to train the GNN head (`training/train_gnn.py`); `batch_size` is global (split over local devices). The
+    settings' `gnn` section (`GnnSettings`) is these fields and the job's own."""
+    model: GnnConfig = GnnConfig()
     batch_size: int = 64
     num_steps: int = 300
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
     log_every: int = 25
     checkpoint_every: int = 0                # 0 = only at the end
-    min_flows_level2: int = 5
-    eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
-    fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
-    seed: int = -1                           # the GNN's initialisation and batch order; -1: train.seed
-    model: GnnModelSettings = GnnModelSettings()
+    keep_checkpoints: int = 2
+    class_balanced: bool = True              # weight level-1 classes by 1/sqrt(frequency): rare classes count for mAUC
+
+    @classmethod
+    def from_config(cls, config: Any) -> "GnnTrainConfig":
+        """From an ml_collections ConfigDict / mapping with the same field names (`model` a mapping of GnnConfig
+        fields); a subclass (the settings' `gnn` section) as its fields of this class."""
+        if isinstance(config, cls):
+            return config if type(config) is cls else cls(**field_values(config, cls))
+        d = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+        model = d.pop("model", {}) or {}
+        model = model if isinstance(model, GnnConfig) else GnnConfig(**{
+            k: tuple(v) if isinstance(v, list) else v for k, v in dict(model).items()})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GNN training option(s) {sorted(unknown)}; known {sorted(known)}")
+        return cls(model=model, **d)
 
     def validate(self, prefix: str = "gnn") -> None:
-        for name in ("batch_size", "num_steps", "log_every", "min_flows_level2", "eval_every"):
+        for name in ("batch_size", "num_steps", "log_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         for name in ("warmup_steps", "checkpoint_every"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
         _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
-        _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
-        _check(self.seed >= -1, f"{prefix}.seed", self.seed, "an integer >= 0, or -1 for train.seed")
+        _check(self.grad_clip > 0, f"{prefix}.grad_clip", self.grad_clip, "> 0")
+        self._validate_seed(prefix)
         self.model.validate(f"{prefix}.model")
+
+    def _validate_seed(self, prefix: str) -> None:
+        _check(self.seed >= 0, f"{prefix}.seed", self.seed, "an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class GnnSettings(GnnTrainConfig):
+    """The detection stage: the GNN's training config (`GnnTrainConfig`'s fields, `model` included) and what the
+    job decides around it (the graph, its mission, node texts, early stopping, what it fits on)."""
+    enabled: bool = True
+    kg: str = "ndpi"                         # a shipped graph name, a YAML path, or '' = built from the labels
+    mission: str = ""                        # a mission name from the graph, or a statement
+    node_prompts: bool = True                # node text = graph descriptions + pre-training prompts
+    similarity_from_temperature: bool = True  # the similarity term starts at the towers' learned temperature
+    min_flows_level2: int = 5
+    eval_every: int = 25                     # validation level-1 mAUC; the best step is kept (early stopping)
+    fit_on: str = "train"                    # "train+validation": fit on both, no early stopping
+    # GnnTrainConfig.seed with the job's default: -1 takes train.seed (the GNN's initialisation and batch order).
+    seed: int = -1
+
+    def validate(self, prefix: str = "gnn") -> None:
+        super().validate(prefix)
+        for name in ("min_flows_level2", "eval_every"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        _one_of(f"{prefix}.fit_on", self.fit_on, ("train", "train+validation"))
+        # The job's GNN reads the towers' embedding alone (benchmarks/detection_inputs.py adds raw features).
+        _check(self.model.flow_features == 0, f"{prefix}.model.flow_features", self.model.flow_features,
+               "0 in a job's settings (its GNN reads the towers' embedding only)")
+
+    def _validate_seed(self, prefix: str) -> None:
+        _check(self.seed >= -1, f"{prefix}.seed", self.seed, "an integer >= 0, or -1 for train.seed")
+
+    def train_config(self, **changes: Any) -> GnnTrainConfig:
+        """This section as the GNN's own training config (its `GnnTrainConfig` fields), with `changes`."""
+        return GnnTrainConfig(**{**field_values(self, GnnTrainConfig), **changes})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,11 +420,14 @@ def _coerce(value: Any, kind: Any, field: str) -> Any:
         if not isinstance(value, str):
             raise SettingsError(f"config.{field}={value!r}: must be a string")
         return value
-    if kind is tuple:
+    if kind is tuple or typing.get_origin(kind) is tuple:
         if isinstance(value, str):  # `--config.data.inputs=DIR` from the command line: one input
             return (value,) if value else ()
         if not isinstance(value, (list, tuple)):
             raise SettingsError(f"config.{field}={value!r}: must be a tuple")
+        items = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        if len(set(items)) == 1:  # tuple[float, float], tuple[str, ...]: each item as that type
+            return tuple(_coerce(v, items[0], f"{field}[{i}]") for i, v in enumerate(value))
         return tuple(value)
     raise TypeError(f"settings field {field}: unsupported type {kind}")
 

@@ -105,15 +105,12 @@ def gnn_train_config(settings: Settings, params=None) -> train_gnn.GnnTrainConfi
     """The GNN's training config from the settings; with the pre-trained `params`, the GNN's similarity term
     starts at the towers' learned temperature (the zero-shot logits)."""
     g = settings.gnn
-    model = dataclasses.asdict(g.model)
-    model["level_loss_weights"] = tuple(model["level_loss_weights"])
+    model = g.model  # the GNN's own config (settings.GnnConfig)
     if params is not None and g.similarity_from_temperature:
         max_log_scale = TwoTowerConfig().max_log_scale
-        model["similarity_init"] = float(np.exp(min(float(params["logit_scale"]), max_log_scale)))
-    return train_gnn.GnnTrainConfig.from_config({
-        "model": model, "batch_size": g.batch_size, "num_steps": g.num_steps, "learning_rate": g.learning_rate,
-        "weight_decay": g.weight_decay, "warmup_steps": g.warmup_steps, "seed": settings.train.seed if g.seed < 0 else g.seed,
-        "log_every": g.log_every, "checkpoint_every": g.checkpoint_every})
+        model = dataclasses.replace(
+            model, similarity_init=float(np.exp(min(float(params["logit_scale"]), max_log_scale))))
+    return g.train_config(model=model, seed=settings.train.seed if g.seed < 0 else g.seed)
 
 
 def _level1_slots(pkg, labels) -> np.ndarray:

@@ -21,7 +21,7 @@ from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
 from pclip_jax.data.flow_source import TENSOR_KEYS, tower_inputs  # noqa: F401  (re-exported)
 from pclip_jax.data.flow_table import NAME_KEY
-from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.settings import PacketTowerFields, Settings, TwoTowerFields, field_values
 from pclip_jax.text.feature_cache import TextFeaturizer, cached_text_features, params_tag
 
 AXIS = "batch"
@@ -32,13 +32,12 @@ def compute_dtype(settings: Settings):
 
 
 def model_config(settings: Settings) -> TwoTowerConfig:
+    """The towers' config: the `model` section's fields (the configs' own field lists) and, from the other
+    sections, the input shape, the name token and the compute dtype."""
     m, d = settings.model, settings.data
-    packet = PacketTowerConfig(packets=d.packets, bytes=d.bytes, patch_size=m.patch_size,
-                               pool_queries=m.pool_queries, byte_dim=m.byte_dim, width=m.width, depth=m.depth,
-                               heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout, names=d.use_names,
-                               name_fusion=m.name_fusion, size_embed_dim=m.size_embed_dim,
-                               dtype=compute_dtype(settings))
-    return TwoTowerConfig(packet=packet, embed_dim=m.embed_dim)
+    packet = PacketTowerConfig(**field_values(m, PacketTowerFields), packets=d.packets, bytes=d.bytes,
+                               names=d.use_names, dtype=compute_dtype(settings))
+    return TwoTowerConfig(**field_values(m, TwoTowerFields), packet=packet)
 
 
 def text_module(settings: Settings):

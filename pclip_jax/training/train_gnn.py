@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pclip_jax.plumbing import files, runtime
 from pclip_jax.training import loop
 from pclip_jax.plumbing.runtime import count_params
+from pclip_jax.plumbing.settings import GnnTrainConfig  # the field list, shared with the settings' gnn
 from pclip_jax.models import graph_tuples as kg_graphs
 from pclip_jax.models.gnn import (GnnConfig, HierarchicalGNN, flops_per_flow, graph_mask, init_params,
                                   per_level_outputs, predict, top_down_decisions)
@@ -37,39 +38,6 @@ BEST_CHECKPOINTS = "checkpoints_best"
 SETTINGS_STAMP = "gnn_settings.json"   # what the checkpoints were trained with
 # Options that change how a run logs or saves, not what it trains: a resume may change them.
 _NOT_STAMPED = ("log_every", "checkpoint_every", "keep_checkpoints")
-
-
-@dataclasses.dataclass(frozen=True)
-class GnnTrainConfig:
-    """How to train the GNN head. `batch_size` is global (split over local devices)."""
-    model: GnnConfig = GnnConfig()
-    batch_size: int = 64
-    num_steps: int = 300
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 25
-    checkpoint_every: int = 0        # 0 = only at the end
-    keep_checkpoints: int = 2
-    class_balanced: bool = True      # weight level-1 classes by 1/sqrt(frequency): rare classes count for mAUC
-
-    @classmethod
-    def from_config(cls, config: Any) -> "GnnTrainConfig":
-        """From an ml_collections ConfigDict / mapping with the same field names (`model` a mapping of GnnConfig
-        fields)."""
-        if isinstance(config, cls):
-            return config
-        d = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-        model = d.pop("model", {}) or {}
-        model = model if isinstance(model, GnnConfig) else GnnConfig(**{
-            k: tuple(v) if isinstance(v, list) else v for k, v in dict(model).items()})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GNN training option(s) {sorted(unknown)}; known {sorted(known)}")
-        return cls(model=model, **d)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
