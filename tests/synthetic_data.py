@@ -177,10 +177,17 @@ def _http(c, rng, host, rounds=2, down=1400):
     c.close()
 
 
-def _dns(c, rng, host, **_):
-    ident = int(rng.integers(0, 65536))
-    c.send(True, _dns_query(host, ident))
-    c.send(False, _dns_query(host, ident, answer=True), gap=0.015)
+def _dns(c, rng, host, queries=(1, 2), **_):
+    """Questions and answers on one socket: between queries[0] and queries[1] - 1 of them, the last one maybe
+    unanswered when there are several (a DNS tunnel's steady stream: the first asks for `host`, the next ones for
+    names under it)."""
+    n = int(rng.integers(*queries))
+    for q in range(n):
+        ident = int(rng.integers(0, 65536))
+        name = host if q == 0 else f"{_random(rng, 6).hex()}.{host}"
+        c.send(True, _dns_query(name, ident), gap=0.2)
+        if q < n - 1 or n == 1 or rng.random() < 0.5:
+            c.send(False, _dns_query(name, ident, answer=True), gap=0.015)
 
 
 def _quic(c, rng, host, rounds=5, **_):
@@ -350,7 +357,7 @@ CORPUS = {
     "dnscrypt.pcap": [("tls", "DNSCrypt", "Network", _ENC, "2.dnscrypt-cert.example", 3)],
     "dns_long_domainname.pcap": [("dns", "DNS", "Network", _CLEAR,
                                   "a-very-long-label-of-many-words.subdomain.example.com", 10)],
-    "dns-exf.pcap": [("dns", "DNS", "Network", _CLEAR, "x1f3a9.tunnel.example.net", 90)],
+    "dns-exf.pcap": [("dns", "DNS", "Network", _CLEAR, "tunnel.example.net", 90, {"args": {"queries": (1, 10)}})],
     "ssh.pcap": [("ssh", "SSH", "RemoteAccess", _ENC, "", 8)],
     "rdp.pcap": [("rdp", "RDP", "RemoteAccess", _CLEAR, "", 6)],
     "ftp.pcap": [("ftp", "FTP_CONTROL", "Download", _CLEAR, "", 1), ("ftp_data", "FTP_DATA", "Download", _CLEAR,
@@ -390,7 +397,8 @@ CORPUS = {
     "tls_certificate_too_long.pcap": [("tls", "TLS", "Web", _ENC, "www.example.net", 8),
                                       ("tls", "TLS.Google", "Web", _ENC, "www.google.com", 3, {"v6": True}),
                                       ("dns", "DNS", "Network", _CLEAR, "www.example.net", 4),
-                                      ("mdns", "MDNS", "Network", _CLEAR, "printer.local", 1)],
+                                      ("mdns", "MDNS", "Network", _CLEAR, "printer.local", 1,
+                                       {"args": {"rounds": 1}})],
     "quic_interop_V.pcapng": [("quic", "QUIC", "Web", _ENC, "", 6), ("quic", "QUIC", "Web", _ENC, "", 2,
                               {"v6": True})],
     "quic-33.pcapng": [("quic", "QUIC.Google", "Web", _ENC, "", 3)],
@@ -419,7 +427,7 @@ CORPUS = {
                                  ("dns", "DNS.Google", "Network", _CLEAR, "dns.google", 6)],
     "reddit.pcap": [("tls", "TLS.Reddit", "SocialNetwork", _ENC, "www.reddit.com", 4)],
     "gnutella.pcap": [("bursts", "Gnutella", "Download", _CLEAR, "", 3),
-                      ("bursts", "Unknown", "", _CLEAR, "", 3, {"port": 59596, "undetected": True})],
+                      ("bursts", "Unknown", "", _CLEAR, "", 5, {"port": 59596, "undetected": True})],
     # UDP broadcasts about once a minute for half an hour, as the real one.
     "tplink_shp.pcap": [("oneway", "TPLINK_SHP", "IoT-Scada", _CLEAR, "", 2, {"port": 9999, "server": "255.255.255.255",
                         "args": {"prefix": b"\xd0\xf2\x81\xf8", "rounds": 32, "period": 60.0}})],
