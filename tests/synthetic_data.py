@@ -365,7 +365,8 @@ CORPUS = {
     "pop3.pcap": [("pop3", "POP3", "Email", _CLEAR, "", 3)],
     "smtp.pcap": [("smtp", "SMTP", "Email", _CLEAR, "", 3)],
     "nintendo.pcap": [("tls", "Nintendo", "Game", _ENC, "nncs1.app.nintendowifi.net", 3),
-                      ("dns", "DNS.Nintendo", "Network", _CLEAR, "conntest.nintendowifi.net", 2)],
+                      ("dns", "DNS.Nintendo", "Network", _CLEAR, "conntest.nintendowifi.net", 2),
+                      ("tls", "TLS", "Web", _ENC, "e0d67c509fb203858ebcb2fe3f88c2aa.baas.nintendo.com", 2)],
     "tls_verylong_certificate.pcap": [("tls", "TLS.Cybersec", "Cybersecurity", _ENC, "www.cybersec.example", 2)],
     # Captures of the data-set tests (two or more per class for Game, Database, Email, IoT/Industrial and Chat).
     "wow.pcap": [("banner", "WorldOfWarcraft", "Game", _CLEAR, "", 3, {"port": 3724, "args": {
@@ -531,7 +532,7 @@ _DHCP = {"port": 67, "server": "255.255.255.255", "client_port": 68, "args": {"p
                                                                                  "rounds": 2}}
 IOT_DEVICES = {
     "HueBridge": [("oneway", "", "", "", "", 1, _DHCP),
-                  ("dns", "", "", "", "bridge.meethue.com", 3), ("http", "", "", "", "www.meethue.com", 2),
+                  ("dns", "", "", "", "bridge.meethue.com", 3), ("http", "", "", "", "www.meethue.com", 4),
                   ("oneway", "", "", "", "", 2, {"port": 1900, "server": "239.255.255.250", "args": {
                       "prefix": b"NOTIFY * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n", "rounds": 6, "period": 2.0}})],
     "D-LinkSiren": [("oneway", "", "", "", "", 1, _DHCP),
@@ -544,7 +545,7 @@ IOT_DEVICES = {
              ("dns", "", "", "", "www.fitbit.com", 2), ("http", "", "", "", "client.fitbit.com", 2,
                                                          {"args": {"rounds": 1, "down": 300}})],
     "TP-LinkPlugHS110": [("dns", "", "", "", "devs.tplinkcloud.com", 2),
-                         ("banner", "", "", "", "", 2, {"port": 50443, "args": {"banner": b"\x00\x00\x00\x2a",
+                         ("banner", "", "", "", "", 4, {"port": 50443, "args": {"banner": b"\x00\x00\x00\x2a",
                                                                                  "command": b"\xd0\xf2\x81\xf8",
                                                                                  "rounds": 4, "down": 80}}),
                          ("oneway", "", "", "", "", 1, {"port": 123, "args": {"prefix": b"\xe3\x00\x06\xec",
