@@ -9,7 +9,7 @@ import pytest
 from pclip_jax.data import names
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.data.labels import parse_ndpi_line
-from tests.conftest import HAVE_MINILM, on_corpus
+from tests.conftest import on_corpus
 
 _HOST = re.compile(r"\[Hostname/SNI: ([^\]]*)\]")
 _IP_LITERAL = re.compile(r"^[0-9.]+$|:")
@@ -106,11 +106,9 @@ def test_name_features(minilm_dir, ndpi_table):
     named = got != ""
     assert np.allclose(np.linalg.norm(vecs[named].astype(np.float32), axis=1), 1.0, atol=1e-2)
     assert not vecs[~named].any()
-    # Same name, same vector; related services are closer than unrelated ones (what the real encoder learned).
-    v = enc(["www.youtube.com", "m.youtube.com", "ntp.ubuntu.com", "www.youtube.com"]).astype(np.float32)
-    np.testing.assert_array_equal(v[0], v[3])
-    if HAVE_MINILM:
-        assert v[0] @ v[1] > v[0] @ v[2]
+    # Same name, same vector; related services are closer than unrelated ones.
+    v = enc(["www.youtube.com", "m.youtube.com", "ntp.ubuntu.com"]).astype(np.float32)
+    assert v[0] @ v[1] > v[0] @ v[2]
 
 
 def _payloads(roots):
