@@ -1,8 +1,15 @@
 """Test set-up: 8 fake CPU devices for the pmap tests, and the data: the real captures and weights in ../shared
 when they are there (CI has them), else small stand-ins built at test time (tests/synthetic_data.py).
 
-Fixtures: `ndpi_dir` and `minilm_dir` give the real data or the stand-ins; `real_ndpi_dir` and `real_minilm_dir`
-give the real data only and skip without it (tests of facts about the real corpus or the real weights).
+Fixtures: `ndpi_dir`, `iot_dir` and `minilm_dir` give the real data or the stand-ins; `real_ndpi_dir` and
+`real_minilm_dir` give the real data only and skip without it (tests of facts about the real corpus or the real
+weights), as does the `real_data` marker. A threshold that is a fact about the size of the real corpus is written
+`on_corpus(real, stand_in)`: the first on the real captures, the second on the stand-ins.
+
+The data folder is ../shared, or the folder the environment variable PCLIP_SHARED names. To run the suite as a
+clone without the data does (stand-ins, real-data tests skipped) where ../shared is present:
+
+    PCLIP_SHARED=/nonexistent python -m pytest -q tests/
 """
 import os
 
@@ -20,8 +27,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("PCLIP_SHARED", REPO.parent / "shared"))
 NDPI_DIR = SHARED / "data" / "ndpi"
 MINILM_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
+IOT_DIR = SHARED / "data" / "iot_sentinel"
 HAVE_NDPI = (NDPI_DIR / "pcap").is_dir()
 HAVE_MINILM = (MINILM_DIR / "model.safetensors").is_file()
+HAVE_IOT = IOT_DIR.is_dir()
+
+
+def on_corpus(real, stand_in):
+    """`real` where the tests read the real nDPI captures, `stand_in` where they read the stand-ins."""
+    return real if HAVE_NDPI else stand_in
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +60,16 @@ def ndpi_dir(tmp_path_factory):
     from tests.synthetic_data import build_ndpi_corpus
 
     return build_ndpi_corpus(tmp_path_factory.mktemp("data") / "ndpi")
+
+
+@pytest.fixture(scope="session")
+def iot_dir(tmp_path_factory):
+    """The IoT Sentinel captures (one folder of setup captures per device), or stand-ins in the same layout."""
+    if HAVE_IOT:
+        return IOT_DIR
+    from tests.synthetic_data import build_iot_corpus
+
+    return build_iot_corpus(tmp_path_factory.mktemp("data") / "iot_sentinel")
 
 
 @pytest.fixture(scope="session")

@@ -26,13 +26,13 @@ K, B = 4, 32
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, real_ndpi_dir, real_minilm_dir):
+def dataset(tmp_path_factory, ndpi_dir, minilm_dir):
     tmp = tmp_path_factory.mktemp("flow_source")
-    manual = _manual_dir(tmp / "manual", real_ndpi_dir, "flat")
+    manual = _manual_dir(tmp / "manual", ndpi_dir, "flat")
     config = tfds_builders.TrafficConfig(name="k4_b32_x2", packets=K, bytes=B, copies=2)
     builder = tfds_builders.build("ndpi_traffic", tmp / "data", manual_dir=manual, config=config)
     cfg = test_config.get_config()
-    cfg.text.encoder = str(real_minilm_dir)
+    cfg.text.encoder = str(minilm_dir)
     settings = from_config(cfg)
     return pathlib.Path(str(builder.data_dir)), settings, manual, tmp
 
@@ -71,10 +71,10 @@ def test_rows_equal_the_ingested_flows(dataset):
     assert shifted and np.allclose(shifted, 86400.0)
 
 
-def test_names_per_batch_equal_names_per_table(dataset, real_minilm_dir):
+def test_names_per_batch_equal_names_per_table(dataset, minilm_dir):
     path, settings, _, _ = dataset
     settings = settings.replace(data={"dataset": str(path), "packets": K, "bytes": B})
-    encoder = NameEncoder(str(real_minilm_dir))
+    encoder = NameEncoder(str(minilm_dir))
     prepared = flow_source.prepare_from_dataset(settings.data, encoder, progress=False)
     column = prepared.table.tensors[NAME_KEY]
     assert isinstance(column, flow_source.NameColumn) and column.shape == (len(prepared.class_ids), encoder.dim)

@@ -1,4 +1,5 @@
-"""Packets -> flows -> tensors, checked against nDPI's own per-flow counts on real captures."""
+"""Packets -> flows -> tensors, checked against nDPI's own per-flow counts on real captures; the tests of how flows
+are cut and written also run on the stand-ins of those captures (tests/synthetic_data.py)."""
 import collections
 import ipaddress
 
@@ -8,6 +9,7 @@ import pytest
 from pclip_jax.data import capture, flows, tensors
 from pclip_jax.data.ingest import IngestConfig, ingest, ingest_file
 from pclip_jax.data.labels import parse_ndpi_out
+from tests.conftest import on_corpus
 
 # ndpiReader's regression outputs never time flows out, so its counts are compared with timeouts off.
 NO_TIMEOUTS = dict(idle_timeout=1e9, active_timeout=1e9)
@@ -85,8 +87,8 @@ def test_ndpi_agreement_over_the_whole_corpus(real_ndpi_dir):
     assert equal / found >= 0.99, (found, equal)
 
 
-def test_idle_timeout_splits_only_at_long_gaps(real_ndpi_dir):
-    path = real_ndpi_dir / "pcap" / "gnutella.pcap"  # real UDP conversations with gaps of several minutes
+def test_idle_timeout_splits_only_at_long_gaps(ndpi_dir):
+    path = ndpi_dir / "pcap" / "gnutella.pcap"  # real UDP conversations with gaps of several minutes
     merged = ingest_file(path, "g", IngestConfig(**NO_TIMEOUTS))
     split = ingest_file(path, "g", IngestConfig())
     assert len(split) > len(merged)
@@ -105,8 +107,8 @@ def test_idle_timeout_splits_only_at_long_gaps(real_ndpi_dir):
     assert n_gaps > 10
 
 
-def test_active_timeout_bounds_flow_duration(real_ndpi_dir):
-    path = real_ndpi_dir / "pcap" / "tplink_shp.pcap"  # UDP broadcasts every minute for half an hour
+def test_active_timeout_bounds_flow_duration(ndpi_dir):
+    path = ndpi_dir / "pcap" / "tplink_shp.pcap"  # UDP broadcasts every minute for half an hour
     t = ingest_file(path, "t", IngestConfig(active_timeout=600.0, idle_timeout=1e9))
     d = t.meta["last_ts"] - t.meta["first_ts"]
     assert d.max() <= 600.0 and (d > 500).any()
@@ -114,8 +116,8 @@ def test_active_timeout_bounds_flow_duration(real_ndpi_dir):
     assert (longer.meta["last_ts"] - longer.meta["first_ts"]).max() > 1200.0
 
 
-def test_tcp_reuse_after_rst_starts_a_new_flow_but_teardown_stays(real_ndpi_dir):
-    path = real_ndpi_dir / "pcap" / "rtsp.pcap"  # 10.1.1.10:52478 -> :8554 refused with RSTs, then reused with a SYN
+def test_tcp_reuse_after_rst_starts_a_new_flow_but_teardown_stays(ndpi_dir):
+    path = ndpi_dir / "pcap" / "rtsp.pcap"  # 10.1.1.10:52478 -> :8554 refused with RSTs, then reused with a SYN
     t = ingest_file(path, "r", IngestConfig(**NO_TIMEOUTS))
     m = t.meta
     rows = np.nonzero((m["client_port"] == 52478) & (m["server_port"] == 8554))[0]
@@ -124,7 +126,7 @@ def test_tcp_reuse_after_rst_starts_a_new_flow_but_teardown_stays(real_ndpi_dir)
     assert t.tensors["tcp_flags"][first, t.tensors["num_packets"][first] - 1] & 0x04  # ended by an RST
     assert t.tensors["tcp_flags"][second, 0] == 0x02  # the new flow starts with the SYN
     # Normal FIN teardowns: the packets after both FINs (the last ACK) stay in the flow.
-    t = ingest_file(real_ndpi_dir / "pcap" / "1kxun.pcap", "k", IngestConfig(packets=256, bytes=40))
+    t = ingest_file(ndpi_dir / "pcap" / "1kxun.pcap", "k", IngestConfig(packets=256, bytes=40))
     closed = 0
     for r in np.nonzero(t.meta["proto"] == 6)[0]:
         n = t.tensors["num_packets"][r]
@@ -136,14 +138,14 @@ def test_tcp_reuse_after_rst_starts_a_new_flow_but_teardown_stays(real_ndpi_dir)
     assert closed >= 3
     # Over whole captures, no flow is a lone ACK, as a teardown shattered into extra flows would be.
     for name in ("1kxun.pcap", "tls_certificate_too_long.pcap", "rtsp.pcap", "http_ipv6.pcap"):
-        t = ingest_file(real_ndpi_dir / "pcap" / name, name, IngestConfig())
+        t = ingest_file(ndpi_dir / "pcap" / name, name, IngestConfig())
         tcp = t.meta["proto"] == 6
         first_flags = t.tensors["tcp_flags"][tcp, 0]
         assert not ((first_flags == 0x10) & (t.tensors["num_packets"][tcp] == 1)).any(), name
 
 
-def test_tensor_layout_matches_flow_counts(real_ndpi_dir):
-    t = ingest_file(real_ndpi_dir / "pcap" / "1kxun.pcap", "k", IngestConfig(packets=8, bytes=64))
+def test_tensor_layout_matches_flow_counts(ndpi_dir):
+    t = ingest_file(ndpi_dir / "pcap" / "1kxun.pcap", "k", IngestConfig(packets=8, bytes=64))
     T, m = t.tensors, t.meta
     n = len(t)
     assert T["bytes"].shape == (n, 8, 64) and T["bytes"].dtype == np.uint8
@@ -179,16 +181,16 @@ def _addr_bytes(ip):
     return ipaddress.ip_address(ip).packed
 
 
-def _masked_and_plain(real_ndpi_dir, name):
+def _masked_and_plain(ndpi_dir, name):
     """The same capture ingested with the default masking and without any."""
-    path = real_ndpi_dir / "pcap" / name
+    path = ndpi_dir / "pcap" / name
     return ingest_file(path, name, IngestConfig()), ingest_file(path, name, IngestConfig(mask=False))
 
 
 @pytest.mark.parametrize("name", ["1kxun.pcap", "quic_interop_V.pcapng", "6in4tunnel.pcap", "anyconnect-vpn.pcap",
                                   "KakaoTalk_chat.pcap", "wechat.pcap"])
-def test_masked_tensors_hold_no_ip_address_of_the_flow(real_ndpi_dir, name):
-    masked, plain = _masked_and_plain(real_ndpi_dir, name)
+def test_masked_tensors_hold_no_ip_address_of_the_flow(ndpi_dir, name):
+    masked, plain = _masked_and_plain(ndpi_dir, name)
     leaks_plain = 0
     for r in range(len(masked)):
         addrs = {_addr_bytes(masked.meta["client_ip"][r]), _addr_bytes(masked.meta["server_ip"][r])}
@@ -215,8 +217,8 @@ def test_masked_tensors_hold_no_ip_address_of_the_flow(real_ndpi_dir, name):
     assert (b[v6][:, [2, 3, 7]] == 0).all() and (b[v6][:, 1] & 0x0F == 0).all()  # flow label, hop limit
 
 
-def test_tcp_sequence_numbers_are_relative(real_ndpi_dir):
-    t = ingest_file(real_ndpi_dir / "pcap" / "tls_certificate_too_long.pcap", "x", IngestConfig())
+def test_tcp_sequence_numbers_are_relative(ndpi_dir):
+    t = ingest_file(ndpi_dir / "pcap" / "tls_certificate_too_long.pcap", "x", IngestConfig())
     tcp = np.nonzero((t.meta["proto"] == 6) & (t.tensors["tcp_flags"][:, 0] == 0x02))[0]
     assert len(tcp) > 5
     for r in tcp:
@@ -233,9 +235,9 @@ def test_tcp_sequence_numbers_are_relative(real_ndpi_dir):
 
 
 @pytest.mark.parametrize("name", ["1kxun.pcap", "quic_interop_V.pcapng", "gnutella.pcap"])
-def test_chunk_boundaries_do_not_change_flows(real_ndpi_dir, name):
+def test_chunk_boundaries_do_not_change_flows(ndpi_dir, name):
     """Streaming in tiny chunks (flows spanning hundreds of chunks, expiry between them) gives the same table."""
-    path = real_ndpi_dir / "pcap" / name
+    path = ndpi_dir / "pcap" / name
     whole = ingest_file(path, name, IngestConfig())
     small = ingest_file(path, name, IngestConfig(chunk_bytes=3000))
     assert len(whole) == len(small) > 0
@@ -280,8 +282,8 @@ def _session_id_spans(row: bytes) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("name", ["tls_verylong_certificate.pcap", "quic-33.pcapng", "wechat.pcap"])
-def test_per_session_random_values_are_zeroed(real_ndpi_dir, name):
-    masked, plain = _masked_and_plain(real_ndpi_dir, name)
+def test_per_session_random_values_are_zeroed(ndpi_dir, name):
+    masked, plain = _masked_and_plain(ndpi_dir, name)
     found = 0
     for f in range(len(masked)):
         for k in range(int(masked.tensors["num_packets"][f])):
@@ -305,8 +307,8 @@ def _payload_bytes(row: bytes) -> int:
 
 
 @pytest.mark.parametrize("name", ["tls_verylong_certificate.pcap", "wechat.pcap", "KakaoTalk_chat.pcap"])
-def test_payload_rows_are_the_first_packets_that_carry_payload(real_ndpi_dir, name):
-    path = real_ndpi_dir / "pcap" / name
+def test_payload_rows_are_the_first_packets_that_carry_payload(ndpi_dir, name):
+    path = ndpi_dir / "pcap" / name
     every = ingest_file(path, name, IngestConfig(packets=64, mask=False))
     payload = ingest_file(path, name, IngestConfig(packets=8, mask=False, payload_rows=True))
     assert len(every) == len(payload)
@@ -325,13 +327,13 @@ def test_payload_rows_are_the_first_packets_that_carry_payload(real_ndpi_dir, na
     assert checked > 0, f"{name}: no flow with bare ACKs to skip"
 
 
-def test_a_timestamp_jump_does_not_make_flows_depend_on_chunk_size(real_ndpi_dir, tmp_path):
+def test_a_timestamp_jump_does_not_make_flows_depend_on_chunk_size(ndpi_dir, tmp_path):
     """One packet stamped a day late (a clock glitch) in the middle of a real capture: reading it whole or in
     tiny chunks (expiry between them) gives the same flows; before, every flow active at the next chunk boundary
     was cut in two there."""
     from tests.pcap_tools import read_frames, write_pcap
 
-    frames = read_frames(real_ndpi_dir / "pcap" / "1kxun.pcap")
+    frames = read_frames(ndpi_dir / "pcap" / "1kxun.pcap")
     middle = len(frames) // 2
     t, w, lt, f = frames[middle]
     frames[middle] = (t + 86_400 * 10**9, w, lt, f)
@@ -343,7 +345,7 @@ def test_a_timestamp_jump_does_not_make_flows_depend_on_chunk_size(real_ndpi_dir
         np.testing.assert_array_equal(whole.meta[k], small.meta[k], err_msg=k)
 
 
-def test_compiled_tracker_equals_python_tracker(real_ndpi_dir):
+def test_compiled_tracker_equals_python_tracker(ndpi_dir):
     """FlowTracker's compiled steps (keys and their groups, the packet-by-packet walk of keys numpy cannot settle
     -- a SYN after a FIN/RST, flows past the active timeout --, server names) give exactly the flows of the
     Python/numpy reference (compiled=False): the whole corpus in small chunks, with timeouts short enough that
@@ -352,7 +354,7 @@ def test_compiled_tracker_equals_python_tracker(real_ndpi_dir):
         pytest.skip("the compiled helpers were not built (tests/test_capture.py says whether they should be)")
     short = dict(idle_timeout=5.0, active_timeout=10.0)
     flows_short = 0
-    for path, _ in capture.find_captures([real_ndpi_dir / "pcap"]):
+    for path, _ in capture.find_captures([ndpi_dir / "pcap"]):
         trackers = [flows.FlowTracker(16, 64, compiled=c, **short) for c in (True, False)]
         for b in capture.read_batches(path, [], 64 << 10):
             h = capture.parse_headers(b)
@@ -364,12 +366,12 @@ def test_compiled_tracker_equals_python_tracker(real_ndpi_dir):
             np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path.name}: {k}")
         flows_short += len(want["key"])
     # Only the walk cuts flows at the active timeout: without it there are fewer flows.
-    no_active = len(ingest([real_ndpi_dir / "pcap"], IngestConfig(bytes=64, idle_timeout=5.0, active_timeout=1e9),
+    no_active = len(ingest([ndpi_dir / "pcap"], IngestConfig(bytes=64, idle_timeout=5.0, active_timeout=1e9),
                            progress=False))
-    assert flows_short > no_active + 100, (flows_short, no_active)
+    assert flows_short > no_active + on_corpus(100, 3), (flows_short, no_active)
 
 
-def test_compiled_rows_equal_numpy_masking(real_ndpi_dir):
+def test_compiled_rows_equal_numpy_masking(ndpi_dir):
     """Packet rows from the compiled path (extract + mask_rows + mask_session_ids + scrub_addresses in one pass)
     equal the numpy reference byte for byte: every flow packet of the corpus at widths 16, 128 and 700, masked and
     not, with random relative TCP numbers; then again with 2% of each chunk's bytes replaced at random (options,
@@ -381,7 +383,7 @@ def test_compiled_rows_equal_numpy_masking(real_ndpi_dir):
     reference = flows.FlowTracker(compiled=False)
     rows_checked = 0
     for damage in (False, True):
-        for path, _ in capture.find_captures([real_ndpi_dir / "pcap"]):
+        for path, _ in capture.find_captures([ndpi_dir / "pcap"]):
             for b in capture.read_batches(path, [], 1 << 20):
                 if damage:
                     at = rng.integers(0, len(b.buf), len(b.buf) // 50)
@@ -398,4 +400,4 @@ def test_compiled_rows_equal_numpy_masking(real_ndpi_dir):
                     got, want = tracker._packet_rows(*args), reference._packet_rows(*args)
                     np.testing.assert_array_equal(got, want, err_msg=f"{path.name} width {width} mask {mask}")
                     rows_checked += len(pk)
-    assert rows_checked > 400_000
+    assert rows_checked > on_corpus(400_000, 20_000)

@@ -25,8 +25,8 @@ FACTORED = GnnConfig(hidden=32, num_layers=2, num_heads=2, dropout=0.0, factored
 
 
 @pytest.fixture(scope="module")
-def encoder(real_minilm_dir):
-    f = TextFeaturizer(str(real_minilm_dir), max_len=48, batch_size=64)
+def encoder(minilm_dir):
+    f = TextFeaturizer(str(minilm_dir), max_len=48, batch_size=64)
     return lambda texts: f(texts, progress=False)
 
 
@@ -46,10 +46,10 @@ def prepared(encoder):
 
 
 @pytest.fixture(scope="module")
-def flows(real_ndpi_dir, prepared):
-    """Real flows of a few captures with nDPI labels; features = standardised log flow statistics."""
-    paths = [str(real_ndpi_dir / "pcap" / c) for c in CAPTURES if (real_ndpi_dir / "pcap" / c).is_file()]
-    table = attach_labels(ingest(paths, IngestConfig(), progress=False), f"ndpi:{real_ndpi_dir}", progress=False)
+def flows(ndpi_dir, prepared):
+    """Flows of a few captures with nDPI labels; features = standardised log flow statistics."""
+    paths = [str(ndpi_dir / "pcap" / c) for c in CAPTURES if (ndpi_dir / "pcap" / c).is_file()]
+    table = attach_labels(ingest(paths, IngestConfig(), progress=False), f"ndpi:{ndpi_dir}", progress=False)
     x = np.log1p(np.abs(table.tensors["stats"].astype(np.float64)))
     x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
     y1, y2, _ = G.labels_to_slots(prepared.layout, table.meta["level1"], table.meta["level2"])
@@ -150,7 +150,7 @@ def test_tiny_budget_params_and_flops(full_kg):
     assert 0 < flops <= 5e6, flops        # the default (factored) detection stage: <= 5 MFLOPs per flow
 
 
-def test_train_gnn_learns_real_flows_and_explains(prepared, flows, tmp_path):
+def test_train_gnn_learns_flows_and_explains(prepared, flows, tmp_path):
     x, y1, y2 = flows
     cfg = GnnTrainConfig(model=SMALL, batch_size=32, num_steps=20, learning_rate=1e-2, log_every=5,
                          warmup_steps=5)

@@ -1,4 +1,5 @@
-"""Labels on the real nDPI corpus: .out parsing, the hierarchy, and attach_labels (ndpi, folder, csv, rules)."""
+"""Labels on the nDPI corpus (the real one, or its stand-ins where a test is not about the real one): .out parsing,
+the hierarchy, and attach_labels (ndpi, folder, csv, rules)."""
 import collections
 import csv
 import pathlib
@@ -10,6 +11,7 @@ import yaml
 
 from pclip_jax.data import labels
 from pclip_jax.data.ingest import IngestConfig, ingest
+from tests.conftest import on_corpus
 
 
 def _flow_lines(path: pathlib.Path) -> list[tuple[int, str]]:
@@ -22,20 +24,20 @@ def _flow_lines(path: pathlib.Path) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(real_ndpi_dir):
+def corpus(ndpi_dir):
     """Every .out file parsed: {file: (flows, errors)}."""
     parsed = {}
-    for path in sorted((real_ndpi_dir / "result").glob("*.out")):
+    for path in sorted((ndpi_dir / "result").glob("*.out")):
         errors = []
         parsed[path] = (labels.parse_ndpi_out(path, errors), errors)
     return parsed
 
 
 @pytest.fixture(scope="module")
-def tables(real_ndpi_dir):
+def tables(ndpi_dir):
     """The whole nDPI corpus ingested twice: default timeouts, and without idle/active splitting (as nDPI)."""
-    default = ingest([real_ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32), progress=False)
-    unsplit = ingest([real_ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32, idle_timeout=1e9, active_timeout=1e9),
+    default = ingest([ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32), progress=False)
+    unsplit = ingest([ndpi_dir / "pcap"], IngestConfig(packets=4, bytes=32, idle_timeout=1e9, active_timeout=1e9),
                      progress=False)
     return default, unsplit
 
@@ -53,7 +55,7 @@ def test_every_flow_line_parsed_or_reported(corpus):
         assert {f.line for f in flows} | {e["line"] for e in errors} == {i for i, _ in lines}, path
         for e in errors:
             assert e["file"] == str(path) and e["reason"]
-    assert n_flows > 5000
+    assert n_flows > on_corpus(5000, 300)
     assert n_flows >= 0.995 * n_lines
 
 
@@ -79,8 +81,8 @@ def test_fields_agree_with_the_raw_line(corpus):
             seen["app"] += bool(f.app)
             seen["one_way"] += f.dst_packets == 0
             seen["tunnel"] += bool(f.tunnel)
-    # The corpus exercises every variant the parser handles.
-    assert all(seen[k] > 0 for k in ("ipv6", "vlan", "app", "one_way", "tunnel")), seen
+    # The corpus exercises every variant the parser handles (the stand-ins have no tunnel nDPI decoded).
+    assert all(seen[k] > 0 for k in ("ipv6", "vlan", "app", "one_way") + on_corpus(("tunnel",), ())), seen
 
 
 def test_master_app_split_and_ip_protocols(real_ndpi_dir):
@@ -102,7 +104,7 @@ def test_undetected_section_is_unknown(corpus):
         after = [f for f in flows if f.line > start]
         assert all(f.undetected and f.label == labels.UNKNOWN and not f.app for f in after), path
         n += len(after)
-    assert n > 100
+    assert n > on_corpus(100, 3)
 
 
 def test_malformed_lines_reported_never_raised(real_ndpi_dir, tmp_path, capsys):
@@ -157,7 +159,7 @@ def test_applications_sit_under_one_service_class(corpus):
             level1, level2 = labels.map_label(f.label, f.category, h)
             if f.app and level1 and labels._norm(f.master) not in h.carriers:
                 parents[level2].add(level1)
-    assert len(parents) > 100
+    assert len(parents) > on_corpus(100, 15)
     assert {k: v for k, v in parents.items() if len(v) > 1} == {}
 
 
@@ -256,15 +258,15 @@ def test_public_dataset_file_name_rules():
 
 # ---------------------------------------------------------------------------------------------------- attach_labels
 
-def test_ndpi_match_rate_on_the_corpus(tables, real_ndpi_dir):
+def test_ndpi_match_rate_on_the_corpus(tables, ndpi_dir):
     default, unsplit = tables
     # Ingest split like nDPI (no idle/active timeout): >= 98% of the .out flows whose packets are in the capture
     # match one ingested flow with nDPI's packet count in each direction.
-    s = labels.attach_labels(unsplit, f"ndpi:{real_ndpi_dir / 'result'}", progress=False).summary["labels"]
-    assert s["out_flows_in_capture"] > 5000
+    s = labels.attach_labels(unsplit, f"ndpi:{ndpi_dir / 'result'}", progress=False).summary["labels"]
+    assert s["out_flows_in_capture"] > on_corpus(5000, 300)
     assert s["match_rate"] >= 0.98, s
     # Default ingest (120 s idle timeout) splits some long conversations: their consecutive pieces add up.
-    d = labels.attach_labels(default, f"ndpi:{real_ndpi_dir}", progress=False).summary["labels"]
+    d = labels.attach_labels(default, f"ndpi:{ndpi_dir}", progress=False).summary["labels"]
     assert d["match_rate_with_splits"] >= 0.98, d
     assert d["out_flows_matched"] + d["out_flows_matched_split"] <= d["out_flows_in_capture"] <= d["out_flows"]
     assert d["captures_without_out"] == 0
@@ -272,15 +274,15 @@ def test_ndpi_match_rate_on_the_corpus(tables, real_ndpi_dir):
           f" default ingest exact {d['match_rate']:.4f}, with split pieces {d['match_rate_with_splits']:.4f}")
 
 
-def test_ndpi_label_columns(tables, real_ndpi_dir):
+def test_ndpi_label_columns(tables, ndpi_dir):
     default, _ = tables
-    table = labels.attach_labels(default, f"ndpi:{real_ndpi_dir}", progress=False)
+    table = labels.attach_labels(default, f"ndpi:{ndpi_dir}", progress=False)
     m = table.meta
     assert list(m)[-6:] == list(labels.LABEL_COLUMNS)
     assert len(table) == len(default) and np.array_equal(m["flow_id"], default.meta["flow_id"])
     assert set(np.unique(m["encrypted"])) <= {-1, 0, 1}
     assert set(np.unique(m["level1"])) - {""} <= set(labels.LEVEL1_CLASSES)
-    assert len(set(np.unique(m["level1"])) - {""}) == len(labels.LEVEL1_CLASSES)
+    assert len(set(np.unique(m["level1"])) - {""}) >= on_corpus(len(labels.LEVEL1_CLASSES), 12)
     labelled = m["label"] != ""
     assert labelled.mean() > 0.95
     # Unlabelled flows have no label at all; Unknown ones keep nDPI's verdict but no class.
@@ -304,16 +306,16 @@ def test_ndpi_missing_out_and_bad_spec(tables, tmp_path):
         labels.attach_labels(default, f"ndpi:{tmp_path / 'nope'}")
 
 
-def _class_folders(root: pathlib.Path, real_ndpi_dir: pathlib.Path, layout: dict) -> pathlib.Path:
+def _class_folders(root: pathlib.Path, ndpi_dir: pathlib.Path, layout: dict) -> pathlib.Path:
     for folder, names in layout.items():
         (root / folder).mkdir(parents=True)
         for n in names:
-            (root / folder / n).symlink_to(real_ndpi_dir / "pcap" / n)
+            (root / folder / n).symlink_to(ndpi_dir / "pcap" / n)
     return root
 
 
-def test_folder_labels(tmp_path, real_ndpi_dir):
-    root = _class_folders(tmp_path / "data", real_ndpi_dir, {"Chat": ["jabber.pcap", "threema.pcap"],
+def test_folder_labels(tmp_path, ndpi_dir):
+    root = _class_folders(tmp_path / "data", ndpi_dir, {"Chat": ["jabber.pcap", "threema.pcap"],
                                                         "voip": ["sip.pcap"], "benign": ["pop3.pcap"]})
     table = labels.attach_labels(ingest([root], IngestConfig(packets=2, bytes=16), progress=False), "folder")
     m = table.meta
@@ -325,8 +327,8 @@ def test_folder_labels(tmp_path, real_ndpi_dir):
     assert table.summary["labels"]["unmapped_labels"] == {"benign": int((folder == "benign").sum())}
 
 
-def test_csv_labels_either_direction(tmp_path, real_ndpi_dir):
-    table = ingest([real_ndpi_dir / "pcap" / "jabber.pcap", real_ndpi_dir / "pcap" / "pop3.pcap"],
+def test_csv_labels_either_direction(tmp_path, ndpi_dir):
+    table = ingest([ndpi_dir / "pcap" / "jabber.pcap", ndpi_dir / "pcap" / "pop3.pcap"],
                    IngestConfig(packets=2, bytes=16), progress=False)
     m = table.meta
     path = tmp_path / "labels.csv"
@@ -364,13 +366,13 @@ def test_csv_labels_either_direction(tmp_path, real_ndpi_dir):
         labels.attach_labels(table, f"csv:{tmp_path / 'nohdr.csv'}")
 
 
-def test_rules_labels(tmp_path, real_ndpi_dir):
-    # Real captures under ISCX file names: the class comes from the name alone.
+def test_rules_labels(tmp_path, ndpi_dir):
+    # Captures under ISCX file names: the class comes from the name alone.
     root = tmp_path / "iscx"
     root.mkdir()
-    (root / "vpn_skype_audio1.pcap").symlink_to(real_ndpi_dir / "pcap" / "sip.pcap")
-    (root / "facebook_chat_4a.pcap").symlink_to(real_ndpi_dir / "pcap" / "jabber.pcap")
-    (root / "README.pcap").symlink_to(real_ndpi_dir / "pcap" / "pop3.pcap")
+    (root / "vpn_skype_audio1.pcap").symlink_to(ndpi_dir / "pcap" / "sip.pcap")
+    (root / "facebook_chat_4a.pcap").symlink_to(ndpi_dir / "pcap" / "jabber.pcap")
+    (root / "README.pcap").symlink_to(ndpi_dir / "pcap" / "pop3.pcap")
     table = labels.attach_labels(ingest([root], IngestConfig(packets=2, bytes=16), progress=False),
                                  "rules:iscx_vpn2016")
     m = table.meta

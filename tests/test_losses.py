@@ -14,11 +14,11 @@ PER_DEV = 4
 
 
 @pytest.fixture(scope="module")
-def real_batch(real_ndpi_dir):
-    """32 real flows (masked tensors) with class ids from their protocol, two padding rows at the end."""
+def flow_batch(ndpi_dir):
+    """32 flows of captures (masked tensors) with class ids from their protocol, two padding rows at the end."""
     assert jax.local_device_count() == N_DEV, "conftest must set --xla_force_host_platform_device_count=8"
-    table = ingest([real_ndpi_dir / "pcap" / "443-chrome.pcap", real_ndpi_dir / "pcap" / "1kxun.pcap",
-                    real_ndpi_dir / "pcap" / "dns_long_domainname.pcap"], IngestConfig(packets=4, bytes=32),
+    table = ingest([ndpi_dir / "pcap" / "443-chrome.pcap", ndpi_dir / "pcap" / "1kxun.pcap",
+                    ndpi_dir / "pcap" / "dns_long_domainname.pcap"], IngestConfig(packets=4, bytes=32),
                    progress=False)
     n = N_DEV * PER_DEV
     assert len(table) >= n
@@ -48,16 +48,16 @@ def _loss(model, params, batch, kind, axis_name):
 
 
 @pytest.mark.parametrize("kind", ["clip", "sigmoid"])
-def test_pmap_loss_and_grads_equal_single_device(real_batch, kind):
+def test_pmap_loss_and_grads_equal_single_device(flow_batch, kind):
     model = _model()
-    params = model.init(jax.random.PRNGKey(0), real_batch, text_features=real_batch["text"])["params"]
-    single_loss, single_grads = jax.value_and_grad(lambda p: _loss(model, p, real_batch, kind, None))(params)
+    params = model.init(jax.random.PRNGKey(0), flow_batch, text_features=flow_batch["text"])["params"]
+    single_loss, single_grads = jax.value_and_grad(lambda p: _loss(model, p, flow_batch, kind, None))(params)
 
     def step(p, b):
         loss, grads = jax.value_and_grad(lambda q: _loss(model, q, b, kind, "d"))(p)
         return jax.lax.pmean(loss, "d"), jax.lax.pmean(grads, "d")
 
-    sharded = tree_map(lambda x: x.reshape((N_DEV, PER_DEV) + x.shape[1:]), real_batch)
+    sharded = tree_map(lambda x: x.reshape((N_DEV, PER_DEV) + x.shape[1:]), flow_batch)
     rparams = replicate_local(params)
     p_loss, p_grads = jax.pmap(step, axis_name="d")(rparams, sharded)
     np.testing.assert_allclose(np.asarray(p_loss), float(single_loss), rtol=1e-5)
@@ -67,34 +67,34 @@ def test_pmap_loss_and_grads_equal_single_device(real_batch, kind):
     assert float(single_loss) > 0
 
 
-def test_padding_never_counts(real_batch):
+def test_padding_never_counts(flow_batch):
     """Changing the content of padding rows changes neither the loss nor the gradients."""
     model = _model()
-    params = model.init(jax.random.PRNGKey(1), real_batch, text_features=real_batch["text"])["params"]
-    other = dict(real_batch)
-    other["text"] = real_batch["text"].copy()
+    params = model.init(jax.random.PRNGKey(1), flow_batch, text_features=flow_batch["text"])["params"]
+    other = dict(flow_batch)
+    other["text"] = flow_batch["text"].copy()
     other["text"][-2:] = 100.0
-    other["bytes"] = real_batch["bytes"].copy()
+    other["bytes"] = flow_batch["bytes"].copy()
     other["bytes"][-2:] = 255
     for kind in ("clip", "sigmoid"):
-        la, ga = jax.value_and_grad(lambda p: _loss(model, p, real_batch, kind, None))(params)
+        la, ga = jax.value_and_grad(lambda p: _loss(model, p, flow_batch, kind, None))(params)
         lb, gb = jax.value_and_grad(lambda p: _loss(model, p, other, kind, None))(params)
         np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
         for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
-def test_multi_positive_targets_use_classes(real_batch):
+def test_multi_positive_targets_use_classes(flow_batch):
     """Texts of the same class are positives: with multi_positive the loss differs from plain CLIP."""
     model = _model()
-    params = model.init(jax.random.PRNGKey(2), real_batch, text_features=real_batch["text"])["params"]
-    zp, zt, scale, _ = model.apply({"params": params}, real_batch, text_features=real_batch["text"])
-    a = losses.clip_loss(zp, zt, real_batch["valid"], real_batch["class_id"], scale, None, True)[0]
-    b = losses.clip_loss(zp, zt, real_batch["valid"], real_batch["class_id"], scale, None, False)[0]
+    params = model.init(jax.random.PRNGKey(2), flow_batch, text_features=flow_batch["text"])["params"]
+    zp, zt, scale, _ = model.apply({"params": params}, flow_batch, text_features=flow_batch["text"])
+    a = losses.clip_loss(zp, zt, flow_batch["valid"], flow_batch["class_id"], scale, None, True)[0]
+    b = losses.clip_loss(zp, zt, flow_batch["valid"], flow_batch["class_id"], scale, None, False)[0]
     assert abs(float(a) - float(b)) > 1e-4
 
 
-def test_bf16_gradient_scatters_in_float32(real_batch):
+def test_bf16_gradient_scatters_in_float32(flow_batch):
     """The byte-embedding gradient (a scatter-add of every byte position onto 256 rows) is summed in float32 also
     when the tower computes in bfloat16: a bf16 scatter runs on emulated bf16 atomics on GPUs, which made the bf16
     training step 8x slower than float32 on an H200 (benchmarks/model_speed.py)."""
@@ -104,7 +104,7 @@ def test_bf16_gradient_scatters_in_float32(real_batch):
 
     cfg = dict(packets=4, bytes=32, patch_size=8, byte_dim=4, width=16, depth=1, heads=2)
     bf16 = TwoTowers(TwoTowerConfig(packet=PacketTowerConfig(**cfg, dtype=jnp.bfloat16), embed_dim=8))
-    batch = {k: v[:PER_DEV] for k, v in real_batch.items()}
+    batch = {k: v[:PER_DEV] for k, v in flow_batch.items()}
     params = bf16.init(jax.random.PRNGKey(0), batch, text_features=batch["text"])["params"]
     grad = jax.jit(jax.grad(lambda p: _loss(bf16, p, batch, "clip", None)))
     # The lowered program, before a backend rewrites it (XLA:CPU widens bf16 scatters itself, XLA:GPU does not).
@@ -120,7 +120,7 @@ def test_bf16_gradient_scatters_in_float32(real_batch):
     assert leaves and all(np.isfinite(np.asarray(g, np.float32)).all() for g in leaves)
 
 
-def test_size_table_reads_exact_packet_sizes(real_batch):
+def test_size_table_reads_exact_packet_sizes(flow_batch):
     """`size_embed_dim` (off by default; docs/model.md, "What was tried"): a learned row per exact packet size,
     padding = row 0 and sizes past MAX_EMBEDDED_SIZE sharing the last row; the loss still trains through it."""
     from pclip_jax.models.packet_tower import MAX_EMBEDDED_SIZE
@@ -128,7 +128,7 @@ def test_size_table_reads_exact_packet_sizes(real_batch):
     cfg = dict(packets=4, bytes=32, patch_size=8, byte_dim=4, width=16, depth=1, heads=2)
     plain = TwoTowers(TwoTowerConfig(packet=PacketTowerConfig(**cfg), embed_dim=8))
     sized = TwoTowers(TwoTowerConfig(packet=PacketTowerConfig(**cfg, size_embed_dim=3), embed_dim=8))
-    batch = {k: v[:PER_DEV] for k, v in real_batch.items()}
+    batch = {k: v[:PER_DEV] for k, v in flow_batch.items()}
     p_plain = plain.init(jax.random.PRNGKey(0), batch, text_features=batch["text"])["params"]
     p_sized = sized.init(jax.random.PRNGKey(0), batch, text_features=batch["text"])["params"]
     table = p_sized["packet_tower"]["size_embed"]["embedding"]

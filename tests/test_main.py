@@ -1,4 +1,5 @@
-"""The whole job on real captures with the tiny test config: results.json, plots, metrics, evaluate CLI."""
+"""The whole job on captures (real, or their stand-ins) with the tiny test config: results.json, plots, metrics,
+evaluate CLI."""
 import json
 
 import numpy as np
@@ -15,8 +16,8 @@ EVAL_CAPTURES = ["wireguard.pcap", "tls_verylong_certificate.pcap", "nintendo.pc
 
 
 @pytest.fixture(scope="module")
-def workdir(real_ndpi_dir, real_minilm_dir, tmp_path_factory):
-    config = _config(real_ndpi_dir, real_minilm_dir, 6)
+def workdir(ndpi_dir, minilm_dir, tmp_path_factory):
+    config = _config(ndpi_dir, minilm_dir, 6)
     wd = tmp_path_factory.mktemp("main_job")
     results = job.train_and_evaluate(config, str(wd))
     return wd, results
@@ -60,11 +61,11 @@ def test_results_json_has_the_promised_blocks(workdir):
     assert on_disk["data"]["train_captures"] > 0 and on_disk["data"]["test_captures"] > 0
 
 
-def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, real_ndpi_dir, tmp_path):
+def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, ndpi_dir, tmp_path):
     wd, _ = workdir
-    inputs = [str(real_ndpi_dir / "pcap" / c) for c in EVAL_CAPTURES if (real_ndpi_dir / "pcap" / c).is_file()]
+    inputs = [str(ndpi_dir / "pcap" / c) for c in EVAL_CAPTURES if (ndpi_dir / "pcap" / c).is_file()]
     out = tmp_path / "metrics.json"
-    assert evaluate.main(["--workdir", str(wd), *inputs, "--labels", f"ndpi:{real_ndpi_dir / 'result'}",
+    assert evaluate.main(["--workdir", str(wd), *inputs, "--labels", f"ndpi:{ndpi_dir / 'result'}",
                           "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())
     known = set(json.loads((wd / "model_info.json").read_text())["class_names"])
@@ -77,9 +78,9 @@ def test_evaluate_cli_on_other_captures_reports_unknown_classes(workdir, real_nd
     assert {"level1", "level2", "hierarchical_accuracy"} <= set(metrics["gnn"])
 
 
-def test_nan_guard_names_the_step(real_ndpi_dir, real_minilm_dir, tmp_path):
+def test_nan_guard_names_the_step(ndpi_dir, minilm_dir, tmp_path):
     """A flow whose timing is NaN (e.g. a broken capture clock) makes the loss NaN: training stops and says when."""
-    settings = from_config(_config(real_ndpi_dir, real_minilm_dir, 4))
+    settings = from_config(_config(ndpi_dir, minilm_dir, 4))
     prepared = experiment.prepare_experiment(settings, tmp_path / "cache")
     texts = train.build_train_texts(prepared, settings, embedding.text_featurizer(settings), None)
     prepared.table.tensors["iat"] = np.full_like(prepared.table.tensors["iat"], np.nan)
@@ -100,11 +101,12 @@ def test_capture_splits_benchmark_reads_the_results_it_summarises(workdir):
     spec.loader.exec_module(bench)
     _, results = workdir
     row = bench.split_row(results)
-    assert row["linear probe"]["all"] == results["test"]["mauc"]
-    assert row["zero-shot"]["novel apps"] == \
-        results["zero_shot"]["by_application_novelty"]["novel_applications"]["mauc"]
-    assert row["GNN level 1"]["seen apps"] == \
-        results["gnn"]["level1"]["by_application_novelty"]["seen_applications"]["mauc"]
+    # The very numbers (nan where a part of the test flows holds one class, as it can on the small stand-ins).
+    np.testing.assert_equal(row["linear probe"]["all"], results["test"]["mauc"])
+    np.testing.assert_equal(row["zero-shot"]["novel apps"],
+                            results["zero_shot"]["by_application_novelty"]["novel_applications"]["mauc"])
+    np.testing.assert_equal(row["GNN level 1"]["seen apps"],
+                            results["gnn"]["level1"]["by_application_novelty"]["seen_applications"]["mauc"])
     shifted = json.loads(json.dumps(row))
     shifted["linear probe"]["all"] += 0.1
     summary = bench.summarise([{"mauc": row}, {"mauc": shifted}])

@@ -24,8 +24,8 @@ def _losses(workdir):
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-def test_two_processes_equal_one(real_ndpi_dir, real_minilm_dir, tmp_path):
-    config = _config(real_ndpi_dir, real_minilm_dir, 4)
+def test_two_processes_equal_one(ndpi_dir, minilm_dir, tmp_path):
+    config = _config(ndpi_dir, minilm_dir, 4)
     config.train.log_every = 1
     single = tmp_path / "single"
     assert jax.device_count() == 8  # conftest: 8 CPU devices in this process

@@ -1,5 +1,6 @@
-"""The peer suite on real captures: each peer's input view, output shapes, published parameter counts, training
-steps that reduce the loss, and `benchmarks/peers.py` resuming (a finished cell is not recomputed)."""
+"""The peer suite on captures (real, or their stand-ins): each peer's input view, output shapes, published parameter
+counts, training steps that reduce the loss, and `benchmarks/peers.py` resuming (a finished cell is not
+recomputed)."""
 import dataclasses
 import json
 import os
@@ -22,13 +23,13 @@ CAPTURES = ["1kxun.pcap", "zoom.pcap", "443-chrome.pcap", "signal.pcap", "dns-ex
 
 
 @pytest.fixture(scope="module")
-def table(real_ndpi_dir):
-    t = ingest([str(real_ndpi_dir / "pcap" / c) for c in CAPTURES], IngestConfig(bytes=suite.PEER_BYTES), progress=False)
+def table(ndpi_dir):
+    t = ingest([str(ndpi_dir / "pcap" / c) for c in CAPTURES], IngestConfig(bytes=suite.PEER_BYTES), progress=False)
     assert len(t) >= 64
     return t
 
 
-def test_input_views_read_the_real_bytes(table):
+def test_input_views_read_the_packet_bytes(table):
     t, idx = table.tensors, np.arange(len(table))
     tokens, mask = inputs.bigram_tokens(t, idx)
     assert tokens.shape == mask.shape == (len(idx), 128) and (tokens[:, 0] == inputs.SPECIAL["cls"]).all()
@@ -94,7 +95,7 @@ def test_pre_training_reads_the_unlabelled_flows_it_is_given(table):
     assert np.isfinite(more.info["pretrain_loss_last"]) and np.isfinite(more.info["loss_last"])
 
 
-def test_cells_shard_and_resume(real_ndpi_dir, tmp_path):
+def test_cells_shard_and_resume(ndpi_dir, tmp_path):
     cells = suite.make_cells(["ndpi", "iot_sentinel"], ["pclip", "extra_trees"], [0.1, 1.0], [0, 1])
     assert len(cells) == 16 and cells[0] == suite.Cell("ndpi", "pclip", 1.0, 0)
     parts = [suite.shard(cells, f"{i}/3") for i in range(3)]
@@ -113,7 +114,7 @@ def test_cells_shard_and_resume(real_ndpi_dir, tmp_path):
     workdir = tmp_path / "w"
     command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), "--workdir", str(workdir), "--datasets", "ndpi",
                "--models", "extra_trees", "--fractions", "0.1", "--seeds", "0", "--json", str(tmp_path / "rows.json"),
-               "--set", f"data.manual_dir={real_ndpi_dir}", "--set", "data.use_names=false"]
+               "--set", f"data.manual_dir={ndpi_dir}", "--set", "data.use_names=false"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -189,11 +190,11 @@ TINY = ["data.packets=4", "data.bytes=32", "model.width=16", "model.depth=1", "m
         "gnn.num_steps=1", "gnn.batch_size=16", "gnn.model.hidden=16", "gnn.model.num_heads=2", "eval.batch_size=64"]
 
 
-def test_hybrid_cell_adds_the_tower_embedding_to_the_tree_features(real_ndpi_dir, real_minilm_dir, tmp_path):
+def test_hybrid_cell_adds_the_tower_embedding_to_the_tree_features(ndpi_dir, minilm_dir, tmp_path):
     """pclip_trees: ExtraTrees on the tree features plus the embedding of the pclip cell's towers (trained in that
     cell's workdir). With the same seed and features, plain extra_trees must give other predictions: the
     embedding is really there."""
-    overrides = [*TINY, f"data.manual_dir={real_ndpi_dir}", f"text.encoder={real_minilm_dir}"]
+    overrides = [*TINY, f"data.manual_dir={ndpi_dir}", f"text.encoder={minilm_dir}"]
     cell = suite.Cell("ndpi", "pclip_trees", 0.3, 0)
     [row] = suite.run_cell(cell, tmp_path, overrides, progress=False)
     assert row["model"] == "pclip_trees" and 0.5 < row["mauc"] <= 1 and row["tree_nodes"] > 0

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from pclip_jax.data import splits
+from tests.job_configs import folder_job_config
 
 
 def test_validation_without_two_classes_is_repaired_or_folded():
@@ -29,31 +29,6 @@ def test_validation_without_two_classes_is_repaired_or_folded():
     assert note is None and list(val) == [2, 3]
 
 
-@pytest.fixture(scope="module")
-def iot_dir(real_ndpi_dir):
-    root = real_ndpi_dir.parent / "iot_sentinel"
-    if not root.is_dir():
-        pytest.skip(f"IoT Sentinel captures not found at {root}")
-    return root
-
-
-def _folder_job_config(folder, minilm_dir):
-    from configs import folder as folder_config
-    from configs import test as test_config
-
-    config = folder_config.get_config()
-    tiny = test_config.get_config()
-    for section in ("model", "train", "eval", "gnn"):
-        for key, value in tiny[section].items():
-            if key not in ("kg", "mission"):
-                config[section][key] = value
-    config.data.packets, config.data.bytes, config.data.min_class_flows = 4, 32, 3
-    config.data.inputs = (str(folder),)
-    config.text.encoder, config.text.max_len, config.text.variants_per_flow = str(minilm_dir), 32, 1
-    config.train.num_steps = config.gnn.num_steps = 2
-    return config
-
-
 def test_folder_dataset_whose_validation_holds_one_class_completes(iot_dir, minilm_dir, tmp_path):
     """The reported failure: a class with many captures, one with two, one with one. The inner split puts only the
     first class in validation; before, every validation mAUC was nan and the job died after pre-training. Now the
@@ -64,7 +39,7 @@ def test_folder_dataset_whose_validation_holds_one_class_completes(iot_dir, mini
         for c in sorted((iot_dir / device).glob("*.pcap"))[:n]:
             shutil.copy(c, folder / device / c.name)
     results = __import__("pclip_jax.job", fromlist=["job"]).train_and_evaluate(
-        _folder_job_config(folder, minilm_dir), str(tmp_path / "wd"))
+        folder_job_config([folder], minilm_dir), str(tmp_path / "wd"))
     notes = results["data"]["split_notes"]
     assert len(notes) == 1 and "validation" in notes[0]
     assert results["test"]["mauc"] == results["test"]["mauc"]  # a number, not nan

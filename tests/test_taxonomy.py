@@ -1,34 +1,25 @@
-"""Open taxonomy on real captures: classes from the graph or the raw labels, a graph built from the labels, the
-whole job on a folder dataset, time splits."""
+"""Open taxonomy on captures (real, or their stand-ins): classes from the graph or the raw labels, a graph built
+from the labels, the whole job on a folder dataset, time splits."""
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from configs import folder as folder_config
-from configs import test as test_config
 from pclip_jax import job
 from pclip_jax.data import splits, taxonomy
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.data.labels import attach_labels
 from pclip_jax.graph.from_labels import graph_from_labels
 from pclip_jax.graph.schema import load_kg, shipped_kg_path
+from tests.job_configs import folder_job_config
 
 IOT = ["HueBridge", "D-LinkSiren", "EdimaxPlug1101W"]
 
 
 @pytest.fixture(scope="module")
-def iot_dir(real_ndpi_dir):
-    root = real_ndpi_dir.parent / "iot_sentinel"
-    if not root.is_dir():
-        pytest.skip(f"IoT Sentinel captures not found at {root}")
-    return root
-
-
-@pytest.fixture(scope="module")
 def device_folder(iot_dir, tmp_path_factory):
-    """A small folder dataset built from real IoT Sentinel captures: three devices, four setups each."""
+    """A small folder dataset built from IoT Sentinel captures: three devices, four setups each."""
     root = tmp_path_factory.mktemp("devices")
     for device in IOT:
         (root / device).mkdir()
@@ -59,9 +50,9 @@ def test_graph_names_the_device_and_its_type(device_folder):
         taxonomy.resolve_levels(table, "graph", None)
 
 
-def test_ndpi_labels_keep_the_label_hierarchy(real_ndpi_dir):
-    table = attach_labels(ingest([str(real_ndpi_dir / "pcap" / "signal.pcap")], IngestConfig(), progress=False),
-                          f"ndpi:{real_ndpi_dir / 'result'}", progress=False)
+def test_ndpi_labels_keep_the_label_hierarchy(ndpi_dir):
+    table = attach_labels(ingest([str(ndpi_dir / "pcap" / "signal.pcap")], IngestConfig(), progress=False),
+                          f"ndpi:{ndpi_dir / 'result'}", progress=False)
     resolved, report = taxonomy.resolve_levels(table, "auto", load_kg(shipped_kg_path("ndpi")))
     assert report["source"] == "hierarchy"
     np.testing.assert_array_equal(resolved.meta["level1"], table.meta["level1"])
@@ -81,17 +72,8 @@ def test_graph_from_labels_uses_training_flows_only(device_folder):
         kg.node(kg.level_ids(1)[0]).descriptions
 
 
-def test_folder_dataset_end_to_end_with_a_generated_graph(device_folder, real_minilm_dir, tmp_path):
-    config = folder_config.get_config()
-    tiny = test_config.get_config()
-    for section in ("model", "train", "eval", "gnn"):  # the tiny sizes of the test config
-        for key, value in tiny[section].items():
-            if key not in ("kg", "mission"):
-                config[section][key] = value
-    config.data.packets, config.data.bytes, config.data.min_class_flows = 4, 32, 3
-    config.data.inputs = (str(device_folder),)
-    config.text.encoder, config.text.max_len, config.text.variants_per_flow = str(real_minilm_dir), 32, 1
-    config.train.num_steps = config.gnn.num_steps = 2
+def test_folder_dataset_end_to_end_with_a_generated_graph(device_folder, minilm_dir, tmp_path):
+    config = folder_job_config([device_folder], minilm_dir)
     wd = tmp_path / "wd"
     results = job.train_and_evaluate(config, str(wd))
     kg = load_kg(wd / "kg.yaml")
@@ -106,8 +88,8 @@ def test_folder_dataset_end_to_end_with_a_generated_graph(device_folder, real_mi
     assert set(split["train"]).isdisjoint(split["test"]) and len(split["test"]) == results["data"]["test_captures"]
 
 
-def test_time_split_never_shares_a_flow_or_a_moment(real_ndpi_dir):
-    table = ingest([str(real_ndpi_dir / "pcap" / c) for c in ("1kxun.pcap", "zoom.pcap", "443-chrome.pcap")], IngestConfig(),
+def test_time_split_never_shares_a_flow_or_a_moment(ndpi_dir):
+    table = ingest([str(ndpi_dir / "pcap" / c) for c in ("1kxun.pcap", "zoom.pcap", "443-chrome.pcap")], IngestConfig(),
                    progress=False)
     part = splits.split_by_time(table, test_fraction=0.3)
     train, test = part["train"], part["test"]
@@ -124,23 +106,14 @@ NDPI_MIX = ["1kxun.pcap", "zoom.pcap", "443-chrome.pcap", "signal.pcap", "whatsa
             "wireguard.pcap", "netflix.pcap", "dns-exf.pcap"]
 
 
-def test_mixed_corpus_pretrains_on_all_sources_and_evaluates_each(device_folder, real_ndpi_dir, real_minilm_dir, tmp_path):
+def test_mixed_corpus_pretrains_on_all_sources_and_evaluates_each(device_folder, ndpi_dir, minilm_dir, tmp_path):
     """nDPI captures labelled by their result files and a device folder labelled by folder names in one run: one
     pre-training corpus, a capture split within each source, an evaluation per source among its own classes."""
     pcaps = tmp_path / "ndpi" / "pcap"
     pcaps.mkdir(parents=True)
     for name in NDPI_MIX:
-        (pcaps / name).symlink_to(real_ndpi_dir / "pcap" / name)
-    config = folder_config.get_config()
-    tiny = test_config.get_config()
-    for section in ("model", "train", "eval", "gnn"):
-        for key, value in tiny[section].items():
-            if key not in ("kg", "mission"):
-                config[section][key] = value
-    config.data.packets, config.data.bytes, config.data.min_class_flows = 4, 32, 3
-    config.data.inputs = (f"{pcaps}=ndpi:{real_ndpi_dir / 'result'}", f"{device_folder}=folder")
-    config.text.encoder, config.text.max_len, config.text.variants_per_flow = str(real_minilm_dir), 32, 1
-    config.train.num_steps = config.gnn.num_steps = 2
+        (pcaps / name).symlink_to(ndpi_dir / "pcap" / name)
+    config = folder_job_config([f"{pcaps}=ndpi:{ndpi_dir / 'result'}", f"{device_folder}=folder"], minilm_dir)
     wd = tmp_path / "wd"
     results = job.train_and_evaluate(config, str(wd))
     taxonomy_report = results["data"]["taxonomy"]
@@ -166,4 +139,4 @@ def test_mixed_corpus_pretrains_on_all_sources_and_evaluates_each(device_folder,
     # Source paths and their label targets are stored absolute, so the workdir works from anywhere; absolute ones
     # as given (not resolved: ../shared may be a symbolic link, tests/test_settings_paths.py).
     stored = json.loads((wd / "config.json").read_text())["data"]["inputs"]
-    assert stored[0] == f"{pcaps}=ndpi:{real_ndpi_dir / 'result'}"
+    assert stored[0] == f"{pcaps}=ndpi:{ndpi_dir / 'result'}"

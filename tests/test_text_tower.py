@@ -1,4 +1,5 @@
-"""Text tower: reproduces sentence-transformers' all-MiniLM-L6-v2 embeddings from the real weights."""
+"""Text tower: reproduces sentence-transformers' all-MiniLM-L6-v2 embeddings from the real weights; a small encoder
+from scratch and the errors also with the stand-in encoder."""
 import json
 
 import chex
@@ -98,11 +99,11 @@ def test_bf16_compute_and_unnormalised_output(minilm, reference):
     np.testing.assert_allclose(raw / norms[:, None], e32, atol=1e-5)
 
 
-def test_small_config_from_scratch(real_minilm_dir):
+def test_small_config_from_scratch(minilm_dir):
     cfg = BertConfig.small()
     assert (cfg.hidden_size, cfg.num_hidden_layers) == (128, 2)
-    module, params, tok = init_text_encoder(jax.random.PRNGKey(0), cfg, real_minilm_dir)
-    # Same tokenizer as MiniLM; the word embeddings dominate the count.
+    module, params, tok = init_text_encoder(jax.random.PRNGKey(0), cfg, minilm_dir)
+    # MiniLM's vocabulary size (BertConfig.small's, whatever the tokenizer); the word embeddings dominate the count.
     assert 3.9e6 < count_params(params) < 4.5e6
     texts = ["bursty TCP download", "steady small UDP packets both ways", ""]
     b = tok.encode(texts, max_len=16)
@@ -139,7 +140,7 @@ def test_small_config_from_scratch(real_minilm_dir):
         BertConfig.small(hidden_size=130, num_attention_heads=4)
 
 
-def test_clear_errors(real_minilm_dir, tmp_path):
+def test_clear_errors(minilm_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no/such/dir"):
         load_text_encoder(tmp_path / "no/such/dir")
     # A repo id with no network and no cache: says offline, names the repo.
@@ -150,13 +151,14 @@ def test_clear_errors(real_minilm_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("model.safetensors", "tokenizer.json", "sentence_bert_config.json"):
-        (bad / name).symlink_to(real_minilm_dir / name)
-    config = json.loads((real_minilm_dir / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=7)))
-    with pytest.raises(KeyError, match="encoder.layer.6"):
+        (bad / name).symlink_to(minilm_dir / name)
+    config = json.loads((minilm_dir / "config.json").read_text())
+    layers = config["num_hidden_layers"]  # 6 in MiniLM
+    (bad / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=layers + 1)))
+    with pytest.raises(KeyError, match=f"encoder.layer.{layers}"):
         load_text_encoder(bad)
     (bad / "config.json").write_text(json.dumps(dict(config, intermediate_size=1024)))
-    with pytest.raises(ValueError, match="intermediate.dense.weight.*1536"):
+    with pytest.raises(ValueError, match=f"intermediate.dense.weight.*{config['intermediate_size']}"):
         load_text_encoder(bad)
     (bad / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json: invalid JSON"):

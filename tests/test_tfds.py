@@ -1,4 +1,5 @@
-"""TFDS builders on real nDPI captures: array_record written and read back without TensorFlow."""
+"""TFDS builders on nDPI captures (the real ones or their stand-ins): array_record written and read back without
+TensorFlow."""
 import importlib.util
 import pathlib
 import sys
@@ -8,29 +9,29 @@ import pytest
 
 from pclip_jax.data import input_pipeline, labels, tfds_builders
 
-# Eleven small real captures (pcap and pcapng) with their nDPI outputs: two or more per class for Game, Database,
+# Eleven small captures (pcap and pcapng) with their nDPI outputs: two or more per class for Game, Database,
 # Email, IoT/Industrial and Chat, so the stratified split puts every one of those classes on both sides.
 CAPTURES = ["wow.pcap", "steam.pcapng", "crynet.pcap", "pgsql.pcap", "mongodb.pcap", "pop3.pcap", "imaps.pcap",
             "iec60780-5-104.pcap", "hislip.pcap", "threema.pcap", "jabber.pcap"]
 K, B = 6, 48
 
 
-def _manual_dir(root: pathlib.Path, real_ndpi_dir: pathlib.Path, layout: str) -> pathlib.Path:
+def _manual_dir(root: pathlib.Path, ndpi_dir: pathlib.Path, layout: str) -> pathlib.Path:
     base = root / ("tests/cfgs/default" if layout == "source" else "")
     (base / "pcap").mkdir(parents=True)
     (base / "result").mkdir()
     for name in CAPTURES:
-        (base / "pcap" / name).symlink_to(real_ndpi_dir / "pcap" / name)
-        (base / "result" / f"{name}.out").symlink_to(real_ndpi_dir / "result" / f"{name}.out")
+        (base / "pcap" / name).symlink_to(ndpi_dir / "pcap" / name)
+        (base / "result" / f"{name}.out").symlink_to(ndpi_dir / "result" / f"{name}.out")
     return root
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, real_ndpi_dir):
-    missing = [c for c in CAPTURES if not (real_ndpi_dir / "pcap" / c).is_file()]
-    assert not missing, f"test captures missing from {real_ndpi_dir}: {missing}"
+def built(tmp_path_factory, ndpi_dir):
+    missing = [c for c in CAPTURES if not (ndpi_dir / "pcap" / c).is_file()]
+    assert not missing, f"test captures missing from {ndpi_dir}: {missing}"
     tmp = tmp_path_factory.mktemp("tfds")
-    manual = _manual_dir(tmp / "manual", real_ndpi_dir, "flat")
+    manual = _manual_dir(tmp / "manual", ndpi_dir, "flat")
     config = tfds_builders.TrafficConfig(name="k6_b48", packets=K, bytes=B)
     builder = tfds_builders.build("ndpi_traffic", tmp / "data", manual_dir=manual, config=config)
     return builder, tmp
@@ -106,9 +107,9 @@ def test_splits_disjoint_by_capture_and_metadata(built):
     assert again.info.splits["train"].num_examples == len(train["capture"])
 
 
-def test_source_layout_and_bad_manual_dir(tmp_path, real_ndpi_dir):
+def test_source_layout_and_bad_manual_dir(tmp_path, ndpi_dir):
     # The nDPI source-tree layout is found; a manual dir without captures is a clear error.
-    manual = _manual_dir(tmp_path / "src", real_ndpi_dir, "source")
+    manual = _manual_dir(tmp_path / "src", ndpi_dir, "source")
     assert tfds_builders._find_capture_root(manual)[0] == manual / "tests/cfgs/default/pcap"
     (tmp_path / "empty").mkdir()
     builder = tfds_builders.NdpiTraffic(data_dir=str(tmp_path / "data"), config="k16_b128",
@@ -123,14 +124,14 @@ def test_source_layout_and_bad_manual_dir(tmp_path, real_ndpi_dir):
                                      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "empty")))
 
 
-def test_pcap_folder_builder(tmp_path, real_ndpi_dir):
-    # Class folders of real captures; the folder name is the class, the split keeps captures whole.
+def test_pcap_folder_builder(tmp_path, ndpi_dir):
+    # Class folders of captures; the folder name is the class, the split keeps captures whole.
     layout = {"Game": ["wow.pcap", "steam.pcapng", "crynet.pcap"], "Database": ["pgsql.pcap", "mongodb.pcap"],
               "Email": ["pop3.pcap", "imaps.pcap"]}
     for folder, names in layout.items():
         (tmp_path / "manual" / folder).mkdir(parents=True)
         for n in names:
-            (tmp_path / "manual" / folder / n).symlink_to(real_ndpi_dir / "pcap" / n)
+            (tmp_path / "manual" / folder / n).symlink_to(ndpi_dir / "pcap" / n)
     config = tfds_builders.TrafficConfig(name="folder_k4_b32", labels="folder", packets=4, bytes=32, min_packets=2)
     builder = tfds_builders.build("pcap_folder", tmp_path / "data", manual_dir=tmp_path / "manual", config=config)
     sources = builder.as_data_source()
@@ -146,12 +147,10 @@ def test_pcap_folder_builder(tmp_path, real_ndpi_dir):
     assert {c.split("/")[0] for c in seen["test"]} == set(layout)  # each class on the test side too
 
 
-def test_iot_sentinel_builder_names_type_and_device(tmp_path, real_ndpi_dir):
-    """Offline: a manual dir with one folder per device (symlinks to real IoT Sentinel setups); level 1 is the
-    device type from the shipped graph, level 2 the device, and the split keeps captures whole."""
-    iot = real_ndpi_dir.parent / "iot_sentinel"
-    if not iot.is_dir():
-        pytest.skip(f"IoT Sentinel captures not found at {iot}")
+def test_iot_sentinel_builder_names_type_and_device(tmp_path, iot_dir):
+    """Offline: a manual dir with one folder per device (symlinks to IoT Sentinel setups); level 1 is the device
+    type from the shipped graph, level 2 the device, and the split keeps captures whole."""
+    iot = iot_dir
     for device in ("HueBridge", "D-LinkSiren"):
         (tmp_path / "manual" / device).mkdir(parents=True)
         for capture in sorted((iot / device).glob("*.pcap"))[:4]:
@@ -167,7 +166,7 @@ def test_iot_sentinel_builder_names_type_and_device(tmp_path, real_ndpi_dir):
             {("HueBridge", "Lighting"), ("D-LinkSiren", "Sensor")}
 
 
-def test_beam_build_equals_single_process(tmp_path, real_ndpi_dir):
+def test_beam_build_equals_single_process(tmp_path, ndpi_dir):
     # `python -m pclip_jax.data.build`: the Apache Beam pipeline (DirectRunner, 2 worker processes) writes the
     # same examples and metadata as the single-process build of the same captures.
     pytest.importorskip("apache_beam")
@@ -175,7 +174,7 @@ def test_beam_build_equals_single_process(tmp_path, real_ndpi_dir):
 
     from pclip_jax.data import build
 
-    manual = _manual_dir(tmp_path / "manual", real_ndpi_dir, "flat")
+    manual = _manual_dir(tmp_path / "manual", ndpi_dir, "flat")
     common = ["ndpi_traffic", "--manual_dir", str(manual), "--config", "k16_b128"]
     single = build.run([*common, "--data_dir", str(tmp_path / "single")])
     beam = build.run([*common, "--data_dir", str(tmp_path / "beam"), "--beam_runner", "DirectRunner",
