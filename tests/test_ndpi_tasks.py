@@ -78,14 +78,19 @@ def _assignment(table, split):
 
 # ------------------------------------------------------------------------------------------------ hand-built
 
+def _hand_built_by_application():
+    """The hand-built table and {application: the captures it dominates}."""
+    table = _hand_built()
+    captures_of = collections.defaultdict(set)
+    for c, a in splits.capture_classes(table, "level2").items():
+        captures_of[a].add(c)
+    return table, captures_of
+
+
 
 @pytest.mark.parametrize("validation", [0.0, 0.3])
 def test_seen_applications_on_a_hand_built_table(validation):
-    table = _hand_built()
-    dominant = splits.capture_classes(table, "level2")
-    captures_of = collections.defaultdict(set)
-    for c, a in dominant.items():
-        captures_of[a].add(c)
+    table, captures_of = _hand_built_by_application()
     apps, caps = table.meta["level2"], table.meta["capture"]
     assignments = set()
     for seed in SEEDS:
@@ -128,11 +133,7 @@ def test_seen_applications_on_a_hand_built_table(validation):
 
 @pytest.mark.parametrize("validation", [0.0, 0.3])
 def test_novel_applications_on_a_hand_built_table(validation):
-    table = _hand_built()
-    dominant = splits.capture_classes(table, "level2")
-    captures_of = collections.defaultdict(set)
-    for c, a in dominant.items():
-        captures_of[a].add(c)
+    table, captures_of = _hand_built_by_application()
     apps, caps = table.meta["level2"], table.meta["capture"]
     assignments = set()
     for seed in SEEDS:
