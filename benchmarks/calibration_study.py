@@ -82,8 +82,9 @@ def main(argv=None) -> int:
             ood = "-" if a["ood_score"] is None else f"{a['ood_score']:.3f}"
             k = calibration.KNN_K
             knn = f", {k}-NN similarity {a[f'knn{k}_similarity']:.3f}" if f"knn{k}_similarity" in a else ""
+            text = f", class-text similarity {a['text_similarity']:.3f}" if "text_similarity" in a else ""
             print(f"  unseen-application flows found by: OOD score AUROC {ood}, top probability "
-                  f"{a['top_probability']:.3f}{knn}")
+                  f"{a['top_probability']:.3f}{knn}{text}")
         if "fitted_embeddings" in r:
             f = r["fitted_embeddings"]
             print(f"  probe on the tower's embeddings: accuracy on held-out training captures "

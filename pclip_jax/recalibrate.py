@@ -2,7 +2,8 @@
 
     python -m pclip_jax.recalibrate --workdir W
 
-For workdirs calibrated by an older pclip_jax: the temperatures, the OOD threshold, the low-confidence threshold
+For workdirs calibrated by an older pclip_jax: the temperatures, the OOD score's training bank and threshold, the
+low-confidence threshold
 and the prediction sets' calibration scores are fitted again on the workdir's validation captures
 (`kg.pipeline.calibrate`), WORKDIR/gnn/calibration.json is rewritten and results.json's `gnn` block gets the test
 captures' figures (`gnn.trust`). Needs the run's embeddings.npz (runs since 2026-12-05).
@@ -44,7 +45,8 @@ def recalibrate(workdir: str | pathlib.Path) -> dict:
     test_pred = train_gnn.predict_arrays(clf.gnn_train_config, clf.gnn_params, embeddings["test"][keep], clf.kg)
     block = results["gnn"]
     block["calibration_fit"] = pipeline.calibrate(clf.gnn_train_config, clf.gnn_params, clf.kg, prepared, level1, level2,
-                                         embeddings["validation"], wd, te[keep], test_pred, embeddings["test"][keep])
+                                         embeddings["validation"], wd, te[keep], test_pred, embeddings["test"][keep],
+                                         embeddings.get("train"))
     for level in ("level1", "level2"):
         if block["calibration_fit"].get(f"test_ece_{level}_calibrated") is not None:
             block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")

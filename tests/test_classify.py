@@ -143,6 +143,14 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     calibrated = np.array([r["level1"]["calibrated_probability"] for r in recs])
     ood = np.array([r["out_of_distribution"] for r in recs])
     assert ((0 < calibrated) & (calibrated <= 1)).all() and ood.dtype == bool
+    # The OOD score: the mean cosine similarity to the 5 nearest training flows of the bank stored beside the GNN
+    # (training embeddings, unit rows); the flag is the score below the validation captures' 5 % quantile.
+    assert calibration["ood_score"] == "knn" and calibration["ood_k"] == 5
+    bank = np.load(wd / "gnn" / "ood_bank.npz")["embeddings"]
+    np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, atol=1e-5)
+    score = np.array([r["ood_score"] for r in recs])
+    assert ((-1 <= score) & (score <= 1)).all()
+    np.testing.assert_array_equal(ood, score < calibration["ood_threshold"])
     selective = calibration["selective"]
     assert selective["score"] == "calibrated level-1 probability" and 0 < selective["threshold"] <= 1
     np.testing.assert_array_equal(low, calibrated < selective["threshold"])
@@ -378,6 +386,7 @@ def _compare(onnx_recs, jax_recs, tolerance=1e-4):
         assert (a["capture"], a["flow_id"]) == (b["capture"], b["flow_id"])
         assert a["low_confidence"] == b["low_confidence"] and a["out_of_distribution"] == b["out_of_distribution"]
         assert a["too_short"] == b["too_short"]
+        worst = max(worst, abs(a["ood_score"] - b["ood_score"]))
         # The same prediction sets; the order of classes whose probabilities tie within the tolerance may differ.
         pa, pb = a["prediction_set"], b["prediction_set"]
         assert pa["coverage"] == pb["coverage"] and sorted(pa["level1"]) == sorted(pb["level1"])
@@ -409,7 +418,7 @@ def test_onnx_export_scores_both_levels_as_jax_does(workdir, exported, ndpi_dir,
     wd, config = workdir
     out, manifest = exported
     assert set(manifest["files"]) >= {"packet_tower.onnx", "detection.onnx", "explain.json", "config.json",
-                                      "node_text.npy"}
+                                      "node_text.npy", "ood_bank.npy"}
     assert all((out / n).stat().st_size == f["bytes"] for n, f in manifest["files"].items())
     assert max(manifest["parity_max_abs_diff"].values()) <= 1e-4
     target = str(ndpi_dir / "pcap" / TARGET)

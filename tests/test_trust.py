@@ -3,6 +3,7 @@ meaning, and conformal prediction sets calibrated on some captures and measured 
 import numpy as np
 import pytest
 
+from pclip_jax.plumbing import metrics as metrics_lib
 from pclip_jax.training import calibration as cal
 
 
@@ -132,3 +133,37 @@ def test_conformal_sets_cover_a_held_out_capture_fold_on_real_captures(fitted):
     q = cal.conformal_threshold(cal.conformal_scores(proba[c], y[c]), 0.9, captures[c], chosen)
     got = cal.set_report(cal.prediction_sets(proba[t], q), y[t], 0.9)
     assert abs(got["coverage"] - 0.9) <= 0.03, got
+
+
+def test_nearest_neighbour_ood_score_flags_a_cluster_training_never_saw():
+    """The OOD bank keeps at most OOD_BANK_MAX unit training rows; calibration with a bank records the
+    nearest-neighbour score, its threshold flags about OOD_QUANTILE of validation flows, and flows from a region
+    no training flow occupies score lower than the validation flows (AUROC near 1). A calibration.json without
+    `ood_score` (older workdirs) keeps the class-text similarity."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    def around(c, n):
+        return centres[c][None] + 0.3 * rng.normal(size=(n, 16))
+    train = np.concatenate([around(c, 300) for c in range(3)])
+    bank = cal.ood_bank(train, max_rows=500)
+    assert bank.shape == (500, 16) and bank.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bank, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(cal.ood_bank(train, max_rows=500), bank)  # seeded
+    val = np.concatenate([around(c, 100) for c in range(3)])
+    novel = around(3, 100)
+    texts = rng.normal(size=(5, 16))
+    prob = np.full((len(val), 3), 1 / 3)
+    y = np.repeat(np.arange(3), 100)
+    fitted = cal.fit(prob, y, z=val, node_text=texts, bank=bank)
+    assert fitted["ood_score"] == "knn" and fitted["ood_k"] == cal.OOD_K
+    val_scores = cal.flow_ood_scores(val, fitted, texts, bank)
+    np.testing.assert_allclose(val_scores, cal.knn_similarity(val, bank, cal.OOD_K))
+    assert abs((val_scores < fitted["ood_threshold"]).mean() - cal.OOD_QUANTILE) <= 0.01
+    novel_scores = cal.flow_ood_scores(novel, fitted, texts, bank)
+    positive = np.r_[np.zeros(len(val)), np.ones(len(novel))]
+    assert metrics_lib.binary_auroc(positive, -np.r_[val_scores, novel_scores]) > 0.95
+    assert (novel_scores < fitted["ood_threshold"]).mean() > 0.9
+    assert metrics_lib.binary_auroc(np.zeros(3), np.arange(3.0)) is None
+    older = {k: v for k, v in fitted.items() if k not in ("ood_score", "ood_k")}
+    np.testing.assert_allclose(cal.flow_ood_scores(novel, older, texts, bank), cal.ood_scores(novel, texts))
+    assert cal.flow_ood_scores(novel, fitted, texts, None) is None

@@ -12,7 +12,7 @@ application in a new capture vs. generalising a class to a new application).
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +32,17 @@ def calibration(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> 
     ece = float((count * np.abs(conf - acc)).sum() / max(count.sum(), 1))
     return {"ece": ece, "confidence": conf.round(4).tolist(), "accuracy": acc.round(4).tolist(),
             "count": count.astype(int).tolist()}
+
+
+def binary_auroc(positive: np.ndarray, score: np.ndarray) -> Optional[float]:
+    """AUROC of `score` (higher = more likely positive) for the `positive` flows against the rest; None when one
+    side is empty."""
+    from sklearn import metrics as skm  # on use, as classification_report
+
+    positive = np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        return None
+    return float(skm.roc_auc_score(positive, np.asarray(score, np.float64)))
 
 
 def classification_report(y_true: np.ndarray, scores: np.ndarray, class_names: Sequence[str]) -> dict:

@@ -21,7 +21,9 @@ config's `data.min_packets` is marked `"too_short": true` (the figures below hol
 calibrated level-1 probability is below the threshold fitted on the validation captures is marked
 `"low_confidence": true`: the threshold is the lowest at which the validation flows kept were right at least 80 %
 of the time (`training.calibration.selective_threshold`; the accuracy measured on test captures is in results.json's
-`gnn.trust`). `"out_of_distribution"` is its own field (embedding far from every class text). `"prediction_set"`
+`gnn.trust`). `"out_of_distribution"` is its own field: `"ood_score"` (the embedding's mean cosine similarity to its 5
+nearest training flows; the class-text similarity for workdirs calibrated before 2026-12-07) below the validation
+captures' 5 % quantile (docs/trust.md, "Out of mission"). `"prediction_set"`
 gives, per level, the classes that hold the true one with probability `--coverage` (default 0.9): conformal sets
 calibrated on the validation captures (split conformal, or capture-weighted when the validation captures say it
 holds better on held-out captures: `calibration.choose_conformal_method`). Each flow goes through the packet tower (projected
@@ -30,6 +32,7 @@ mission when one is given (a name from the graph's `missions:` or a free-text st
 
 One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port`, `server_ip`, `server_port`,
 `vlan`, `first_ts`, `last_ts`, packet/byte counts per direction, `too_short`, `low_confidence`, `out_of_distribution`,
+`ood_score`,
 `prediction_set` (`coverage`, `level1` and `level2` lists of node ids, most likely first), `level1` /
 `level2` (predicted node `id`, `name`, `probability`, `calibrated_probability`; level 2 also
 `conditional_probability` given the class, null when the chosen class has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
@@ -110,11 +113,12 @@ class Engine:
     settings: Settings
     info: ExplainInfo
     calibration: Optional[dict]
-    node_text: np.ndarray          # class and application text embeddings (OOD score)
+    node_text: np.ndarray          # class and application text embeddings (OOD score of older workdirs)
     embed: Callable
     detect: Callable
     load_seconds: float
     names: Optional[NameEncoder] = None   # server-name vectors; None: from the settings' text encoder
+    ood_bank: Optional[np.ndarray] = None  # training embeddings of the nearest-neighbour OOD score
 
     @property
     def min_packets(self) -> int:
@@ -137,7 +141,7 @@ def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
         embed=lambda tensors, idx: embed_flows(clf.embed_fn, clf.replicated_params, tensors, idx,
                                                clf.settings.eval.batch_size)[1],
         detect=lambda z: detection_arrays(clf.gnn_config, clf.gnn_params, clf.kg, z, batch, fn=fn),
-        load_seconds=clf.load_seconds)
+        load_seconds=clf.load_seconds, ood_bank=clf.ood_bank)
 
 
 def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> Engine:
@@ -152,7 +156,7 @@ def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> E
                          "is part of its detection model; export again with --mission")
     return Engine(backend="onnx", settings=model.settings, info=model.info, calibration=model.calibration,
                   node_text=model.node_text, embed=model.embed, detect=model.detect,
-                  load_seconds=time.perf_counter() - t0, names=model.names)
+                  load_seconds=time.perf_counter() - t0, names=model.names, ood_bank=model.ood_bank)
 
 
 def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, top_k: int = 3,
@@ -186,10 +190,10 @@ def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, 
     with _gc_paused():
         expls = explanations(arrays, engine.info, facts, top_k, engine.calibration)
     cal = engine.calibration or {}
-    ood = None
+    ood = ood_score = None
     if "ood_threshold" in cal:
-        scores = calibration_lib.ood_scores(z, engine.node_text)
-        ood = None if scores is None else scores < cal["ood_threshold"]
+        ood_score = calibration_lib.flow_ood_scores(z, cal, engine.node_text, engine.ood_bank)
+        ood = None if ood_score is None else ood_score < cal["ood_threshold"]
     tick("gnn_explain", t)
 
     t = time.perf_counter()
@@ -201,7 +205,8 @@ def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, 
     sets = prediction_set_ids(arrays, engine.info, cal, coverage)
     names = dict(zip(engine.info.node_ids, engine.info.node_names))
     with _gc_paused():
-        records = _records(expls, cols, short, low, None if ood is None else ood.tolist(), sets, names)
+        records = _records(expls, cols, short, low, None if ood is None else ood.tolist(),
+                           None if ood_score is None else ood_score.tolist(), sets, names)
     tick("records", t)
     return records
 
@@ -231,13 +236,14 @@ def prediction_set_ids(arrays: dict, info: ExplainInfo, cal: Optional[dict], cov
     return out
 
 
-def _records(expls, cols, short, low, ood, sets, names) -> list[dict]:
+def _records(expls, cols, short, low, ood, ood_score, sets, names) -> list[dict]:
     """The JSON-ready record of each flow (module docstring) from its explanation and its table columns."""
     records = []
     for i, e in enumerate(expls):
         rec = {c: cols[c][i] for c in META_FIELDS}
         calibrated = e["level1"].get("calibrated_probability")
         rec["out_of_distribution"] = None if ood is None else bool(ood[i])
+        rec["ood_score"] = None if ood_score is None else float(ood_score[i])
         rec["too_short"] = bool(short[i])
         rec["low_confidence"] = bool(low[i])
         rec["prediction_set"] = None if sets is None else sets[i]

@@ -16,7 +16,8 @@ DIR holds:
   message passing is folded in once (factored GNN), so a flow costs a few dot products per node.
 * `config.json` (the workdir's settings: what ingest must reproduce, packets, bytes, masking, min_packets),
   `explain.json` (node ids, names, descriptions, class slots), `calibration.json` (temperatures and the OOD
-  threshold, when fitted), `node_text.npy` (the class and application text embeddings, for the OOD score),
+  threshold, when fitted), `node_text.npy` (the class and application text embeddings, the OOD score of older
+  workdirs), `ood_bank.npy` (the training embeddings of the nearest-neighbour OOD score, when fitted),
   `name_tokenizer.json` + `name_table.npy` (server-name vectors without the Hugging Face model).
 * `manifest.json`: format version, files with sizes and SHA-256, inputs and outputs, parameter counts, the versions
   that wrote it, and the largest difference between onnxruntime and JAX on a probe batch (checked ≤ 1e-4).
@@ -200,6 +201,9 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
         written.append("calibration.json")
     np.save(out / "node_text.npy", ood_node_text(clf.kg).astype(np.float32))
     written.append("node_text.npy")
+    if clf.ood_bank is not None:
+        np.save(out / "ood_bank.npy", np.asarray(clf.ood_bank, np.float32))
+        written.append("ood_bank.npy")
     if settings.data.use_names:
         written += [p.name for p in NameEncoder(settings.text.encoder).save(out)]
 

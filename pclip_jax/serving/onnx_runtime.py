@@ -71,6 +71,7 @@ class OnnxModel:
         self.info = ExplainInfo.from_json(files.read_json(d / "explain.json"))
         self.calibration = files.read_json(d / "calibration.json") if (d / "calibration.json").is_file() else None
         self.node_text = np.load(d / "node_text.npy", allow_pickle=False)
+        self.ood_bank = np.load(d / "ood_bank.npy", allow_pickle=False) if (d / "ood_bank.npy").is_file() else None
         self.names = NameEncoder.load(d) if self.settings.data.use_names else None
         options = ort.SessionOptions()
         if threads:

@@ -5,9 +5,12 @@ GNN is trained, the main job fits on the *validation* captures (never the test s
 
 * a temperature per level (temperature scaling, Guo et al. 2017): p_T ∝ p^(1/T), T chosen on a log grid to
   minimise the validation negative log-likelihood; level 2 is scored among all level-2 nodes (renormalised);
-* an out-of-distribution threshold: the OOD score of a flow is its embedding's highest cosine similarity to any
-  class node's text in the shared space; the threshold is the `OOD_QUANTILE` quantile of the validation flows'
-  scores, so about that share of in-distribution flows fall below it.
+* an out-of-distribution threshold: the OOD score of a flow is its embedding's mean cosine similarity to its
+  `OOD_K` nearest training flows in the shared space (`knn_similarity`, Sun et al. 2022), against a reference bank
+  of at most `OOD_BANK_MAX` training embeddings stored beside the GNN (`OOD_BANK_FILE`); the threshold is the
+  `OOD_QUANTILE` quantile of the validation flows' scores, so about that share of in-distribution flows fall below
+  it. Workdirs calibrated before the bank existed keep their score: the highest cosine similarity to any class
+  node's text (`ood_scores`; calibration.json has no `ood_score` then). docs/trust.md compares the two.
 
 * the low-confidence threshold (`selective_threshold`): the lowest calibrated level-1 probability at which the
   validation flows kept are right `LOW_CONFIDENCE_TARGET_ACCURACY` of the time;
@@ -32,7 +35,11 @@ from pclip_jax.plumbing import metrics as metrics_lib
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(20.0), 90))
 OOD_QUANTILE = 0.05
 LOW_PROBABILITY = 0.5
-KNN_K = 5  # neighbours of the nearest-neighbour score in calibration studies
+KNN_K = 5  # neighbours of the nearest-neighbour score (the OOD score and calibration studies)
+OOD_K = KNN_K
+# Training embeddings kept as the OOD score's reference (a random subset beyond this; 4096 x 128 float32 = 2 MiB).
+OOD_BANK_MAX = 4096
+OOD_BANK_FILE = "ood_bank.npz"
 
 
 def scale(proba: np.ndarray, temperature) -> np.ndarray:
@@ -76,8 +83,29 @@ def ood_scores(z: np.ndarray, node_text: np.ndarray) -> Optional[np.ndarray]:
     return (z @ t.T).max(1)
 
 
-def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
-    """Temperatures (and the OOD threshold) from validation flows; ECE before and after on them."""
+def ood_bank(z_train: np.ndarray, max_rows: int = OOD_BANK_MAX, seed: int = 0) -> np.ndarray:
+    """The OOD score's reference: the training flows' embeddings, unit-normalised float32, at most `max_rows` of
+    them (a seeded random subset, in row order)."""
+    z = np.asarray(z_train, np.float32)
+    if len(z) > max_rows:
+        z = z[np.sort(np.random.default_rng(seed).choice(len(z), max_rows, replace=False))]
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def flow_ood_scores(z: np.ndarray, calibration: Optional[dict], node_text: np.ndarray,
+                    bank: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """[N] the OOD score the workdir was calibrated with (lower = less like the mission's training traffic): the
+    `ood_k`-NN similarity to the training bank when calibration.json says `ood_score: knn`, else the class-text
+    similarity of older workdirs. None when it cannot be computed (no bank, or towers of different widths)."""
+    cal = calibration or {}
+    if cal.get("ood_score") == "knn":
+        return None if bank is None or not len(bank) else knn_similarity(z, bank, int(cal.get("ood_k", OOD_K)))
+    return ood_scores(z, node_text)
+
+
+def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None, bank=None) -> dict:
+    """Temperatures (and the OOD threshold) from validation flows; ECE before and after on them. With `bank`
+    (`ood_bank`), the OOD score is the nearest-neighbour one, else the class-text similarity."""
 
     out = {"level1_temperature": fit_temperature(prob1, y1), "validation_flows": int(len(y1))}
     out["validation_ece_level1"] = metrics_lib.calibration(y1, prob1 / prob1.sum(1, keepdims=True))["ece"] \
@@ -87,7 +115,9 @@ def fit(prob1, y1, prob2=None, y2=None, z=None, node_text=None) -> dict:
     if prob2 is not None and y2 is not None and len(y2) and prob2.shape[1]:
         out["level2_temperature"] = fit_temperature(prob2, y2)
     if z is not None and node_text is not None and len(z):
-        scores = ood_scores(z, node_text)
+        if bank is not None and len(bank):
+            out["ood_score"], out["ood_k"] = "knn", OOD_K
+        scores = flow_ood_scores(z, out, node_text, bank)
         if scores is not None:
             out["ood_threshold"] = float(np.quantile(scores, OOD_QUANTILE))
             out["ood_quantile"] = OOD_QUANTILE
@@ -237,6 +267,9 @@ def compare_methods(flows: dict, embeddings: Optional[dict] = None) -> dict:
                                          "top_probability": float(roc_auc_score(ut, -pt.max(1)))}
         if knn_t is not None:
             out["unseen_detection_auroc"][f"knn{KNN_K}_similarity"] = float(roc_auc_score(ut, -knn_t))
+        text = np.asarray(flows["test_text_score"], np.float64) if "test_text_score" in flows else None
+        if text is not None and not np.isnan(text).any():
+            out["unseen_detection_auroc"]["text_similarity"] = float(roc_auc_score(ut, -text))
     return out
 
 

@@ -207,7 +207,7 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
     if embeddings.get("validation") is not None and "validation" not in fit_on:
         block["calibration_fit"] = calibrate(gcfg, gnn_params, pkg, prepared, level1, level2,
                                              embeddings["validation"], workdir, te[keep], test_pred,
-                                             embeddings["test"][keep])
+                                             embeddings["test"][keep], embeddings.get("train"))
         for level in ("level1", "level2"):
             if block["calibration_fit"].get(f"test_ece_{level}_calibrated") is not None:
                 block[level]["calibrated"] = block["calibration_fit"].pop(f"test_{level}_calibrated")
@@ -230,9 +230,10 @@ def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model
 
 
 def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: Workdir, test_rows,
-              test_pred, z_test=None) -> dict:
+              test_pred, z_test=None, z_train=None) -> dict:
     """Temperatures and the OOD threshold fitted on the validation captures (`training.calibration`), written to
-    WORKDIR/gnn/calibration.json; also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
+    WORKDIR/gnn/calibration.json, with the OOD score's reference bank of training embeddings `z_train` in
+    WORKDIR/gnn/ood_bank.npz (`calibration.OOD_BANK_FILE`; without it the class-text score); also the test flows' ECE before and after (`test_ece_*`, `test_level*_calibrated`
     reliability blocks, moved into results.json's level reports by the caller). `test_pred`: the GNN's
     predictions (`train_gnn.predict_arrays`) for the flows `test_rows` (embeddings `z_test`), already computed by
     the caller. The level-1 probabilities of both splits are kept in WORKDIR/gnn/calibration_flows.npz
@@ -246,7 +247,12 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
     val_pred = train_gnn.predict_arrays(gcfg, gnn_params, z_val, pkg)
     v1, v2 = slots(prepared.val_idx)
     k1, k2 = v1 >= 0, v2 >= 0
-    fitted = calibration_lib.fit(val_pred["prob1"][k1], v1[k1], val_pred["prob2"][k2], v2[k2], z_val, node_text)
+    bank = None
+    if z_train is not None and len(z_train):
+        bank = calibration_lib.ood_bank(z_train)
+        files.savez(workdir.gnn_dir / calibration_lib.OOD_BANK_FILE, embeddings=bank)
+    fitted = calibration_lib.fit(val_pred["prob1"][k1], v1[k1], val_pred["prob2"][k2], v2[k2], z_val, node_text,
+                                 bank)
     val_captures = np.asarray(prepared.table.meta["capture"]).astype(str)[prepared.val_idx]
     # The low-confidence threshold and the prediction sets' calibration scores, on the same validation flows.
     fitted.update(calibration_lib.fit_trust(
@@ -266,8 +272,11 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
                       None if z_test is None else np.asarray(z_test)[k_test])}
     unseen = {name: np.array([a not in seen for a in apps[rows]], bool) for name, (rows, *_) in parts.items()}
     out.update(calibration_shift(unseen["validation"], unseen["test"], *parts["test"][1:3]))
-    _save_calibration_flows(workdir, np.asarray(prepared.table.meta["capture"]).astype(str), node_text, parts,
-                            unseen)
+    scores = _save_calibration_flows(workdir, np.asarray(prepared.table.meta["capture"]).astype(str), node_text,
+                                     parts, unseen, fitted, bank)
+    # "None of these" measured where the split has both: test flows of applications absent from training.
+    if not np.isnan(scores["test"]).any() and 0 < unseen["test"].mean() < 1:
+        out["test_novel_application_ood_auroc"] = metrics_lib.binary_auroc(unseen["test"], -scores["test"])
     for level, prob, y, key in (("level1", test_pred["prob1"], t1, "level1_temperature"),
                                 ("level2", test_pred["prob2"], t2, "level2_temperature")):
         ok = y >= 0
@@ -280,7 +289,8 @@ def calibrate(gcfg, gnn_params, pkg, prepared, level1, level2, z_val, workdir: W
           f"{out.get('test_ece_level1_calibrated', float('nan')):.3f} (the best temperature on the test flows "
           f"themselves: {out.get('test_ece_level1_best_temperature', float('nan')):.3f}); flows of applications "
           f"the GNN never saw: validation {_share(out['validation_novel_share'])}, test "
-          f"{_share(out['test_novel_share'])}", file=sys.stderr)
+          f"{_share(out['test_novel_share'])}; out-of-mission score ({fitted.get('ood_score', 'class text')}) AUROC "
+          f"for those in the test split {_num(out.get('test_novel_application_ood_auroc'))}", file=sys.stderr)
     return out
 
 
@@ -303,22 +313,35 @@ def print_trust(trust: dict, where: str) -> None:
           f"(target {sets.get('target', '-')}) mean size {f(sets.get('mean_size'))}", file=sys.stderr)
 
 
-def _save_calibration_flows(workdir: Workdir, captures, node_text, parts: dict, unseen: dict) -> None:
+def _save_calibration_flows(workdir: Workdir, captures, node_text, parts: dict, unseen: dict, fitted: dict,
+                            bank) -> dict:
     """Per split (`validation`, `test`): the flows' rows in the flow table, the level-1 probabilities, true slots,
-    whether the flow's application was unseen in training, its capture and its OOD score (NaN when not
-    computed)."""
-    arrays = {}
+    whether the flow's application was unseen in training, its capture, its OOD score (the one `fitted` uses) and
+    its class-text similarity (the score of older workdirs, for comparison); NaN when not computed. Returns the
+    OOD scores per split."""
+    arrays, out = {}, {}
+
+    def or_nan(scores, n):
+        return np.full(n, np.nan) if scores is None else scores
+
     for name, (rows, prob1, y1, z) in parts.items():
-        scores = None if z is None else calibration_lib.ood_scores(z, node_text)
+        scores = None if z is None else calibration_lib.flow_ood_scores(z, fitted, node_text, bank)
+        text = None if z is None else calibration_lib.ood_scores(z, node_text)
         arrays.update({f"{name}_rows": np.asarray(rows, np.int64),
                        f"{name}_prob1": np.asarray(prob1, np.float64), f"{name}_y1": np.asarray(y1, np.int32),
                        f"{name}_unseen_application": unseen[name], f"{name}_capture": captures[rows],
-                       f"{name}_ood_score": np.full(len(rows), np.nan) if scores is None else scores})
+                       f"{name}_ood_score": or_nan(scores, len(rows)), f"{name}_text_score": or_nan(text, len(rows))})
+        out[name] = arrays[f"{name}_ood_score"]
     files.savez(workdir.gnn_dir / CALIBRATION_FLOWS, **arrays)
+    return out
 
 
 def _share(x) -> str:
     return "-" if x is None else f"{x:.0%}"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def calibration_shift(val_unseen, test_unseen, test_prob1, test_y1) -> dict:

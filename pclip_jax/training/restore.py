@@ -19,7 +19,7 @@ import numpy as np
 from pclip_jax.plumbing import files, runtime
 from pclip_jax.plumbing.checkpointing import Checkpoints
 from pclip_jax.training.towers import build_model, make_embed_fn
-from pclip_jax.training import detection
+from pclip_jax.training import calibration as calibration_lib, detection
 from pclip_jax.models.gnn import GnnConfig
 from pclip_jax.training.train_gnn import GnnTrainConfig, PreparedKG
 from pclip_jax.training.loop import BestKeeper
@@ -98,6 +98,7 @@ class Classifier:
     kg: PreparedKG              # mission applied
     load_seconds: float
     calibration: Optional[dict] = None  # WORKDIR/gnn/calibration.json (temperatures, OOD threshold), if fitted
+    ood_bank: Optional[np.ndarray] = None  # WORKDIR/gnn/ood_bank.npz: the OOD score's training embeddings, if fitted
 
     @property
     def settings(self) -> Settings:
@@ -136,9 +137,11 @@ def load_classifier(workdir: Workdir | str, mission: Optional[str] = None, tower
     gnn_params = detection.load_gnn(wd, settings, kg)
     calibration_file = wd.gnn_dir / "calibration.json"
     calibration = files.read_json(calibration_file) if calibration_file.is_file() else None
+    bank_file = wd.gnn_dir / calibration_lib.OOD_BANK_FILE
+    ood_bank = files.load_npz(bank_file)["embeddings"] if bank_file.is_file() else None
     return Classifier(towers=towers, replicated_params=runtime.replicate(params), embed_fn=make_embed_fn(model),
                       gnn_train_config=detection.gnn_train_config(settings, params), gnn_params=gnn_params, kg=kg,
-                      load_seconds=time.perf_counter() - t0, calibration=calibration)
+                      load_seconds=time.perf_counter() - t0, calibration=calibration, ood_bank=ood_bank)
 
 
 def use_compilation_cache(workdir, directory=None, tool: str = "pclip_jax") -> Optional[pathlib.Path]:
