@@ -168,7 +168,9 @@ def test_train_gnn_learns_flows_and_explains(prepared, flows, tmp_path):
     for lvl in ("level1", "level2"):
         assert {"mauc", "accuracy", "macro_f1", "per_class_auc"} <= set(res[lvl])
     assert res["level1"]["accuracy"] > 0.5      # training flows: the head must fit them
-    assert 0 <= res["hierarchical_accuracy"] <= res["level1"]["accuracy_top_down"] + 1e-9
+    # Both levels right, over the flows of a known application: at most the level-2 accuracy on the same flows
+    # (level 1's top-down accuracy counts every flow of a known class, so it may be lower).
+    assert 0 <= res["hierarchical_accuracy"] <= res["level2"]["accuracy"] + 1e-9
 
     expl = explain_flows(SMALL, params, prepared, x[:3], flow_facts=["fact a", "fact b", "fact c"])
     res_p = _predict(prepared.layout)(params, G.build_batch(prepared.layout, x[:3]), prepared.embeddings)

@@ -209,7 +209,8 @@ def test_a_task_split_needs_applications():
 # ------------------------------------------------------------------------------------------------ real nDPI
 
 
-def test_seen_applications_on_real_ndpi(filtered):  # noqa: F811
+def test_seen_applications_on_real_ndpi(real_ndpi_dir, filtered):  # noqa: F811
+    # The counts below are the real corpus's (the stand-ins have a handful of applications).
     table, _ = filtered
     dominant = splits.capture_classes(table, "level2")
     multi = {a for a, n in collections.Counter(dominant.values()).items() if n >= 2}
@@ -232,7 +233,7 @@ def test_seen_applications_on_real_ndpi(filtered):  # noqa: F811
     assert len(assignments) == len(SEEDS)
 
 
-def test_novel_applications_on_real_ndpi(filtered):  # noqa: F811
+def test_novel_applications_on_real_ndpi(real_ndpi_dir, filtered):  # noqa: F811
     table, _ = filtered
     dominant = splits.capture_classes(table, "level2")
     all_apps = set(dominant.values()) - {""}
