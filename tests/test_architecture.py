@@ -19,7 +19,8 @@ LAYERS = (
     ("training", ("pclip_jax.training",)),
     ("serving", ("pclip_jax.serving",)),
     ("entry points", ("pclip_jax.job", "pclip_jax.main", "pclip_jax.ingest", "pclip_jax.evaluate",
-                      "pclip_jax.classify", "pclip_jax.export", "pclip_jax.recalibrate", "pclip_jax.configs",
+                      "pclip_jax.classify", "pclip_jax.export", "pclip_jax.recalibrate", "pclip_jax.distill",
+                      "pclip_jax.configs",
                       "pclip_jax.kg")),
     ("benchmarks", ("pclip_bench",)),
 )

@@ -658,3 +658,47 @@ def test_evaluate_keeps_the_workdirs_classes_on_captures_the_hierarchy_mostly_mi
     res["data"].pop("taxonomy")
     (old / "results.json").write_text(json.dumps(res))
     check(evaluate.evaluate_workdir(old, [str(pcaps)], spec), "none")
+
+
+def test_distilled_deployment_tower_exports_and_classifies(workdir, ndpi_dir, tmp_path):
+    """`python -m pclip_jax.distill` trains a smaller packet tower to place the training flows where the trained one
+    does: the validation cosine rises from its first check, the student is cheaper, the rest of the towers is the
+    workdir's, and `export --deployment` writes it (parity with JAX checked by the export) for classify's ONNX
+    backend."""
+    from pclip_jax import distill as distill_cli
+    from pclip_jax.training import distill
+
+    wd, config = workdir
+    # The test config's tower is already tiny (width 16, 4 bytes per byte): a student at half of it.
+    rc = distill_cli.main(["--workdir", str(wd), "--width", "8", "--heads", "2", "--patch-size", "16",
+                           "--byte-dim", "2", "--steps", "40", "--batch-size", "64", "--learning-rate", "1e-2",
+                           "--extra", str(ndpi_dir / "pcap" / DAMAGED)])
+    assert rc == 0
+    saved = json.loads((wd / distill.DEPLOYMENT_DIR / distill.TOWER_JSON).read_text())
+    report = saved["report"]
+    assert saved["model"]["width"] == 8 and len(report["history"]) == 4
+    assert report["validation_cosine"] > report["history"][0]["validation_cosine"]
+    assert report["packet_tower"]["flops_ratio"] > 1.5 and -1 <= report["test_cosine"] <= 1
+    assert 0 <= report["level1_agreement"] <= 1 and "mauc" in report["level1_deployment"]
+    # The extra capture's flows (no labels) join the training flows the student learns from.
+    assert report["extra_flows"] > 0 and report["training_flows"] > 0
+
+    trained, small = inference.load_towers(wd), inference.load_deployment_towers(wd)
+    assert small.settings.model.width == 8 and small.settings.model.dropout == 0.0
+    assert small.settings.data == trained.settings.data
+    np.testing.assert_array_equal(small.params["text_head"]["kernel"], trained.params["text_head"]["kernel"])
+    assert small.params["packet_head"]["kernel"].shape[0] == 8 != trained.params["packet_head"]["kernel"].shape[0]
+
+    out = tmp_path / "export_small"
+    manifest = export.export_workdir(wd, out, progress=lambda line: None, deployment=True)
+    assert manifest["packet_tower"]["deployment"] is True
+    assert manifest["packet_tower"]["params"] == report["packet_tower"]["deployment"]["params"]
+    assert json.loads((out / "config.json").read_text())["model"]["width"] == 8
+    preds = tmp_path / "small.jsonl"
+    target = str(ndpi_dir / "pcap" / TARGET)
+    assert classify.main(["--backend", "onnx", "--model", str(out), target, "--out", str(preds), "--quiet",
+                          "--threads", "1"]) == 0
+    assert len(_lines(preds)) > 20
+    shutil.rmtree(wd / distill.DEPLOYMENT_DIR)
+    with pytest.raises(WorkdirError, match="no deployment tower"):
+        inference.load_deployment_towers(wd)

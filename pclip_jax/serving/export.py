@@ -36,6 +36,7 @@ the per-flow formulation gets a one-line error saying how to retrain its GNN sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import pathlib
@@ -136,11 +137,13 @@ def quantization_check(workdir, settings, layout, float_model: OnnxModel, quanti
 
 
 def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission: Optional[str] = None,
-                   opset: int = 21, progress=print, quantize: Optional[str] = None) -> dict:
+                   opset: int = 21, progress=print, quantize: Optional[str] = None,
+                   deployment: bool = False) -> dict:
     """Writes the deployment directory `out` for `workdir` (module docstring) and returns its manifest.
 
     Raises WorkdirError for a workdir without a GNN stage and ValueError for a per-flow GNN or a parity failure.
-    `quantize`: None (float32) or "int8" (module docstring).
+    `quantize`: None (float32) or "int8" (module docstring). `deployment`: the workdir's distilled deployment
+    packet tower (`python -m pclip_jax.distill`) instead of the trained one.
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"--quantize {quantize!r}: not one of {', '.join(QUANTIZE_CHOICES)}")
@@ -149,14 +152,14 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
 
     from pclip_jax.plumbing import runtime  # JAX and the models load when an export runs, not for --help
     from pclip_jax.training.calibration import ood_node_text
-    from pclip_jax.training.restore import load_classifier
+    from pclip_jax.training.restore import load_classifier, load_deployment_towers
     from pclip_jax.serving.explain import ARRAY_KEYS, ExplainInfo, dense_detection
     from pclip_jax.models.two_towers import TwoTowers
     from pclip_jax.data.flow_table import NAME_KEY
     from pclip_jax.text.name_features import NameEncoder
 
     t0 = time.perf_counter()
-    clf = load_classifier(workdir, mission)
+    clf = load_classifier(workdir, mission, towers=load_deployment_towers(workdir) if deployment else None)
     if not clf.gnn_config.factored:
         raise ValueError(f"{workdir}: its GNN is the per-flow formulation (gnn.model.factored=False), which carries "
                          "a copy of the graph per flow and does not export; retrain its GNN stage (minutes): "
@@ -194,7 +197,10 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
 
     info = ExplainInfo.from_prepared(clf.kg)
     files.write_json(out / "explain.json", info.to_json())
-    files.write_json(out / "config.json", files.read_json(towers.workdir.file(towers.workdir.CONFIG)))
+    config = files.read_json(towers.workdir.file(towers.workdir.CONFIG))
+    if deployment:  # the packet tower it holds
+        config["model"] = {**config["model"], **dataclasses.asdict(settings.model)}
+    files.write_json(out / "config.json", config)
     written = [*slot_files.values(), DETECTION_FILE, "explain.json", "config.json"]
     if clf.calibration is not None:
         files.write_json(out / "calibration.json", clf.calibration)
@@ -254,7 +260,8 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
                          "inputs": list(names_in), "outputs": ["embedding"],
                          "packets": k, "bytes": b, "embedding_dim": dim,
                          "params": runtime.count_params(towers.params.get("packet_tower", {}))
-                         + runtime.count_params(towers.params.get("packet_head", {}))},
+                         + runtime.count_params(towers.params.get("packet_head", {})),
+                         "deployment": deployment},
         "detection": {"file": DETECTION_FILE, "inputs": ["embedding"], "outputs": list(ARRAY_KEYS),
                       "classes_level1": len(layout.level_nodes[1]), "classes_level2": len(layout.level_nodes[2]),
                       "graph_nodes": layout.num_kg_nodes, "params": runtime.count_params(clf.gnn_params)},
@@ -307,11 +314,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                     help="store the packet towers' weights as int8 (smaller, faster on CPUs; checked on the test "
                          "flows, see the manifest's `quantization`)")
+    ap.add_argument("--deployment", action="store_true",
+                    help="export the workdir's distilled deployment packet tower (python -m pclip_jax.distill) "
+                         "instead of the trained one")
     ap.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     args = ap.parse_args(argv)
     with errors.cli_errors(args.verbose) as status:
         manifest = export_workdir(args.workdir, args.out, args.mission, args.opset,
-                                  progress=lambda s: print(s, file=sys.stderr), quantize=args.quantize)
+                                  progress=lambda s: print(s, file=sys.stderr), quantize=args.quantize,
+                                  deployment=args.deployment)
         print(format_manifest(manifest))
         print(json.dumps({"out": str(args.out), "files": manifest["files"]}))
     return status.code

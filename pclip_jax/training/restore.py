@@ -13,12 +13,13 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+import flax
 import jax
 import numpy as np
 
 from pclip_jax.plumbing import files, runtime
 from pclip_jax.plumbing.checkpointing import Checkpoints
-from pclip_jax.training.towers import build_model, make_embed_fn
+from pclip_jax.training.towers import build_model, init_params, make_embed_fn
 from pclip_jax.training import calibration as calibration_lib, detection
 from pclip_jax.models.gnn import GnnConfig
 from pclip_jax.training.train_gnn import GnnTrainConfig, PreparedKG
@@ -67,6 +68,37 @@ def load_towers(workdir: Workdir | str) -> Towers:
     if kept is not None:
         params = kept
     return Towers(workdir=wd, settings=settings, model=model, params=params, info=info)
+
+
+# A distilled deployment packet tower (`training.distill`): WORKDIR/deployment/tower.json (its architecture and
+# report) and params.msgpack (its packet tower and packet head, flax serialization).
+DEPLOYMENT_DIR = "deployment"
+TOWER_JSON = "tower.json"
+PARAMS_FILE = "params.msgpack"
+STUDENT_KEYS = ("packet_tower", "packet_head")   # the parameters the deployment tower replaces
+
+
+def student_settings(settings: Settings, architecture: dict) -> Settings:
+    """The workdir's settings with a deployment tower's architecture (dropout off: it is trained to match the
+    trained tower, not to generalise from labels)."""
+    return dataclasses.replace(settings, model=dataclasses.replace(settings.model, dropout=0.0, **architecture))
+
+
+def load_deployment_towers(workdir: Workdir | str) -> Towers:
+    """The workdir's towers with its distilled deployment packet tower in place of the trained one; everything
+    else (text side, graph, GNN, calibration) is the workdir's. Raises WorkdirError when the workdir has none."""
+    towers = load_towers(workdir)
+    out = towers.workdir.path / DEPLOYMENT_DIR
+    if not (out / PARAMS_FILE).is_file():
+        raise WorkdirError(f"{out}: no deployment tower; distil one with python -m pclip_jax.distill --workdir "
+                           f"{towers.workdir.path}")
+    settings = student_settings(towers.settings, files.read_json(out / TOWER_JSON)["model"])
+    model = build_model(settings)
+    shapes = jax.eval_shape(lambda: init_params(model, settings, jax.random.PRNGKey(0)))
+    target = runtime.tree_map(lambda s: np.zeros(s.shape, s.dtype), {k: shapes[k] for k in STUDENT_KEYS})
+    student = flax.serialization.from_bytes(target, (out / PARAMS_FILE).read_bytes())
+    return Towers(workdir=towers.workdir, settings=settings, model=model, params={**towers.params, **student},
+                  info=towers.info)
 
 
 class LazyTextFeaturizer:
