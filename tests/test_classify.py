@@ -91,6 +91,12 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     assert 0.0 <= fit["validation_novel_share"] <= 1.0
     assert np.isclose(fit["test_novel_share"], halves["novel_applications"]["num_flows"] / gnn["level1"]["num_flows"])
     assert fit["test_ece_level1_best_temperature"] <= gnn["level1"]["calibrated"]["ece"] + 1e-9
+    # "None of these" measured on the real split: the OOD score's AUROC for test flows of applications absent from
+    # training, the same as recomputed from the saved flows.
+    saved = np.load(wd / "gnn" / "calibration_flows.npz")
+    from sklearn.metrics import roc_auc_score
+    assert np.isclose(fit["test_novel_application_ood_auroc"],
+                      roc_auc_score(saved["test_unseen_application"], -saved["test_ood_score"]))
     # The calibration study (benchmarks/calibration_study.py) reads the flows the job saved and refits the job's
     # temperature from them: the same temperature, the same test ECE, the same bound.
     from pclip_jax.training import calibration as calibration_lib
