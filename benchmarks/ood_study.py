@@ -8,7 +8,8 @@ settings. For each candidate score (lower = more out of mission) the AUROC of
 * `validation_novel` / `test_novel`: flows of applications absent from training against the other flows of the
   split (the only out-of-mission signal a job has before its test split; NaN where a split has none);
 * `<OTHER>`: the other dataset's flows against W's test flows (what `benchmarks/out_of_mission.py` reports for the
-  shipped score).
+  shipped score), and `<OTHER> vs validation` against W's validation flows (the figure a choice between scores may
+  read).
 Candidates: the class-text similarity (the score of workdirs calibrated before 2026-12-07), nearest-neighbour
 similarity (k = 1, 5, 20, 50) to the training flows in the shared space (`z`, what the job ships with k = 5) and
 in the packet features before the projection head (`features`), a Mahalanobis distance to the training features,
@@ -23,11 +24,8 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pclip_jax.data import splits as splits_lib
-from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.plumbing import files
 from pclip_jax.plumbing.workdir import Workdir
-from pclip_jax.text.name_features import with_name_features
 from pclip_jax.training import calibration as cal
 from pclip_jax.training import experiment
 from pclip_jax.training.detection import CALIBRATION_FLOWS
@@ -101,7 +99,7 @@ def main(argv=None) -> int:
     settings = clf.settings
 
     def flow_set(table, idx) -> dict:
-        table = with_name_features(table, settings, None)
+        # (tables with server-name vectors: the workdir's flows and `flows_as_trained` both add them)
         features, z = embed_flows(clf.embed_fn, clf.replicated_params, table.tensors, np.asarray(idx),
                                   settings.eval.batch_size)
         return {"features": features, "z": z, **raw_views(table.tensors, idx)}
@@ -112,9 +110,7 @@ def main(argv=None) -> int:
     novel = {name: np.asarray(flows[f"{name}_unseen_application"], bool) for name in sets}
     others = {}
     for path in args.others:
-        table = ingest([path], IngestConfig.from_data_config(settings.data), progress=False)
-        table, _ = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
-                                           drop_one_way=settings.data.drop_one_way, drop_unlabelled=False)
+        table, _ = experiment.flows_as_trained([path], settings)
         others[path] = flow_set(table, np.arange(len(table)))
     print(f"{args.workdir}: {len(train['z'])} training, {len(novel['validation'])} validation "
           f"({novel['validation'].mean():.0%} novel applications), {len(novel['test'])} test flows "
@@ -126,6 +122,9 @@ def main(argv=None) -> int:
         for path, o in others.items():
             other = score(o)
             r[path] = auroc(np.r_[np.zeros(len(own["test"])), np.ones(len(other))], np.r_[own["test"], other])
+            # The same against the validation flows: what a choice between scores may read.
+            r[f"{path} vs validation"] = auroc(np.r_[np.zeros(len(own["validation"])), np.ones(len(other))],
+                                               np.r_[own["validation"], other])
         results[name] = r
         print(f"  {name:<32} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
     if args.json:

@@ -22,10 +22,8 @@ from sklearn.metrics import roc_auc_score
 from pclip_jax.training import calibration as cal
 from pclip_jax.serving import classify
 from pclip_jax.plumbing import files
-from pclip_jax.data import splits as splits_lib
-from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.training.detection import CALIBRATION_FLOWS
-from pclip_jax.text.name_features import with_name_features
+from pclip_jax.training import experiment
 
 
 def main(argv=None) -> int:
@@ -37,10 +35,7 @@ def main(argv=None) -> int:
     flows = files.load_npz(f"{args.workdir}/gnn/{CALIBRATION_FLOWS}")
     engine = classify.jax_engine(args.workdir)
     settings = engine.settings
-    table = ingest(args.inputs, IngestConfig.from_data_config(settings.data), progress=False)
-    table, dropped = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
-                                            drop_one_way=settings.data.drop_one_way, drop_unlabelled=False)
-    table = with_name_features(table, settings, engine.names)
+    table, dropped = experiment.flows_as_trained(args.inputs, settings, engine.names)
     z = engine.embed(table.tensors, np.arange(len(table)))
     other_ood = cal.flow_ood_scores(z, engine.calibration, engine.node_text, engine.ood_bank)
     other_text = cal.ood_scores(z, engine.node_text)

@@ -30,11 +30,8 @@ from tqdm import tqdm
 from pclip_jax.plumbing import files, runtime
 from pclip_jax.plumbing.metrics import classification_report
 from pclip_jax.plumbing.workdir import Workdir
-from pclip_jax.data import splits as splits_lib
-from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.models.graph_tuples import labels_to_slots
 from pclip_jax.models.two_towers import TwoTowers
-from pclip_jax.text.name_features import with_name_features
 from pclip_jax.training import experiment, train_gnn
 from pclip_jax.training.restore import (DEPLOYMENT_DIR, PARAMS_FILE, STUDENT_KEYS, TOWER_JSON, load_classifier,
                                         student_settings)
@@ -74,15 +71,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def unlabelled_flows(inputs: Sequence[str], settings) -> dict:
-    """The tensors of the flows of `inputs` (captures or folders, no labels needed) as training keeps them
-    (`data.min_packets`, one-way flows dropped), with their server-name vectors."""
-    table = ingest(list(inputs), IngestConfig.from_data_config(settings.data), progress=False)
-    table, _ = splits_lib.filter_flows(table, min_packets=settings.data.min_packets,
-                                       drop_one_way=settings.data.drop_one_way, drop_unlabelled=False)
-    return with_name_features(table, settings, None).tensors
-
-
 def distill(workdir: str, tower: DeploymentTower = DeploymentTower(), progress: bool = True,
             extra_inputs: Sequence[str] = ()) -> dict:
     """Trains the deployment tower of a finished workdir (module docstring) and returns its report.
@@ -93,8 +81,7 @@ def distill(workdir: str, tower: DeploymentTower = DeploymentTower(), progress: 
     clf = load_classifier(wd)
     settings, teacher = clf.settings, clf.towers
     prepared = experiment.workdir_flows(settings, wd)
-    table = with_name_features(prepared.table, settings, None)
-    tensors = table.tensors
+    tensors = prepared.table.tensors  # with server-name vectors (experiment.prepare_experiment)
     teacher_embed = make_embed_fn(teacher.model)
     replicated = runtime.replicate(teacher.params)
 
@@ -109,7 +96,7 @@ def distill(workdir: str, tower: DeploymentTower = DeploymentTower(), progress: 
     # The flows the student learns from: the training flows, and the extra inputs' flows.
     fit = {k: v[train_rows] for k, v in tensors.items()}
     if extra_inputs:
-        more = unlabelled_flows(extra_inputs, settings)
+        more = experiment.flows_as_trained(extra_inputs, settings)[0].tensors
         fit = {k: np.concatenate([v, more[k]]) for k, v in fit.items()}
     fit_rows = np.arange(len(fit["sizes"]))
     z_train = embed_flows(teacher_embed, replicated, fit, fit_rows, settings.eval.batch_size)[1]

@@ -9,6 +9,8 @@ from typing import Any, Optional
 import numpy as np
 
 from pclip_jax.data.flow_source import prepare_from_dataset
+from pclip_jax.data.ingest import IngestConfig, ingest
+from pclip_jax.data.splits import filter_flows
 from pclip_jax.data.prepare import PreparedFlows, prepare_flows
 from pclip_jax.graph.schema import load_kg
 from pclip_jax.models.text_tower import resolve_model_dir
@@ -41,6 +43,16 @@ def prepare_experiment(settings: Settings, cache_dir, kg=None) -> PreparedFlows:
         return prepare_from_dataset(settings.data, encoder)
     prepared = prepare_flows(settings.data, cache_dir, kg=kg)
     return dataclasses.replace(prepared, table=with_name_features(prepared.table, settings))
+
+
+def flows_as_trained(inputs, settings: Settings, names=None) -> tuple[Any, dict]:
+    """(flow table, dropped counts) of other captures (`inputs`: files or folders, no labels needed) as the
+    settings' training keeps flows (`data.min_packets`, one-way flows dropped), with server-name vectors
+    (`names`: a `NameEncoder`, default the settings' encoder). For pushing other traffic through a trained model."""
+    table = ingest(list(inputs), IngestConfig.from_data_config(settings.data), progress=False)
+    table, dropped = filter_flows(table, min_packets=settings.data.min_packets,
+                                  drop_one_way=settings.data.drop_one_way, drop_unlabelled=False)
+    return with_name_features(table, settings, names), dropped
 
 
 _SPLIT_ROWS = (("train", "train_idx"), ("validation", "val_idx"), ("test", "test_idx"))
