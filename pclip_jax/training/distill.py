@@ -91,7 +91,7 @@ def distill(workdir: str, tower: DeploymentTower = DeploymentTower(), progress: 
     train_rows, val_rows = np.asarray(prepared.train_idx), np.asarray(prepared.val_idx)
     test_rows = np.asarray(prepared.test_idx)
     if not len(val_rows):
-        val_rows = train_rows  # no validation captures: keep the last step's fit to the training flows
+        val_rows = train_rows  # no validation captures: the step that best follows the tower on training flows
     z_val, z_test = teacher_z(val_rows), teacher_z(test_rows)
     # The flows the student learns from: the training flows, and the extra inputs' flows.
     fit = {k: v[train_rows] for k, v in tensors.items()}
