@@ -22,16 +22,41 @@ METRICS = ("mauc", "macro_f1", "accuracy")
 @dataclasses.dataclass(frozen=True)
 class SplitPredictions:
     """One model's answers on one split's test flows: true class ids [N], class scores [N, C] (higher = more
-    likely), and each flow's capture [N] (the resampling unit)."""
+    likely), each flow's capture [N] (the resampling unit) and, when known, whether its application is novel (no
+    training flow) [N]."""
     y_true: np.ndarray
     scores: np.ndarray
     captures: np.ndarray
+    novel: Optional[np.ndarray] = None
 
     def __post_init__(self):
         y, s, c = np.asarray(self.y_true), np.asarray(self.scores), np.asarray(self.captures)
         if s.ndim != 2 or len(y) != len(s) or len(c) != len(y):
             raise ValueError(f"predictions: {len(y)} labels, scores of shape {s.shape}, {len(c)} captures "
                              "(need N labels, N × C scores, N captures)")
+        if self.novel is not None and len(np.asarray(self.novel)) != len(y):
+            raise ValueError(f"predictions: {len(np.asarray(self.novel))} novelty flags for {len(y)} flows")
+
+    def subset(self, rows: np.ndarray) -> "SplitPredictions":
+        novel = None if self.novel is None else np.asarray(self.novel)[rows]
+        return SplitPredictions(np.asarray(self.y_true)[rows], np.asarray(self.scores)[rows],
+                                np.asarray(self.captures)[rows], novel)
+
+    def has_both_halves(self) -> bool:
+        """Whether the split holds seen and novel flows (the novel-application task's test side)."""
+        return self.novel is not None and bool(np.any(self.novel)) and not bool(np.all(self.novel))
+
+    def halves(self) -> tuple["SplitPredictions", "SplitPredictions"]:
+        """(seen flows, novel flows)."""
+        novel = np.asarray(self.novel, bool)
+        return self.subset(np.flatnonzero(~novel)), self.subset(np.flatnonzero(novel))
+
+    def novelty(self) -> "SplitPredictions":
+        """Novelty detection as a two-class problem over the same flows, so the capture bootstrap and `mauc` apply:
+        class 1 = novel application, scored by 1 − the largest class probability (the score every model has; a
+        model with a better own score is not given it, so the rule is the same for all)."""
+        top = np.asarray(self.scores, np.float64).max(1)
+        return SplitPredictions(np.asarray(self.novel, np.int32), np.stack([top, 1.0 - top], 1), self.captures)
 
 
 def weighted_metric(name: str, y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:

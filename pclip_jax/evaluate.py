@@ -186,14 +186,15 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
     zs_scores = zero_shot_scores(params, model, z_test[keep_test], prompt_feats, prompt_class, len(names))
 
     captures = np.asarray(prepared.table.meta["capture"]).astype(str)
-    answers = [("test", y_test[keep_test], probe_scores, zs_scores, captures[prepared.test_idx][keep_test])]
+    answers = [("test", y_test[keep_test], probe_scores, zs_scores, captures[prepared.test_idx][keep_test],
+                prepared.novel(prepared.test_idx[keep_test]))]
     if keep_val.any():
         answers.append(("validation", y_val[keep_val], linear_probe_scores(probe, feats_val[keep_val]),
                         zero_shot_scores(params, model, z_val[keep_val], prompt_feats, prompt_class, len(names)),
-                        captures[prepared.val_idx][keep_val]))
-    for split, y, probe_split, zs_split, caps in answers:
-        workdir.save_answers("probe", split, y, probe_split, caps, names)
-        workdir.save_answers("zero_shot", split, y, zs_split, caps, names)
+                        captures[prepared.val_idx][keep_val], prepared.novel(prepared.val_idx[keep_val])))
+    for split, y, probe_split, zs_split, caps, novel in answers:
+        workdir.save_answers("probe", split, y, probe_split, caps, names, novel)
+        workdir.save_answers("zero_shot", split, y, zs_split, caps, names, novel)
 
     test_metrics = metrics_lib.classification_report(y_test[keep_test], probe_scores, names)
     zs_metrics = metrics_lib.classification_report(y_test[keep_test], zs_scores, names)

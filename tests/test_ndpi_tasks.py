@@ -264,7 +264,8 @@ def test_prepare_flows_runs_the_task(real_ndpi_dir, tmp_path_factory, split):
     config.validate()
     prepared = prepare_flows(config, cache, progress=False)
     table = prepared.table
-    direct = getattr(splits, f"split_{split}")(table, config.test_fraction, 1, config.validation_fraction)
+    extra = {"seen_test_fraction": config.seen_test_fraction} if split == "novel_applications" else {}
+    direct = getattr(splits, f"split_{split}")(table, config.test_fraction, 1, config.validation_fraction, **extra)
     assert np.array_equal(prepared.test_idx, direct["test"])
     assert np.array_equal(prepared.val_idx, direct["validation"]) and np.array_equal(prepared.train_idx,
                                                                                      direct["train"])
@@ -272,7 +273,48 @@ def test_prepare_flows_runs_the_task(real_ndpi_dir, tmp_path_factory, split):
     caps = prepared.split_captures
     assert not set(caps["train"]) & set(caps["test"]) and not set(caps["validation"]) & set(caps["test"])
     trained = set(prepared.applications(prepared.train_idx))
+    novel = prepared.novel(prepared.test_idx)
+    test_apps = np.asarray(table.meta["level2"])[prepared.test_idx]
+    assert np.array_equal(novel, ~np.isin(test_apps, sorted(trained)))
     if split == "seen_applications":
-        assert set(prepared.applications(prepared.test_idx)) <= trained
-    else:
-        assert not set(prepared.applications(prepared.test_idx)) & trained
+        assert set(prepared.applications(prepared.test_idx)) <= trained and not novel.any()
+    else:  # novel flows, and seen flows of held-out training captures (data.seen_test_fraction)
+        assert np.array_equal(np.flatnonzero(~novel), np.searchsorted(prepared.test_idx, direct["test_seen"]))
+        assert 50 < (~novel).sum() < novel.sum()
+        seen_caps = set(np.asarray(table.meta["capture"])[direct["test_seen"]].tolist())
+        assert not seen_caps & set(np.asarray(table.meta["capture"])[prepared.test_idx[novel]].tolist())
+
+
+@pytest.mark.parametrize("validation", [0.0, 0.3])
+def test_novel_applications_with_seen_test_captures_on_a_hand_built_table(validation):
+    """`seen_test_fraction`: the novel task's test side also holds whole training captures of trained applications
+    (the in-distribution side of novelty detection); novel flows stay novel, seen flows are of trained apps."""
+    table, captures_of = _hand_built_by_application()
+    apps, caps = table.meta["level2"], table.meta["capture"]
+    for seed in SEEDS:
+        split = splits.split_novel_applications(table, 0.3, seed, validation, seen_test_fraction=0.3)
+        _check_partition(table, split)
+        trained = _apps(table, split["train"])
+        seen = split["test_seen"]
+        novel = np.setdiff1d(split["test"], seen)
+        assert len(seen) and len(novel) and set(seen) <= set(split["test"])
+        assert _apps(table, seen) <= trained and not _apps(table, novel) & trained
+        assert _novelty_halves(table, split) == (len(seen), len(novel))
+        # Seen and novel flows come from different captures; every application keeps a training capture.
+        assert not set(caps[seen].tolist()) & set(caps[novel].tolist())
+        dominant = splits.capture_classes(table, "level2")
+        for capture in set(caps[seen].tolist()):
+            assert captures_of[dominant[capture]] & set(caps[split["train"]].tolist()), capture
+        # The held-out applications are those of the split without seen captures.
+        plain = splits.split_novel_applications(table, 0.3, seed, validation)
+        assert _apps(table, novel) == _apps(table, plain["test"])
+        again = splits.split_novel_applications(table, 0.3, seed, validation, seen_test_fraction=0.3)
+        assert all(np.array_equal(split[k], again[k]) for k in split)
+    with pytest.raises(ValueError, match="seen_test_fraction"):
+        splits.split_novel_applications(table, 0.3, 0, seen_test_fraction=1.0)
+
+
+def test_restrict_to_task_keeps_seen_test_flows_when_the_novel_task_has_them():
+    apps = np.array(["A", "A", "B", "B", "C", "D"])
+    val, test = splits.restrict_to_task(apps, "novel_applications", [0, 2], [1, 4, 5], [3, 5], seen_test=True)
+    assert list(test) == [3, 5] and list(val) == [4]

@@ -138,6 +138,8 @@ def test_cells_shard_and_resume(ndpi_dir, tmp_path):
     answers = suite.read_answers(workdir, suite.Cell("ndpi", "extra_trees", 0.1, 0))
     test = answers["extra_trees"]["test"]
     assert set(answers["extra_trees"]) == {"validation", "test"} and len(test["y_true"]) == rows[0]["num_flows"]
+    # The mixed capture split tests applications with and without training captures: each flow says which.
+    assert test["novel"].dtype == bool and 0 < test["novel"].mean() < 1
     assert protocol.weighted_metric("mauc", test["y_true"], test["scores"], np.ones((1, len(test["y_true"]))))[0] \
         == pytest.approx(rows[0]["mauc"], abs=1e-6)
     # The next cells of a model are announced with the time its finished cells took.

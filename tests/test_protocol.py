@@ -168,7 +168,7 @@ def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validati
             answers = {}
             for row in rows:
                 val_acc, test_acc = quality[row]
-                answers[row] = {split: suite.answer(*preds(acc), ["a", "b", "c"])
+                answers[row] = {split: suite.answer(*preds(acc), ["a", "b", "c"], np.zeros(120, bool))
                                 for split, acc in (("validation", val_acc), ("test", test_acc))}
                 built.append({"model": row, suite.ANSWERS: answers[row]})
             if model == "pclip":
@@ -196,3 +196,52 @@ def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validati
     text = report.markdown(out, "peers.py --summary-only")
     assert "The paper's four claims" in text
     assert "ndpi_closed, 100% of the training data" in text and "(lightgbm, chosen on validation" in text
+
+
+def test_report_splits_a_test_side_with_seen_and_novel_applications(tmp_path):
+    """The novel-application task's test side holds novel flows and seen ones (`data.seen_test_fraction`): the
+    report's main rows are the novel flows, a seen table beside them, and novelty AUROC (1 − the largest class
+    probability) equal to sklearn's on the same flows."""
+    from sklearn.metrics import roc_auc_score
+
+    from pclip_bench.peers import report, suite
+
+    rng = np.random.default_rng(1)
+    n, k = 200, 3
+    captures = np.repeat([f"c{i}" for i in range(20)], 10)
+    novel = np.isin(captures, [f"c{i}" for i in range(12)])  # whole captures are novel or seen
+    expected = {}
+    for seed in range(2):
+        for model, row in (("pclip", "pclip_probe"), ("lightgbm", "lightgbm")):
+            y = rng.integers(0, k, n)
+            # Confident and mostly right on seen flows, unsure and often wrong on novel ones.
+            right = np.where(novel, rng.random(n) < 0.5, rng.random(n) < 0.9)
+            pred = np.where(right, y, (y + 1) % k)
+            confidence = np.where(novel, rng.uniform(0.34, 0.8, n), rng.uniform(0.6, 1.0, n))
+            scores = np.full((n, k), 0.0)
+            scores[np.arange(n), pred] = confidence
+            scores[np.arange(n), (pred + 1) % k] = 1.0 - confidence
+            arrays = {split: suite.answer(y, scores, captures, ["a", "b", "c"], novel)
+                      for split in ("validation", "test")}
+            cell = suite.Cell("ndpi_novel", model, 1.0, seed)
+            kept = suite.write_answers(tmp_path, cell, [{"model": row, suite.ANSWERS: arrays}])
+            suite.files.write_json(suite.cell_file(tmp_path, cell), {
+                "cell": {"dataset": "ndpi_novel", "model": model, "fraction": 1.0, "seed": seed}, "protocol": 2,
+                "declared_evaluation": row if model == "pclip" else model, "tuned": {}, "rows": kept})
+            expected.setdefault(row, []).append((
+                protocol.weighted_metric("accuracy", y[novel], scores[novel], np.ones((1, novel.sum())))[0],
+                protocol.weighted_metric("accuracy", y[~novel], scores[~novel], np.ones((1, (~novel).sum())))[0],
+                roc_auc_score(novel, 1.0 - scores.max(1))))
+    block = report.protocol_report(tmp_path, replicates=100)["tables"]["ndpi_novel 1"]
+    for row, figures in expected.items():
+        novel_acc, seen_acc, auroc = np.mean(figures, axis=0)
+        assert block["rows"][row]["accuracy"]["mean"] == pytest.approx(novel_acc)
+        assert block["seen_rows"][row]["accuracy"]["mean"] == pytest.approx(seen_acc)
+        assert block["novelty"][row]["mauc"]["mean"] == pytest.approx(auroc)
+        assert auroc > 0.7 and seen_acc > novel_acc + 0.2
+    assert block["novelty"][report.DECLARED]["mauc"]["mean"] == pytest.approx(
+        block["novelty"]["pclip_probe"]["mauc"]["mean"])
+    assert block["novelty_margins"]["best_tree"]["rival"] == "lightgbm"
+    text = report.markdown({"tables": {"ndpi_novel 1": block}, "claims": {}, "tuned": {}}, "peers.py")
+    assert "**Applications never trained on**" in text and "**Seen applications**" in text
+    assert "**Novelty detection**" in text

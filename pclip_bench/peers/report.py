@@ -41,22 +41,36 @@ def load_protocol_cells(workdir: pathlib.Path) -> list[dict]:
 
 
 def _predictions(arrays: dict) -> protocol.SplitPredictions:
-    return protocol.SplitPredictions(arrays["y_true"], arrays["scores"], arrays["captures"])
+    return protocol.SplitPredictions(arrays["y_true"], arrays["scores"], arrays["captures"], arrays.get("novel"))
+
+
+# A test side with seen and novel flows (the novel-application task, `data.seen_test_fraction`) is read as three:
+# "test" its novel flows (the task's figures), "test_seen" the seen ones, "test_novelty" seen-vs-novel detection.
+SEEN_PART, NOVELTY_PART = "test_seen", "test_novelty"
+
+
+def _splits(answers: dict) -> dict:
+    out = {s: _predictions(a) for s, a in answers.items()}
+    test = out.get("test")
+    if test is not None and test.has_both_halves():
+        out[SEEN_PART], out["test"] = test.halves()
+        out[NOVELTY_PART] = test.novelty()
+    return out
 
 
 def collect(cells: Sequence[dict]) -> dict:
     """{(dataset, fraction): {row: {seed: {split: SplitPredictions}}}}, with PacketCLIP's declared row added as
-    `DECLARED` (the declared evaluation's answers of each pclip cell)."""
+    `DECLARED` (the declared evaluation's answers of each pclip cell). A test side holding seen and novel
+    applications is split (`_splits`): 'test' keeps the novel flows."""
     table: dict = {}
     for done in cells:
         c = done["cell"]
         block = table.setdefault((c["dataset"], float(c["fraction"])), {})
         for row, splits in done["answers"].items():
-            block.setdefault(row, {})[int(c["seed"])] = {s: _predictions(a) for s, a in splits.items()}
+            block.setdefault(row, {})[int(c["seed"])] = _splits(splits)
         declared = done.get("declared_evaluation")
         if c["model"] == "pclip" and declared in done["answers"]:
-            block.setdefault(DECLARED, {})[int(c["seed"])] = {
-                s: _predictions(a) for s, a in done["answers"][declared].items()}
+            block.setdefault(DECLARED, {})[int(c["seed"])] = _splits(done["answers"][declared])
     return table
 
 
@@ -82,27 +96,40 @@ def best_on_validation(block: dict, candidates: Sequence[str]) -> Optional[str]:
 def dataset_fraction_report(block: dict, replicates: int = 1000) -> dict:
     """Per row: splits, mean [interval] per metric; margins of the declared PacketCLIP row over the best tree and the
     best neural peer (chosen on validation), paired over the splits both have."""
-    rows = {}
-    for name, per_seed in block.items():
-        seeds = sorted(s for s, sp in per_seed.items() if "test" in sp)
-        preds = [per_seed[s]["test"] for s in seeds]
-        if preds:
-            rows[name] = {"seeds": seeds, **{m: protocol.bootstrap_interval(preds, m, replicates)
-                                             for m, _ in SHOWN_METRICS}}
-    margins = {}
-    for label, group in (("best_tree", TREES), ("best_neural_peer", NEURAL)):
-        rival = best_on_validation(block, group)
-        if rival is None or DECLARED not in block:
-            continue
-        seeds = sorted(set(s for s, sp in block[DECLARED].items() if "test" in sp)
-                       & set(s for s, sp in block[rival].items() if "test" in sp))
-        if not seeds:
-            continue
-        a = [block[DECLARED][s]["test"] for s in seeds]
-        b = [block[rival][s]["test"] for s in seeds]
-        margins[label] = {"rival": rival, "seeds": seeds,
-                          **{m: protocol.paired_bootstrap(a, b, m, replicates) for m in ("mauc", "macro_f1")}}
-    return {"rows": rows, "margins": margins}
+    def part_rows(part: str, metrics: Sequence[str]) -> dict:
+        rows = {}
+        for name, per_seed in block.items():
+            seeds = sorted(s for s, sp in per_seed.items() if part in sp)
+            preds = [per_seed[s][part] for s in seeds]
+            if preds:
+                rows[name] = {"seeds": seeds, **{m: protocol.bootstrap_interval(preds, m, replicates)
+                                                 for m in metrics}}
+        return rows
+
+    def part_margins(part: str, metrics: Sequence[str]) -> dict:
+        margins = {}
+        for label, group in (("best_tree", TREES), ("best_neural_peer", NEURAL)):
+            rival = best_on_validation(block, group)
+            if rival is None or DECLARED not in block:
+                continue
+            seeds = sorted(set(s for s, sp in block[DECLARED].items() if part in sp)
+                           & set(s for s, sp in block[rival].items() if part in sp))
+            if not seeds:
+                continue
+            a = [block[DECLARED][s][part] for s in seeds]
+            b = [block[rival][s][part] for s in seeds]
+            margins[label] = {"rival": rival, "seeds": seeds,
+                              **{m: protocol.paired_bootstrap(a, b, m, replicates) for m in metrics}}
+        return margins
+
+    shown = [m for m, _ in SHOWN_METRICS]
+    out = {"rows": part_rows("test", shown), "margins": part_margins("test", ("mauc", "macro_f1"))}
+    if any(SEEN_PART in sp for per_seed in block.values() for sp in per_seed.values()):
+        out["seen_rows"] = part_rows(SEEN_PART, shown)
+        # Novelty detection: the two-class mAUC of `SplitPredictions.novelty` is its AUROC.
+        out["novelty"] = part_rows(NOVELTY_PART, ("mauc",))
+        out["novelty_margins"] = part_margins(NOVELTY_PART, ("mauc",))
+    return out
 
 
 def costs(cells: Sequence[dict]) -> dict:
@@ -179,26 +206,20 @@ def markdown(report: dict, command: str) -> str:
              "captures chose before test was read.", ""]
     for key, block in report["tables"].items():
         dataset, fraction = key.rsplit(" ", 1)
-        lines += [f"## {dataset}, {float(fraction):.0%} of the training data", "",
-                  "| model | splits | " + " | ".join(label for _, label in SHOWN_METRICS) + " |",
-                  "| --- | --- | " + " | ".join("---" for _ in SHOWN_METRICS) + " |"]
-        order = [DECLARED, "pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1", "pclip_trees",
-                 *TREES, *NEURAL]
-        for name in sorted(block["rows"], key=lambda n: order.index(n) if n in order else len(order)):
-            r = block["rows"][name]
-            lines.append(f"| {LABELS.get(name, name)} | {len(r['seeds'])} | "
-                         + " | ".join(protocol.interval_text(r[m]) for m, _ in SHOWN_METRICS) + " |")
-        for label, m in block["margins"].items():
-            verdict = {True: "ahead", False: "not ahead"}
-            parts = []
-            for metric, name in (("mauc", "mAUC"), ("macro_f1", "macro-F1")):
-                st = m[metric]
-                parts.append(f"{name} {protocol.interval_text(st)} "
-                             f"({'ahead' if st['ahead'] else 'behind' if st['behind'] else verdict[False]})")
-            lines.append("")
-            lines.append(f"Declared PacketCLIP − {label.replace('_', ' ')} ({m['rival']}, chosen on validation; "
-                         f"splits {', '.join(map(str, m['seeds']))}): " + "; ".join(parts) + ".")
-        lines.append("")
+        title = f"## {dataset}, {float(fraction):.0%} of the training data"
+        if "seen_rows" not in block:
+            lines += [title, "", *_rows_table(block["rows"], SHOWN_METRICS),
+                      *_margin_lines(block["margins"], (("mauc", "mAUC"), ("macro_f1", "macro-F1"))), ""]
+            continue
+        lines += [title, "", "**Applications never trained on** (their flows' level-1 class; the task's figures):",
+                  "", *_rows_table(block["rows"], SHOWN_METRICS),
+                  *_margin_lines(block["margins"], (("mauc", "mAUC"), ("macro_f1", "macro-F1"))), "",
+                  "**Seen applications** (held-out captures of trained applications, the same test side):", "",
+                  *_rows_table(block["seen_rows"], SHOWN_METRICS), "",
+                  "**Novelty detection**: seen against novel test flows, scored by 1 − the largest class probability "
+                  "(the same rule for every model):", "",
+                  *_rows_table(block["novelty"], (("mauc", "AUROC"),)),
+                  *_margin_lines(block["novelty_margins"], (("mauc", "AUROC"),)), ""]
     if report.get("claims"):
         lines += ["## The paper's four claims (declared PacketCLIP, all the training data)", "",
                   "| dataset | mAUC (paper 0.95) | mAUC − ET-BERT (paper +0.116) | parameters saved vs ET-BERT "
@@ -218,6 +239,32 @@ def markdown(report: dict, command: str) -> str:
             lines.append(f"| {key} | {_config_text(record['chosen'])} | {cands} |")
         lines.append("")
     return "\n".join(lines)
+
+
+ORDER = (DECLARED, "pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1", "pclip_trees", *TREES, *NEURAL)
+
+
+def _rows_table(rows: dict, metrics: Sequence[tuple[str, str]]) -> list[str]:
+    lines = ["| model | splits | " + " | ".join(label for _, label in metrics) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in metrics) + " |"]
+    for name in sorted(rows, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+        r = rows[name]
+        lines.append(f"| {LABELS.get(name, name)} | {len(r['seeds'])} | "
+                     + " | ".join(protocol.interval_text(r[m]) for m, _ in metrics) + " |")
+    return lines
+
+
+def _margin_lines(margins: dict, metrics: Sequence[tuple[str, str]]) -> list[str]:
+    lines = []
+    for label, m in margins.items():
+        parts = []
+        for metric, name in metrics:
+            st = m[metric]
+            parts.append(f"{name} {protocol.interval_text(st)} "
+                         f"({'ahead' if st['ahead'] else 'behind' if st['behind'] else 'not ahead'})")
+        lines += ["", f"Declared PacketCLIP − {label.replace('_', ' ')} ({m['rival']}, chosen on validation; "
+                      f"splits {', '.join(map(str, m['seeds']))}): " + "; ".join(parts) + "."]
+    return lines
 
 
 def _config_text(config: dict) -> str:

@@ -232,10 +232,10 @@ def _evaluate(cell, model, prepared, test_idx, y_test, proba, seconds_per_flow, 
     captures = all_captures[test_idx]
     report = metrics_lib.classification_report(y_test, proba, prepared.class_names)
     report["per_capture"] = metrics_lib.per_capture_accuracy(y_test, proba, captures, prepared.class_names)
-    answers = {"test": answer(y_test, proba, captures, prepared.class_names)}
+    answers = {"test": answer(y_test, proba, captures, prepared.class_names, prepared.novel(test_idx))}
     if validation is not None and len(validation[0]):
         rows, y_val, p_val = validation
-        answers["validation"] = answer(y_val, p_val, all_captures[rows], prepared.class_names)
+        answers["validation"] = answer(y_val, p_val, all_captures[rows], prepared.class_names, prepared.novel(rows))
     return _row(cell, model, report, infer_flows_per_s=round(1.0 / max(seconds_per_flow, 1e-12), 1),
                 **{ANSWERS: answers}, **extra)
 
@@ -243,9 +243,11 @@ def _evaluate(cell, model, prepared, test_idx, y_test, proba, seconds_per_flow, 
 ANSWERS = "_answers"  # a row's per-flow answers {split: arrays} until the cell writes them to <cell>.npz
 
 
-def answer(y_true, scores, captures, class_names) -> dict:
+def answer(y_true, scores, captures, class_names, novel) -> dict:
+    """One split's per-flow answers as a cell keeps them (the fields of `Workdir.save_answers`)."""
     return {"y_true": np.asarray(y_true, np.int32), "scores": np.asarray(scores, np.float32),
-            "captures": np.asarray(captures).astype(str), "class_names": np.asarray(list(class_names)).astype(str)}
+            "captures": np.asarray(captures).astype(str), "class_names": np.asarray(list(class_names)).astype(str),
+            "novel": np.asarray(novel, bool)}
 
 
 def answers_file(workdir: pathlib.Path, cell: Cell) -> pathlib.Path:

@@ -54,6 +54,15 @@ class PreparedFlows:
         "seen" set of `metrics.by_application_novelty` when `idx` are the flows a model was fitted on."""
         return sorted(set(np.asarray(self.table.meta["level2"]).astype(str)[idx].tolist()) - {""})
 
+    def novel(self, idx: np.ndarray) -> np.ndarray:
+        """[len(idx)] bool: whether each flow's application (level 2) has no flow in the training split (all of its
+        captures, whatever `data.fraction` keeps): the novel side of novelty detection. Flows without an
+        application are not novel."""
+        pool = self.train_idx if self.train_pool_idx is None else self.train_pool_idx
+        apps = np.asarray(self.table.meta["level2"]).astype(str)
+        mine = apps[np.asarray(idx, np.int64)]
+        return (mine != "") & ~np.isin(mine, self.applications(pool))
+
 
 def resolve_inputs(data_config: DataSettings) -> tuple[list[str], str]:
     """(capture inputs, label spec) from the settings: `inputs`, else `manual_dir` with pcap/ and result/."""
@@ -262,7 +271,8 @@ def _split(table: FlowTable, data_config: DataSettings, level: str) -> tuple[np.
             raise ValueError(f"data.split={data_config.split!r} needs applications (level-2 labels) and these flows "
                              f"have none; use data.split='capture'")
         split_fn = (splits_lib.split_seen_applications if data_config.split == "seen_applications"
-                    else functools.partial(splits_lib.split_novel_applications, class_column=level))
+                    else functools.partial(splits_lib.split_novel_applications, class_column=level,
+                                           seen_test_fraction=data_config.seen_test_fraction))
         split = split_fn(table, test_fraction=data_config.test_fraction, seed=data_config.split_seed,
                          validation_fraction=data_config.validation_fraction)
         return split["train"], split.get("validation", np.zeros((0,), np.int64)), split["test"]
@@ -354,7 +364,7 @@ def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, pro
             # Captures moved to validation change the training applications: keep the task's promise.
             before = len(val_idx) + len(test_idx)
             val_idx, test_idx = splits_lib.restrict_to_task(table.meta["level2"], data_config.split, train_idx,
-                                                            val_idx, test_idx)
+                                                            val_idx, test_idx, data_config.seen_test_fraction > 0)
             if len(val_idx) + len(test_idx) < before:
                 moved = before - len(val_idx) - len(test_idx)
                 dropped["outside_application_task"] += moved

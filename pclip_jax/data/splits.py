@@ -237,7 +237,8 @@ def split_seen_applications(table, test_fraction: float = 0.3, seed: int = 0, va
 
 
 def split_novel_applications(table, test_fraction: float = 0.3, seed: int = 0, validation_fraction: float = 0.0,
-                             application_column: str = "level2", class_column: str = "level1") -> dict[str, np.ndarray]:
+                             application_column: str = "level2", class_column: str = "level1",
+                             seen_test_fraction: float = 0.0) -> dict[str, np.ndarray]:
     """Open-set application task: whole applications held out of training. Returns {split: sorted rows}.
 
     Each capture belongs to its dominant application; an application's size is the flows of its captures and its
@@ -253,11 +254,20 @@ def split_novel_applications(table, test_fraction: float = 0.3, seed: int = 0, v
     Flows are then kept so that the sides hold exactly what the task means: training drops the flows of held-out
     applications that sit inside training captures (minority flows), test keeps only flows whose application has
     no training flow and is no validation application, validation only flows whose application has no training
-    flow and no test flow. The rest is key 'excluded'. Keys: 'train', 'test', ('validation'), 'excluded'.
+    flow and no test flow. The rest is key 'excluded'.
+
+    With `seen_test_fraction` > 0 the test side also holds *seen* flows, the in-distribution side of novelty
+    detection: after validation, whole training captures of the remaining applications go to test (about that
+    fraction of their flows, stratified by application; an application keeps >= 1 training capture, one with a
+    single capture stays in train), keeping only the flows of applications with training flows. A test flow is then
+    novel exactly when its application has no training flow (`metrics.by_application_novelty`); key 'test_seen'
+    holds the seen rows. Keys: 'train', 'test', ('validation'), ('test_seen'), 'excluded'.
     """
     _check_fractions(test_fraction, 0.0)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if not 0.0 <= seen_test_fraction < 1.0:
+        raise ValueError(f"seen_test_fraction must be in [0, 1), got {seen_test_fraction}")
     captures = _column(table, "capture").astype(str)
     apps = _column(table, application_column).astype(str)
     classes = _column(table, class_column).astype(str)
@@ -278,24 +288,40 @@ def split_novel_applications(table, test_fraction: float = 0.3, seed: int = 0, v
                                   {"train": 1.0 - validation_fraction, "validation": validation_fraction},
                                   singles_to_train=True))
     assign = {c: held[dominant[c]] if dominant[c] else "train" for c in uniq.tolist()}
+    seen_captures: list[str] = []
+    if seen_test_fraction > 0:
+        size = dict(zip(uniq.tolist(), sizes.tolist()))
+        inner = [c for c in uniq.tolist() if dominant[c] and assign[c] == "train"]
+        carved = _assign_units(inner, size, dominant, seed,
+                               {"train": 1.0 - seen_test_fraction, "test": seen_test_fraction}, singles_to_train=True)
+        seen_captures = sorted(c for c, s in carved.items() if s == "test")
+        assign.update({c: "test" for c in seen_captures})
     parts = _rows_by_split(captures, assign)
     out_of_training = sorted(a for a, s in held.items() if s != "train")
     parts["train"] = parts["train"][~np.isin(apps[parts["train"]], out_of_training)]
-    trained = sorted(set(apps[parts["train"]].tolist()))
+    trained = sorted(set(apps[parts["train"]].tolist()) - {""})
     validation_apps = sorted(a for a, s in held.items() if s == "validation")
     test = parts["test"]
-    parts["test"] = test[(apps[test] != "") & ~np.isin(apps[test], trained + validation_apps)]
-    tested = sorted(set(apps[parts["test"]].tolist()))
+    in_seen_capture = np.isin(captures[test], seen_captures)
+    novel = test[~in_seen_capture & (apps[test] != "") & ~np.isin(apps[test], trained + validation_apps)]
+    seen = test[in_seen_capture & np.isin(apps[test], trained)]
+    parts["test"] = np.concatenate([novel, seen])
+    tested = sorted(set(apps[novel].tolist()))
     val = parts["validation"]
     parts["validation"] = val[(apps[val] != "") & ~np.isin(apps[val], trained + tested)]
-    return _task_result(len(captures), parts, validation_fraction > 0)
+    out = _task_result(len(captures), parts, validation_fraction > 0)
+    if seen_test_fraction > 0:
+        out["test_seen"] = np.sort(seen).astype(np.int64)
+    return out
 
 
-def restrict_to_task(applications, split: str, train_idx, val_idx, test_idx) -> tuple[np.ndarray, np.ndarray]:
+def restrict_to_task(applications, split: str, train_idx, val_idx, test_idx, seen_test: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(validation, test) rows that still fit application task `split` after training rows changed (whole
     captures moved by `ensure_validation_classes`): 'seen_applications' keeps the flows whose application has
-    training flows, 'novel_applications' those whose application has none (and, in validation, no test flow).
-    Any other split: unchanged."""
+    training flows, 'novel_applications' those whose application has none (and, in validation, no test flow);
+    with `seen_test` (the novel task's test side also holds seen flows) test keeps every flow with an application,
+    seen or novel. Any other split: unchanged."""
     if split not in APPLICATION_SPLITS:
         return np.asarray(val_idx), np.asarray(test_idx)
     apps = np.asarray(applications).astype(str)
@@ -303,8 +329,8 @@ def restrict_to_task(applications, split: str, train_idx, val_idx, test_idx) -> 
     trained = sorted(set(apps[np.asarray(train_idx, np.int64)].tolist()) - {""})
     if split == "seen_applications":
         return val_idx[np.isin(apps[val_idx], trained)], test_idx[np.isin(apps[test_idx], trained)]
-    test_idx = test_idx[(apps[test_idx] != "") & ~np.isin(apps[test_idx], trained)]
-    tested = sorted(set(apps[test_idx].tolist()))
+    test_idx = test_idx[(apps[test_idx] != "") & (seen_test | ~np.isin(apps[test_idx], trained))]
+    tested = sorted(set(apps[test_idx].tolist()) - set(trained))
     return val_idx[(apps[val_idx] != "") & ~np.isin(apps[val_idx], trained + tested)], test_idx
 
 

@@ -75,6 +75,9 @@ class DataSettings:
     min_class_flows: int = 20
     test_fraction: float = 0.3
     validation_fraction: float = 0.15
+    # data.split="novel_applications" only: whole training captures of trained applications also go to test (this
+    # fraction of their flows), the in-distribution side of novelty detection; results report seen and novel halves.
+    seen_test_fraction: float = 0.3
     split_seed: int = 0
     fraction: float = 1.0
     # With fraction < 1: pre-training also sees the training flows outside the fraction, labels hidden (their text
@@ -98,6 +101,8 @@ class DataSettings:
                    "'capture' with data.dataset (a built dataset is split by capture when it is built)")
             _check(not self.inputs, f"{prefix}.inputs", self.inputs, "empty with data.dataset (the dataset holds the flows)")
         _check(self.min_class_flows >= 1, f"{prefix}.min_class_flows", self.min_class_flows, "an integer >= 1")
+        _check(0.0 <= self.seen_test_fraction < 1.0, f"{prefix}.seen_test_fraction", self.seen_test_fraction,
+               "a fraction in [0, 1)")
         _check(0 < self.test_fraction < 1, f"{prefix}.test_fraction", self.test_fraction, "in (0, 1)")
         _check(0 <= self.validation_fraction < 1, f"{prefix}.validation_fraction", self.validation_fraction,
                "in [0, 1)")

@@ -160,13 +160,15 @@ class Workdir:
         return arrays["features"], arrays["prompt_class"]
 
     def save_answers(self, evaluation: str, split: str, y_true: np.ndarray, scores: np.ndarray,
-                     captures: np.ndarray, class_names) -> None:
+                     captures: np.ndarray, class_names, novel: Optional[np.ndarray] = None) -> None:
         """One evaluation's (`probe`, `zero_shot`, `gnn_level1`, ...) per-flow answers on one split: true class ids,
-        class scores and each flow's capture, the input of the benchmark protocol's declared evaluation (chosen on
-        validation) and its capture-bootstrap intervals (`pclip_bench.protocol`)."""
+        class scores, each flow's capture and whether its application is novel (no training flow;
+        `PreparedFlows.novel`), the input of the benchmark protocol's declared evaluation (chosen on validation),
+        its capture-bootstrap intervals and its seen/novel rows (`pclip_bench.protocol`)."""
+        extra = {} if novel is None else {"novel": np.asarray(novel, bool)}
         files.savez(self.file(self.ANSWERS) / f"{evaluation}.{split}.npz", y_true=np.asarray(y_true, np.int32),
                     scores=np.asarray(scores, np.float32), captures=np.asarray(captures).astype(str),
-                    class_names=np.asarray(list(class_names)).astype(str))
+                    class_names=np.asarray(list(class_names)).astype(str), **extra)
 
     def load_answers(self) -> dict[str, dict[str, dict]]:
         """{evaluation: {split: arrays}} of every `save_answers` file in the workdir ({} when none)."""

@@ -160,7 +160,8 @@ def save_gnn_answers(workdir: Workdir, gcfg, gnn_params, pkg, prepared, level1, 
             known = y >= 0
             if known.any():
                 workdir.save_answers(f"gnn_level{level}", split, y[known], pred[f"prob{level}"][known],
-                                     captures[idx][keep][known], pkg.layout.class_names(level))
+                                     captures[idx][keep][known], pkg.layout.class_names(level),
+                                     prepared.novel(np.asarray(idx)[keep][known]))
 
 
 def train_and_evaluate_gnn(settings: Settings, workdir: Workdir, prepared, model, params, featurizer, embeddings,
