@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                                                                            f"data.split_seed={seed}"])))
         cache = config.data.cache_dir or f"{args.workdir}/cache"
         prepared = prepare_flows(config.data, cache, progress=False,
-                                 kg=load_graph(config) if config.gnn.kg else None)
+                                 kg=load_graph(config.gnn.kg) if config.gnn.kg else None)
         prepared.table.tensors["name_vec"] = NameEncoder(config.text.encoder)(prepared.table.meta["server_name"])
         train_idx = np.concatenate([prepared.train_idx, prepared.val_idx])
         apps = np.asarray(prepared.table.meta["level2"]).astype(str)

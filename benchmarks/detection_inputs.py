@@ -67,7 +67,7 @@ def run_workdir(workdir: str, variants, seeds, out_dir: pathlib.Path) -> list[di
     featurizer = text_featurizer(settings, towers.params) if towers.model.text_encoder is not None \
         else text_featurizer(settings)
     pkg = detection.prepare_detection_kg(settings, towers.model, towers.params, featurizer,
-                                         towers.workdir.cache_dir(settings))
+                                         towers.workdir.cache_dir(settings.data))
     meta, tensors = prepared.table.meta, prepared.table.tensors
     level1, level2 = (np.asarray(meta[k]).astype(str) for k in ("level1", "level2"))
     device_level = settings.data.label_level == "level2"

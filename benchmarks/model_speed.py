@@ -156,7 +156,7 @@ def pclip_speed(config_path: str, overrides: list[str], batch: int, dtype: str, 
         inputs[NAME_KEY] = rng.standard_normal((batch, settings.model.name_dim)).astype(np.float16)
 
     # Inference: the deployed path (one device): tower + projection, then the GNN's per-flow side.
-    kg = load_graph(settings)
+    kg = load_graph(settings.gnn.kg)
     layout = kg_graphs.kg_layout(kg)
     gcfg = gnn_train_config(settings).model
     structure = dense_structure(layout)

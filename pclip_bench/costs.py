@@ -66,7 +66,7 @@ def gnn_cost(settings) -> dict:
     from pclip_jax.models.gnn import HierarchicalGNN, flops_per_flow
     from pclip_jax.training.detection import gnn_train_config, load_graph
 
-    kg = load_graph(settings)
+    kg = load_graph(settings.gnn.kg)
     layout = kg_graphs.kg_layout(kg)
     gcfg = gnn_train_config(settings).model
     dim = settings.model.embed_dim

@@ -156,7 +156,7 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
 
     Returns (results, embeddings) with embeddings = {'train': z, 'test': z, 'validation': z or None} (projected,
     normalised packet embeddings of prepared.train_idx / test_idx / val_idx), which the GNN stage reuses."""
-    cache_dir = workdir.cache_dir(settings)
+    cache_dir = workdir.cache_dir(settings.data)
     names = prepared.class_names
     embed_fn = make_embed_fn(model)
     rparams = runtime.replicate(params)
@@ -182,7 +182,8 @@ def evaluate_pretrained(settings: Settings, workdir: Workdir, prepared, model, p
         feats_val[keep_val] if len(feats_val) else feats_val, y_val[keep_val], len(names), targets_mode,
         settings.train.seed)
     probe_scores = linear_probe_scores(probe, feats_test[keep_test])
-    prompt_feats, prompt_class, _ = class_text_features(names, featurizer, load_descriptions(settings), cache_dir)
+    prompt_feats, prompt_class, _ = class_text_features(names, featurizer, load_descriptions(settings.text, settings.gnn.kg),
+                                                        cache_dir)
     zs_scores = zero_shot_scores(params, model, z_test[keep_test], prompt_feats, prompt_class, len(names))
 
     captures = np.asarray(prepared.table.meta["capture"]).astype(str)
@@ -359,7 +360,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, inputs: Sequence[str], label_s
     # The classes as the workdir's training named them (the taxonomy source it recorded), never re-decided from
     # the new captures.
     table, labels_report = trained_levels(table, wd, settings, names, level,
-                                          detection.load_graph(settings) if settings.gnn.kg else None)
+                                          detection.load_graph(settings.gnn.kg) if settings.gnn.kg else None)
     print(f"[evaluate] classes from the {labels_report['taxonomy']['source']} taxonomy the workdir was trained "
           f"with ({labels_report['taxonomy']['recorded_in']}); {labels_report['labelled_flows']} labelled flows: "
           f"{labels_report['flows_of_model_classes']} of the model's {len(names)} classes, "

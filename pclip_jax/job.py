@@ -56,7 +56,7 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
     started = time.time()
     wd = Workdir(workdir)
     wd.save_settings(settings)
-    cache_dir = wd.cache_dir(settings)
+    cache_dir = wd.cache_dir(settings.data)
     generated = wd.file(Workdir.GENERATED_KG)
     if kg is None and generated.is_file():  # a graph built from the labels by an earlier run (maybe edited)
         kg = load_kg(generated)

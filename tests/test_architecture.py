@@ -215,3 +215,58 @@ def test_the_graph_layer_and_ingest_import_no_jax():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "", f"imported by {modules}: {proc.stdout.strip()}"
+
+
+# Below the entry points, the few places that still hand the *whole* Settings to another module (issue 28: the
+# settings are resolved once; a stage reads its own section). Each is a function of more than one section:
+# serialising all of it, the name vectors (data.use_names, text.encoder, model.name_dim), the towers' initial
+# state (train, data, model, text). A new one fails here: pass the section(s) the callee reads instead.
+WHOLE_SETTINGS_HANDOFFS = {
+    ("pclip_jax.plumbing.workdir", "save_settings", "settings_lib.to_dict"),
+    ("pclip_jax.training.experiment", "prepare_experiment", "with_name_features"),
+    ("pclip_jax.training.experiment", "flows_as_trained", "with_name_features"),
+    ("pclip_jax.training.pretrain", "pretrain", "create_state"),
+    ("pclip_jax.training.state", "create_state", "init_params"),
+}
+ENTRY_LAYER = next(i for i, (name, _) in enumerate(LAYERS) if name == "entry points")
+
+
+def whole_settings_handoffs() -> set[tuple[str, str, str]]:
+    """(module, function, callee) for every call, in a module below the entry points, that passes a parameter
+    annotated `Settings` (the whole settings) to a function imported from another module of the package."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path)
+        if layer_of(module) >= ENTRY_LAYER:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pclip_jax"):
+                imported.update({a.asname or a.name: node.module for a in node.names})
+            elif isinstance(node, ast.Import):
+                imported.update({a.asname or a.name: a.name for a in node.names if a.name.startswith("pclip_jax")})
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            whole = {a.arg for a in fn.args.args + fn.args.kwonlyargs if a.annotation is not None
+                     and ast.unparse(a.annotation).strip("'\"").split(".")[-1] == "Settings"}
+            for call in ast.walk(fn):
+                arguments = [*call.args, *(k.value for k in call.keywords)] if isinstance(call, ast.Call) else []
+                if not any(isinstance(a, ast.Name) and a.id in whole for a in arguments):
+                    continue
+                head = call.func.id if isinstance(call.func, ast.Name) else (
+                    call.func.value.id if isinstance(call.func, ast.Attribute)
+                    and isinstance(call.func.value, ast.Name) else None)
+                if head in imported and imported[head] != module:
+                    found.add((module, fn.name, ast.unparse(call.func)))
+    return found
+
+
+def test_below_the_entry_points_settings_are_handed_on_by_section():
+    """Settings are resolved once at the entry points; below them a function passes on the section its callee
+    reads. `benchmarks/settings_walk.py` counts the same thing at run time over the main job (docs/architecture.md)."""
+    found = whole_settings_handoffs()
+    assert found <= WHOLE_SETTINGS_HANDOFFS, \
+        f"the whole Settings handed to another module: {sorted(found - WHOLE_SETTINGS_HANDOFFS)}"
+    assert found, "the check found no hand-off at all: it no longer sees the package's calls"

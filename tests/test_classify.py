@@ -17,9 +17,8 @@ from pclip_jax.text import prompts as text_lib
 from pclip_jax.training import restore as inference
 from pclip_jax import job
 from pclip_jax.data.ingest import IngestConfig, ingest
-from pclip_jax.training import detection as pipeline
 from pclip_jax.graph.missions import mission_from_statement
-from pclip_jax.graph.schema import KGValidationError, load_kg
+from pclip_jax.graph.schema import KGValidationError, graph_path, load_kg
 from pclip_jax.plumbing.settings import from_config
 from pclip_jax.plumbing.workdir import WorkdirError
 from tests.conftest import on_corpus
@@ -171,7 +170,7 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     assert 0 <= trust["prediction_sets_level1"]["coverage"] <= 1 and trust["risk_coverage"]["curve"][-1][0] == 1.0
     assert trust["low_confidence"]["threshold"] == selective["threshold"]
 
-    kg = load_kg(pipeline.kg_path(from_config(config)))
+    kg = load_kg(graph_path(from_config(config).gnn.kg))
     gnn_layers = config.gnn.model.num_layers
     facts = text_lib.flow_facts_batch(table.tensors["sizes"], table.tensors["iat"], table.tensors["num_packets"],
                                       table.meta["proto"], duration=table.meta["last_ts"] - table.meta["first_ts"])
@@ -315,7 +314,7 @@ def test_bad_workdir_and_input_are_clear_errors(workdir, ndpi_dir, tmp_path, cap
 
 def test_free_text_mission_uses_the_nearest_classes(workdir):
     wd, config = workdir
-    kg = load_kg(pipeline.kg_path(from_config(config)))
+    kg = load_kg(graph_path(from_config(config).gnn.kg))
     with pytest.raises(KGValidationError):      # no name matches: the embedding fallback is what is tested
         mission_from_statement(kg, STATEMENT)
     clf = inference.load_classifier(wd, mission=STATEMENT)

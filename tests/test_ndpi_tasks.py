@@ -290,7 +290,7 @@ def test_novel_applications_with_seen_test_captures_on_a_hand_built_table(valida
     """`seen_test_fraction`: the novel task's test side also holds whole training captures of trained applications
     (the in-distribution side of novelty detection); novel flows stay novel, seen flows are of trained apps."""
     table, captures_of = _hand_built_by_application()
-    apps, caps = table.meta["level2"], table.meta["capture"]
+    caps = table.meta["capture"]
     for seed in SEEDS:
         split = splits.split_novel_applications(table, 0.3, seed, validation, seen_test_fraction=0.3)
         _check_partition(table, split)

@@ -397,7 +397,7 @@ def _prepared(settings):
     from pclip_jax.training.detection import load_graph
 
     return experiment.prepare_experiment(settings, settings.data.cache_dir,
-                                  load_graph(settings) if settings.gnn.kg else None)
+                                  load_graph(settings.gnn.kg) if settings.gnn.kg else None)
 
 
 def run_cell(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str] = (), size: str = "cpu",

@@ -318,7 +318,7 @@ def _split_per_source(table: FlowTable, data_config: DataSettings, level: str):
 def prepare_flows(data_config: DataSettings, cache_root: str | pathlib.Path, progress: bool = True,
                   kg=None) -> PreparedFlows:
     """The experiment's flows from the data settings; ingested tables are cached under `cache_root`
-    (`Workdir.cache_dir(settings)`). `kg`, the mission's knowledge graph, may name the classes
+    (`Workdir.cache_dir(settings.data)`). `kg`, the mission's knowledge graph, may name the classes
     (`data.taxonomy`)."""
     sources = resolve_sources(data_config)
     ingest_config = IngestConfig.from_data_config(data_config)

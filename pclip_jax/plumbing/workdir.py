@@ -28,7 +28,7 @@ import numpy as np
 
 from pclip_jax.plumbing import files
 from pclip_jax.plumbing import settings as settings_lib
-from pclip_jax.plumbing.settings import Settings
+from pclip_jax.plumbing.settings import DataSettings, Settings
 
 
 class WorkdirError(FileNotFoundError):
@@ -76,14 +76,14 @@ class Workdir:
     def gnn_best_checkpoints(self) -> pathlib.Path:
         return self.gnn_dir / "checkpoints_best"
 
-    def cache_dir(self, settings: Settings) -> pathlib.Path:
+    def cache_dir(self, data: DataSettings) -> pathlib.Path:
         """Where ingested flow tables and text features are cached: `data.cache_dir`, else `WORKDIR/cache`."""
-        return pathlib.Path(settings.data.cache_dir) if settings.data.cache_dir else self.path / "cache"
+        return pathlib.Path(data.cache_dir) if data.cache_dir else self.path / "cache"
 
-    def compilation_cache_dir(self, settings: Settings) -> pathlib.Path:
+    def compilation_cache_dir(self, data: DataSettings) -> pathlib.Path:
         """Where `classify` and `evaluate` keep compiled XLA programs for the next run
         (`runtime.use_compilation_cache`)."""
-        return self.cache_dir(settings) / "xla"
+        return self.cache_dir(data) / "xla"
 
     def plot(self, name: str) -> pathlib.Path:
         return self.path / f"roc_{name}.png"

@@ -7,7 +7,6 @@ first GNN step and a node that exists only as text is scored zero-shot. Only the
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import sys
 from typing import Optional
 
@@ -31,14 +30,10 @@ from pclip_jax.plumbing.settings import Settings
 from pclip_jax.plumbing.workdir import Workdir
 
 
-def kg_path(settings: Settings) -> pathlib.Path:
-    """The graph file of `gnn.kg`: a YAML path, or the name of a graph shipped in `pclip_jax/graph/shipped/`."""
-    return schema.graph_path(settings.gnn.kg)
-
-
-def load_graph(settings: Settings) -> schema.KnowledgeGraph:
-    """The knowledge graph of the settings, validated (the main job calls this before any training)."""
-    return schema.load_kg(kg_path(settings))
+def load_graph(kg: str) -> schema.KnowledgeGraph:
+    """The knowledge graph `gnn.kg` names (a YAML path, or a graph shipped in `pclip_jax/graph/shipped/`),
+    validated (the main job calls this before any training)."""
+    return schema.load_kg(schema.graph_path(kg))
 
 
 def resolve_mission(kg, mission: Optional[str], encode=None, verbose: bool = False):
@@ -68,7 +63,7 @@ def resolve_mission(kg, mission: Optional[str], encode=None, verbose: bool = Fal
 def prepare_detection_kg(settings: Settings, model, params, featurizer, cache_dir, mission: Optional[str] = None,
                          verbose: bool = False) -> train_gnn.PreparedKG:
     """The settings' graph in the shared space, with `mission` applied (default: `gnn.mission`)."""
-    kg = load_graph(settings)
+    kg = load_graph(settings.gnn.kg)
     encode = shared_space_encoder(model, params, featurizer, cache_dir)
     resolved = resolve_mission(kg, mission if mission is not None else settings.gnn.mission, encode, verbose)
     return blend_pretraining_prompts(train_gnn.prepare_kg(kg, encode, cache_dir=None, mission=resolved), settings,
@@ -83,7 +78,7 @@ def blend_pretraining_prompts(pkg: train_gnn.PreparedKG, settings: Settings, enc
     PreparedKG; the per-description embeddings that explanations choose from stay the graph's own."""
     if not settings.gnn.node_prompts:
         return pkg
-    descriptions = load_descriptions(settings)
+    descriptions = load_descriptions(settings.text, settings.gnn.kg)
     chosen = [m for m, node in enumerate(pkg.kg.nodes)
               if node.level >= 1 and text_lib.has_phrasings(node.id, descriptions)]
     if not chosen:

@@ -25,12 +25,12 @@ from pclip_jax.training.towers import load_descriptions
 def check_inputs(settings: Settings):
     """Fails fast, before any data is read or step is taken, on what the settings name but cannot be found.
     Returns the validated knowledge graph of `gnn.kg` (None when it is built from the labels)."""
-    kg = detection.load_graph(settings) if settings.gnn.kg else None
+    kg = detection.load_graph(settings.gnn.kg) if settings.gnn.kg else None
     try:
         resolve_model_dir(settings.text.encoder)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"text.encoder={settings.text.encoder}: {e}") from None
-    load_descriptions(settings)
+    load_descriptions(settings.text, settings.gnn.kg)
     return kg
 
 
@@ -77,7 +77,7 @@ def workdir_flows(settings: Settings, wd: Workdir) -> PreparedFlows:
     generated = wd.file(Workdir.GENERATED_KG)
     if kg is None and generated.is_file():
         kg = load_kg(generated)
-    return prepare_experiment(settings, wd.cache_dir(settings), kg)
+    return prepare_experiment(settings, wd.cache_dir(settings.data), kg)
 
 
 def load_finished(config: Any, workdir: str) -> Optional[tuple[dict, PreparedFlows, dict]]:

@@ -107,7 +107,7 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
     """V text variants per training flow (class descriptions + flow facts, sampled), embedded once. A flow whose
     row is set in `hidden` (a table-length mask, `pretraining_flows`) gets its facts only: no label reaches it."""
     table = prepared.table
-    descriptions = load_descriptions(settings)
+    descriptions = load_descriptions(settings.text, settings.gnn.kg)
     rng = np.random.default_rng(settings.train.seed)
     level = settings.data.label_level
     # A flow's names, general → specific: the evaluated level and its application / leaf; evaluated at level 2
@@ -223,7 +223,8 @@ def make_validator(settings: Settings, model: TwoTowers, prepared: PreparedFlows
         return None
     y = prepared.class_ids[idx]
     names = prepared.class_names
-    prompt_feats, prompt_class, _ = class_text_features(names, featurizer, load_descriptions(settings), cache_dir)
+    prompt_feats, prompt_class, _ = class_text_features(names, featurizer, load_descriptions(settings.text, settings.gnn.kg),
+                                                        cache_dir)
     embed_fn = make_embed_fn(model)
 
     def validate(params) -> float:

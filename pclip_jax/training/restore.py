@@ -164,7 +164,7 @@ def load_classifier(workdir: Workdir | str, mission: Optional[str] = None, tower
     towers = towers or load_towers(wd)
     params, model = towers.params, towers.model
     featurizer = LazyTextFeaturizer(settings, params=params.get("text_encoder"), module=model.text_encoder)
-    kg = detection.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings), mission,
+    kg = detection.prepare_detection_kg(settings, model, params, featurizer, wd.cache_dir(settings.data), mission,
                                        verbose=True)
     gnn_params = detection.load_gnn(wd, settings, kg)
     calibration_file = wd.gnn_dir / "calibration.json"
@@ -187,7 +187,7 @@ def use_compilation_cache(workdir, directory=None, tool: str = "pclip_jax") -> O
         path = pathlib.Path(directory)
     else:
         w = Workdir(workdir)
-        path = w.compilation_cache_dir(w.read_settings())
+        path = w.compilation_cache_dir(w.read_settings().data)
     if runtime.use_compilation_cache(path):
         return path
     print(f"[{tool}] note: {path} cannot be written; compiling without a persistent cache", file=sys.stderr)

@@ -21,7 +21,7 @@ from pclip_jax.models.text_tower import load_text_encoder
 from pclip_jax.models.two_towers import TwoTowerConfig, TwoTowers
 from pclip_jax.data.flow_source import TENSOR_KEYS, tower_inputs  # noqa: F401  (re-exported)
 from pclip_jax.data.flow_table import NAME_KEY
-from pclip_jax.plumbing.settings import PacketTowerFields, Settings, TwoTowerFields, field_values
+from pclip_jax.plumbing.settings import PacketTowerFields, Settings, TextSettings, TwoTowerFields, field_values
 from pclip_jax.text.feature_cache import TextFeaturizer, cached_text_features, params_tag
 
 AXIS = "batch"
@@ -145,13 +145,14 @@ def zero_shot_scores(params, model: TwoTowers, flow_embeddings: np.ndarray, prom
     return probs / probs.sum(1, keepdims=True)
 
 
-def load_descriptions(settings: Settings) -> dict:
+def load_descriptions(text: TextSettings, kg_name: str) -> dict:
     """The class descriptions the towers are aligned on: `text.descriptions` ('' = the shipped file); with
-    `text.graph_descriptions`, every class and leaf of the knowledge graph without phrasings there takes the
-    graph's own descriptions (a user's devices, attacks or tools, whose names the shipped file cannot know)."""
-    descriptions = text_lib.load_class_descriptions(settings.text.descriptions or None)
-    if settings.text.graph_descriptions and settings.gnn.kg:
-        kg = schema.load_kg(schema.graph_path(settings.gnn.kg))
+    `text.graph_descriptions`, every class and leaf of the knowledge graph `kg_name` (`gnn.kg`) without phrasings
+    there takes the graph's own descriptions (a user's devices, attacks or tools, whose names the shipped file
+    cannot know)."""
+    descriptions = text_lib.load_class_descriptions(text.descriptions or None)
+    if text.graph_descriptions and kg_name:
+        kg = schema.load_kg(schema.graph_path(kg_name))
         for node in kg.nodes:
             if node.level >= 1 and node.descriptions and not text_lib.has_phrasings(node.id, descriptions):
                 descriptions[node.id] = list(node.descriptions)
