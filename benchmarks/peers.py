@@ -1,16 +1,17 @@
 """PacketCLIP against its peers on the same flows, capture-disjoint splits, fractions and seeds, one command.
 
-    python benchmarks/peers.py --workdir W [--datasets ndpi,iot_sentinel] [--models all]
-        [--fractions 0.1,0.3,1.0] [--seeds 0,1,2] [--size cpu|published] [--shard I/N] [--json OUT]
-        [--set KEY=VALUE ...] [--summary-only] [--readme docs/results.md]
+    python benchmarks/peers.py --workdir W [--datasets ndpi_closed,ndpi_novel,iot_sentinel] [--models all]
+        [--fractions 1.0,0.1] [--seeds 0,1,2,3,4] [--size cpu|published] [--shard I/N] [--json OUT]
+        [--set KEY=VALUE ...] [--tune-only] [--summary-only] [--readme README.md]
 
-Every (dataset, model, fraction, seed) cell is its own file under W/cells/ (a rerun resumes; `--shard I/N` runs
-every N-th cell, so N processes or hosts — `launch/peers_array.sh` — share one sweep). After the cells it prints,
-from every finished cell, a table per dataset (mean ± sd over seeds), the paper's four claims, and writes plots
-(data-scarcity curves, mAUC against FLOPs, reliability diagrams) to W/plots/, everything to W/peers.json and the
-Markdown report (tables per dataset and fraction, the issue's quality bar, the claims, the cells still to run) to
-W/summary.md; `--readme FILE` also rewrites FILE's generated block (the quality bar, the claims, the full-data
-tables) between its two marker lines (`pclip_bench.peers.suite.README_BEGIN` / `README_END`).
+Every model is first tuned on the tuning split (validation captures only; W/tuned/), then every (dataset, model,
+fraction, seed) cell is its own file under W/cells/ with its per-flow answers (a rerun resumes; `--shard I/N` runs
+every N-th cell, so N processes or hosts — `launch/peers_array.sh` — share one sweep). After the cells it writes
+the protocol's report, W/protocol.md (every figure a mean over splits with a capture-bootstrap interval, PacketCLIP's
+declared evaluation against the best tree and the best neural peer as paired margins), and protocol 1's summary
+(W/summary.md, plots in W/plots/). `--readme FILE` also rewrites the generated blocks FILE holds between their marker
+lines: the protocol's headline table (`pclip_bench.peers.report.README_BEGIN`, README.md) and protocol 1's peers
+summary (`pclip_bench.peers.suite.README_BEGIN`, docs/results.md).
 Models: pclip (rows pclip_probe, pclip_zero_shot, pclip_gnn[, pclip_gnn_level1]), extra_trees, lightgbm, cnn1d,
 fsnet, yatc, netmamba, etbert (pclip_bench/peers/). `--size published` trains the papers' sizes (accelerators).
 """
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--untuned", action="store_true",
                         help="the models' fixed defaults, no tuning (the protocol before tuning; cells say so)")
     parser.add_argument("--readme", default=None, metavar="FILE",
-                        help="also rewrite the generated peers summary block of FILE (e.g. docs/results.md)")
+                        help="also rewrite the generated blocks FILE has: protocol 1's peers summary "
+                        "(docs/results.md) and the protocol's headline table (README.md)")
     args = parser.parse_args(argv)
 
     from absl import logging
@@ -67,10 +69,17 @@ def main(argv=None) -> int:
         chosen = [f"--{name} {getattr(args, name)}" for name in ("datasets", "models", "fractions", "seeds")
                   if getattr(args, name) != parser.get_default(name)]
         command = " ".join(["python benchmarks/peers.py --workdir W", *chosen, "--summary-only"])
-        suite.summarize(workdir, args.json, cells, command,
-                        readme=None if args.readme is None else pathlib.Path(args.readme))
-        # The protocol's report (intervals from the cells' answers), when protocol cells exist.
+        # --readme FILE rewrites the generated blocks FILE has: protocol 1's peers summary and/or the protocol's.
+        readme = None if args.readme is None else pathlib.Path(args.readme)
+        readme_text = "" if readme is None else readme.read_text(encoding="utf-8")
         from pclip_bench.peers import report
+
+        if readme is not None and report.README_BEGIN not in readme_text and suite.README_BEGIN not in readme_text:
+            raise ValueError(f"--readme {readme}: it has neither generated block's marker line "
+                             f"({suite.README_BEGIN!r}, {report.README_BEGIN!r})")
+        suite.summarize(workdir, args.json, cells, command,
+                        readme=readme if readme is not None and suite.README_BEGIN in readme_text else None)
+        # The protocol's report (intervals from the cells' answers), when protocol cells exist.
         from pclip_jax.plumbing import files
 
         protocol_report = report.protocol_report(workdir)
@@ -79,6 +88,10 @@ def main(argv=None) -> int:
             files.write_text(workdir / "protocol.md", text)
             files.write_json(workdir / "protocol.json", protocol_report)
             print(text)
+            if readme is not None and report.README_BEGIN in readme_text:
+                shown = readme.name if readme.is_absolute() else readme.as_posix()
+                suite.replace_readme_block(readme, report.readme_block(protocol_report, f"{command} --readme {shown}"),
+                                           report.README_BEGIN, report.README_END)
     return status.code
 
 

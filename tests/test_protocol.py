@@ -196,6 +196,11 @@ def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validati
     text = report.markdown(out, "peers.py --summary-only")
     assert "The paper's four claims" in text
     assert "ndpi_closed, 100% of the training data" in text and "(lightgbm, chosen on validation" in text
+    # README's headline block: the declared row against the tree chosen on validation, with the paired verdict.
+    block_text = report.readme_block(out, "peers.py --summary-only --readme README.md")
+    assert block_text.startswith(report.README_BEGIN) and block_text.endswith(report.README_END)
+    line = next(x for x in block_text.splitlines() if x.startswith("| nDPI, known applications"))
+    assert "| 100% | 3 |" in line and "(lightgbm)" in line and protocol.interval_text(margin) + " ahead" in line
 
 
 def test_report_splits_a_test_side_with_seen_and_novel_applications(tmp_path):
@@ -245,3 +250,5 @@ def test_report_splits_a_test_side_with_seen_and_novel_applications(tmp_path):
     text = report.markdown({"tables": {"ndpi_novel 1": block}, "claims": {}, "tuned": {}}, "peers.py")
     assert "**Applications never trained on**" in text and "**Seen applications**" in text
     assert "**Novelty detection**" in text
+    headline = report.readme_block({"tables": {"ndpi_novel 1": block}}, "peers.py")
+    assert "applications never trained on" in headline and "Telling novel applications from known ones" in headline

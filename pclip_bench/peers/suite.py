@@ -890,16 +890,15 @@ def readme_block(rows: Sequence[dict], aggregated: Sequence[dict], claim: dict, 
     return "\n".join(lines)
 
 
-def replace_readme_block(path: pathlib.Path, block: str) -> None:
-    """Replace the text from README_BEGIN to README_END in `path` (both must be there, once) by `block`."""
+def replace_readme_block(path: pathlib.Path, block: str, begin: str = README_BEGIN, end: str = README_END) -> None:
+    """Replace the text from `begin` to `end` in `path` (both must be there, once) by `block`."""
     path = pathlib.Path(path)
     text = path.read_text(encoding="utf-8")
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(
-            README_END):
-        raise ValueError(f"{path}: needs one line {README_BEGIN!r} and, after it, one line {README_END!r} "
-                         "around the generated peers summary")
-    head, rest = text.split(README_BEGIN, 1)
-    files.write_text(path, head + block + rest.split(README_END, 1)[1])
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{path}: needs one line {begin!r} and, after it, one line {end!r} "
+                         "around the generated summary")
+    head, rest = text.split(begin, 1)
+    files.write_text(path, head + block + rest.split(end, 1)[1])
 
 
 def sweep_status(workdir: pathlib.Path, cells: Sequence[Cell]) -> dict:
