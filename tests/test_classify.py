@@ -340,9 +340,11 @@ def test_workdir_works_from_another_directory_without_re_embedding(workdir, ndpi
 
 
 def _classify_process(args):
-    """`python -m pclip_jax.classify ARGS` in a fresh process, as a user runs it: (stdout, stderr)."""
+    """`python -m pclip_jax.classify ARGS` in a fresh process, as a user runs it (without the test session's own
+    compilation cache, conftest.py): (stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     proc = subprocess.run([sys.executable, "-m", "pclip_jax.classify", *args, "--quiet"], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout, proc.stderr
 

@@ -27,12 +27,15 @@ def _losses(workdir):
 def test_two_processes_equal_one(ndpi_dir, minilm_dir, tmp_path):
     config = _config(ndpi_dir, minilm_dir, 4)
     config.train.log_every = 1
+    # One data cache for the four runs: the first fills it (flows, text features), the others only read it.
+    config.data.cache_dir = str(tmp_path / "cache")
     single = tmp_path / "single"
     assert jax.device_count() == 8  # conftest: 8 CPU devices in this process
     job.train_and_evaluate(config, str(single))
     overrides = [f"--config.data.inputs={tuple(config.data.inputs)!r}", f"--config.data.labels={config.data.labels}",
                  f"--config.text.encoder={config.text.encoder}", "--config.train.num_steps=4",
-                 "--config.train.checkpoint_every=10", "--config.train.log_every=1"]
+                 "--config.train.checkpoint_every=10", "--config.train.log_every=1",
+                 f"--config.data.cache_dir={config.data.cache_dir}"]
     p1 = jax.tree_util.tree_flatten_with_path(inference.load_towers(Workdir(single)).params)[0]
     one = _losses(single)
     single_results = json.loads((single / "results.json").read_text())
