@@ -23,7 +23,8 @@ def _session_compilation_cache() -> None:
     as subprocesses: dozens of tests train the same tiny config, and compiling its programs was most of their time
     (a test-config job: 50 s cold, 19 s with the programs cached). Set through JAX's environment variables, so
     `runtime.restored_compilation_cache` puts this back after an entry point chose its own (a workdir's cache/xla);
-    removed when the session ends. PCLIP_TEST_XLA_CACHE=0 turns it off."""
+    pytest-xdist's workers inherit it from the controller, so they share it too; removed when the session ends.
+    PCLIP_TEST_XLA_CACHE=0 turns it off."""
     import atexit
     import shutil
     import tempfile
