@@ -260,7 +260,7 @@ def write_answers(workdir: pathlib.Path, cell: Cell, rows: Sequence[dict]) -> li
     arrays = {f"{row['model']}.{split}.{field}": value for row in rows
               for split, fields in (row.get(ANSWERS) or {}).items() for field, value in fields.items()}
     if arrays:
-        files.savez(answers_file(workdir, cell), **arrays)
+        files.savez(answers_file(workdir, cell), compressed=True, **arrays)  # committed with the results
     return [{k: v for k, v in row.items() if k != ANSWERS} for row in rows]
 
 

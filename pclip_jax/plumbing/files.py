@@ -93,12 +93,13 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
 
 
-def savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """`np.savez` (no pickle), atomically. The temporary name keeps the `.npz` suffix numpy expects."""
+def savez(path: str | os.PathLike, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """`np.savez` (no pickle), atomically; `compressed`: `np.savez_compressed` (files kept in git: repeated
+    strings such as capture names shrink ~10x). The temporary name keeps the `.npz` suffix numpy expects."""
     path = pathlib.Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
