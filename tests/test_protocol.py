@@ -201,6 +201,12 @@ def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validati
     assert block_text.startswith(report.README_BEGIN) and block_text.endswith(report.README_END)
     line = next(x for x in block_text.splitlines() if x.startswith("| nDPI, known applications"))
     assert "| 100% | 3 |" in line and "(lightgbm)" in line and protocol.interval_text(margin) + " ahead" in line
+    # A task whose tree cells exist and PacketCLIP's not yet: the tree's row, PacketCLIP's cells said to be missing.
+    block = report.collect(report.load_protocol_cells(tmp_path))[("ndpi_closed", 1.0)]
+    trees_only = report.dataset_fraction_report({k: v for k, v in block.items() if not k.startswith("pclip")}, 100)
+    line = next(x for x in report.readme_block({"tables": {"ndpi_closed 1": trees_only}}, "cmd").splitlines()
+                if x.startswith("| nDPI"))
+    assert line.count("not run yet") == 2 and "(lightgbm)" in line
 
 
 def test_report_splits_a_test_side_with_seen_and_novel_applications(tmp_path):

@@ -123,7 +123,8 @@ def dataset_fraction_report(block: dict, replicates: int = 1000) -> dict:
         return margins
 
     shown = [m for m, _ in SHOWN_METRICS]
-    out = {"rows": part_rows("test", shown), "margins": part_margins("test", ("mauc", "macro_f1"))}
+    out = {"rows": part_rows("test", shown), "margins": part_margins("test", ("mauc", "macro_f1")),
+           "best_tree": best_on_validation(block, TREES)}
     if any(SEEN_PART in sp for per_seed in block.values() for sp in per_seed.values()):
         out["seen_rows"] = part_rows(SEEN_PART, shown)
         # Novelty detection: the two-class mAUC of `SplitPredictions.novelty` is its AUROC.
@@ -294,16 +295,21 @@ def readme_block(report: dict, command: str) -> str:
         dataset, fraction = key.rsplit(" ", 1)
         margin = block["margins"].get("best_tree")
         own = block["rows"].get(DECLARED)
-        if not margin or not own:
+        tree = margin["rival"] if margin else block.get("best_tree")
+        if tree is None:
             continue
-        rival = block["rows"][margin["rival"]]
+        rival = block["rows"][tree]
         cells = []
         for metric in ("mauc", "macro_f1"):
-            cells += [protocol.interval_text(own[metric]), f"{protocol.interval_text(rival[metric])} "
-                      f"({margin['rival']})", f"{protocol.interval_text(margin[metric])} {_verdict(margin[metric])}"]
-        lines.append(f"| {TASK_NAMES.get(dataset, dataset)} | {float(fraction):.0%} | {len(margin['seeds'])} | "
+            if margin and own:
+                cells += [protocol.interval_text(own[metric]), f"{protocol.interval_text(rival[metric])} ({tree})",
+                          f"{protocol.interval_text(margin[metric])} {_verdict(margin[metric])}"]
+            else:  # the trees' cells exist, PacketCLIP's not yet
+                cells += ["not run yet", f"{protocol.interval_text(rival[metric])} ({tree})", "–"]
+        splits = len(margin["seeds"]) if margin else len(rival["seeds"])
+        lines.append(f"| {TASK_NAMES.get(dataset, dataset)} | {float(fraction):.0%} | {splits} | "
                      + " | ".join(cells) + " |")
-        if "novelty" in block and DECLARED in block["novelty"] and margin["rival"] in block["novelty"]:
+        if margin and "novelty" in block and DECLARED in block["novelty"] and tree in block["novelty"]:
             novelty.append(f"{float(fraction):.0%} of the labels: PacketCLIP "
                            f"{protocol.interval_text(block['novelty'][DECLARED]['mauc'])}, {margin['rival']} "
                            f"{protocol.interval_text(block['novelty'][margin['rival']]['mauc'])}")
