@@ -21,7 +21,7 @@ from pclip_jax.graph.missions import mission_from_statement
 from pclip_jax.graph.schema import KGValidationError, graph_path, load_kg
 from pclip_jax.plumbing.settings import from_config
 from pclip_jax.plumbing.workdir import WorkdirError
-from tests.conftest import on_corpus
+from tests.conftest import HAVE_NDPI, on_corpus
 
 # Training captures: several service classes, few flows (the sentence encoder embeds each flow's texts).
 TRAIN = ["signal.pcap", "quic.pcap", "bittorrent.pcap", "openvpn.pcap", "ookla.pcap", "tor.pcap",
@@ -94,8 +94,11 @@ def test_classify_capture_end_to_end(workdir, ndpi_dir, tmp_path, capsys):
     # training, the same as recomputed from the saved flows.
     saved = np.load(wd / "gnn" / "calibration_flows.npz")
     from sklearn.metrics import roc_auc_score
-    assert np.isclose(fit["test_novel_application_ood_auroc"],
-                      roc_auc_score(saved["test_unseen_application"], -saved["test_ood_score"]))
+    unseen = saved["test_unseen_application"]
+    if HAVE_NDPI or 0 < unseen.mean() < 1:
+        assert np.isclose(fit["test_novel_application_ood_auroc"], roc_auc_score(unseen, -saved["test_ood_score"]))
+    else:  # the stand-in captures' split may test only seen (or only novel) applications: AUROC is undefined
+        assert "test_novel_application_ood_auroc" not in fit
     # The calibration study (benchmarks/calibration_study.py) reads the flows the job saved and refits the job's
     # temperature from them: the same temperature, the same test ECE, the same bound.
     from pclip_jax.training import calibration as calibration_lib
