@@ -56,12 +56,12 @@ def main() -> None:
     parser.add_argument("--ndpi", default=None, help="nDPI captures (default: the tests' stand-ins, built now)")
     parser.add_argument("--encoder", default=None, help="text encoder (default: the tests' tiny random one)")
     args = parser.parse_args()
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="settings_walk_"))
     if args.ndpi is None or args.encoder is None:
         from tests.synthetic_data import build_ndpi_corpus, build_text_encoder
-    ndpi = args.ndpi or str(build_ndpi_corpus(scratch / "ndpi"))
-    encoder = args.encoder or str(build_text_encoder(scratch / "encoder"))
-    edges = walk(ndpi, encoder)
+    with tempfile.TemporaryDirectory(prefix="settings_walk_") as scratch:  # the stand-ins, removed after
+        ndpi = args.ndpi or str(build_ndpi_corpus(pathlib.Path(scratch) / "ndpi"))
+        encoder = args.encoder or str(build_text_encoder(pathlib.Path(scratch) / "encoder"))
+        edges = walk(ndpi, encoder)
     below = {k: n for k, n in edges.items() if k[0] != "pclip_jax.job"}
     for (caller, caller_fn, callee, callee_fn), n in sorted(edges.items()):
         mark = "   entry" if caller == "pclip_jax.job" else "   BELOW"
