@@ -14,7 +14,10 @@ Candidates: the class-text similarity (the score of workdirs calibrated before 2
 similarity (k = 1, 5, 20, 50) to the training flows in the shared space (`z`, what the job ships with k = 5) and
 in the packet features before the projection head (`features`), a Mahalanobis distance to the training features,
 and nearest-neighbour distances in the raw inputs (standardised flow statistics, masked bytes of the first 4 and
-16 packets, packet sizes, TCP flags). docs/trust.md, "Out of mission", has the figures.
+16 packets, packet sizes, TCP flags). With `--exposure AUX ...` (captures of other traffic, never the OTHER ones:
+outlier exposure needs its own out-of-mission examples), also scores that learn from them: a logistic regression
+of training flows against AUX flows on `z` and on `features`, and the 5-NN similarity to the training flows minus
+that to the AUX flows. docs/trust.md, "Out of mission", has the figures.
 """
 from __future__ import annotations
 
@@ -62,8 +65,34 @@ def mahalanobis(train: np.ndarray):
     return lambda x: -np.einsum("ij,jk,ik->i", x - mu, precision, x - mu)
 
 
-def candidates(train: dict, node_text: np.ndarray):
+def exposure_candidates(train: dict, aux: dict):
+    """Scores that learn from out-of-mission examples `aux` (outlier exposure; higher = more typical)."""
+    from sklearn.linear_model import LogisticRegression
+    for view in ("z", "features"):
+        x = np.concatenate([train[view], aux[view]])
+        y = np.r_[np.zeros(len(train[view])), np.ones(len(aux[view]))]
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        fit = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit((x - mu) / sd, y)
+        yield f"exposure: logistic, {view}", \
+            lambda s, fit=fit, view=view, mu=mu, sd=sd: -fit.decision_function((s[view] - mu) / sd)
+    yield "exposure: 5-NN z, training minus aux", \
+        lambda s: cal.knn_similarity(s["z"], train["z"], 5) - cal.knn_similarity(s["z"], aux["z"], 5)
+    # The shipped 5-NN score and the logistic one on z, each standardised by its spread over the AUX flows, summed.
+    x = np.concatenate([train["z"], aux["z"]])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    fit = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(
+        (x - mu) / sd, np.r_[np.zeros(len(train["z"])), np.ones(len(aux["z"]))])
+    knn = lambda s: cal.knn_similarity(s["z"], train["z"], 5)  # noqa: E731
+    logit = lambda s: -fit.decision_function((s["z"] - mu) / sd)  # noqa: E731
+    k_aux, l_aux = knn(aux), logit(aux)
+    yield "exposure: 5-NN z + logistic z", \
+        lambda s: (knn(s) - k_aux.mean()) / k_aux.std() + (logit(s) - l_aux.mean()) / l_aux.std()
+
+
+def candidates(train: dict, node_text: np.ndarray, aux: dict | None = None):
     """(name, score function of a flow set's dict) pairs; a flow set: `z`, `features` and `raw_views` views."""
+    if aux is not None:
+        yield from exposure_candidates(train, aux)
     yield "class-text similarity", lambda s: cal.ood_scores(s["z"], node_text)
     for k in KS:
         yield f"{k}-NN similarity, z", lambda s, k=k: cal.knn_similarity(s["z"], train["z"], k)
@@ -87,6 +116,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir", metavar="W")
     ap.add_argument("others", nargs="*", metavar="OTHER")
+    ap.add_argument("--exposure", nargs="*", default=[], metavar="AUX",
+                    help="captures of other traffic to learn out-of-mission scores from (never an OTHER)")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
     wd = Workdir(args.workdir)
@@ -112,11 +143,15 @@ def main(argv=None) -> int:
     for path in args.others:
         table, _ = experiment.flows_as_trained([path], settings)
         others[path] = flow_set(table, np.arange(len(table)))
+    aux = None
+    if args.exposure:
+        table, _ = experiment.flows_as_trained(args.exposure, settings)
+        aux = flow_set(table, np.arange(len(table)))
     print(f"{args.workdir}: {len(train['z'])} training, {len(novel['validation'])} validation "
           f"({novel['validation'].mean():.0%} novel applications), {len(novel['test'])} test flows "
           f"({novel['test'].mean():.0%} novel); " + ", ".join(f"{p}: {len(o['z'])} flows" for p, o in others.items()))
     results = {}
-    for name, score in candidates(train, cal.ood_node_text(clf.kg)):
+    for name, score in candidates(train, cal.ood_node_text(clf.kg), aux):
         own = {split: score(s) for split, s in sets.items()}
         r = {f"{split}_novel": auroc(novel[split], own[split]) for split in sets}
         for path, o in others.items():
