@@ -15,6 +15,7 @@ from configs import test as test_config
 from pclip_jax.serving import classify, export
 from pclip_jax.text import prompts as text_lib
 from pclip_jax.training import restore as inference
+from pclip_jax.training import train_gnn
 from pclip_jax import job
 from pclip_jax.data.ingest import IngestConfig, ingest
 from pclip_jax.graph.missions import mission_from_statement
@@ -672,7 +673,7 @@ def test_evaluate_keeps_the_workdirs_classes_on_captures_the_hierarchy_mostly_mi
 
 def test_distilled_deployment_tower_exports_and_classifies(workdir, ndpi_dir, tmp_path):
     """`python -m pclip_jax.distill` trains a smaller packet tower to place the training flows where the trained one
-    does: the validation cosine rises from its first check, the student is cheaper, the rest of the towers is the
+    does and to make the GNN answer as it does: the validation loss falls from its first check, the student is cheaper, the rest of the towers is the
     workdir's, and `export --deployment` writes it (parity with JAX checked by the export) for classify's ONNX
     backend."""
     from pclip_jax import distill as distill_cli
@@ -687,11 +688,24 @@ def test_distilled_deployment_tower_exports_and_classifies(workdir, ndpi_dir, tm
     saved = json.loads((wd / distill.DEPLOYMENT_DIR / distill.TOWER_JSON).read_text())
     report = saved["report"]
     assert saved["model"]["width"] == 8 and len(report["history"]) == 4
-    assert report["validation_cosine"] > report["history"][0]["validation_cosine"]
+    assert report["validation_loss"] < report["history"][0]["validation_loss"]
+    assert report["validation_kl"] >= 0 and "level1_agreement" in report["validation"]
+    # Defaults: the teacher and the student read the same augmented flows, and the GNN's answers are matched.
+    assert report["training"]["augment"] is True and report["training"]["match_predictions"] > 0
     assert report["packet_tower"]["flops_ratio"] > 1.5 and -1 <= report["test_cosine"] <= 1
     assert 0 <= report["level1_agreement"] <= 1 and "mauc" in report["level1_deployment"]
     # The extra capture's flows (no labels) join the training flows the student learns from.
     assert report["extra_flows"] > 0 and report["training_flows"] > 0
+
+    # The GNN-output term reads the workdir's GNN through one fixed graph batch whose flow embeddings are swapped:
+    # the same distributions as the GNN's own prediction path.
+    clf = inference.load_classifier(wd)
+    z = np.random.default_rng(0).normal(size=(64, clf.settings.model.embed_dim)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    logp1, logp2 = distill.gnn_distributions(clf, 64)(z)
+    ref = train_gnn.predict_arrays(clf.gnn_train_config, clf.gnn_params, z, clf.kg)
+    np.testing.assert_allclose(np.exp(np.asarray(logp1)), ref["prob1"] + 1e-7, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.exp(np.asarray(logp2)), ref["prob2"] + 1e-7, rtol=1e-4, atol=1e-6)
 
     trained, small = inference.load_towers(wd), inference.load_deployment_towers(wd)
     assert small.settings.model.width == 8 and small.settings.model.dropout == 0.0
