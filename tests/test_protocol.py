@@ -207,6 +207,13 @@ def test_report_tables_come_from_the_cells_answers_and_choose_rivals_on_validati
     line = next(x for x in report.readme_block({"tables": {"ndpi_closed 1": trees_only}}, "cmd").splitlines()
                 if x.startswith("| nDPI"))
     assert line.count("not run yet") == 2 and "(lightgbm)" in line
+    # PacketCLIP's cells still running (split 2 missing): the splits column says how many each side has.
+    for f in (tmp_path / "cells" / "ndpi_closed").glob("pclip-f1-s2.*"):
+        f.unlink()
+    partial = report.protocol_report(tmp_path, replicates=50)
+    assert partial["tables"]["ndpi_closed 1"]["margins"]["best_tree"]["seeds"] == [0, 1]
+    line = next(x for x in report.readme_block(partial, "cmd").splitlines() if x.startswith("| nDPI"))
+    assert "| 100% | 2 PacketCLIP, 3 tree |" in line
 
 
 def test_report_splits_a_test_side_with_seen_and_novel_applications(tmp_path):

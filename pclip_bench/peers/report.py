@@ -306,7 +306,9 @@ def readme_block(report: dict, command: str) -> str:
                           f"{protocol.interval_text(margin[metric])} {_verdict(margin[metric])}"]
             else:  # the trees' cells exist, PacketCLIP's not yet
                 cells += ["not run yet", f"{protocol.interval_text(rival[metric])} ({tree})", "–"]
-        splits = len(margin["seeds"]) if margin else len(rival["seeds"])
+        splits = str(len(rival["seeds"]))
+        if own and len(own["seeds"]) != len(rival["seeds"]):  # PacketCLIP's cells are still running
+            splits = f"{len(own['seeds'])} PacketCLIP, {len(rival['seeds'])} tree"
         lines.append(f"| {TASK_NAMES.get(dataset, dataset)} | {float(fraction):.0%} | {splits} | "
                      + " | ".join(cells) + " |")
         if margin and "novelty" in block and DECLARED in block["novelty"] and tree in block["novelty"]:
@@ -316,7 +318,8 @@ def readme_block(report: dict, command: str) -> str:
     if novelty:
         lines += ["", "Telling novel applications from known ones (AUROC, 1 − top probability): "
                   + "; ".join(novelty) + "."]
-    lines += ["", f"Mean [95 % capture-bootstrap interval] over the capture splits; PacketCLIP's row is the evaluation "
-              f"its validation captures declared, the best tree the one with the better validation mAUC; a margin is "
-              f"'ahead' only when its paired interval excludes zero. Regenerate with `{command}`.", "", README_END]
+    lines += ["", f"Mean [95 % capture-bootstrap interval] over the capture splits each model has run; PacketCLIP's row "
+              f"is the evaluation its validation captures declared, the best tree the one with the better validation "
+              f"mAUC; a margin is paired, on the splits both have run, and 'ahead' only when its interval excludes "
+              f"zero. Regenerate with `{command}`.", "", README_END]
     return "\n".join(lines)
