@@ -1,4 +1,5 @@
 """Pre-training on real captures with the tiny test config: capture-disjoint split, resume, tuned text tower."""
+import dataclasses
 import json
 
 import jax
@@ -86,6 +87,38 @@ def test_unlabelled_pretraining_hides_the_labels_outside_the_fraction(setup):
     for off in (scarce.replace(data={"unlabelled_pretraining": False}), settings):
         same, none = train_lib.pretraining_flows(experiment.prepare_experiment(off, cache), off)
         assert none is None and len(same.train_idx) == (len(fraction) if off is not settings else len(pool))
+
+
+def test_names_as_text_pair_named_flows_with_their_name_and_hide_it(setup):
+    """text.name_texts: a flow with a server name gets the name's words as a pre-training text (every variant at
+    probability 1), a flow without one never does; the texts that are a name's are marked, the same for the same
+    seed; a flow paired with its name's text has its own name input hidden in the batch, and at 0 (the default)
+    names stay in the batches and no text is a name's."""
+    settings, prepared, featurizer, plain = setup
+    named = settings.replace(text={"name_texts": 1.0})
+    texts = train_lib.build_train_texts(prepared, named, featurizer, settings.data.cache_dir)
+    server = np.asarray(prepared.table.meta["server_name"]).astype(str)[prepared.train_idx]
+    assert 0 < (server != "").sum() < len(server)  # the captures hold flows with and without names
+    for row, name in enumerate(server):
+        chosen = [texts.texts[v] for v in texts.variants[row]]
+        if name:
+            assert chosen == [text_lib.name_text(name)] * len(chosen), (name, chosen)
+        else:
+            assert not any(t.startswith(text_lib.NAME_TEXT_PREFIX) for t in chosen)
+    np.testing.assert_array_equal(texts.name_text, [t.startswith(text_lib.NAME_TEXT_PREFIX) for t in texts.texts])
+    again = train_lib.build_train_texts(prepared, named, featurizer, settings.data.cache_dir)
+    np.testing.assert_array_equal(again.variants, texts.variants)
+    assert text_lib.name_text("r3---sn-4g5e.googlevideo.com") == "a connection to r3 sn 4g5e googlevideo com"
+    assert plain.name_text is None and not any(t.startswith(text_lib.NAME_TEXT_PREFIX) for t in plain.texts)
+
+    from pclip_jax.data.batches import BatchRecipe
+    from pclip_jax.data.flow_table import NAME_KEY
+    no_dropout = dataclasses.replace(settings.train,  # names dropped only by name_texts here
+                                     augment=dataclasses.replace(settings.train.augment, name_dropout=0.0))
+    hidden_names = [BatchRecipe.of(prepared, texts, no_dropout, 32)(step)[NAME_KEY] for step in range(3)]
+    kept_names = [BatchRecipe.of(prepared, plain, no_dropout, 32)(step)[NAME_KEY] for step in range(3)]
+    assert all(not v.any() for v in hidden_names)  # every named flow was paired with its name: all hidden
+    assert any(v.any(axis=1).sum() > 0 for v in kept_names)
 
 
 @pytest.mark.fresh_process

@@ -86,11 +86,12 @@ def augment_flows(batch: dict, rng: np.random.Generator, augment, mine: slice = 
 
 def batch_from_rows(flows: FlowRows, class_ids: np.ndarray, text_features: np.ndarray, variants: np.ndarray,
                     tokens: Optional[dict], rows: np.ndarray, step: int, seed: int, augment=None,
-                    mine: slice = slice(None)) -> dict:
+                    mine: slice = slice(None), name_text: Optional[np.ndarray] = None) -> dict:
     """This process's part `mine` of the global batch `rows` (indices of training rows: `flows` reads their tower
     inputs, `class_ids[rows]` are their classes, `variants[rows]` index their texts). Only the rows `mine` are
     read; augmentation and text variants are drawn for all of `rows`, so every process count trains on the same
-    global batch."""
+    global batch. `name_text` [texts] marks the texts that are a server name's: a flow paired with one has its
+    own name input hidden (it must say the name from the traffic)."""
     rng = np.random.default_rng([seed, step, 1])
     own = rows[mine]
     batch = flows.read(own)
@@ -98,6 +99,9 @@ def batch_from_rows(flows: FlowRows, class_ids: np.ndarray, text_features: np.nd
         batch = augment_flows(batch, rng, augment, mine, len(rows))
     variant = rng.integers(0, variants.shape[1], size=len(rows))[mine]
     chosen = variants[own, variant]
+    if name_text is not None and NAME_KEY in batch:
+        hide = name_text[chosen]
+        batch[NAME_KEY] = np.where(hide[:, None], np.zeros_like(batch[NAME_KEY]), batch[NAME_KEY])
     if tokens is not None:
         batch["input_ids"] = tokens["input_ids"][chosen]
         batch["attention_mask"] = tokens["attention_mask"][chosen]
@@ -122,6 +126,7 @@ class BatchRecipe:
     class_balance: float
     augment: Any                     # settings.AugmentSettings (or None)
     mine: slice = dataclasses.field(default_factory=lambda: slice(None))  # this process's rows of the batch
+    name_text: Optional[np.ndarray] = None  # [T] bool: texts that are a server name's (their flow's name hidden)
 
     def __post_init__(self):
         # Sampling weights: a class id of -1 (labels hidden) is a bucket of its own.
@@ -139,7 +144,7 @@ class BatchRecipe:
         return cls(flows=flows, class_ids=np.asarray(prepared.class_ids)[prepared.train_idx],
                    text_features=texts.features, variants=texts.variants, tokens=texts.tokens,
                    global_batch=global_batch, seed=train.seed, class_balance=train.class_balance,
-                   augment=train.augment, mine=mine)
+                   augment=train.augment, mine=mine, name_text=getattr(texts, "name_text", None))
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -149,7 +154,7 @@ class BatchRecipe:
 
     def __call__(self, step: int) -> dict:
         return batch_from_rows(self.flows, self.class_ids, self.text_features, self.variants, self.tokens,
-                               self.rows(step), step, self.seed, self.augment, self.mine)
+                               self.rows(step), step, self.seed, self.augment, self.mine, self.name_text)
 
     def fingerprint(self) -> str:
         """A digest of what decides the batches (rows, classes, texts, sampling and augmentation settings): equal
@@ -157,7 +162,7 @@ class BatchRecipe:
         h = hashlib.sha256()
         h.update(repr((len(self.flows), self.global_batch, self.seed, self.class_balance, self.augment,
                        self.mine, self.text_features.shape, self.variants.shape)).encode())
-        for a in (self.class_ids, self.variants):
+        for a in (self.class_ids, self.variants) + ((self.name_text,) if self.name_text is not None else ()):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 

@@ -191,6 +191,11 @@ class TextSettings:
     # Pre-training texts may name the flow's application (its level-2 label) beside its class; False: the class
     # only, so that no label finer than the evaluated classes reaches the model (the peer suite's protocol rule).
     application_texts: bool = True
+    # Names as text (issue 31): the probability that a pre-training text of a flow with a server name is the name's
+    # words ("a connection to r3 sn googlevideo com") instead of its class prompt, for labelled flows and for flows
+    # whose labels are hidden alike; the packet tower's own name input is then hidden for that pair, so it learns
+    # to say the name from the traffic's shape. 0 = off.
+    name_texts: float = 0.0
 
     @property
     def trained(self) -> bool:
@@ -203,6 +208,7 @@ class TextSettings:
         _check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
         _check(self.variants_per_flow >= 1, f"{prefix}.variants_per_flow", self.variants_per_flow, "an integer >= 1")
         _check(0 <= self.p_facts <= 1, f"{prefix}.p_facts", self.p_facts, "in [0, 1]")
+        _check(0 <= self.name_texts <= 1, f"{prefix}.name_texts", self.name_texts, "in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

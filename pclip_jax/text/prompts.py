@@ -19,6 +19,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import yaml
 
+from pclip_jax.data.names import name_words
 from pclip_jax.graph.schema import display_name  # noqa: F401  (the same class names in prompts and graphs)
 
 DEFAULT_DESCRIPTIONS = pathlib.Path(__file__).resolve().parent.parent / "data" / "class_descriptions.yaml"
@@ -414,6 +415,31 @@ def _timing_phrases(s: np.ndarray, iat: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- per-step sampling
+
+NAME_TEXT_PREFIX = "a connection to "
+
+
+def name_text(server_name: str) -> str:
+    """The pre-training text of a server name (`text.name_texts`): its words, e.g. 'a connection to r3 sn 4g5e
+    googlevideo com'; '' for a flow without a name."""
+    words = name_words(server_name) if server_name else ""
+    return f"{NAME_TEXT_PREFIX}{words}" if words else ""
+
+
+def with_name_texts(rng: np.random.Generator, texts: list[str], server_names: Sequence[str], p_name: float
+                    ) -> tuple[list[str], np.ndarray]:
+    """`texts` with each flow that has a server name given its `name_text` instead, with probability `p_name`;
+    and which flows were (bool [N])."""
+    draw = rng.random(len(texts)) < p_name
+    swapped = np.zeros(len(texts), bool)
+    out = list(texts)
+    for i, name in enumerate(server_names):
+        if draw[i] and name:
+            t = name_text(name)
+            if t:
+                out[i], swapped[i] = t, True
+    return out, swapped
+
 
 def _flow_names(entry) -> list[str]:
     """One flow's label names, general to specific ('' = unlabelled at that level)."""

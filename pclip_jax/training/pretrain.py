@@ -81,6 +81,7 @@ class TrainTexts:
     variants: np.ndarray       # [N_train, V] index into features
     texts: list[str]
     tokens: Optional[dict] = None  # [T, L] token ids and mask of the distinct texts (tuned text tower only)
+    name_text: Optional[np.ndarray] = None  # [T] bool: the text is a server name's (`text.name_texts`)
 
 
 def pretraining_flows(prepared: PreparedFlows, settings: Settings) -> tuple[PreparedFlows, Optional[np.ndarray]]:
@@ -120,6 +121,10 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
                                       table.tensors["num_packets"][idx], np.asarray(table.meta["proto"])[idx],
                                       duration=duration)
     vocabulary: dict[str, int] = {}
+    name_vocabulary: set[int] = set()
+    p_name = settings.text.name_texts
+    server = (np.asarray(table.meta["server_name"]).astype(str)[idx]
+              if p_name > 0 and "server_name" in table.meta else None)
     variants = np.zeros((len(prepared.train_idx), settings.text.variants_per_flow), np.int32)
     for v in range(settings.text.variants_per_flow):
         # An application named only when allowed, or when the applications are the evaluated classes (level 2).
@@ -127,16 +132,29 @@ def build_train_texts(prepared: PreparedFlows, settings: Settings, featurizer: T
         names = [["", ""] if hidden is not None and hidden[i] else [labels[i], apps[i] if name_apps else ""]
                  for i in prepared.train_idx]
         texts = text_lib.sample_flow_texts(rng, names, facts, descriptions, p_facts=settings.text.p_facts)
+        swapped = np.zeros(len(texts), bool)
+        if server is not None:
+            texts, swapped = text_lib.with_name_texts(rng, texts, server, p_name)
         for row, t in enumerate(texts):
             variants[row, v] = vocabulary.setdefault(t, len(vocabulary))
+            if swapped[row]:
+                name_vocabulary.add(int(variants[row, v]))
     texts = list(vocabulary)
+    name_text = None
+    if server is not None:
+        name_text = np.zeros(len(texts), bool)
+        name_text[sorted(name_vocabulary)] = True
+        print(f"[text] names as text: {int((server != '').sum())} of {len(idx)} training flows have a server name; "
+              f"{int(np.isin(variants, sorted(name_vocabulary)).sum())} of {variants.size} text variants are a name's "
+              f"(text.name_texts {p_name})", file=sys.stderr)
     print(f"[text] {len(texts)} distinct texts for {len(prepared.train_idx)} training flows", file=sys.stderr)
     if settings.text.trained:
         enc = featurizer.tokenizer.encode(texts, settings.text.max_len)
         tokens = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         return TrainTexts(features=np.zeros((len(texts), 1), np.float32), variants=variants, texts=texts,
-                          tokens=tokens)
-    return TrainTexts(features=cached_text_features(featurizer, texts, cache_dir), variants=variants, texts=texts)
+                          tokens=tokens, name_text=name_text)
+    return TrainTexts(features=cached_text_features(featurizer, texts, cache_dir), variants=variants, texts=texts,
+                      name_text=name_text)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -153,7 +171,7 @@ def make_train_batch(prepared: PreparedFlows, texts: TrainTexts, rows: np.ndarra
     global batch (`data.batches.batch_from_rows`)."""
     flows = flows if flows is not None else TableRows(prepared.table.tensors, prepared.train_idx)
     return batch_from_rows(flows, np.asarray(prepared.class_ids)[prepared.train_idx], texts.features,
-                           texts.variants, texts.tokens, rows, step, seed, augment, mine)
+                           texts.variants, texts.tokens, rows, step, seed, augment, mine, texts.name_text)
 
 
 # ----------------------------------------------------------------------------------------------- the stage
