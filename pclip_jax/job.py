@@ -23,7 +23,7 @@ from pclip_jax.plumbing import files
 from pclip_jax.plumbing.runtime import data_parallel_implementation, maybe_initialize_distributed
 from pclip_jax.plumbing.settings import Settings, from_config, with_absolute_paths
 from pclip_jax.plumbing.workdir import Workdir
-from pclip_jax.training import detection, loop
+from pclip_jax.training import detection, finetune, loop
 from pclip_jax.training import pretrain
 from pclip_jax.training.experiment import check_inputs, prepare_experiment, save_embeddings
 from pclip_jax.training.towers import build_model, text_featurizer
@@ -79,6 +79,9 @@ def train_and_evaluate(config: Any, workdir: str, outputs: Optional[dict] = None
     results, embeddings = evaluate.evaluate_pretrained(settings, wd, prepared, model, params, featurizer)
     if jax.process_index() == 0:
         save_embeddings(wd, prepared, embeddings)
+    finetuned = finetune.finetune(settings, wd, prepared, model, params)
+    if finetuned is not None:
+        results["finetuned"] = finetuned
     if settings.gnn.enabled:
         results["gnn"] = detection.train_and_evaluate_gnn(settings, wd, prepared, model, params, featurizer,
                                                           embeddings, cache_dir)

@@ -121,6 +121,52 @@ def test_names_as_text_pair_named_flows_with_their_name_and_hide_it(setup):
     assert any(v.any(axis=1).sum() > 0 for v in kept_names)
 
 
+def test_finetuning_trains_a_copy_of_the_tower_with_a_class_head(setup, tmp_path):
+    """train.finetune_steps: a copy of the packet tower and a zero-initialised class head learn the training
+    flows' classes (the loss falls below ln C, where the zero head starts), the step with the best validation mAUC
+    is kept, validation and test answers are written as the `finetuned` evaluation (probabilities over the
+    evaluated classes), the pre-trained parameters are left as they were, and the same seed gives the same
+    answers; 0 steps (the default) is no fine-tuning."""
+    from pclip_jax.training import finetune
+
+    settings, full, _, _ = setup
+    # Validation captures carved from the training ones (the stand-in split folds its own into training).
+    captures = np.asarray(full.table.meta["capture"]).astype(str)
+    held = set(np.unique(captures[full.train_idx])[::4])
+    in_val = np.isin(captures[full.train_idx], list(held))
+    prepared = dataclasses.replace(full, train_idx=full.train_idx[~in_val], val_idx=full.train_idx[in_val])
+    tuned = settings.replace(train={"finetune_steps": 24, "eval_every": 6, "finetune_learning_rate": 3e-3,
+                                    "batch_size": 32})
+    model = embedding.build_model(tuned)
+    params = embedding.init_params(model, tuned, jax.random.PRNGKey(0))
+    before = jax.tree_util.tree_map(np.array, params["packet_tower"])
+    wd = Workdir(tmp_path / "a")
+    report = finetune.finetune(tuned, wd, prepared, model, params, progress=False)
+    classes = len(prepared.class_names)
+    assert [h["step"] for h in report["history"]] == [6, 12, 18, 24]
+    assert report["history"][-1]["loss"] < np.log(classes)
+    assert (prepared.class_ids[prepared.val_idx] >= 0).sum() > 10
+    assert report["best_step"] in (6, 12, 18, 24) and report["validation_mauc"] == max(
+        h["validation_mauc"] for h in report["history"])
+    answers = wd.load_answers()[finetune.EVALUATION]
+    for split, idx in (("test", prepared.test_idx), ("validation", prepared.val_idx)):
+        kept = np.asarray(idx)[prepared.class_ids[np.asarray(idx)] >= 0]
+        assert answers[split]["scores"].shape == (len(kept), classes)
+        np.testing.assert_allclose(answers[split]["scores"].sum(1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(answers[split]["y_true"], prepared.class_ids[kept])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, jax.tree_util.tree_map(np.array,
+                                                                                         params["packet_tower"]))
+    again = Workdir(tmp_path / "b")
+    finetune.finetune(tuned, again, prepared, model, params, progress=False)
+    np.testing.assert_allclose(again.load_answers()[finetune.EVALUATION]["test"]["scores"], answers["test"]["scores"],
+                               rtol=1e-5, atol=1e-6)
+    assert finetune.finetune(settings, wd, prepared, model, params, progress=False) is None
+    # Without validation captures: the last step.
+    last = finetune.finetune(tuned, Workdir(tmp_path / "c"), full if not len(full.val_idx) else
+                             dataclasses.replace(full, val_idx=full.val_idx[:0]), model, params, progress=False)
+    assert last["best_step"] == 24 and all(h["validation_mauc"] is None for h in last["history"])
+
+
 @pytest.mark.fresh_process
 def test_resume_equals_straight_run(request, tmp_path):
     """Stopped after 10 of 20 steps and resumed, pre-training ends where a straight run does. The module's data

@@ -19,7 +19,8 @@ TREES = ("extra_trees", "lightgbm")
 NEURAL = ("cnn1d", "fsnet", "yatc", "netmamba", "etbert")
 SHOWN_METRICS = (("mauc", "mAUC"), ("macro_f1", "macro-F1"), ("accuracy", "accuracy"))
 LABELS = {DECLARED: "**PacketCLIP, declared evaluation**", "pclip_probe": "PacketCLIP linear probe",
-          "pclip_zero_shot": "PacketCLIP zero-shot", "pclip_gnn": "PacketCLIP hierarchical GNN",
+          "pclip_zero_shot": "PacketCLIP zero-shot", "pclip_finetuned": "PacketCLIP fine-tuned",
+          "pclip_gnn": "PacketCLIP hierarchical GNN",
           "pclip_gnn_level1": "PacketCLIP GNN, level 1", "pclip_trees": "ExtraTrees + PacketCLIP embedding"}
 
 
@@ -242,7 +243,7 @@ def markdown(report: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-ORDER = (DECLARED, "pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1", "pclip_trees", *TREES, *NEURAL)
+ORDER = (DECLARED, "pclip_probe", "pclip_zero_shot", "pclip_finetuned", "pclip_gnn", "pclip_gnn_level1", "pclip_trees", *TREES, *NEURAL)
 
 
 def _rows_table(rows: dict, metrics: Sequence[tuple[str, str]]) -> list[str]:

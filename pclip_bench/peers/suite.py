@@ -46,7 +46,7 @@ NEURAL = ("cnn1d", "fsnet", "yatc", "netmamba", "etbert")
 # contrastive tower adds what the hand-made features lack. A hybrid, reported beside PacketCLIP's own evaluations.
 HYBRID = ("pclip_trees",)
 MODELS = ("pclip",) + HYBRID + TREES + NEURAL
-PCLIP_ROWS = ("pclip_probe", "pclip_zero_shot", "pclip_gnn", "pclip_gnn_level1")
+PCLIP_ROWS = ("pclip_probe", "pclip_zero_shot", "pclip_finetuned", "pclip_gnn", "pclip_gnn_level1")
 PEER_BYTES = 320
 PROTOCOL = 2  # cells tuned on the tuning split, with declared evaluations and per-flow answers (docs/peers.md)
 
@@ -176,9 +176,12 @@ def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], tune
                  flops_per_flow=tower["flops_per_flow"], **common),
             _row(cell, "pclip_zero_shot", results["zero_shot"], trainable_params=tower_params,
                  flops_per_flow=tower["flops_per_flow"], **common)]
+    if "finetuned" in results:  # train.finetune_steps > 0: the tower fine-tuned with a class head
+        rows.append(_row(cell, "pclip_finetuned", results["finetuned"], trainable_params=probe_params,
+                         flops_per_flow=tower["flops_per_flow"], **common))
     gnn = results.get("gnn")
+    level = "level2" if settings.data.label_level == "level2" else "level1"
     if gnn:
-        level = "level2" if settings.data.label_level == "level2" else "level1"
         extra = {"trainable_params": gnn["trainable_params"], "tower_params": tower_params,
                  "flops_per_flow": tower["flops_per_flow"] + gnn["flops_per_flow"],
                  "detection_flops_per_flow": gnn["flops_per_flow"], **common}
@@ -189,8 +192,9 @@ def pclip_rows(cell: Cell, workdir: pathlib.Path, overrides: Sequence[str], tune
 
 
 # The workdir's answer files behind each PacketCLIP row (`Workdir.save_answers`).
-_PCLIP_ANSWERS = {"pclip_probe": "probe", "pclip_zero_shot": "zero_shot"}
-DECLARABLE = ("pclip_probe", "pclip_zero_shot", "pclip_gnn")  # pclip_gnn_level1 is a coarser task
+_PCLIP_ANSWERS = {"pclip_probe": "probe", "pclip_zero_shot": "zero_shot", "pclip_finetuned": "finetuned"}
+# pclip_gnn_level1 is a coarser task
+DECLARABLE = ("pclip_probe", "pclip_zero_shot", "pclip_finetuned", "pclip_gnn")
 
 
 def declare_evaluation(rows: list[dict], answers: dict, gnn_level: str = "level1") -> list[dict]:
@@ -718,6 +722,7 @@ def plot(aggregated: Sequence[dict], rows: Sequence[dict], out_dir: pathlib.Path
 
 PEERS = TREES + NEURAL
 _LABELS = {"pclip_probe": "PacketCLIP linear probe", "pclip_zero_shot": "PacketCLIP zero-shot",
+           "pclip_finetuned": "PacketCLIP fine-tuned",
            "pclip_gnn": "PacketCLIP GNN", "pclip_gnn_level1": "PacketCLIP GNN, level 1 (coarser task)",
            "pclip_trees": "hybrid: ExtraTrees + PacketCLIP embedding", "extra_trees": "ExtraTrees",
            "lightgbm": "LightGBM", "cnn1d": "1D-CNN", "fsnet": "FS-Net", "yatc": "YaTC", "netmamba": "NetMamba",

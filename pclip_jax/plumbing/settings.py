@@ -246,12 +246,18 @@ class TrainSettings:
     prefetch: int = 2                        # batches read and prepared ahead, by as many threads (per worker)
     workers: int = 0                         # >0: batches made in this many worker processes (Grain), each
                                              # `prefetch` batches ahead; 0 = threads of the training process
+    # After pre-training, a copy of the packet tower fine-tuned with a class head by cross-entropy, as the peers
+    # are (training/finetune.py): one more evaluation (`finetuned`); the pre-trained tower stays for the rest.
+    finetune_steps: int = 0                  # 0 = off
+    finetune_learning_rate: float = 3e-4
 
     def validate(self, prefix: str = "train") -> None:
         for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "prefetch"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
-        for name in ("warmup_steps", "eval_every", "stop_after", "workers"):
+        for name in ("warmup_steps", "eval_every", "stop_after", "workers", "finetune_steps"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", getattr(self, name), "an integer >= 0")
+        _check(self.finetune_learning_rate > 0, f"{prefix}.finetune_learning_rate", self.finetune_learning_rate,
+               "a number > 0")
         _check(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "> 0")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
         _check(self.grad_clip > 0, f"{prefix}.grad_clip", self.grad_clip, "> 0")
