@@ -313,9 +313,11 @@ def readme_block(report: dict, command: str) -> str:
         lines.append(f"| {TASK_NAMES.get(dataset, dataset)} | {float(fraction):.0%} | {splits} | "
                      + " | ".join(cells) + " |")
         if margin and "novelty" in block and DECLARED in block["novelty"] and tree in block["novelty"]:
-            novelty.append(f"{float(fraction):.0%} of the labels: PacketCLIP "
-                           f"{protocol.interval_text(block['novelty'][DECLARED]['mauc'])}, {margin['rival']} "
-                           f"{protocol.interval_text(block['novelty'][margin['rival']]['mauc'])}")
+            ours, theirs = block["novelty"][DECLARED]["mauc"], block["novelty"][margin["rival"]]["mauc"]
+            counts = (f" ({ours['splits']} and {theirs['splits']} splits)"
+                      if ours.get("splits") != theirs.get("splits") else "")
+            novelty.append(f"{float(fraction):.0%} of the labels: PacketCLIP {protocol.interval_text(ours)}, "
+                           f"{margin['rival']} {protocol.interval_text(theirs)}{counts}")
     if novelty:
         lines += ["", "Telling novel applications from known ones (AUROC, 1 − top probability): "
                   + "; ".join(novelty) + "."]
