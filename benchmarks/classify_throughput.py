@@ -8,7 +8,8 @@ XLA also told to use one thread), from start to exit, over the same capture file
 * `nfstream + nDPI`: NFStreamer per capture (one meter, nDPI dissection on with its default 20 packets, statistics
   off), every flow consumed: what a user would otherwise run to label traffic.
 * `pclip onnx`: `python -m pclip_jax.classify --backend onnx --model EXPORT --threads 1 ... --out FILE`: ingest,
-  packet tower, GNN, calibration, explanations and JSON lines, without JAX.
+  packet tower, GNN, calibration, explanations and JSON lines, without JAX; `pclip onnx brief`: the same with
+  `--brief` (no winning descriptions, no flow facts: the detection stage reads the graph once).
 * `pclip jax` (with `--workdir`): the same on the workdir's checkpoints with JAX, compiling every program
   (`--compile-cache off`: a first run on a workdir); `pclip jax cached`: the same with the programs an earlier,
   untimed run kept in a fresh compilation cache (what every later run on a workdir does by default).
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
     res = {"captures": len(files), "capture_mb": size_mb, "load_average_1min": os.getloadavg()[0],
            "cores": 1}
     print(f"{len(files)} captures, {size_mb:.1f} MB; one core per tool; best of {args.repeat}")
-    rows = [("pclip onnx", ["--backend", "onnx", "--model", args.model, "--threads", "1"])]
+    rows = [("pclip onnx", ["--backend", "onnx", "--model", args.model, "--threads", "1"]),
+            ("pclip onnx brief", ["--backend", "onnx", "--model", args.model, "--threads", "1", "--brief"])]
     compile_cache = tempfile.TemporaryDirectory()
     if args.workdir and "jax" not in args.skip:
         rows.append(("pclip jax", ["--workdir", args.workdir, "--compile-cache", "off"]))

@@ -440,6 +440,44 @@ def test_onnx_export_scores_both_levels_as_jax_does(workdir, exported, ndpi_dir,
     _compare(_lines(onnx_out), _lines(jax_out))
 
 
+def test_brief_records_are_the_full_ones_without_descriptions(workdir, exported, ndpi_dir, tmp_path):
+    """`--brief` (both backends, files and live streams): the full records with every winning description, its
+    scores and the flow facts left out (null) — the brief detection model reads the graph once, the full one once
+    per description slot, and both give the same probabilities; a live stream honours `--coverage`."""
+    wd, _ = workdir
+    out, manifest = exported
+    assert manifest["detection"]["brief_file"] in manifest["files"] and manifest["parity_max_abs_diff"]["brief"] < 1e-4
+    target = ndpi_dir / "pcap" / TARGET
+    full_out, jax_out, onnx_out = tmp_path / "full.jsonl", tmp_path / "jax.jsonl", tmp_path / "onnx.jsonl"
+    assert classify.main(["--backend", "onnx", "--model", str(out), str(target), "--out", str(full_out), "--quiet",
+                          "--threads", "1"]) == 0
+    assert classify.main(["--workdir", str(wd), str(target), "--out", str(jax_out), "--quiet", "--brief"]) == 0
+    assert classify.main(["--backend", "onnx", "--model", str(out), str(target), "--out", str(onnx_out), "--quiet",
+                          "--threads", "1", "--brief"]) == 0
+    full = _lines(full_out)
+    assert any(step["winning_description"] for r in full for step in r["explanation"]["path"])
+    blanked = json.loads(json.dumps(full))
+    for r in blanked:
+        r["explanation"]["flow_facts"] = None
+        for step in r["explanation"]["path"]:
+            step["winning_description"] = step["description_scores"] = None
+    for brief in (_lines(jax_out), _lines(onnx_out)):
+        assert all(r["explanation"]["flow_facts"] is None and all(
+            s["winning_description"] is None and s["description_scores"] is None for s in r["explanation"]["path"])
+            for r in brief)
+        _compare(brief, blanked)
+    proc = subprocess.run([sys.executable, "-m", "pclip_jax.classify", "--backend", "onnx", "--model", str(out), "-",
+                           "--brief", "--coverage", "0.5", "--quiet", "--threads", "1"], input=target.read_bytes(),
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    live = _by_flow([json.loads(line) for line in proc.stdout.decode().splitlines()])
+    whole = _by_flow(full)
+    assert sorted(live) == sorted(whole)
+    assert {r["prediction_set"]["coverage"] for r in live.values()} == {0.5}
+    assert all(len(r["prediction_set"]["level1"]) <= len(whole[f]["prediction_set"]["level1"]) for f, r in live.items())
+    assert all(r["explanation"]["flow_facts"] is None for r in live.values())
+
+
 def test_int8_export_is_smaller_and_decides_as_the_float_one(workdir, exported, ndpi_dir, tmp_path):
     """`--quantize int8`: smaller towers (the test config's are mostly embedding tables, which stay float; the
     shipped configs' shrink to 39 %); the manifest's check on the workdir's test flows, and
@@ -726,3 +764,20 @@ def test_distilled_deployment_tower_exports_and_classifies(workdir, ndpi_dir, tm
     shutil.rmtree(wd / distill.DEPLOYMENT_DIR)
     with pytest.raises(WorkdirError, match="no deployment tower"):
         inference.load_deployment_towers(wd)
+
+
+def test_json_lines_are_the_same_values_with_and_without_orjson(monkeypatch):
+    """classify writes its lines with orjson when installed and with the standard library on a device without it:
+    the same values either way (numpy scalars included), one line per record."""
+    records = [{"capture": "a.pcap", "flow_id": 1, "p": 0.25, "ids": ["Web", "DNS"], "n": np.int64(3),
+                "x": np.float32(0.5), "ok": True, "none": None, "nested": {"path": [{"level": 1, "attention": [0.1]}]}},
+               {"capture": "b.pcap", "flow_id": 2, "p": 1e-9, "ids": [], "n": 0, "x": 2.0, "ok": False,
+                "none": None, "nested": {"path": []}}]
+    fast = classify.json_lines([{k: v.item() if isinstance(v, np.generic) else v for k, v in r.items()}
+                                for r in records])
+    assert classify.orjson is not None and classify.json_lines(records) == fast
+    monkeypatch.setattr(classify, "orjson", None)
+    slow = classify.json_lines([{k: v.item() if isinstance(v, np.generic) else v for k, v in r.items()}
+                                for r in records])
+    assert slow.endswith("\n") and len(slow.splitlines()) == len(fast.splitlines()) == 2
+    assert [json.loads(x) for x in slow.splitlines()] == [json.loads(x) for x in fast.splitlines()]

@@ -167,3 +167,22 @@ def test_nearest_neighbour_ood_score_flags_a_cluster_training_never_saw():
     older = {k: v for k, v in fitted.items() if k not in ("ood_score", "ood_k")}
     np.testing.assert_allclose(cal.flow_ood_scores(novel, older, texts, bank), cal.ood_scores(novel, texts))
     assert cal.flow_ood_scores(novel, fitted, texts, None) is None
+
+
+def test_classify_ranks_each_prediction_set_like_the_per_flow_rule():
+    """`classify._ranked_sets` (one argsort for the batch, a slice per flow) gives each flow the classes of
+    `calibration.prediction_sets`, most likely first, ties included and the top class forced in."""
+    from pclip_jax.serving.classify import _ranked_sets
+
+    rng = np.random.default_rng(3)
+    proba = rng.dirichlet(np.full(6, 0.4), size=300)
+    proba[:20] = np.round(proba[:20], 1)                 # ties
+    proba[20] = [0.2, 0.2, 0.2, 0.2, 0.1, 0.1]          # the top class below the threshold, tied with others
+    ids = np.asarray([f"c{i}" for i in range(6)], dtype=object)
+    for q in (0.05, 0.5, 0.85, 1.0):
+        sets = cal.prediction_sets(proba, q)
+        got = _ranked_sets(proba, q, ids)
+        for p, member, ranked in zip(proba, sets, got):
+            assert set(ranked) == set(ids[member]) and len(ranked) == member.sum()
+            assert np.all(np.diff([p[int(c[1:])] for c in ranked]) <= 0)      # most likely first
+            assert ranked[0] == ids[np.argmax(p)]

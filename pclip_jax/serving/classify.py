@@ -2,7 +2,7 @@
 
     python -m pclip_jax.classify --workdir DIR INPUT... [--mission NAME_OR_STATEMENT] [--out preds.jsonl]
                                  [--strict] [--top K] [--coverage P] [--explain-text N] [--workers W] [--compile-cache DIR|off]
-                                 [--quiet]
+                                 [--brief] [--quiet]
     python -m pclip_jax.classify --backend onnx --model EXPORT_DIR INPUT... [--threads T] [...]
 
 Two backends give the same records (probabilities within 1e-4, tested): `jax` runs a workdir's checkpoints;
@@ -37,7 +37,9 @@ One JSON line per flow: `capture`, `flow_id`, `proto`, `client_ip`, `client_port
 `level2` (predicted node `id`, `name`, `probability`, `calibrated_probability`; level 2 also
 `conditional_probability` given the class, null when the chosen class has no applications), `alternatives` (the next `--top` nodes per level with probabilities) and `explanation` (the
 path of chosen nodes with their probability, the flow's attention to each per GNN layer and the winning description,
-plus the flow facts the text tower saw; see `pclip_jax.serving.explain`).
+plus the flow facts the text tower saw; see `pclip_jax.serving.explain`). `--brief` leaves out the winning
+descriptions (`null`) and the flow facts (`null`): the detection stage then reads the graph once instead of once per
+description slot, which live links at high packet rates want (docs/results.md, "Live streams").
 
 Standard input (`-`), a FIFO, `--interface NAME` or `--live` classify a live stream instead: each flow's line as soon
 as it has the packets the model reads, memory bounded on an endless stream (the live-stream section below).
@@ -64,6 +66,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TextIO
 
 import numpy as np
 from tqdm import tqdm
+
+try:
+    import orjson
+except ImportError:  # a JAX-free device installed with numpy, onnxruntime and tokenizers only
+    orjson = None
 
 from pclip_jax.data import capture
 from pclip_jax.data.capture import file_size
@@ -100,6 +107,16 @@ def _gc_paused():
             gc.enable()
 
 
+def json_lines(records: Sequence[dict]) -> str:
+    """The records as JSON lines. orjson (an install requirement, optional on a JAX-free device) encodes them
+    8x faster than the standard library, which live links feel (docs/results.md, "Live streams"); the same
+    values, compact separators (and null for a NaN, which the standard library writes as the invalid NaN)."""
+    if orjson is None:
+        return "".join(json.dumps(r) + "\n" for r in records)
+    option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+    return b"".join(orjson.dumps(r, option=option) for r in records).decode()
+
+
 def _py(values: np.ndarray) -> list:
     return np.asarray(values).tolist()
 
@@ -107,8 +124,8 @@ def _py(values: np.ndarray) -> list:
 @dataclasses.dataclass
 class Engine:
     """A trained model as classify runs it, whichever runtime: `embed(tensors, indices) -> z [N, Dp]` (the packet
-    tower), `detect(z) -> arrays` (the GNN's `serving.explain.ARRAY_KEYS` arrays), and what explanations and the
-    low-confidence rule read. Built by `jax_engine` (a workdir) or `onnx_engine` (an export, without JAX)."""
+    tower), `detect(z, descriptions=True) -> arrays` (the GNN's `serving.explain.ARRAY_KEYS` arrays; `BRIEF_KEYS`
+    without descriptions), and what explanations and the low-confidence rule read. Built by `jax_engine` (a workdir) or `onnx_engine` (an export, without JAX)."""
     backend: str
     settings: Settings
     info: ExplainInfo
@@ -119,10 +136,19 @@ class Engine:
     load_seconds: float
     names: Optional[NameEncoder] = None   # server-name vectors; None: from the settings' text encoder
     ood_bank: Optional[np.ndarray] = None  # training embeddings of the nearest-neighbour OOD score
+    _set_thresholds: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def min_packets(self) -> int:
         return self.settings.data.min_packets
+
+    def set_thresholds(self, coverage: float) -> tuple[Optional[float], Optional[float]]:
+        """q̂ of the level-1 and level-2 prediction sets at `coverage` (None: not calibrated), computed once per
+        coverage: the capture-CV method searches its level over 100 capture halves, far too slow per chunk."""
+        if coverage not in self._set_thresholds:
+            self._set_thresholds[coverage] = tuple(
+                calibration_lib.set_threshold(self.calibration, level, coverage) for level in ("level1", "level2"))
+        return self._set_thresholds[coverage]
 
 
 def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
@@ -132,15 +158,21 @@ def jax_engine(workdir, mission: Optional[str] = None, clf=None) -> Engine:
     from pclip_jax.training.restore import load_classifier
 
     clf = clf or load_classifier(workdir, mission)
-    fn = detection_fn(clf.gnn_config, clf.gnn_params, clf.kg)
+    fns = {True: detection_fn(clf.gnn_config, clf.gnn_params, clf.kg)}
     # The factored GNN runs densely: larger batches amortise the call (the per-flow one keeps its padding budget).
     batch = 256 if clf.gnn_config.factored else 64
+
+    def detect(z, descriptions: bool = True):
+        if descriptions not in fns:  # the brief one compiles on first use
+            fns[descriptions] = detection_fn(clf.gnn_config, clf.gnn_params, clf.kg, descriptions)
+        return detection_arrays(clf.gnn_config, clf.gnn_params, clf.kg, z, batch, fn=fns[descriptions])
+
     return Engine(
         backend="jax", settings=clf.settings, info=ExplainInfo.from_prepared(clf.kg), calibration=clf.calibration,
         node_text=calibration_lib.ood_node_text(clf.kg),
         embed=lambda tensors, idx: embed_flows(clf.embed_fn, clf.replicated_params, tensors, idx,
                                                clf.settings.eval.batch_size)[1],
-        detect=lambda z: detection_arrays(clf.gnn_config, clf.gnn_params, clf.kg, z, batch, fn=fn),
+        detect=detect,
         load_seconds=clf.load_seconds, ood_bank=clf.ood_bank)
 
 
@@ -160,9 +192,12 @@ def onnx_engine(model_dir, mission: Optional[str] = None, threads: int = 0) -> E
 
 
 def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, top_k: int = 3,
-                   timings: Optional[dict] = None, coverage: float = calibration_lib.DEFAULT_COVERAGE) -> list[dict]:
+                   timings: Optional[dict] = None, coverage: float = calibration_lib.DEFAULT_COVERAGE,
+                   brief: bool = False) -> list[dict]:
     """One prediction record per flow of `table` (a `FlowTable`) at `indices` (default: all), in that order;
-    prediction sets hold the truth with probability `coverage` (`calibration.conformal_threshold`).
+    prediction sets hold the truth with probability `coverage` (`calibration.conformal_threshold`). `brief`: the
+    path's nodes without their winning description (the detection stage reads the graph once instead of once per
+    description slot) and no flow facts; every other field the same.
 
     `timings`, when given, accumulates seconds per part (`embed`, `facts`, `gnn_explain`, `records`).
     """
@@ -181,12 +216,12 @@ def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, 
     t = time.perf_counter()
     meta = table.meta
     first, last = np.asarray(meta["first_ts"], np.float64)[idx], np.asarray(meta["last_ts"], np.float64)[idx]
-    facts = text_lib.flow_facts_batch(table.tensors["sizes"][idx], table.tensors["iat"][idx],
-                                      table.tensors["num_packets"][idx], np.asarray(meta["proto"])[idx],
-                                      duration=last - first)
+    facts = None if brief else text_lib.flow_facts_batch(
+        table.tensors["sizes"][idx], table.tensors["iat"][idx], table.tensors["num_packets"][idx],
+        np.asarray(meta["proto"])[idx], duration=last - first)
     tick("facts", t)
     t = time.perf_counter()
-    arrays = engine.detect(z)
+    arrays = engine.detect(z, descriptions=not brief)
     with _gc_paused():
         expls = explanations(arrays, engine.info, facts, top_k, engine.calibration)
     cal = engine.calibration or {}
@@ -202,7 +237,7 @@ def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, 
     short = _py(packets < engine.min_packets)
     p1 = calibration_lib.calibrated_probabilities(arrays["prob1"], cal, "level1")
     low = _py(p1.max(1) < calibration_lib.low_confidence_threshold(cal))
-    sets = prediction_set_ids(arrays, engine.info, cal, coverage)
+    sets = prediction_set_ids(arrays, engine.info, cal, coverage, engine.set_thresholds(coverage))
     names = dict(zip(engine.info.node_ids, engine.info.node_names))
     with _gc_paused():
         records = _records(expls, cols, short, low, None if ood is None else ood.tolist(),
@@ -211,29 +246,30 @@ def classify_flows(engine: Engine, table, indices: Optional[np.ndarray] = None, 
     return records
 
 
-def prediction_set_ids(arrays: dict, info: ExplainInfo, cal: Optional[dict], coverage: float) -> Optional[list]:
+def prediction_set_ids(arrays: dict, info: ExplainInfo, cal: Optional[dict], coverage: float,
+                       thresholds: Optional[tuple] = None) -> Optional[list]:
     """Per flow {"coverage", "level1": [ids], "level2": [ids]}: the conformal prediction sets of both levels
-    (`calibration.prediction_sets` at the workdir's stored scores), most likely first; None without them."""
-    q1 = calibration_lib.set_threshold(cal, "level1", coverage)
+    (`calibration.prediction_sets` at the workdir's stored scores), most likely first; None without them.
+    `thresholds`: (q̂ level 1, q̂ level 2) when already computed (`Engine.set_thresholds`)."""
+    q1, q2 = thresholds if thresholds is not None else (
+        calibration_lib.set_threshold(cal, level, coverage) for level in ("level1", "level2"))
     if q1 is None:
         return None
     ids1 = np.asarray([info.node_ids[m] for m in info.level1], dtype=object)
     ids2 = np.asarray([info.node_ids[m] for m in info.level2], dtype=object)
-    p1 = calibration_lib.calibrated_probabilities(arrays["prob1"], cal, "level1")
-    sets1 = calibration_lib.prediction_sets(p1, q1)
-    q2 = calibration_lib.set_threshold(cal, "level2", coverage) if len(ids2) else None
-    if q2 is not None:
-        p2 = calibration_lib.calibrated_probabilities(arrays["prob2"], cal, "level2")
-        sets2 = calibration_lib.prediction_sets(p2, q2)
-    out = []
-    for i in range(len(p1)):
-        o1 = np.argsort(-p1[i])
-        rec = {"coverage": coverage, "level1": ids1[o1[sets1[i][o1]]].tolist(), "level2": None}
-        if q2 is not None:
-            o2 = np.argsort(-p2[i])
-            rec["level2"] = ids2[o2[sets2[i][o2]]].tolist()
-        out.append(rec)
-    return out
+    level1 = _ranked_sets(calibration_lib.calibrated_probabilities(arrays["prob1"], cal, "level1"), q1, ids1)
+    level2 = _ranked_sets(calibration_lib.calibrated_probabilities(arrays["prob2"], cal, "level2"), q2, ids2) \
+        if q2 is not None and len(ids2) else [None] * len(level1)
+    return [{"coverage": coverage, "level1": a, "level2": b} for a, b in zip(level1, level2)]
+
+
+def _ranked_sets(proba: np.ndarray, threshold: float, ids: np.ndarray) -> list[list]:
+    """Each row's prediction set (`calibration.prediction_sets`) as ids, most likely first. A set holds the classes
+    with p ≥ 1 − q̂ plus the most likely one, so it is the first |set| classes of the row ranked by p (ties kept
+    in class order, as argmax breaks them): one argsort of the whole batch, then a slice per row."""
+    sizes = calibration_lib.prediction_sets(proba, threshold).sum(1).tolist()
+    ranked = ids[np.argsort(-proba, axis=1, kind="stable")].tolist()
+    return [row[:k] for row, k in zip(ranked, sizes)]
 
 
 def _records(expls, cols, short, low, ood, ood_score, sets, names) -> list[dict]:
@@ -327,7 +363,7 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
                       explain_text: int = 0, report: Optional[TextIO] = None,
                       chunk: int = DEFAULT_CHUNK, backend: str = "jax", model: str | pathlib.Path | None = None,
                       threads: int = 0, read_ahead: int = 4,
-                      coverage: float = calibration_lib.DEFAULT_COVERAGE) -> ClassifyRun:
+                      coverage: float = calibration_lib.DEFAULT_COVERAGE, brief: bool = False) -> ClassifyRun:
     """Ingests `inputs`, classifies every flow and writes one JSON line per flow to `out` (a path, opened only once
     the models are loaded, or an open text stream), in capture order and flow order within a capture.
 
@@ -340,7 +376,7 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
     line written. The first `explain_text` explanations are also written as text to `report`. Timings: `load`
     (towers, graph, GNN), `ingest` (reading the captures, overlapped with the rest), `wait` (time classification
     waited for captures), `classify` (packet tower + GNN + explanations, the `embed`/`facts`/`gnn_explain`/`records`
-    parts), `write`, `total` (end to end).
+    parts), `write`, `total` (end to end). `brief`: `classify_flows`' brief records.
     """
     t_start = time.perf_counter()
     if not 0 < coverage < 1:
@@ -398,10 +434,10 @@ def classify_captures(workdir: str | pathlib.Path | None, inputs: Sequence[str],
             for start in range(0, len(group), chunk):
                 t = time.perf_counter()
                 records = classify_flows(engine, group, np.arange(start, min(len(group), start + chunk)), top_k,
-                                         parts, coverage)
+                                         parts, coverage, brief)
                 timings["classify"] += time.perf_counter() - t
                 t = time.perf_counter()
-                out.writelines(json.dumps(r) + "\n" for r in records)
+                out.write(json_lines(records))
                 timings["write"] += time.perf_counter() - t
                 summary.add(records)
                 for r in records[:max(0, explain_text - shown)]:
@@ -509,6 +545,8 @@ class LiveOptions:
     page_flows: int = 1024
     max_delay: float = 0.02        # seconds an answer may wait to be batched through the models
     batch_flows: int = 256         # answers batched through the models at once at most
+    coverage: float = calibration_lib.DEFAULT_COVERAGE   # prediction sets' coverage (--coverage)
+    brief: bool = False            # records without winning descriptions and flow facts (--brief)
 
 
 def interface_command(interface: str) -> list[str]:
@@ -584,7 +622,7 @@ def classify_stream(engine: "Engine", path: str, out: TextIO, options: LiveOptio
         elif item != "flush":
             if item.kind == "final":
                 t = time.perf_counter()
-                out.writelines(json.dumps(r) + "\n" for r in final_records(item.table))
+                out.write(json_lines(final_records(item.table)))
                 out.flush()
                 timings["write"] += time.perf_counter() - t
                 kinds["final"] = kinds.get("final", 0) + len(item.table)
@@ -594,7 +632,7 @@ def classify_stream(engine: "Engine", path: str, out: TextIO, options: LiveOptio
         waiting = sum(len(a.table) for a in pending)
         due = oldest is not None and time.monotonic() - oldest >= options.max_delay
         if pending and (done or due or waiting >= options.batch_flows):
-            _answer(engine, pending, out, top_k, timings, parts, summary, kinds)
+            _answer(engine, pending, out, top_k, timings, parts, summary, kinds, options)
             pending, oldest = [], None
         while reported < len(errors):
             e = errors[reported].as_dict()
@@ -613,18 +651,18 @@ def classify_stream(engine: "Engine", path: str, out: TextIO, options: LiveOptio
         errors=[e.as_dict() for e in errors], files=1, timings=timings)
 
 
-def _answer(engine, pending, out, top_k, timings, parts, summary, kinds) -> None:
+def _answer(engine, pending, out, top_k, timings, parts, summary, kinds, options: LiveOptions) -> None:
     """The pending answers through the models, their lines written and flushed."""
     table = FlowTable.concat([a.table for a in pending])
     kind = np.concatenate([np.full(len(a.table), a.kind) for a in pending])
     t = time.perf_counter()
-    records = classify_flows(engine, table, None, top_k, parts)
+    records = classify_flows(engine, table, None, top_k, parts, options.coverage, options.brief)
     timings["classify"] += time.perf_counter() - t
     t = time.perf_counter()
     for r, k in zip(records, kind.tolist()):
         r["answer"] = k
         kinds[k] = kinds.get(k, 0) + 1
-    out.writelines(json.dumps(r) + "\n" for r in records)
+    out.write(json_lines(records))
     out.flush()
     timings["write"] += time.perf_counter() - t
     summary.add(records)
@@ -656,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--coverage", type=float, default=calibration_lib.DEFAULT_COVERAGE, metavar="P",
                     help="prediction sets hold the true class with this probability (default 0.9)")
     ap.add_argument("--top", type=int, default=3, metavar="K", help="alternatives per level (default 3)")
+    ap.add_argument("--brief", action="store_true",
+                    help="records without the winning description of each chosen node and without flow facts: the "
+                         "detection stage reads the graph once instead of once per description slot (live links)")
     ap.add_argument("--explain-text", type=int, default=0, metavar="N",
                     help="print the first N explanations as text")
     ap.add_argument("--workers", type=int, default=1, help="ingest processes")
@@ -698,7 +739,8 @@ def _run_live(args, out, report):
         onnx_engine(args.model, args.mission, args.threads)
     if engine.names is None and engine.settings.data.use_names:
         engine.names = NameEncoder(engine.settings.text.encoder)
-    options = LiveOptions(final=args.final, max_flows=args.max_flows, max_delay=args.max_delay_ms / 1000)
+    options = LiveOptions(final=args.final, max_flows=args.max_flows, max_delay=args.max_delay_ms / 1000,
+                          coverage=args.coverage, brief=args.brief)
     proc = None
     if args.interface:
         proc, path = start_interface(args.interface)
@@ -717,6 +759,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 0 or args.explain_text < 0 or args.workers < 1 or args.threads < 0:
         print("error: --top, --explain-text and --threads must be >= 0, --workers >= 1", file=sys.stderr)
+        return 2
+    if not 0 < args.coverage < 1:
+        print(f"error: --coverage {args.coverage}: must be between 0 and 1 (e.g. 0.9)", file=sys.stderr)
         return 2
     if (args.backend == "onnx") != (args.model is not None) or (args.backend == "jax" and args.workdir is None):
         print("error: --backend jax needs --workdir W; --backend onnx needs --model DIR (python -m "
@@ -745,7 +790,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     mission=args.mission, top_k=args.top, strict=args.strict, workers=args.workers,
                                     progress=not args.quiet, explain_text=args.explain_text, report=report,
                                     backend=args.backend, model=args.model, threads=args.threads,
-                                    coverage=args.coverage)
+                                    coverage=args.coverage, brief=args.brief)
         except IngestError as e:  # every problem capture on its own line: the user needs the whole list
             print(f"error: capture problems (--strict):\n{e}", file=sys.stderr)
             return 1

@@ -28,6 +28,10 @@ from pclip_jax.training.calibration import scale
 # heads of the flow's attention to each KG node per layer), slot_scores [S, M] (each node's score under each of its
 # description slots).
 ARRAY_KEYS = ("prob1", "prob2", "cond2", "attention", "slot_scores")
+# The brief detection (`dense_detection(..., descriptions=False)`): no slot scores, so the GNN reads the graph
+# once instead of once per description slot (a third of the work on the shipped graphs); explanations then have no
+# winning description.
+BRIEF_KEYS = ARRAY_KEYS[:-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +88,8 @@ def explanations(arrays: dict, info: ExplainInfo, flow_facts: Sequence[str] | No
     t1 = (calibration or {}).get("level1_temperature")
     t2 = (calibration or {}).get("level2_temperature")
     prob1, prob2, cond2 = (np.asarray(arrays[k], np.float64) for k in ("prob1", "prob2", "cond2"))
-    attention, slot_scores = np.asarray(arrays["attention"]), np.asarray(arrays["slot_scores"])
+    attention = np.asarray(arrays["attention"])
+    slot_scores = np.asarray(arrays["slot_scores"]) if "slot_scores" in arrays else None   # None: brief arrays
     n = len(prob1)
     if not n:
         return []
@@ -107,8 +112,8 @@ def explanations(arrays: dict, info: ExplainInfo, flow_facts: Sequence[str] | No
     att1 = attention[rows, :, node1].tolist()
     att2 = attention[rows, :, node2].tolist()
     att_root = attention[:, :, info.root].tolist()
-    scores1 = slot_scores[rows, :, node1].tolist()
-    scores2 = slot_scores[rows, :, node2].tolist()
+    scores1 = slot_scores[rows, :, node1].tolist() if slot_scores is not None else [None] * n
+    scores2 = slot_scores[rows, :, node2].tolist() if slot_scores is not None else [None] * n
     alt1_idx = np.argsort(-prob1, axis=1)[:, :top_k + 1]
     alt1_p = np.take_along_axis(prob1, alt1_idx, 1).tolist()
     alt1_idx = alt1_idx.tolist()
@@ -119,13 +124,18 @@ def explanations(arrays: dict, info: ExplainInfo, flow_facts: Sequence[str] | No
 
     def step(level, m, prob, cond, att, scores):
         descriptions = info.descriptions[m]
-        scores = scores[:len(descriptions)]
+        if scores is None:  # brief: the descriptions were not scored
+            winning, by_description = None, None
+        else:
+            scores = scores[:len(descriptions)]
+            winning = descriptions[scores.index(max(scores))] if len(descriptions) else None
+            by_description = dict(zip(descriptions, scores))
         return {
             "level": level, "id": info.node_ids[m], "name": info.node_names[m], "probability": prob,
             "conditional_probability": cond,
             "attention": att,
-            "winning_description": descriptions[scores.index(max(scores))] if len(descriptions) else None,
-            "description_scores": dict(zip(descriptions, scores)),
+            "winning_description": winning,
+            "description_scores": by_description,
         }
 
     out: list[dict] = []
@@ -160,10 +170,11 @@ def slot_tables(prepared) -> np.ndarray:
     return np.stack([np.where(mask[:, d:d + 1], desc[:, d], desc[:, 0]) for d in range(desc.shape[1])])
 
 
-def dense_detection(model_config, params, prepared):
+def dense_detection(model_config, params, prepared, descriptions: bool = True):
     """A pure function of the flow embeddings [G, Dp] → the `ARRAY_KEYS` arrays as [G, ...] (attention [G, L, M],
     slot_scores [G, S, M]), for the factored GNN, with its parameters, the graph and the mission as constants: what
-    `detection_fn` compiles and `pclip_jax.serving.export` converts to ONNX."""
+    `detection_fn` compiles and `pclip_jax.serving.export` converts to ONNX. `descriptions=False`: the
+    `BRIEF_KEYS` arrays only (the node table alone, no description slots)."""
     import jax
     import jax.numpy as jnp
 
@@ -172,7 +183,9 @@ def dense_detection(model_config, params, prepared):
 
     # The graph side is computed here, once per model, for the node table and every description slot's table
     # (one stack): the returned function holds it as constants and computes only what depends on the flows.
-    tables = np.concatenate([np.asarray(prepared.embeddings)[None], slot_tables(prepared)])
+    tables = np.asarray(prepared.embeddings)[None]
+    if descriptions:
+        tables = np.concatenate([tables, slot_tables(prepared)])
     structure = gnn_lib.dense_structure(prepared.layout, prepared.prior)
     constants = jax.tree.map(np.asarray, jax.jit(
         lambda t: gnn_lib.graph_constants(model_config, params, t, structure))(jnp.asarray(tables)))
@@ -181,17 +194,19 @@ def dense_detection(model_config, params, prepared):
     def run(z):
         scores, alphas, _ = gnn_lib.dense_scores(model_config, params, z, constants, structure)   # [T, G, M]
         cond, logp = gnn_lib.dense_hierarchy(scores[0], structure)
-        return {"prob1": jnp.exp(logp[:, l1]), "prob2": jnp.exp(logp[:, l2]), "cond2": jnp.exp(cond[:, l2]),
-                "attention": jnp.stack([a[0].mean(-1) for a in alphas], axis=1),
-                "slot_scores": jnp.swapaxes(scores[1:], 0, 1)}
+        out = {"prob1": jnp.exp(logp[:, l1]), "prob2": jnp.exp(logp[:, l2]), "cond2": jnp.exp(cond[:, l2]),
+               "attention": jnp.stack([a[0].mean(-1) for a in alphas], axis=1)}
+        if descriptions:
+            out["slot_scores"] = jnp.swapaxes(scores[1:], 0, 1)
+        return out
 
     return run
 
 
-def detection_fn(model_config, params, prepared):
-    """A compiled function: flow embeddings [G, Dp] (numpy) → the `ARRAY_KEYS` arrays (numpy, [G, ...]). The
-    factored GNN runs densely (`dense_detection`, no per-flow graphs); the per-flow formulation builds its graphs
-    with a padding budget of the call's size."""
+def detection_fn(model_config, params, prepared, descriptions: bool = True):
+    """A compiled function: flow embeddings [G, Dp] (numpy) → the `ARRAY_KEYS` arrays (numpy, [G, ...]; without
+    `descriptions` the `BRIEF_KEYS` ones). The factored GNN runs densely (`dense_detection`, no per-flow graphs);
+    the per-flow formulation builds its graphs with a padding budget of the call's size."""
     import jax
     import jax.numpy as jnp
 
@@ -199,7 +214,7 @@ def detection_fn(model_config, params, prepared):
     from pclip_jax.models import gnn as gnn_lib
 
     if model_config.factored:
-        compiled = jax.jit(dense_detection(model_config, params, prepared))
+        compiled = jax.jit(dense_detection(model_config, params, prepared, descriptions))
         return lambda z: jax.device_get(compiled(jnp.asarray(z, jnp.float32)))
 
     # JAX/jraph only for the jax backend (the onnx path imports this module)
@@ -218,11 +233,12 @@ def detection_fn(model_config, params, prepared):
         res = jax.device_get(pred_fn(params, graphs, table))
         nodes = np.arange(b)[:, None] * per + 1 + np.arange(m)[None, :]                 # [b, M]
         edges = np.arange(b)[:, None] * e_per + layout.node_to_flow_edge[None, :]      # [b, M]
-        scores = [np.asarray(pred_fn(params, graphs, slots[d])["outputs"]["score"])[nodes]
-                  for d in range(slots.shape[0])]
-        return {"prob1": res["prob1"][:b], "prob2": res["prob2"][:b], "cond2": res["cond2"][:b],
-                "attention": np.stack([np.asarray(a).mean(-1)[edges] for a in res["outputs"]["attention"]], axis=1),
-                "slot_scores": np.stack(scores, axis=1)}
+        out = {"prob1": res["prob1"][:b], "prob2": res["prob2"][:b], "cond2": res["cond2"][:b],
+               "attention": np.stack([np.asarray(a).mean(-1)[edges] for a in res["outputs"]["attention"]], axis=1)}
+        if descriptions:
+            out["slot_scores"] = np.stack([np.asarray(pred_fn(params, graphs, slots[d])["outputs"]["score"])[nodes]
+                                           for d in range(slots.shape[0])], axis=1)
+        return out
 
     return run_graphs
 
@@ -230,7 +246,7 @@ def detection_fn(model_config, params, prepared):
 def detection_arrays(model_config, params, prepared, flow_embeddings: np.ndarray, batch_size: int = 64,
                      fn=None) -> dict:
     """`ARRAY_KEYS` arrays for all flows, in fixed-size padded batches (one compilation); `fn` from
-    `detection_fn` to reuse a compiled one."""
+    `detection_fn` to reuse a compiled one (its keys: `BRIEF_KEYS` for a brief one)."""
     fn = fn or detection_fn(model_config, params, prepared)
     emb = np.asarray(flow_embeddings, np.float32)
     parts = []
@@ -241,7 +257,7 @@ def detection_arrays(model_config, params, prepared, flow_embeddings: np.ndarray
         parts.append({k: np.asarray(v)[:len(chunk)] for k, v in fn(padded).items()})
     if not parts:
         return {k: np.zeros((0,)) for k in ARRAY_KEYS}
-    return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def explain_flows(model_config, params: Any, prepared, flow_embeddings: np.ndarray,

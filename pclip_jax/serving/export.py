@@ -14,6 +14,8 @@ DIR holds:
   over heads), `slot_scores` [B, S, M] (each node's score under each of its descriptions; explanations name the
   winning one). The graph, its text embeddings and the mission are constants of this model: the graph's own
   message passing is folded in once (factored GNN), so a flow costs a few dot products per node.
+* `detection_brief.onnx`: the same without `slot_scores` (the graph read once, not once per description slot:
+  a third of the work), for `classify --brief`; exports without it run the full one.
 * `config.json` (the workdir's settings: what ingest must reproduce, packets, bytes, masking, min_packets),
   `explain.json` (node ids, names, descriptions, class slots), `calibration.json` (temperatures and the OOD
   threshold, when fitted), `node_text.npy` (the class and application text embeddings, the OOD score of older
@@ -52,6 +54,7 @@ from pclip_jax.plumbing import errors, files
 from pclip_jax.serving.onnx_runtime import EXPORT_FORMAT, SLOT_BUCKETS, TOWER_INPUTS, OnnxModel, tower_file
 
 TOWER_FILE, DETECTION_FILE, MANIFEST_FILE = "packet_tower.onnx", "detection.onnx", "manifest.json"
+BRIEF_DETECTION_FILE = "detection_brief.onnx"
 PARITY_TOLERANCE = 1e-4
 QUANTIZE_CHOICES = ("int8",)
 QUANTIZE_CHECK_FLOWS = 4096  # test flows the quantized towers are compared on (the first ones, in table order)
@@ -78,9 +81,12 @@ def probe_batch(settings, n: int = 16, seed: int = 0, max_packets: int | None = 
 
 
 def _to_onnx(fn, specs, names_in, names_out, name, opset, path):
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per intermediate value otherwise
+    # jax2onnx loads every plugin on first use and logs a traceback for each one that does not import against this
+    # JAX (dm_pix's depth_to_space with jax 0.10); none of them is used here.
+    logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
     from jax2onnx import to_onnx
 
-    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per intermediate value otherwise
     model = to_onnx(fn, specs, model_name=name, opset=opset, input_names=list(names_in),
                     output_names=list(names_out))
     path.write_bytes(model.SerializeToString())
@@ -153,7 +159,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     from pclip_jax.plumbing import runtime  # JAX and the models load when an export runs, not for --help
     from pclip_jax.training.calibration import ood_node_text
     from pclip_jax.training.restore import load_classifier, load_deployment_towers
-    from pclip_jax.serving.explain import ARRAY_KEYS, ExplainInfo, dense_detection
+    from pclip_jax.serving.explain import ARRAY_KEYS, BRIEF_KEYS, ExplainInfo, dense_detection
     from pclip_jax.models.two_towers import TwoTowers
     from pclip_jax.data.flow_table import NAME_KEY
     from pclip_jax.text.name_features import NameEncoder
@@ -194,6 +200,10 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     progress(f"[export] detection stage → {out / DETECTION_FILE}")
     _to_onnx(lambda z: tuple(detect(z)[key] for key in ARRAY_KEYS), [S(("B", dim), jnp.float32)],
              ("embedding",), ARRAY_KEYS, "pclip_detection", opset, out / DETECTION_FILE)
+    brief = dense_detection(clf.gnn_config, clf.gnn_params, clf.kg, descriptions=False)
+    progress(f"[export] brief detection stage (no description scores) → {out / BRIEF_DETECTION_FILE}")
+    _to_onnx(lambda z: tuple(brief(z)[key] for key in BRIEF_KEYS), [S(("B", dim), jnp.float32)],
+             ("embedding",), BRIEF_KEYS, "pclip_detection_brief", opset, out / BRIEF_DETECTION_FILE)
 
     info = ExplainInfo.from_prepared(clf.kg)
     files.write_json(out / "explain.json", info.to_json())
@@ -201,7 +211,7 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
     if deployment:  # the packet tower it holds
         config["model"] = {**config["model"], **dataclasses.asdict(settings.model)}
     files.write_json(out / "config.json", config)
-    written = [*slot_files.values(), DETECTION_FILE, "explain.json", "config.json"]
+    written = [*slot_files.values(), DETECTION_FILE, BRIEF_DETECTION_FILE, "explain.json", "config.json"]
     if clf.calibration is not None:
         files.write_json(out / "calibration.json", clf.calibration)
         written.append("calibration.json")
@@ -229,6 +239,9 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
                   for key in ARRAY_KEYS if key != "slot_scores"})
     diffs["slot_scores_relative"] = float(np.abs(arrays_onnx["slot_scores"] - arrays_jax["slot_scores"]).max()
                                           / max(1.0, float(np.abs(arrays_jax["slot_scores"]).max())))
+    brief_onnx = onnx_model.detect_batch(z_jax, descriptions=False)   # against the full JAX arrays: the same
+    diffs["brief"] = max(float(np.abs(np.asarray(brief_onnx[key]) - np.asarray(arrays_jax[key])).max())
+                         for key in BRIEF_KEYS)
     worst = max(diffs.values())
     if worst > PARITY_TOLERANCE:
         raise ValueError(f"{out}: onnxruntime differs from JAX by {worst:.2e} (> {PARITY_TOLERANCE:g}) on the "
@@ -264,7 +277,8 @@ def export_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, mission
                          "deployment": deployment},
         "detection": {"file": DETECTION_FILE, "inputs": ["embedding"], "outputs": list(ARRAY_KEYS),
                       "classes_level1": len(layout.level_nodes[1]), "classes_level2": len(layout.level_nodes[2]),
-                      "graph_nodes": layout.num_kg_nodes, "params": runtime.count_params(clf.gnn_params)},
+                      "graph_nodes": layout.num_kg_nodes, "params": runtime.count_params(clf.gnn_params),
+                      "brief_file": BRIEF_DETECTION_FILE, "brief_outputs": list(BRIEF_KEYS)},
         "parity_max_abs_diff": diffs,
         "quantization": quantization,
         "files": {name: {"bytes": (out / name).stat().st_size, "sha256": files.file_digest(out / name)}

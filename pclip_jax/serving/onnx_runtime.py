@@ -13,7 +13,7 @@ import numpy as np
 
 from pclip_jax.plumbing import files
 from pclip_jax.plumbing import settings as settings_lib
-from pclip_jax.serving.explain import ARRAY_KEYS, ExplainInfo
+from pclip_jax.serving.explain import ARRAY_KEYS, BRIEF_KEYS, ExplainInfo
 from pclip_jax.data.flow_table import NAME_KEY
 from pclip_jax.text.name_features import NameEncoder
 
@@ -85,6 +85,10 @@ class OnnxModel:
                        for n, f in sorted(slot_files.items())}
         self.tower = self.towers[max(self.towers)]
         self.detector = ort.InferenceSession(str(d / "detection.onnx"), options, providers=providers)
+        # The brief detection model (no description slots); exports written before it existed use the full one.
+        brief = d / "detection_brief.onnx"
+        self.brief_detector = ort.InferenceSession(str(brief), options, providers=providers) \
+            if brief.is_file() else None
         self.tower_inputs = [i.name for i in self.tower.get_inputs()]
 
     def _verify(self) -> None:
@@ -115,11 +119,15 @@ class OnnxModel:
         feeds = {name: np.ascontiguousarray(batch[name], DTYPES[name]) for name in self.tower_inputs}
         return self.towers[feeds["sizes"].shape[1]].run(None, feeds)[0]
 
-    def detect_batch(self, z: np.ndarray) -> dict:
-        out = self.detector.run(None, {"embedding": np.ascontiguousarray(z, np.float32)})
-        return dict(zip(ARRAY_KEYS, out))
+    def detect_batch(self, z: np.ndarray, descriptions: bool = True) -> dict:
+        """The detection arrays of a batch: `ARRAY_KEYS`, or `BRIEF_KEYS` without `descriptions`."""
+        feeds = {"embedding": np.ascontiguousarray(z, np.float32)}
+        if descriptions or self.brief_detector is None:
+            out = dict(zip(ARRAY_KEYS, self.detector.run(None, feeds)))
+            return out if descriptions else {k: out[k] for k in BRIEF_KEYS}
+        return dict(zip(BRIEF_KEYS, self.brief_detector.run(None, feeds)))
 
-    def embed(self, tensors: dict, indices: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def embed(self, tensors: dict, indices: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Flow embeddings [N, Dp] of the flows `indices` of a flow table's tensors (name vectors included when
         the towers read names). Each flow goes through the tower with the fewest packet slots that hold its
         packets: slots past a flow's packets are masked in the tower, so this gives the same embeddings for a
@@ -140,11 +148,12 @@ class OnnxModel:
                                               else tensors[name][idx] for name in self.tower_inputs})
         return out
 
-    def detect(self, z: np.ndarray, batch_size: int = 512) -> dict:
-        parts = [self.detect_batch(z[s:s + batch_size]) for s in range(0, len(z), batch_size)]
+    def detect(self, z: np.ndarray, batch_size: int = 512, descriptions: bool = True) -> dict:
+        parts = [self.detect_batch(z[s:s + batch_size], descriptions) for s in range(0, len(z), batch_size)]
+        keys = ARRAY_KEYS if descriptions else BRIEF_KEYS
         if not parts:
-            return {k: np.zeros((0,)) for k in ARRAY_KEYS}
-        return {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS}
+            return {k: np.zeros((0,)) for k in keys}
+        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
     def manifest_dim(self) -> int:
         return int(self.settings.model.embed_dim)
