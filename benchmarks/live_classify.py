@@ -14,7 +14,8 @@ changed, so its flows are new flows; addresses are masked in the model's inputs,
   is checked against what classify reports reading).
 * `--rate R`: packets paced at R/s; latency is then the answer delay at that load (p50, p99 from each answer's
   newest packet to its line).
-* Peak RSS of the child is sampled every 0.5 s: at 1 minute and at the end (flat memory: a ratio near 1).
+* Peak RSS of the child is sampled every 0.5 s: at 1 minute, at the end of every minute and at the end (flat
+  memory: a ratio near 1 once the flow table has filled, i.e. after the idle timeout, 120 s by default).
 * nfstream + nDPI: the same capture file (one pass), one core (`benchmarks/classify_throughput.py`'s child).
 """
 from __future__ import annotations
@@ -127,7 +128,9 @@ def read_records(stream, stats: dict) -> None:
 
 
 def sample_rss(pid: int, stats: dict, start: float) -> None:
+    """Peak RSS of the child so far, at 1 minute and at the end of every minute (`peak_rss_mb_by_minute`)."""
     peak, at_minute = 0, None
+    by_minute: list[float] = []
     status = Path(f"/proc/{pid}/status")
     while True:
         try:
@@ -138,8 +141,11 @@ def sample_rss(pid: int, stats: dict, start: float) -> None:
         peak = max(peak, kb)
         if at_minute is None and time.time() - start >= 60:
             at_minute = peak
+        while time.time() - start >= 60 * (len(by_minute) + 1):
+            by_minute.append(peak / 1024)
         stats["peak_rss_mb"] = peak / 1024
         stats["peak_rss_mb_at_1_min"] = None if at_minute is None else at_minute / 1024
+        stats["peak_rss_mb_by_minute"] = by_minute
         time.sleep(0.5)
 
 
@@ -192,7 +198,8 @@ def run_live(capture_path: str, model: str, rate: float, seconds: float, extra: 
            "cpu_seconds": cpu, "packets_per_cpu_s": stats["packets_sent"] / cpu, "flows_per_cpu_s": stats["flows"] / cpu,
            "answers": stats["answers"], "latency_p50_ms": 1000 * _quantile(lat, 0.5),
            "latency_p99_ms": 1000 * _quantile(lat, 0.99), "peak_rss_mb": stats.get("peak_rss_mb"),
-           "peak_rss_mb_at_1_min": stats.get("peak_rss_mb_at_1_min")}
+           "peak_rss_mb_at_1_min": stats.get("peak_rss_mb_at_1_min"),
+           "peak_rss_mb_by_minute": stats.get("peak_rss_mb_by_minute", [])}
     return out
 
 
@@ -228,6 +235,8 @@ def main(argv=None) -> int:
               f"{r['flows_per_s']:,.0f} flows/s{ratio}; lost packets {r['lost_packets']}; latency p50 "
               f"{r['latency_p50_ms']:.1f} ms, p99 {r['latency_p99_ms']:.1f} ms; peak RSS {r['peak_rss_mb']:.0f} MB"
               + (f" ({r['peak_rss_mb_at_1_min']:.0f} MB at 1 min)" if r["peak_rss_mb_at_1_min"] else "")
+              + (f"; peak RSS at the end of each minute: {', '.join(f'{m:.0f}' for m in r['peak_rss_mb_by_minute'])} MB"
+                 if len(r["peak_rss_mb_by_minute"]) > 1 else "")
               + f"; answers {r['answers']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -544,7 +544,8 @@ class LiveOptions:
     max_pages: int = 64            # pages of packet rows (page_flows flows each) held at once
     page_flows: int = 1024
     max_delay: float = 0.02        # seconds an answer may wait to be batched through the models
-    batch_flows: int = 256         # answers batched through the models at once at most
+    batch_flows: int = 256         # answers waiting this many flows go through the models without waiting more
+    answer_chunk: int = 1024       # flows through the models and into records at once at most (peak memory)
     coverage: float = calibration_lib.DEFAULT_COVERAGE   # prediction sets' coverage (--coverage)
     brief: bool = False            # records without winning descriptions and flow facts (--brief)
 
@@ -590,7 +591,10 @@ def classify_stream(engine: "Engine", path: str, out: TextIO, options: LiveOptio
     `engine`, writing each answer's JSON line to `out` as soon as it is ready (module docstring)."""
     name = name or str(path)
     config = IngestConfig.from_data_config(engine.settings.data)
-    answers: "queue.Queue" = queue.Queue(maxsize=1024)
+    # Few answers wait for the models: when they fall behind, the reader blocks and the pipe backs up to the capture
+    # program, instead of the queue holding flows (1,024 answers let RSS climb from 330 to 610 MB on a stream read
+    # faster than it was classified; 64 keep it within 3 %, at the same throughput: docs/results.md, "Live path").
+    answers: "queue.Queue" = queue.Queue(maxsize=64)
     errors: list = []
     live_state: dict = {}
     reader = threading.Thread(target=_read, args=(str(path), name, config, options, answers, errors, live_state),
@@ -652,20 +656,25 @@ def classify_stream(engine: "Engine", path: str, out: TextIO, options: LiveOptio
 
 
 def _answer(engine, pending, out, top_k, timings, parts, summary, kinds, options: LiveOptions) -> None:
-    """The pending answers through the models, their lines written and flushed."""
+    """The pending answers through the models, their lines written and flushed, at most `answer_chunk` flows at a
+    time: many flows can come due at once (a burst of idle timeouts; the end of the stream answers every flow still
+    tracked), and their records all at once were 400 MB more peak memory than the steady state on a 6M-packet
+    replay (docs/results.md, "Live path")."""
     table = FlowTable.concat([a.table for a in pending])
-    kind = np.concatenate([np.full(len(a.table), a.kind) for a in pending])
-    t = time.perf_counter()
-    records = classify_flows(engine, table, None, top_k, parts, options.coverage, options.brief)
-    timings["classify"] += time.perf_counter() - t
-    t = time.perf_counter()
-    for r, k in zip(records, kind.tolist()):
-        r["answer"] = k
-        kinds[k] = kinds.get(k, 0) + 1
-    out.write(json_lines(records))
-    out.flush()
-    timings["write"] += time.perf_counter() - t
-    summary.add(records)
+    kind = np.concatenate([np.full(len(a.table), a.kind) for a in pending]).tolist()
+    for start in range(0, len(table), options.answer_chunk):
+        rows = np.arange(start, min(len(table), start + options.answer_chunk))
+        t = time.perf_counter()
+        records = classify_flows(engine, table, rows, top_k, parts, options.coverage, options.brief)
+        timings["classify"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for r, k in zip(records, kind[start:start + len(rows)]):
+            r["answer"] = k
+            kinds[k] = kinds.get(k, 0) + 1
+        out.write(json_lines(records))
+        out.flush()
+        timings["write"] += time.perf_counter() - t
+        summary.add(records)
 
 
 def start_interface(interface: str) -> tuple[subprocess.Popen, str]:
