@@ -118,6 +118,26 @@ def capture_weights(captures: np.ndarray, draws: np.ndarray, capture_names: np.n
     return counts[:, flow_capture].astype(np.float64)
 
 
+def _paired_replicates(a: Sequence[SplitPredictions], b: Sequence[SplitPredictions], metric: str, replicates: int,
+                       seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per split, A's and B's `metric` on the split's test flows ([S] each) and on `replicates` resamplings of its
+    test captures ([S, R] each), the same draws for A and B; splits resampled independently."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired bootstrap: {len(a)} and {len(b)} splits (need the same, at least one)")
+    rng = np.random.default_rng(seed)
+    point_a, point_b, reps_a, reps_b = [], [], [], []
+    for i, (pa, pb) in enumerate(zip(a, b)):
+        names = np.unique(np.concatenate([np.asarray(pa.captures).astype(str), np.asarray(pb.captures).astype(str)]))
+        if set(np.unique(np.asarray(pa.captures).astype(str))) != set(np.unique(np.asarray(pb.captures).astype(str))):
+            raise ValueError(f"paired bootstrap: split {i}: the two models answered on different test captures")
+        draws = rng.integers(0, len(names), size=(replicates, len(names)))
+        point_a.append(weighted_metric(metric, pa.y_true, pa.scores, np.ones((1, len(pa.y_true))))[0])
+        point_b.append(weighted_metric(metric, pb.y_true, pb.scores, np.ones((1, len(pb.y_true))))[0])
+        reps_a.append(weighted_metric(metric, pa.y_true, pa.scores, capture_weights(pa.captures, draws, names)))
+        reps_b.append(weighted_metric(metric, pb.y_true, pb.scores, capture_weights(pb.captures, draws, names)))
+    return np.asarray(point_a), np.asarray(point_b), np.stack(reps_a), np.stack(reps_b)
+
+
 def paired_bootstrap(a: Sequence[SplitPredictions], b: Sequence[SplitPredictions], metric: str,
                      replicates: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Margin of A over B in `metric`, the mean over splits of (A − B), with a paired percentile interval from
@@ -125,25 +145,26 @@ def paired_bootstrap(a: Sequence[SplitPredictions], b: Sequence[SplitPredictions
     independently). `a[i]` and `b[i]` must be the same split: their captures must match (a model may have answered
     a subset of a capture's flows, never another capture). Returns {margin, low, high, ahead, behind, splits,
     replicates}: `ahead` when the interval's low end is above zero, `behind` when its high end is below."""
-    if len(a) != len(b) or not len(a):
-        raise ValueError(f"paired_bootstrap: {len(a)} and {len(b)} splits (need the same, at least one)")
-    rng = np.random.default_rng(seed)
-    point, reps = [], []
-    for i, (pa, pb) in enumerate(zip(a, b)):
-        names = np.unique(np.concatenate([np.asarray(pa.captures).astype(str), np.asarray(pb.captures).astype(str)]))
-        if set(np.unique(np.asarray(pa.captures).astype(str))) != set(np.unique(np.asarray(pb.captures).astype(str))):
-            raise ValueError(f"paired_bootstrap: split {i}: the two models answered on different test captures")
-        draws = rng.integers(0, len(names), size=(replicates, len(names)))
-        ones = np.ones((1, len(pa.y_true)))
-        point.append(weighted_metric(metric, pa.y_true, pa.scores, ones)[0]
-                     - weighted_metric(metric, pb.y_true, pb.scores, np.ones((1, len(pb.y_true))))[0])
-        reps.append(weighted_metric(metric, pa.y_true, pa.scores, capture_weights(pa.captures, draws, names))
-                    - weighted_metric(metric, pb.y_true, pb.scores, capture_weights(pb.captures, draws, names)))
-    margins = np.nanmean(np.stack(reps), axis=0)
+    point_a, point_b, reps_a, reps_b = _paired_replicates(a, b, metric, replicates, seed)
+    margins = np.nanmean(reps_a - reps_b, axis=0)
     alpha = (1.0 - confidence) / 2
     low, high = np.nanquantile(margins, [alpha, 1 - alpha])
-    return {"margin": float(np.mean(point)), "low": float(low), "high": float(high), "ahead": bool(low > 0),
-            "behind": bool(high < 0), "splits": len(a), "replicates": int(replicates), "confidence": confidence}
+    return {"margin": float(np.mean(point_a - point_b)), "low": float(low), "high": float(high),
+            "ahead": bool(low > 0), "behind": bool(high < 0), "splits": len(a), "replicates": int(replicates),
+            "confidence": confidence}
+
+
+def paired_ratio_bootstrap(a: Sequence[SplitPredictions], b: Sequence[SplitPredictions], metric: str,
+                           replicates: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """A's `metric` as a share of B's, mean over splits of A over mean over splits of B (e.g. the mAUC a model
+    keeps with 10 % of the labels against all of them, on the same test captures), with the paired percentile
+    interval of the same capture resampling as `paired_bootstrap`. Returns {ratio, low, high, splits, replicates}."""
+    point_a, point_b, reps_a, reps_b = _paired_replicates(a, b, metric, replicates, seed)
+    ratios = np.nanmean(reps_a, axis=0) / np.nanmean(reps_b, axis=0)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.nanquantile(ratios, [alpha, 1 - alpha])
+    return {"ratio": float(np.mean(point_a) / np.mean(point_b)), "low": float(low), "high": float(high),
+            "splits": len(a), "replicates": int(replicates), "confidence": confidence}
 
 
 def bootstrap_interval(preds: Sequence[SplitPredictions], metric: str, replicates: int = 2000,

@@ -265,3 +265,21 @@ def test_report_splits_a_test_side_with_seen_and_novel_applications(tmp_path):
     assert "**Novelty detection**" in text
     headline = report.readme_block({"tables": {"ndpi_novel 1": block}}, "peers.py")
     assert "applications never trained on" in headline and "Telling novel applications from known ones" in headline
+
+
+def test_paired_ratio_bootstrap_on_a_hand_built_case():
+    """B is right on every flow of both captures (accuracy 1), A on every flow of capture X only (accuracy 1/2 on
+    the split): A keeps half of B's accuracy. Resampling two captures: (X, X) → A keeps 1, (Y, Y) → 0, mixed → 1/2,
+    so the 95 % interval is [0, 1]; a model against itself keeps exactly 1."""
+    y = np.zeros(20, int)
+    y[::2] = 1
+    captures = np.array(["X"] * 10 + ["Y"] * 10)
+    b = protocol.SplitPredictions(y, _onehot_scores(y, 2), captures)
+    a = protocol.SplitPredictions(y, _onehot_scores(np.r_[y[:10], 1 - y[10:]], 2), captures)
+    out = protocol.paired_ratio_bootstrap([a], [b], "accuracy", replicates=4000, seed=1)
+    assert out["ratio"] == 0.5 and out["low"] == 0.0 and out["high"] == 1.0 and out["splits"] == 1
+    same = protocol.paired_ratio_bootstrap([a, b], [a, b], "accuracy", replicates=200)
+    assert same["ratio"] == 1.0 == same["low"] == same["high"]
+    with pytest.raises(ValueError, match="different test captures"):
+        protocol.paired_ratio_bootstrap([a], [protocol.SplitPredictions(y, b.scores, np.array(["Z"] * 20))],
+                                        "accuracy")
